@@ -1,0 +1,322 @@
+"""The appearance-transfer pipeline: a thin orchestrator over clearly named steps.
+
+    prepare images -> encode -> invert (batched, cached) -> denoise with alignment -> decode
+
+See docs/algorithm.md for the method and every default.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from qalign_core.ddpm import DDPMSchedule
+from qalign_core.errors import ModelLoadError, TransferCanceled
+from qalign_core.images import ImageInput, centre_square, encode_image, load_image
+from qalign_core.inversion import Inversion, InversionCache, inversion_key, invert
+from qalign_core.params import TransferParams
+from qalign_core.processors import APP, OUT, AlignmentSchedule, AlignmentState, install_processors
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+ProgressCallback = Callable[[str, float], None]
+CancelCheck = Callable[[], bool]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Fixed, per-deployment settings of the method (per-request ones are in TransferParams)."""
+
+    inversion_guidance: float = 3.5
+    #: FreeU on the decoder, values CIA uses for SD 1.5; None turns it off.
+    freeu: dict[str, float] | None = field(default_factory=lambda: {"s1": 0.9, "s2": 0.2, "b1": 1.2, "b2": 1.4})
+    injection_every: int = 5
+    injection_before: int = 40
+    #: Query rows per chunk in the aligned layer; None sizes chunks to a fixed memory budget.
+    chunk_size: int | None = None
+    #: Run the swap and no-swap passes as one 4-row UNet call (True) or two 3-row calls (False).
+    fused_swap_pass: bool = True
+
+
+@dataclass
+class TransferResult:
+    image: Image.Image
+    params: TransferParams
+    timings: dict[str, float]
+    inversion_cache_hits: int = 0
+    #: UNet rows evaluated, by phase: the cost measure the benchmarks count.
+    unet_rows: dict[str, int] = field(default_factory=dict)
+    #: (layer, step, mode) for every layer call that changed row OUT.
+    alignment_log: list[tuple[str, int, str]] = field(default_factory=list)
+
+    @property
+    def content_type(self) -> str:
+        return self.params.content_type
+
+    def encode(self) -> bytes:
+        return encode_image(self.image, self.params.output_format)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """float16 on CUDA and float32 on CPU unless asked otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)} or auto; got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+class QAlignPipeline:
+    def __init__(
+        self, unet, vae, text_encoder, tokenizer, scheduler, *, model_id: str, config: PipelineConfig | None = None
+    ) -> None:
+        self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self.scheduler = scheduler
+        self.model_id = model_id
+        self.config = config or PipelineConfig()
+        self.device, self.dtype = unet.device, unet.dtype
+        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.native_size = int(unet.config.sample_size) * self.vae_scale
+        self.state = AlignmentState(chunk_size=self.config.chunk_size)
+        if self.config.freeu is not None:
+            unet.enable_freeu(**self.config.freeu)
+        self._installed_method: str | None = None
+        self._rows = {"inversion": 0, "denoising": 0}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = DEFAULT_MODEL,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        config: PipelineConfig | None = None,
+    ) -> QAlignPipeline:
+        """Load a Stable Diffusion model from a Hugging Face id or a local directory."""
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        try:
+            unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=torch_dtype)
+            vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch_dtype)
+            text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=torch_dtype)
+            tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+            scheduler = DDIMScheduler.from_pretrained(model, subfolder="scheduler")
+        except (OSError, ValueError, EnvironmentError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(
+                f"cannot load model {model!r}: {reason}. Give a local model directory or a Hugging Face id "
+                "that is available (offline machines need it in the local cache)"
+            ) from exc
+        for module in (unet, vae, text_encoder):
+            module.to(torch_device).eval().requires_grad_(False)
+        return cls(unet, vae, text_encoder, tokenizer, scheduler, model_id=str(model), config=config)
+
+    # ---------------------------------------------------------------- the run
+    @torch.inference_mode()
+    def transfer(
+        self,
+        structure: ImageInput,
+        appearance: ImageInput,
+        params: TransferParams | None = None,
+        progress: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+        inversion_cache: InversionCache | None = None,
+    ) -> TransferResult:
+        """Give ``structure``'s layout the look of ``appearance``."""
+        params = params or TransferParams()
+        if params.size is None:
+            params = params.model_copy(update={"size": self.native_size})
+        self._check_size(params.size)
+        report = _Reporter(progress, should_cancel)
+        self._rows = {"inversion": 0, "denoising": 0}
+        started = time.perf_counter()
+
+        report("loading", 0.0)
+        pixels = [self.prepare_image(image, params.size) for image in (structure, appearance)]
+        cond, uncond = self.encode_prompt(params.effective_prompt)
+        report("loading", 1.0)
+
+        t0 = self._now()
+        schedule = DDPMSchedule.from_scheduler(self.scheduler, params.steps)
+        inversions, hits = self.invert_images(pixels, params, schedule, cond, uncond, report, inversion_cache)
+        t1 = self._now()
+        latent = self.denoise(inversions[0], inversions[1], params, schedule, cond, report)
+        t2 = self._now()
+        report("decoding", 0.0)
+        image = self.decode(latent)
+        t3 = self._now()
+        report("decoding", 1.0)
+        timings = {
+            "inversion_s": t1 - t0, "denoise_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - started,
+        }
+        return TransferResult(
+            image=image, params=params, timings=timings, inversion_cache_hits=hits,
+            unet_rows=dict(self._rows), alignment_log=list(self.state.log),
+        )
+
+    # ---------------------------------------------------------------- steps
+    def prepare_image(self, source: ImageInput, size: int) -> torch.Tensor:
+        """Decode, centre-crop and resize; returns ``[3, size, size]`` uint8."""
+        image = centre_square(load_image(source), size)
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text embeddings ``[1, L, D]`` of the prompt and of the empty prompt."""
+        tokens = self.tokenizer(
+            [prompt, ""], padding="max_length", max_length=self.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        )
+        embeddings = self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
+        return embeddings[:1], embeddings[1:]
+
+    def encode_images(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+        batch = torch.stack(pixels).to(self.device, self.dtype) / 127.5 - 1.0
+        latents = self.vae.encode(batch).latent_dist.mean
+        return latents * self.vae.config.scaling_factor
+
+    def invert_images(
+        self, pixels, params, schedule, cond, uncond, report, cache: InversionCache | None
+    ) -> tuple[list[Inversion], int]:
+        """Invert both images in one batch, skipping any found in the cache."""
+        keys = [self._inversion_key(p, params) for p in pixels]
+        found = [self._cached(cache, key) for key in keys]
+        missing = [n for n, inv in enumerate(found) if inv is None]
+        if missing:
+            self.state.step = None  # inversion is plain self-attention
+            embeddings = torch.cat([uncond.expand(len(missing), -1, -1), cond.expand(len(missing), -1, -1)])
+            guidance = self.config.inversion_guidance
+
+            def predict_noise(latents: torch.Tensor, i: int) -> torch.Tensor:
+                eps_uncond, eps_cond = self._unet(torch.cat([latents, latents]), schedule, i, embeddings, "inversion").chunk(2)
+                return eps_uncond + guidance * (eps_cond - eps_uncond)
+
+            clean = self.encode_images([pixels[n] for n in missing])
+            fresh = invert(
+                clean, [params.seed] * len(missing), schedule, params.skip_steps, predict_noise,
+                on_step=lambda done, total: report("inverting", done / total),
+            )
+            for n, inversion in zip(missing, fresh, strict=True):
+                found[n] = inversion
+                if cache is not None:
+                    cache.put(keys[n], inversion.to_bytes())
+        return found, len(pixels) - len(missing)
+
+    def denoise(self, structure: Inversion, appearance: Inversion, params, schedule, cond, report) -> torch.Tensor:
+        """Rows [OUT, APP, STRUCT] from step skip_steps to the end, with alignment and swap guidance."""
+        self._use_method(params)
+        self.state.log.clear()
+        x = torch.stack([structure.start_latent, appearance.start_latent, structure.start_latent])
+        noise = torch.stack([structure.noise_maps, appearance.noise_maps, structure.noise_maps], dim=1)
+        self.state.latent_tokens = x.shape[-2] * x.shape[-1]
+        steps = range(params.skip_steps, params.steps)
+        start = params.swap_guidance_scale
+        guidance = np.linspace(start, max(start / 2, 1.0), len(steps))
+        for n, i in enumerate(steps):
+            eps = self._guided_noise(x, schedule, i, cond, float(guidance[n]))
+            x = schedule.step(x, eps, i, noise[n])
+            if params.adain and params.adain_steps[0] <= i < params.adain_steps[1]:
+                x[OUT] = adain(x[OUT], x[APP])
+            report("denoising", (n + 1) / len(steps))
+        self.state.step = None
+        return x[OUT]
+
+    def decode(self, latent: torch.Tensor) -> Image.Image:
+        image = self.vae.decode(latent.unsqueeze(0) / self.vae.config.scaling_factor).sample[0]
+        array = ((image.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
+
+    # ---------------------------------------------------------------- helpers
+    def _guided_noise(self, x, schedule, i: int, cond, scale: float) -> torch.Tensor:
+        """``eps_plain + s * (eps_swap - eps_plain)`` for row OUT; APP and STRUCT are evaluated once."""
+        self.state.step = i
+        if not self.state.schedule.any_aligned(i) or scale == 1.0:
+            return self._unet(x, schedule, i, cond.expand(len(x), -1, -1), "denoising")
+        if self.config.fused_swap_pass:  # rows OUT(swap), APP, STRUCT, OUT(plain)
+            eps = self._unet(torch.cat([x, x[:1]]), schedule, i, cond.expand(len(x) + 1, -1, -1), "denoising")
+            eps_swap, eps_plain = eps[:3], eps[3]
+        else:  # the 6-row way: one full pass with alignment, one without
+            embeddings = cond.expand(len(x), -1, -1)
+            eps_swap = self._unet(x, schedule, i, embeddings, "denoising")
+            self.state.step = None
+            eps_plain = self._unet(x, schedule, i, embeddings, "denoising")[OUT]
+            self.state.step = i
+        eps_swap = eps_swap.clone()
+        eps_swap[OUT] = eps_plain + scale * (eps_swap[OUT] - eps_plain)
+        return eps_swap
+
+    def _unet(self, latents, schedule, i: int, embeddings, phase: str) -> torch.Tensor:
+        self._rows[phase] += len(latents)
+        t = schedule.timesteps[i].to(self.device)
+        return self.unet(latents, t, encoder_hidden_states=embeddings).sample
+
+    def _use_method(self, params: TransferParams) -> None:
+        self.state.contrast_strength = params.contrast_strength
+        self.state.per_head = params.per_head
+        self.state.schedule = AlignmentSchedule(
+            ranges=(tuple(params.align_steps_fine), tuple(params.align_steps_coarse)),
+            injection_every=self.config.injection_every,
+            injection_before=self.config.injection_before,
+        )
+        if self._installed_method != params.method:
+            install_processors(self.unet, params.method, self.state)
+            self._installed_method = params.method
+
+    def _inversion_key(self, pixels: torch.Tensor, params: TransferParams) -> str:
+        return inversion_key(
+            pixels.numpy().tobytes(), model=self.model_id, size=params.size, steps=params.steps,
+            skip_steps=params.skip_steps, prompt=params.effective_prompt, seed=params.seed,
+            guidance=self.config.inversion_guidance, dtype=str(self.dtype), freeu=self.config.freeu,
+        )
+
+    def _cached(self, cache: InversionCache | None, key: str) -> Inversion | None:
+        data = cache.get(key) if cache is not None else None
+        return Inversion.from_bytes(data, self.device, self.dtype) if data is not None else None
+
+    def _check_size(self, size: int) -> None:
+        multiple = self.vae_scale * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if size % multiple:
+            raise ValueError(f"size must be a multiple of {multiple} for this model; got {size}")
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+def adain(x: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Match per-channel mean and std of ``x [C, h, w]`` to ``reference``."""
+    mean_x, std_x = x.mean(dim=(-2, -1), keepdim=True), x.std(dim=(-2, -1), keepdim=True)
+    mean_r, std_r = reference.mean(dim=(-2, -1), keepdim=True), reference.std(dim=(-2, -1), keepdim=True)
+    return (x - mean_x) / (std_x + eps) * std_r + mean_r
+
+
+class _Reporter:
+    """Calls the progress callback and raises TransferCanceled when the cancel check says so."""
+
+    def __init__(self, progress: ProgressCallback | None, should_cancel: CancelCheck | None) -> None:
+        self.progress, self.should_cancel = progress, should_cancel
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise TransferCanceled(f"transfer canceled during {stage}")
+        if self.progress is not None:
+            self.progress(stage, fraction)
+
+

@@ -1,0 +1,116 @@
+"""A tiny random-weight model with Stable Diffusion 1.5's architecture shape, built locally.
+
+No machine here can download weights, so tests and the offline demo load this model through the
+same ``from_pretrained`` code as the real one. Same block types as SD 1.5 (three cross-attention
+down/up levels and a plain one, a 4-level VAE with 8x downsampling, a CLIP text encoder, a
+byte-level BPE tokenizer and a DDIM scheduler config), only narrower: a full transfer at its native
+size (128 px) takes seconds on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+#: SD 1.5's noise schedule, so the tiny model walks the same timesteps as the real one.
+SD15_SCHEDULER = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte-to-character table."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars), strict=True))
+
+
+def _write_tokenizer(directory: Path) -> int:
+    """A byte-level BPE vocabulary (every byte, word-final variants, a few merges): CLIP's format."""
+    directory.mkdir(parents=True, exist_ok=True)
+    symbols = list(_bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols]
+    merges = [("o", "f</w>"), ("p", "h"), ("t", "o")]
+    vocab += ["".join(pair) for pair in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(p) for p in merges) + "\n")
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "model_max_length": 77, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "do_lower_case": True,
+        "tokenizer_class": "CLIPTokenizer",
+    }))
+    return len(vocab)
+
+
+def save_tiny_model(path: str | Path, seed: int = 0) -> Path:
+    """Write the tiny model to ``path`` (a diffusers model directory) and return the path."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        vocab_size = _write_tokenizer(path / "tokenizer")
+        text_config = CLIPTextConfig(
+            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+            bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+        )
+        CLIPTextModel(text_config).save_pretrained(path / "text_encoder")
+        UNet2DConditionModel(
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 32, 64, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=32,
+            attention_head_dim=4,
+            norm_num_groups=8,
+        ).save_pretrained(path / "unet")
+        AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(16, 16, 32, 32),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1,
+            norm_num_groups=8,
+            sample_size=128,
+        ).save_pretrained(path / "vae")
+        DDIMScheduler(**SD15_SCHEDULER).save_pretrained(path / "scheduler")
+    finally:
+        torch.random.set_rng_state(generator_state)
+    (path / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": "0.30.0",
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }, indent=2))
+    return path
