@@ -109,7 +109,10 @@ def qalign_attention(
     per_head: bool = False,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """One Q-Align layer: Q-Q alignment, K-V rearrangement, attention refinement. Returns ``[..., H, N, d]``."""
+    """One Q-Align layer: Q-Q alignment, K-V rearrangement, attention refinement.
+
+    Returns ``[..., H, N, d]``, laid out like the output (structure) grid.
+    """
     mapping = qq_mapping(q_out, q_app, per_head=per_head, chunk_size=chunk_size)
     return contrast_attention(
         q_out,

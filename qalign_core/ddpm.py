@@ -34,7 +34,9 @@ class DDPMSchedule:
         alphas = scheduler.alphas_cumprod.to(torch.float64).cpu()
         final = getattr(scheduler, "final_alpha_cumprod", torch.tensor(1.0))
         alpha = alphas[timesteps]
-        alpha_prev = torch.cat([alphas[timesteps[1:]], torch.as_tensor(final, dtype=torch.float64).reshape(1)])
+        alpha_prev = torch.cat(
+            [alphas[timesteps[1:]], torch.as_tensor(final, dtype=torch.float64).reshape(1)]
+        )
         return cls(timesteps=timesteps, alpha=alpha, alpha_prev=alpha_prev)
 
     def __len__(self) -> int:

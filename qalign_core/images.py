@@ -23,7 +23,7 @@ ImageInput = bytes | str | os.PathLike | Image.Image
 
 
 def sniff_format(data: bytes) -> str | None:
-    """"png", "jpeg" or "webp" from the file signature, or None for anything else."""
+    """ "png", "jpeg" or "webp" from the file signature, or None for anything else."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if data.startswith(b"\xff\xd8\xff"):

@@ -20,7 +20,7 @@ from safetensors.torch import load, save
 from qalign_core.ddpm import DDPMSchedule
 
 #: Bumped whenever the inversion's definition changes, so stale cache entries are never reused.
-INVERSION_FORMAT = 1
+INVERSION_FORMAT = 2
 
 
 class InversionCache(Protocol):
@@ -59,7 +59,12 @@ class Inversion:
     noise_maps: torch.Tensor  # [T - skip_steps, C, h, w]
 
     def to_bytes(self) -> bytes:
-        return save({"start_latent": self.start_latent.contiguous().cpu(), "noise_maps": self.noise_maps.contiguous().cpu()})
+        return save(
+            {
+                "start_latent": self.start_latent.contiguous().cpu(),
+                "noise_maps": self.noise_maps.contiguous().cpu(),
+            }
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes, device: torch.device | str, dtype: torch.dtype) -> Inversion:
@@ -78,6 +83,18 @@ def inversion_key(pixels: bytes, **settings: object) -> str:
     return "inv-" + digest.hexdigest()
 
 
+def noise_seed(pixels: bytes, seed: int) -> int:
+    """The inversion noise seed of one image: the request seed mixed with the image's content.
+
+    Two different images must not share noise: at the noise levels where generation starts, shared
+    noise dominates both latents, their queries nearly coincide and the query-query mapping collapses
+    to the identity (Q-Align would silently become Cross-Image Attention). Mixing in the content
+    keeps each image's inversion a function of (image, seed) alone, which the cache relies on.
+    """
+    digest = hashlib.sha256(seed.to_bytes(8, "little") + hashlib.sha256(pixels).digest()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def invert(
     clean_latents: torch.Tensor,
     seeds: list[int],
@@ -86,7 +103,7 @@ def invert(
     predict_noise: Callable[[torch.Tensor, int], torch.Tensor],
     on_step: Callable[[int, int], None] | None = None,
 ) -> list[Inversion]:
-    """Edit-friendly inversion of a batch of clean latents ``[B, C, h, w]``, one seed per image.
+    """Edit-friendly inversion of a batch of clean latents ``[B, C, h, w]``, one noise seed per image.
 
     ``predict_noise(latents, i)`` is the model's noise estimate at step i (with whatever guidance
     the caller wants). ``on_step(done, total)`` reports progress and may raise to cancel.
@@ -105,5 +122,3 @@ def invert(
             on_step(done, len(steps))
     maps = torch.stack(noise_maps, dim=1)  # [B, T - skip, C, h, w]
     return [Inversion(start_latent=xs[skip_steps, b], noise_maps=maps[b]) for b in range(len(seeds))]
-
-

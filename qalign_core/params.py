@@ -25,7 +25,10 @@ class TransferParams(BaseModel):
     )
     steps: int = Field(100, ge=2, le=MAX_STEPS, description="DDPM steps T of inversion and denoising.")
     skip_steps: int = Field(
-        32, ge=0, lt=MAX_STEPS, description="Leading (noisiest) steps skipped; denoising runs steps skip_steps..T-1."
+        32,
+        ge=0,
+        lt=MAX_STEPS,
+        description="Leading (noisiest) steps skipped; denoising runs steps skip_steps..T-1.",
     )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the inversion noise.")
     domain: str = Field(
@@ -50,7 +53,11 @@ class TransferParams(BaseModel):
     adain: bool = Field(True, description="AdaIN of the output latent toward the appearance latent.")
     adain_steps: StepRange = Field((20, 100), description="Steps [start, end) after which AdaIN is applied.")
     size: int | None = Field(
-        None, ge=64, le=1024, multiple_of=64, description="Output side in pixels; default the model's native size."
+        None,
+        ge=64,
+        le=1024,
+        multiple_of=64,
+        description="Output side in pixels; default the model's native size.",
     )
     output_format: Literal["png", "jpeg", "webp"] = Field("png", description="Encoding of the result image.")
 
@@ -61,7 +68,9 @@ class TransferParams(BaseModel):
         for name in ("align_steps_fine", "align_steps_coarse", "adain_steps"):
             start, end = getattr(self, name)
             if not 0 <= start <= end <= MAX_STEPS:
-                raise ValueError(f"{name} must be [start, end) with 0 <= start <= end <= {MAX_STEPS}; got {start}, {end}")
+                raise ValueError(
+                    f"{name} must be [start, end) with 0 <= start <= end <= {MAX_STEPS}; got {start}, {end}"
+                )
         return self
 
     @property

@@ -7,6 +7,7 @@ See docs/algorithm.md for the method and every default.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from PIL import Image
 from qalign_core.ddpm import DDPMSchedule
 from qalign_core.errors import ModelLoadError, TransferCanceled
 from qalign_core.images import ImageInput, centre_square, encode_image, load_image
-from qalign_core.inversion import Inversion, InversionCache, inversion_key, invert
+from qalign_core.inversion import Inversion, InversionCache, inversion_key, invert, noise_seed
 from qalign_core.params import TransferParams
 from qalign_core.processors import APP, OUT, AlignmentSchedule, AlignmentState, install_processors
 
@@ -36,7 +37,9 @@ class PipelineConfig:
 
     inversion_guidance: float = 3.5
     #: FreeU on the decoder, values CIA uses for SD 1.5; None turns it off.
-    freeu: dict[str, float] | None = field(default_factory=lambda: {"s1": 0.9, "s2": 0.2, "b1": 1.2, "b2": 1.4})
+    freeu: dict[str, float] | None = field(
+        default_factory=lambda: {"s1": 0.9, "s2": 0.2, "b1": 1.2, "b2": 1.4}
+    )
     injection_every: int = 5
     injection_before: int = 40
     #: Query rows per chunk in the aligned layer; None sizes chunks to a fixed memory budget.
@@ -83,7 +86,15 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 class QAlignPipeline:
     def __init__(
-        self, unet, vae, text_encoder, tokenizer, scheduler, *, model_id: str, config: PipelineConfig | None = None
+        self,
+        unet,
+        vae,
+        text_encoder,
+        tokenizer,
+        scheduler,
+        *,
+        model_id: str,
+        config: PipelineConfig | None = None,
     ) -> None:
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.scheduler = scheduler
@@ -95,7 +106,11 @@ class QAlignPipeline:
         self.state = AlignmentState(chunk_size=self.config.chunk_size)
         if self.config.freeu is not None:
             unet.enable_freeu(**self.config.freeu)
-        self._installed_method: str | None = None
+        share_timestep_rows(unet)
+        # The pipeline owns the UNet's processors from here on: inversion and denoising both run
+        # through them (plain while state.step is None), never through whatever was set before.
+        install_processors(unet, "qalign", self.state)
+        self._installed_method = "qalign"
         self._rows = {"inversion": 0, "denoising": 0}
 
     @classmethod
@@ -112,17 +127,23 @@ class QAlignPipeline:
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
+        # Hub ids are "org/name"; anything else that is not a directory is a mistyped path.
+        looks_like_path = str(model).startswith((".", "/", "~")) or str(model).count("/") > 1
+        if looks_like_path and not os.path.isdir(os.path.expanduser(str(model))):
+            raise ModelLoadError(f"model directory {str(model)!r} does not exist")
         try:
             unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=torch_dtype)
             vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch_dtype)
-            text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=torch_dtype)
+            text_encoder = CLIPTextModel.from_pretrained(
+                model, subfolder="text_encoder", torch_dtype=torch_dtype
+            )
             tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
             scheduler = DDIMScheduler.from_pretrained(model, subfolder="scheduler")
-        except (OSError, ValueError, EnvironmentError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except (OSError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0].rstrip(". ") if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(
-                f"cannot load model {model!r}: {reason}. Give a local model directory or a Hugging Face id "
-                "that is available (offline machines need it in the local cache)"
+                f"cannot load model {str(model)!r}: {reason}. Give a local model directory or a "
+                "Hugging Face id that is available (offline machines need it in the local cache)"
             ) from exc
         for module in (unet, vae, text_encoder):
             module.to(torch_device).eval().requires_grad_(False)
@@ -164,11 +185,18 @@ class QAlignPipeline:
         t3 = self._now()
         report("decoding", 1.0)
         timings = {
-            "inversion_s": t1 - t0, "denoise_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - started,
+            "inversion_s": t1 - t0,
+            "denoise_s": t2 - t1,
+            "decode_s": t3 - t2,
+            "total_s": t3 - started,
         }
         return TransferResult(
-            image=image, params=params, timings=timings, inversion_cache_hits=hits,
-            unet_rows=dict(self._rows), alignment_log=list(self.state.log),
+            image=image,
+            params=params,
+            timings=timings,
+            inversion_cache_hits=hits,
+            unet_rows=dict(self._rows),
+            alignment_log=list(self.state.log),
         )
 
     # ---------------------------------------------------------------- steps
@@ -180,8 +208,11 @@ class QAlignPipeline:
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Text embeddings ``[1, L, D]`` of the prompt and of the empty prompt."""
         tokens = self.tokenizer(
-            [prompt, ""], padding="max_length", max_length=self.tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
+            [prompt, ""],
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
         )
         embeddings = self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
         return embeddings[:1], embeddings[1:]
@@ -195,7 +226,8 @@ class QAlignPipeline:
         self, pixels, params, schedule, cond, uncond, report, cache: InversionCache | None
     ) -> tuple[list[Inversion], int]:
         """Invert both images in one batch, skipping any found in the cache."""
-        keys = [self._inversion_key(p, params) for p in pixels]
+        raw = [p.numpy().tobytes() for p in pixels]
+        keys = [self._inversion_key(data, params) for data in raw]
         found = [self._cached(cache, key) for key in keys]
         missing = [n for n, inv in enumerate(found) if inv is None]
         if missing:
@@ -204,12 +236,18 @@ class QAlignPipeline:
             guidance = self.config.inversion_guidance
 
             def predict_noise(latents: torch.Tensor, i: int) -> torch.Tensor:
-                eps_uncond, eps_cond = self._unet(torch.cat([latents, latents]), schedule, i, embeddings, "inversion").chunk(2)
+                eps_uncond, eps_cond = self._unet(
+                    torch.cat([latents, latents]), schedule, i, embeddings, "inversion"
+                ).chunk(2)
                 return eps_uncond + guidance * (eps_cond - eps_uncond)
 
             clean = self.encode_images([pixels[n] for n in missing])
             fresh = invert(
-                clean, [params.seed] * len(missing), schedule, params.skip_steps, predict_noise,
+                clean,
+                [noise_seed(raw[n], params.seed) for n in missing],
+                schedule,
+                params.skip_steps,
+                predict_noise,
                 on_step=lambda done, total: report("inverting", done / total),
             )
             for n, inversion in zip(missing, fresh, strict=True):
@@ -218,7 +256,9 @@ class QAlignPipeline:
                     cache.put(keys[n], inversion.to_bytes())
         return found, len(pixels) - len(missing)
 
-    def denoise(self, structure: Inversion, appearance: Inversion, params, schedule, cond, report) -> torch.Tensor:
+    def denoise(
+        self, structure: Inversion, appearance: Inversion, params, schedule, cond, report
+    ) -> torch.Tensor:
         """Rows [OUT, APP, STRUCT] from step skip_steps to the end, with alignment and swap guidance."""
         self._use_method(params)
         self.state.log.clear()
@@ -278,11 +318,18 @@ class QAlignPipeline:
             install_processors(self.unet, params.method, self.state)
             self._installed_method = params.method
 
-    def _inversion_key(self, pixels: torch.Tensor, params: TransferParams) -> str:
+    def _inversion_key(self, pixels: bytes, params: TransferParams) -> str:
         return inversion_key(
-            pixels.numpy().tobytes(), model=self.model_id, size=params.size, steps=params.steps,
-            skip_steps=params.skip_steps, prompt=params.effective_prompt, seed=params.seed,
-            guidance=self.config.inversion_guidance, dtype=str(self.dtype), freeu=self.config.freeu,
+            pixels,
+            model=self.model_id,
+            size=params.size,
+            steps=params.steps,
+            skip_steps=params.skip_steps,
+            prompt=params.effective_prompt,
+            seed=params.seed,
+            guidance=self.config.inversion_guidance,
+            dtype=str(self.dtype),
+            freeu=self.config.freeu,
         )
 
     def _cached(self, cache: InversionCache | None, key: str) -> Inversion | None:
@@ -298,6 +345,35 @@ class QAlignPipeline:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
+
+
+class SharedRows(torch.nn.Module):
+    """Runs a per-row module once when every row of its input is the same, and broadcasts.
+
+    Wraps the UNet's timestep-embedding layers: all rows of a call share the timestep, and
+    small-batch matrix products are not bit-identical across batch sizes, so without this one
+    4-row call would differ from two 3-row calls by rounding (and it saves the repeated work).
+    """
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor, *args: torch.Tensor | None) -> torch.Tensor:
+        if all(a is None for a in args) and len(x) > 1 and bool((x == x[:1]).all()):
+            first = self.inner(x[:1])
+            return first.expand(len(x), *first.shape[1:])
+        return self.inner(x, *args)
+
+
+def share_timestep_rows(unet: torch.nn.Module) -> None:
+    """Wrap the timestep embedding and every resnet's projection of it in SharedRows (idempotent)."""
+    if not isinstance(unet.time_embedding, SharedRows):
+        unet.time_embedding = SharedRows(unet.time_embedding)
+    for module in unet.modules():
+        projection = getattr(module, "time_emb_proj", None)
+        if projection is not None and not isinstance(projection, SharedRows):
+            module.time_emb_proj = SharedRows(projection)
 
 
 def adain(x: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -318,5 +394,3 @@ class _Reporter:
             raise TransferCanceled(f"transfer canceled during {stage}")
         if self.progress is not None:
             self.progress(stage, fraction)
-
-

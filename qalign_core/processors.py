@@ -139,7 +139,12 @@ class QAlignAttnProcessor(_RowOutProcessor):
     def attend_appearance(self, q_out, q_app, k_app, v_app) -> torch.Tensor:
         s = self.state
         return qalign_attention(
-            q_out, q_app, k_app, v_app, contrast_strength=s.contrast_strength, per_head=s.per_head,
+            q_out,
+            q_app,
+            k_app,
+            v_app,
+            contrast_strength=s.contrast_strength,
+            per_head=s.per_head,
             chunk_size=s.chunk_size,
         )
 

@@ -1,0 +1,173 @@
+"""``qalign``: run a transfer, build the tiny test model, serve the API, run a worker.
+
+Errors are one line on stderr and a non-zero exit; no traceback for anything the user gave.
+"""
+
+from __future__ import annotations
+
+import sys
+import typing
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from qalign_core.errors import QAlignError
+from qalign_core.params import TransferParams
+
+
+def fail(message: str, code: int = 2) -> typing.NoReturn:
+    click.echo(f"qalign: error: {message}", err=True)
+    sys.exit(code)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem: which field, what is allowed, what was given."""
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error["loc"]) or "parameters"
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{field}: {message} (got {error.get('input')!r})" if error["loc"] else message)
+    return "; ".join(parts)
+
+
+def _param_options(func):
+    """One CLI option per TransferParams field, so the CLI can never fall behind the model."""
+    for name, info in reversed(TransferParams.model_fields.items()):
+        flag = "--" + name.replace("_", "-")
+        annotation = info.annotation
+        kwargs: dict = {"default": None, "help": info.description}
+        if annotation is bool:
+            func = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, **kwargs)(func)
+            continue
+        if typing.get_origin(annotation) is typing.Literal:
+            kwargs["type"] = click.Choice(typing.get_args(annotation))
+        elif typing.get_origin(annotation) is tuple:
+            kwargs.update(type=int, nargs=2, metavar="START END")
+        elif annotation is float:
+            kwargs["type"] = float
+        elif annotation in (int, int | None):
+            kwargs["type"] = int
+        func = click.option(flag, name, **kwargs)(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Q-Align zero-shot appearance transfer."""
+
+
+@cli.command()
+@click.option(
+    "--structure", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Structure image."
+)
+@click.option(
+    "--appearance", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Appearance image."
+)
+@click.option(
+    "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Result image path."
+)
+@click.option(
+    "--model", default=None, help="Hugging Face id or model directory (default: SD 1.5, or $QALIGN_MODEL)."
+)
+@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present).")
+@click.option("--dtype", default=None, type=click.Choice(["auto", "float32", "float16", "bfloat16"]))
+@_param_options
+def transfer(structure: Path, appearance: Path, output: Path, model, device, dtype, **given) -> None:
+    """Give STRUCTURE's layout the look of APPEARANCE and write the result to OUTPUT."""
+    import os
+
+    from qalign_core.images import load_image
+
+    try:
+        params = TransferParams(**{k: v for k, v in given.items() if v is not None and v != ()})
+    except ValidationError as exc:
+        fail(describe_validation_error(exc))
+    if params.output_format == "png" and given.get("output_format") is None:
+        suffix = output.suffix.lower().lstrip(".")
+        if suffix in ("jpg", "jpeg", "webp"):
+            params = params.model_copy(update={"output_format": "jpeg" if suffix == "jpg" else suffix})
+    if not output.parent.is_dir():
+        fail(f"output directory {str(output.parent)!r} does not exist")
+    try:
+        images = [load_image(path) for path in (structure, appearance)]
+    except QAlignError as exc:
+        fail(str(exc))
+
+    from tqdm import tqdm
+
+    from qalign_core.pipeline import DEFAULT_MODEL, QAlignPipeline
+
+    model = model or os.environ.get("QALIGN_MODEL") or DEFAULT_MODEL
+    _quiet_library_progress_bars()
+    try:
+        pipe = QAlignPipeline.from_pretrained(model, device=device, dtype=dtype)
+        with tqdm(total=100, unit="%", bar_format="{desc:<10} {bar} {percentage:3.0f}%") as bar:
+            last = [""]
+
+            def progress(stage: str, fraction: float) -> None:
+                if stage != last[0]:
+                    bar.set_description_str(stage)
+                    last[0] = stage
+                bar.n = round(100 * fraction)
+                bar.refresh()
+
+            result = pipe.transfer(images[0], images[1], params, progress=progress)
+    except (QAlignError, ValueError) as exc:
+        fail(str(exc), code=1)
+    output.write_bytes(result.encode())
+    click.echo(
+        f"wrote {output} ({result.image.width}x{result.image.height}, {result.timings['total_s']:.1f} s)"
+    )
+
+
+def _quiet_library_progress_bars() -> None:
+    """Our own bar is the one progress display; the loaders' per-shard bars are noise here."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+@cli.command("make-tiny-model")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def make_tiny_model(directory: Path) -> None:
+    """Write a tiny random-weight SD-1.5-shaped model to DIRECTORY (for tests and offline demos)."""
+    from qalign_core.testing import save_tiny_model
+
+    try:
+        save_tiny_model(directory)
+    except OSError as exc:
+        fail(f"cannot write {str(directory)!r}: {exc.strerror or exc}")
+    click.echo(f"wrote tiny model to {directory}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, type=int, show_default=True)
+def serve(host: str, port: int) -> None:
+    """Run the HTTP API (embedded mode, with an in-process worker, when QALIGN_REDIS_URL is unset)."""
+    from service.cli import serve as run_server
+
+    run_server(host, port)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run a Celery GPU worker (extra arguments go to Celery)."""
+    from worker.cli import run_worker
+
+    run_worker(list(ctx.args))
+
+
+def main() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
+    cli(prog_name="qalign")
+
+
+if __name__ == "__main__":
+    main()

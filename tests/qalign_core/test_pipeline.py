@@ -1,0 +1,130 @@
+"""Full transfers with the tiny random-weight model on real photographs (CPU, float32)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from qalign_core.ddpm import DDPMSchedule
+from qalign_core.errors import ModelLoadError, TransferCanceled
+from qalign_core.inversion import MemoryInversionCache
+from qalign_core.params import TransferParams
+
+
+@pytest.fixture(scope="module")
+def baseline(pipe, photos, fast_params):
+    return pipe.transfer(*photos, fast_params)
+
+
+def test_transfer_returns_an_image_of_the_requested_size(baseline, pipe):
+    assert baseline.image.size == (pipe.native_size, pipe.native_size) == (128, 128)
+    pixels = np.asarray(baseline.image, dtype=np.float32)
+    assert pixels.std() > 5.0  # not constant
+    assert baseline.params.size == 128
+    assert set(baseline.timings) == {"inversion_s", "denoise_s", "decode_s", "total_s"}
+
+
+def test_same_seed_gives_identical_bytes(baseline, pipe, photos, fast_params):
+    again = pipe.transfer(*photos, fast_params)
+    assert again.encode() == baseline.encode()
+
+
+@pytest.mark.parametrize("change", [{"seed": 1}, {"method": "cross_image"}, {"per_head": True}])
+def test_other_seed_or_method_changes_the_output(baseline, pipe, photos, fast_params, change):
+    other = pipe.transfer(*photos, fast_params.model_copy(update=change))
+    assert other.encode() != baseline.encode()
+
+
+def test_explicit_size_and_formats(pipe, photos, fast_params):
+    result = pipe.transfer(*photos, fast_params.model_copy(update={"size": 64, "output_format": "webp"}))
+    assert result.image.size == (64, 64)
+    assert result.encode()[8:12] == b"WEBP" and result.content_type == "image/webp"
+
+
+def test_four_rows_per_step_equal_the_six_row_way(pipe, photos, fast_params):
+    """One 4-row call per aligned step gives the bit-identical result of two 3-row calls."""
+    fused = pipe.transfer(*photos, fast_params)
+    original = pipe.config
+    pipe.config = dataclasses.replace(original, fused_swap_pass=False)
+    try:
+        six_rows = pipe.transfer(*photos, fast_params)
+    finally:
+        pipe.config = original
+    assert np.array_equal(np.asarray(fused.image), np.asarray(six_rows.image))
+    run_steps = fast_params.steps - fast_params.skip_steps
+    aligned_steps = 14 - 4
+    assert fused.unet_rows["denoising"] == 4 * aligned_steps + 3 * (run_steps - aligned_steps)
+    assert six_rows.unet_rows["denoising"] == 6 * aligned_steps + 3 * (run_steps - aligned_steps)
+    assert fused.unet_rows["inversion"] == 4 * run_steps  # 2 images x (uncond, cond), only run steps
+
+
+def test_inversion_cache_hits_skip_inversion_and_keep_the_result(pipe, photos, fast_params):
+    cache = MemoryInversionCache()
+    first = pipe.transfer(*photos, fast_params, inversion_cache=cache)
+    second = pipe.transfer(*photos, fast_params, inversion_cache=cache)
+    assert (first.inversion_cache_hits, second.inversion_cache_hits) == (0, 2)
+    assert second.unet_rows["inversion"] == 0
+    assert second.encode() == first.encode()
+    swapped = pipe.transfer(photos[1], photos[0], fast_params, inversion_cache=cache)
+    assert swapped.inversion_cache_hits == 2
+
+
+def test_plain_generation_from_inverted_latents_reconstructs_the_image_latent(tiny_model_dir, photos):
+    """Round trip: invert (guidance 1, as the plain generation uses), then denoise with no alignment,
+    no AdaIN and the stored noise maps: row OUT must land on the structure's clean latent."""
+    from qalign_core.pipeline import PipelineConfig, QAlignPipeline
+
+    pipe = QAlignPipeline.from_pretrained(
+        tiny_model_dir, device="cpu", config=PipelineConfig(inversion_guidance=1.0)
+    )
+    params = TransferParams(
+        steps=20, skip_steps=5, align_steps_fine=(0, 0), align_steps_coarse=(0, 0), adain=False, size=128
+    )
+    with torch.inference_mode():
+        pixels = [pipe.prepare_image(p, 128) for p in photos]
+        cond, uncond = pipe.encode_prompt(params.effective_prompt)
+        schedule = DDPMSchedule.from_scheduler(pipe.scheduler, params.steps)
+        inversions, _ = pipe.invert_images(pixels, params, schedule, cond, uncond, lambda *a: None, None)
+        reconstructed = pipe.denoise(inversions[0], inversions[1], params, schedule, cond, lambda *a: None)
+        clean = pipe.encode_images(pixels[:1])[0]
+    # Tolerance: float32 rounding through 15 steps; latents are O(1).
+    torch.testing.assert_close(reconstructed, clean, rtol=1e-4, atol=2e-4)
+
+
+def test_progress_reports_every_stage_in_order_and_cancel_stops(pipe, photos, fast_params):
+    seen = []
+    pipe.transfer(*photos, fast_params, progress=lambda stage, fraction: seen.append((stage, fraction)))
+    stages = list(dict.fromkeys(stage for stage, _ in seen))
+    assert stages == ["loading", "inverting", "denoising", "decoding"]
+    assert seen[-1] == ("decoding", 1.0)
+    assert all(0.0 <= f <= 1.0 for _, f in seen)
+
+    calls = []
+
+    def cancel_after_five():
+        calls.append(1)
+        return len(calls) > 5
+
+    with pytest.raises(TransferCanceled):
+        pipe.transfer(*photos, fast_params, should_cancel=cancel_after_five)
+    assert len(calls) == 6
+
+
+def test_bad_size_for_model_is_refused(pipe, photos, fast_params):
+    with pytest.raises(ValueError, match="multiple of 64"):
+        pipe.transfer(
+            *photos,
+            fast_params.model_copy(update={"size": 96}),
+        )
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    from qalign_core.pipeline import QAlignPipeline
+
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        QAlignPipeline.from_pretrained(str(tmp_path / "nowhere"))
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        QAlignPipeline.from_pretrained(str(tmp_path))  # a directory, but not a model

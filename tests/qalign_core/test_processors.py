@@ -1,0 +1,61 @@
+"""The processors change row OUT only, only on decoder self-attention at the two finest grids,
+only on the configured steps."""
+
+from __future__ import annotations
+
+import torch
+
+from qalign_core.processors import AlignmentSchedule, AlignmentState, install_processors
+
+
+def test_schedule_modes_follow_the_spec_defaults():
+    schedule = AlignmentSchedule()
+    assert (
+        schedule.mode(0, 9) is None and schedule.mode(0, 10) == "inject" and schedule.mode(0, 11) == "align"
+    )
+    assert (
+        schedule.mode(0, 35) == "inject"
+        and schedule.mode(0, 40) == "align"
+        and schedule.mode(0, 89) == "align"
+    )
+    assert schedule.mode(0, 90) is None and schedule.mode(1, 69) == "align" and schedule.mode(1, 70) is None
+    assert schedule.mode(2, 50) is None  # a third, coarser grid is never aligned
+
+
+def test_alignment_log_covers_exactly_the_configured_layers_and_steps(pipe, photos, fast_params):
+    result = pipe.transfer(*photos, fast_params)
+    fine_tokens = (pipe.native_size // pipe.vae_scale) ** 2
+    layers = {layer for layer, _, _ in result.alignment_log}
+    # The tiny UNet, like SD 1.5, has up_blocks 1..3 with attention at 4x4, 8x8 and 16x16 latents.
+    assert layers == {
+        f"up_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1" for b in (2, 3) for a in (0, 1)
+    }
+    assert fine_tokens == 256
+    by_block = {
+        b: {(step, mode) for layer, step, mode in result.alignment_log if layer.startswith(f"up_blocks.{b}")}
+        for b in (2, 3)
+    }
+    expected_fine = {(s, "inject" if s % 5 == 0 else "align") for s in range(4, 14)}
+    expected_coarse = {(s, "inject" if s % 5 == 0 else "align") for s in range(4, 10)}
+    assert by_block[3] == expected_fine and by_block[2] == expected_coarse
+
+
+def test_only_row_out_changes(tiny_model_dir):
+    """With alignment on, rows APP and STRUCT equal a plain evaluation; row OUT differs."""
+    from qalign_core.pipeline import QAlignPipeline
+
+    unet = QAlignPipeline.from_pretrained(tiny_model_dir, device="cpu").unet  # its own, it gets rewired
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(3, 4, 16, 16, generator=g)
+    embeddings = torch.randn(1, 77, 32, generator=g).expand(3, -1, -1)
+    t = torch.tensor(500)
+    state = AlignmentState(contrast_strength=1.67, latent_tokens=256)
+    install_processors(unet, "qalign", state)
+    with torch.inference_mode():
+        state.step = None
+        plain = unet(latents, t, encoder_hidden_states=embeddings).sample
+        state.step = 50
+        aligned = unet(latents, t, encoder_hidden_states=embeddings).sample
+    torch.testing.assert_close(aligned[1:], plain[1:], rtol=0, atol=0)
+    assert (aligned[0] - plain[0]).abs().max() > 1e-3
+    assert {layer.split(".attentions")[0] for layer, _, _ in state.log} == {"up_blocks.2", "up_blocks.3"}
