@@ -68,7 +68,9 @@ def load_image(source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
     except InvalidImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidImageError(f"image rejected as a decompression bomb: {exc}") from exc
+        raise InvalidImageError(
+            f"image rejected as a decompression bomb ({exc}); the limit is {max_pixels} pixels"
+        ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImageError(f"the {fmt} image is corrupt or truncated: {exc}") from exc
     return _to_rgb(image)

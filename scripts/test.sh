@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The project's test command: installs what it needs, lints, runs every test (CPU, no network).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/bootstrap.sh
+# Integration tests start their own redis-server on a free loopback port; install it if absent.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "redis-server is required by the integration tests: install it (e.g. apt-get install redis-server)" >&2
+    exit 1
+  fi
+fi
+.venv/bin/ruff check .
+.venv/bin/python -m pytest -q "$@"

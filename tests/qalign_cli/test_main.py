@@ -1,0 +1,65 @@
+"""The qalign CLI: transfers on files, the tiny model, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from qalign_cli.main import cli
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, photo_bytes):
+    folder = tmp_path_factory.mktemp("cli")
+    (folder / "cat.png").write_bytes(photo_bytes[0])
+    (folder / "cup.jpg").write_bytes(photo_bytes[1])
+    (folder / "notes.png").write_text("not an image at all")
+    return folder
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+FAST = ["--steps", "10", "--skip-steps", "3", "--align-steps-fine", "3", "8", "--align-steps-coarse", "3", "6"]
+
+
+def test_transfer_writes_a_valid_image(files, tiny_model_dir):
+    out = files / "out.webp"
+    result = _run("transfer", "--structure", str(files / "cat.png"), "--appearance", str(files / "cup.jpg"),
+                  "--output", str(out), "--model", tiny_model_dir, "--method", "cross_image", *FAST)
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as image:
+        assert image.format == "WEBP" and image.size == (128, 128)  # format taken from the suffix
+    assert "wrote" in result.output
+
+
+def test_make_tiny_model(tmp_path):
+    result = _run("make-tiny-model", str(tmp_path / "m"))
+    assert result.exit_code == 0 and (tmp_path / "m" / "unet" / "config.json").exists()
+
+
+@pytest.mark.parametrize(
+    "change,fragment",
+    [
+        ({"--structure": "missing.png"}, "cannot read image file"),
+        ({"--appearance": "notes.png"}, "not a PNG, JPEG or WebP image"),
+        ({"--steps": "0"}, "steps: Input should be greater than or equal to 2"),
+        ({"--contrast-strength": "nan"}, "contrast_strength"),
+        ({"--model": "/nonexistent/model"}, "model directory '/nonexistent/model' does not exist"),
+        ({"--output": "no/such/dir/out.png"}, "output directory"),
+    ],
+)
+def test_bad_input_is_one_clear_line(files, tiny_model_dir, change, fragment):
+    options = {"--structure": "cat.png", "--appearance": "cup.jpg", "--output": "o.png", "--model": tiny_model_dir}
+    options.update(change)
+    args = ["transfer"]
+    for flag, value in options.items():
+        is_file = flag in ("--structure", "--appearance", "--output")
+        args += [flag, str(files / value) if is_file else value]
+    result = _run(*args)
+    assert result.exit_code != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("qalign: error: ") and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.output

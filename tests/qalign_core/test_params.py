@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from qalign_core.params import TransferParams
+
+
+def test_defaults_are_the_spec_defaults():
+    p = TransferParams()
+    assert (p.method, p.steps, p.skip_steps, p.seed, p.domain) == ("qalign", 100, 32, 0, "object")
+    assert (p.swap_guidance_scale, p.contrast_strength, p.adain, p.output_format) == (3.5, 1.67, True, "png")
+    assert (p.align_steps_fine, p.align_steps_coarse, p.adain_steps) == ((10, 90), (10, 70), (20, 100))
+    assert p.size is None and p.effective_prompt == "A photo of a object"
+    assert TransferParams(prompt="a cat").effective_prompt == "a cat"
+
+
+@pytest.mark.parametrize(
+    "field,value,fragment",
+    [
+        ("steps", 1, "steps"),
+        ("steps", 5000, "less than or equal to 1000"),
+        ("seed", -1, "seed"),
+        ("contrast_strength", 0, "greater than 0"),
+        ("contrast_strength", float("nan"), "finite"),
+        ("swap_guidance_scale", float("inf"), "finite"),
+        ("size", 100, "multiple of 64"),
+        ("method", "magic", "qalign"),
+        ("output_format", "gif", "png"),
+        ("domain", "", "at least 1"),
+        ("align_steps_fine", (50, 10), "align_steps_fine"),
+        ("unknown_knob", 1, "Extra inputs are not permitted"),
+    ],
+)
+def test_out_of_range_is_a_clear_error_naming_the_field(field, value, fragment):
+    with pytest.raises(ValidationError) as info:
+        TransferParams(**{field: value})
+    text = str(info.value)
+    assert field in text and fragment in text
+
+
+def test_skip_steps_must_be_below_steps():
+    with pytest.raises(ValidationError, match="skip_steps must be less than steps"):
+        TransferParams(steps=10, skip_steps=10)
