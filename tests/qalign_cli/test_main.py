@@ -22,13 +22,36 @@ def _run(*args):
     return CliRunner().invoke(cli, list(args))
 
 
-FAST = ["--steps", "10", "--skip-steps", "3", "--align-steps-fine", "3", "8", "--align-steps-coarse", "3", "6"]
+FAST = [
+    "--steps",
+    "10",
+    "--skip-steps",
+    "3",
+    "--align-steps-fine",
+    "3",
+    "8",
+    "--align-steps-coarse",
+    "3",
+    "6",
+]
 
 
 def test_transfer_writes_a_valid_image(files, tiny_model_dir):
     out = files / "out.webp"
-    result = _run("transfer", "--structure", str(files / "cat.png"), "--appearance", str(files / "cup.jpg"),
-                  "--output", str(out), "--model", tiny_model_dir, "--method", "cross_image", *FAST)
+    result = _run(
+        "transfer",
+        "--structure",
+        str(files / "cat.png"),
+        "--appearance",
+        str(files / "cup.jpg"),
+        "--output",
+        str(out),
+        "--model",
+        tiny_model_dir,
+        "--method",
+        "cross_image",
+        *FAST,
+    )
     assert result.exit_code == 0, result.output
     with Image.open(out) as image:
         assert image.format == "WEBP" and image.size == (128, 128)  # format taken from the suffix
@@ -52,7 +75,12 @@ def test_make_tiny_model(tmp_path):
     ],
 )
 def test_bad_input_is_one_clear_line(files, tiny_model_dir, change, fragment):
-    options = {"--structure": "cat.png", "--appearance": "cup.jpg", "--output": "o.png", "--model": tiny_model_dir}
+    options = {
+        "--structure": "cat.png",
+        "--appearance": "cup.jpg",
+        "--output": "o.png",
+        "--model": tiny_model_dir,
+    }
     options.update(change)
     args = ["transfer"]
     for flag, value in options.items():

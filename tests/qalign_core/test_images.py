@@ -21,7 +21,13 @@ def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
 def test_sniff_by_magic_bytes(photo_bytes):
     png, jpeg = photo_bytes
     webp = _encode(Image.new("RGB", (8, 8)), "WEBP")
-    assert [sniff_format(d) for d in (png, jpeg, webp, b"GIF89a...", b"")] == ["png", "jpeg", "webp", None, None]
+    assert [sniff_format(d) for d in (png, jpeg, webp, b"GIF89a...", b"")] == [
+        "png",
+        "jpeg",
+        "webp",
+        None,
+        None,
+    ]
 
 
 @pytest.mark.parametrize(
