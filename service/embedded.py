@@ -1,0 +1,133 @@
+"""The in-process worker of the embedded mode: one thread runs queued jobs one at a time.
+
+Jobs survive restarts because the queue is the SQLite job table, not this thread's memory: on
+start, jobs left ``running`` by a process that died are re-queued (or failed once out of attempts)
+and every queued job is scheduled again, oldest first. On a clean stop the running job is
+interrupted at its next step and put back in the queue, not lost and not marked canceled.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from service.execution import Heartbeat, execute_job, gpu_memory_bytes, load_pipeline
+from service.jobs import JobError, JobStore, utcnow, worker_name
+from service.logs import job_context
+from service.settings import Settings
+from service.storage import ObjectStore
+
+logger = logging.getLogger("qalign.embedded")
+
+
+class EmbeddedRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: JobStore,
+        store: ObjectStore,
+        pipeline_factory: Callable[[Settings], object] = load_pipeline,
+    ) -> None:
+        self.settings, self.jobs, self.store = settings, jobs, store
+        self.pipeline_factory = pipeline_factory
+        self.name = f"embedded:{worker_name()}"
+        self.pipeline = None
+        self.load_error: str | None = None
+        self.current_job: str | None = None
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._heartbeat: Heartbeat | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.recover()
+        self._thread = threading.Thread(target=self._loop, name="qalign-embedded-worker", daemon=True)
+        self._thread.start()
+
+    def recover(self) -> None:
+        """Requeue jobs a dead process left running, then schedule every queued job again."""
+        for job_id in self.jobs.ids_by_status("running"):
+            with job_context(job_id):
+                job = self.jobs.requeue(
+                    job_id, "the service stopped during the run", self.settings.max_attempts
+                )
+                logger.info("recovered job left running: now %s", job.status if job else "gone")
+        for job_id in self.jobs.ids_by_status("queued"):
+            self._queue.put(job_id)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        if self._thread is not None:
+            # A model still loading cannot be interrupted; the daemon thread ends with the process.
+            self._thread.join(timeout if self.pipeline is not None else 1.0)
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+
+    def submit(self, job_id: str) -> None:
+        self._queue.put(job_id)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.load_error is None
+
+    @property
+    def state(self) -> str:
+        if self.load_error:
+            return f"model failed to load: {self.load_error}"
+        if not (self._thread and self._thread.is_alive()):
+            return "stopped"
+        return "ready" if self.pipeline is not None else "loading model"
+
+    # ------------------------------------------------------------------ the thread
+    def _loop(self) -> None:
+        try:
+            self.pipeline = self.pipeline_factory(self.settings)
+        except Exception as exc:  # reported by readiness; queued jobs are failed with the reason
+            self.load_error = str(exc)
+            logger.exception("embedded worker could not load the model")
+        if self.pipeline is not None:
+            self._heartbeat = Heartbeat(self.jobs, self.name, self._info, self.settings).start()
+        while not self._stop.is_set():
+            job_id = self._queue.get()
+            if job_id is None or self._stop.is_set():
+                continue
+            try:
+                if self.pipeline is None:
+                    self._fail_unloaded(job_id)
+                    continue
+                self.current_job = job_id
+                execute_job(
+                    job_id,
+                    self.pipeline,
+                    self.jobs,
+                    self.store,
+                    self.settings,
+                    worker=self.name,
+                    interrupted=self._stop.is_set,
+                )
+            except Exception:
+                logger.exception("embedded worker error", extra={"job_id": job_id})
+            finally:
+                self.current_job = None
+
+    def _info(self) -> dict:
+        return {
+            "model": self.settings.model,
+            "job": self.current_job,
+            "gpu_memory_bytes": gpu_memory_bytes(self.pipeline),
+        }
+
+    def _fail_unloaded(self, job_id: str) -> None:
+        error = JobError(type="model_load_error", detail=f"the model could not be loaded: {self.load_error}")
+        self.jobs.modify(
+            job_id,
+            lambda job: (
+                job.model_copy(update={"status": "failed", "finished_at": utcnow(), "error": error})
+                if job.status == "queued"
+                else None
+            ),
+        )

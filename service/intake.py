@@ -1,0 +1,207 @@
+"""Turning a POST /transfer request into validated parameters and image bytes.
+
+Every refusal names what to change: 400 not an image/corrupt/bomb, 413 too large, 415 unsupported
+type, 422 parameter out of range or part missing. Decoding runs in a thread (CPU work off the loop).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from qalign_core.errors import InvalidImageError
+from qalign_core.images import load_image, sniff_format
+from qalign_core.params import TransferParams
+from service.problems import ApiProblem, validation_problem
+from service.schemas import IMAGE_FIELDS, TUPLE_FIELDS, FieldProblem, TransferJSONRequest
+from service.settings import Settings
+
+#: Signatures of image formats we recognise but do not accept (answer 415, not 400).
+OTHER_IMAGE_SIGNATURES = {
+    b"GIF87a": "gif",
+    b"GIF89a": "gif",
+    b"BM": "bmp",
+    b"II*\x00": "tiff",
+    b"MM\x00*": "tiff",
+    b"\x00\x00\x01\x00": "ico",
+    b"8BPS": "psd",
+    b"\xff\x0a": "jxl",
+    b"%PDF": "pdf",
+}
+
+
+@dataclass
+class Submission:
+    params: TransferParams
+    images: dict[str, tuple[bytes, str]]  # field -> (bytes, content type)
+    webhook_url: str | None
+
+
+async def read_submission(request: Request, settings: Settings) -> Submission:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    limit = 2 * settings.max_upload_bytes + 1024 * 1024
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiProblem(413, f"request body is {declared} bytes; the limit is {limit}", kind="too-large")
+    if content_type == "multipart/form-data":
+        raw, declared_types, webhook = await _read_form(request, settings)
+    elif content_type == "application/json":
+        raw, declared_types, webhook = await _read_json(request)
+    else:
+        raise ApiProblem(
+            415,
+            f"send multipart/form-data or application/json, not {content_type or 'no content type'}",
+            kind="unsupported-media-type",
+        )
+    images = {}
+    for field in IMAGE_FIELDS:
+        images[field] = await run_in_threadpool(
+            check_image, field, raw[field], declared_types.get(field), settings
+        )
+    return Submission(params=raw["params"], images=images, webhook_url=webhook)
+
+
+async def _read_form(request: Request, settings: Settings):
+    try:
+        form = await request.form(max_files=2, max_fields=64)
+    except Exception as exc:  # malformed multipart is the caller's error
+        raise ApiProblem(400, f"cannot parse the multipart body: {exc}", kind="bad-request") from exc
+    missing = [f for f in IMAGE_FIELDS if not isinstance(form.get(f), UploadFile)]
+    if missing:
+        problems = [
+            FieldProblem(field=f, message="this file part is required (PNG, JPEG or WebP)") for f in missing
+        ]
+        raise ApiProblem(
+            422, "; ".join(f"{p.field}: {p.message}" for p in problems), kind="missing-part", errors=problems
+        )
+    raw: dict = {}
+    declared: dict[str, str | None] = {}
+    for field in IMAGE_FIELDS:
+        upload: UploadFile = form[field]  # type: ignore[assignment]
+        data = await upload.read(settings.max_upload_bytes + 1)
+        _check_size(field, len(data), settings)
+        raw[field], declared[field] = data, upload.content_type
+    fields: dict[str, object] = {}
+    for name, value in form.multi_items():
+        if name in IMAGE_FIELDS:
+            continue
+        if not isinstance(value, str):
+            raise ApiProblem(
+                422,
+                f"{name}: expected a form field, got a file",
+                kind="invalid-parameters",
+                errors=[FieldProblem(field=name, message="expected a form field, got a file")],
+            )
+        if value == "":
+            continue
+        fields[name] = [p.strip() for p in value.split(",")] if name in TUPLE_FIELDS else value
+    webhook = fields.pop("webhook_url", None)
+    raw["params"] = _params(fields)
+    return raw, declared, webhook
+
+
+async def _read_json(request: Request):
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiProblem(400, f"the body is not valid JSON: {exc}", kind="bad-request") from exc
+    if not isinstance(body, dict):
+        raise ApiProblem(400, "the JSON body must be an object", kind="bad-request")
+    try:
+        parsed = TransferJSONRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_problem(exc) from exc
+    raw: dict = {}
+    declared: dict[str, str | None] = {}
+    for field in IMAGE_FIELDS:
+        raw[field], declared[field] = _decode_base64(field, getattr(parsed, field))
+    params = parsed.model_dump(exclude={"structure", "appearance", "webhook_url"}, exclude_unset=True)
+    raw["params"] = _params(params)
+    return raw, declared, parsed.webhook_url
+
+
+def _params(fields: dict) -> TransferParams:
+    try:
+        return TransferParams.model_validate(fields)
+    except ValidationError as exc:
+        raise validation_problem(exc) from exc
+
+
+def _decode_base64(field: str, value: str) -> tuple[bytes, str | None]:
+    declared = None
+    if value.startswith("data:"):
+        header, sep, value = value.partition(",")
+        if not sep or ";base64" not in header:
+            raise ApiProblem(
+                400,
+                f"{field}: a data: URL must be base64-encoded (data:image/png;base64,...)",
+                kind="not-an-image",
+            )
+        declared = header[5:].split(";")[0] or None
+    try:
+        return base64.b64decode("".join(value.split()), validate=True), declared
+    except (binascii.Error, ValueError) as exc:
+        raise ApiProblem(400, f"{field}: not valid base64 ({exc})", kind="not-an-image") from exc
+
+
+def _check_size(field: str, size: int, settings: Settings) -> None:
+    if size > settings.max_upload_bytes:
+        raise ApiProblem(
+            413, f"{field}: the file is over the limit of {settings.max_upload_bytes} bytes", kind="too-large"
+        )
+
+
+def check_image(field: str, data: bytes, declared_type: str | None, settings: Settings) -> tuple[bytes, str]:
+    """Return (bytes, content type) of an acceptable image or raise the right 4xx ApiProblem."""
+    _check_size(field, len(data), settings)
+    if not data:
+        raise ApiProblem(
+            400, f"{field}: the file is empty; send a PNG, JPEG or WebP image", kind="not-an-image"
+        )
+    fmt = sniff_format(data)
+    if fmt is None:
+        other = next((name for sig, name in OTHER_IMAGE_SIGNATURES.items() if data.startswith(sig)), None)
+        if other is None and len(data) >= 12 and data[4:8] == b"ftyp":
+            other = data[8:12].decode("latin-1").strip()
+        declared = (declared_type or "").lower()
+        if declared.startswith("image/") and declared[6:] not in ("png", "jpeg", "jpg", "webp"):
+            other = other or declared
+        if other is not None:
+            raise ApiProblem(
+                415,
+                f"{field}: unsupported image type ({other}); allowed: PNG, JPEG, WebP",
+                kind="unsupported-media-type",
+            )
+        raise ApiProblem(400, f"{field}: not an image (send a PNG, JPEG or WebP file)", kind="not-an-image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = Image.open(io.BytesIO(data), formats=[fmt.upper()]).size
+    except Image.DecompressionBombError as exc:
+        raise ApiProblem(
+            400, f"{field}: rejected as a decompression bomb ({exc})", kind="not-an-image"
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ApiProblem(400, f"{field}: the {fmt} image is corrupt: {exc}", kind="not-an-image") from exc
+    if width * height > settings.max_pixels:
+        raise ApiProblem(
+            413,
+            f"{field}: the image is {width}x{height} = {width * height} pixels; the limit is "
+            f"{settings.max_pixels}",
+            kind="too-large",
+        )
+    try:
+        load_image(data, max_pixels=settings.max_pixels)
+    except InvalidImageError as exc:
+        raise ApiProblem(400, f"{field}: {exc}", kind="not-an-image") from exc
+    return data, f"image/{fmt}"

@@ -1,0 +1,113 @@
+"""Prometheus metrics of the API, plus job and worker figures read from the job store at scrape time.
+
+Workers never serve metrics themselves: each stage duration a worker measures is added to
+aggregate histogram counters in the job store (a Redis hash in distributed mode), and every API
+process exposes those aggregates. Job counts, queue depth and worker GPU memory (from heartbeats)
+are read at scrape time too, so any API replica answers with the whole deployment's numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.jobs import STAGE_BUCKETS, JobStore, StoreUnavailable
+
+logger = logging.getLogger("qalign.metrics")
+
+
+class JobStoreCollector:
+    """Jobs by status, queue depth, stage-duration histograms and live workers, read per scrape."""
+
+    def __init__(self, jobs: JobStore) -> None:
+        self.jobs = jobs
+
+    def collect(self):
+        up = GaugeMetricFamily("qalign_job_store_up", "1 when the job store answered this scrape")
+        try:
+            counts = self.jobs.count_by_status()
+            stages = self.jobs.stage_stats()
+            workers = self.jobs.live_workers()
+        except StoreUnavailable:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        by_status = GaugeMetricFamily("qalign_jobs", "Job records by status", labels=["status"])
+        for status, n in counts.items():
+            by_status.add_metric([status], n)
+        yield by_status
+        depth = GaugeMetricFamily("qalign_queue_depth", "Jobs waiting for a worker")
+        depth.add_metric([], counts.get("queued", 0))
+        yield depth
+        histogram = HistogramMetricFamily(
+            "qalign_stage_duration_seconds", "Time jobs spent in each stage", labels=["stage"]
+        )
+        for stage, stats in stages.items():
+            bounds = [str(float(b)) for b in STAGE_BUCKETS] + ["+Inf"]
+            histogram.add_metric([stage], list(zip(bounds, stats["buckets"], strict=True)), stats["sum"])
+        yield histogram
+        live = GaugeMetricFamily("qalign_workers_live", "Workers with a fresh heartbeat")
+        live.add_metric([], len(workers))
+        yield live
+        gpu = GaugeMetricFamily(
+            "qalign_worker_gpu_memory_bytes", "GPU memory allocated by each worker", labels=["worker"]
+        )
+        for name, info in workers.items():
+            if info.get("gpu_memory_bytes") is not None:
+                gpu.add_metric([name], info["gpu_memory_bytes"])
+        yield gpu
+
+
+class ServiceMetrics:
+    """A registry per app instance, so several apps (tests, restarts) never collide."""
+
+    def __init__(self, jobs: JobStore) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "qalign_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "qalign_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.submitted = Counter(
+            "qalign_jobs_submitted", "Jobs accepted by this API process", registry=self.registry
+        )
+        ProcessCollector(registry=self.registry)
+        self.registry.register(JobStoreCollector(jobs))
+
+
+class MetricsMiddleware:
+    """Counts requests and latencies by route template (not raw path: ids would explode labels)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, template, str(status[0])).inc()
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)

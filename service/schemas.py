@@ -1,0 +1,147 @@
+"""What the API sends and accepts (the job object exactly as docs/api.md shows it, problem details).
+
+Kept apart from service.jobs: the stored record has internals (store keys, worker, attempts) that
+callers never see, and the public shape must not change when storage does.
+"""
+
+from __future__ import annotations
+
+import typing
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from qalign_core.params import TransferParams
+
+
+class ResultOut(BaseModel):
+    url: str = Field(description="Presigned store URL, or /jobs/{id}/result on the local store.")
+    content_type: str
+    width: int
+    height: int
+    expires_at: datetime | None = Field(None, description="When url stops working; null = never.")
+
+
+class ErrorOut(BaseModel):
+    type: str = Field(description="Machine-readable kind, e.g. invalid_image, internal_error, interrupted.")
+    detail: str
+
+
+class JobMetricsOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    queue_s: float | None = None
+    inversion_s: float | None = None
+    denoise_s: float | None = None
+    decode_s: float | None = None
+    total_s: float | None = None
+    inversion_cache_hits: int | None = Field(None, ge=0, le=2)
+
+
+class JobOut(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    stage: Literal["queued", "loading", "inverting", "denoising", "decoding", "uploading", "done"]
+    progress: float = Field(ge=0.0, le=1.0)
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    params: dict = Field(description="The effective parameters (size is filled in once the job has run).")
+    result: ResultOut | None
+    error: ErrorOut | None
+    metrics: JobMetricsOut
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+    allowed: str | None = Field(None, description="The accepted values or range of the field.")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[FieldProblem] | None = None
+
+
+class TransferJSONRequest(TransferParams):
+    """JSON body of POST /transfer: the two images as base64 (plain or data: URL) plus parameters."""
+
+    structure: str = Field(description="Structure image, base64 or a data: URL (PNG, JPEG, WebP).")
+    appearance: str = Field(description="Appearance image, base64 or a data: URL (PNG, JPEG, WebP).")
+    webhook_url: str | None = Field(
+        None, max_length=2000, pattern=r"^https?://", description="Called on running and terminal status."
+    )
+
+
+IMAGE_FIELDS = ("structure", "appearance")
+REQUEST_ONLY_FIELDS = (*IMAGE_FIELDS, "webhook_url")
+TUPLE_FIELDS = frozenset(
+    name for name, info in TransferParams.model_fields.items() if typing.get_origin(info.annotation) is tuple
+)
+
+
+def allowed_values(field: str) -> str | None:
+    """Human-readable accepted values of a TransferParams field, from its declared constraints."""
+    info = TransferParams.model_fields.get(field)
+    if info is None:
+        return None
+    annotation = info.annotation
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(v) for v in typing.get_args(annotation))
+    if annotation is bool:
+        return "true or false"
+    if field in TUPLE_FIELDS:
+        return "two integers start,end with 0 <= start <= end <= 1000"
+    bounds = {}
+    for meta in info.metadata:
+        for name in ("ge", "gt", "le", "lt", "multiple_of", "min_length", "max_length"):
+            if getattr(meta, name, None) is not None:
+                bounds[name] = getattr(meta, name)
+    parts = []
+    if "ge" in bounds or "gt" in bounds:
+        parts.append(f">= {bounds['ge']}" if "ge" in bounds else f"> {bounds['gt']}")
+    if "le" in bounds or "lt" in bounds:
+        parts.append(f"<= {bounds['le']}" if "le" in bounds else f"< {bounds['lt']}")
+    if "multiple_of" in bounds:
+        parts.append(f"a multiple of {bounds['multiple_of']}")
+    if "min_length" in bounds or "max_length" in bounds:
+        parts.append(f"{bounds.get('min_length', 0)} to {bounds.get('max_length')} characters")
+    return " and ".join(parts) or None
+
+
+def multipart_openapi() -> dict:
+    """OpenAPI requestBody for POST /transfer: both accepted encodings, fields from TransferParams."""
+    params_schema = TransferParams.model_json_schema()
+    form_properties: dict[str, dict] = {
+        "structure": {"type": "string", "format": "binary", "description": "Structure image."},
+        "appearance": {"type": "string", "format": "binary", "description": "Appearance image."},
+        "webhook_url": {"type": "string", "description": "Called on running and terminal status."},
+    }
+    for name, schema in params_schema["properties"].items():
+        if name in TUPLE_FIELDS:
+            schema = {"type": "string", "description": f"{schema.get('description', '')} As 'start,end'."}
+        form_properties[name] = schema
+    json_schema = TransferJSONRequest.model_json_schema()
+    json_schema.pop("$defs", None)
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": form_properties,
+                        "required": list(IMAGE_FIELDS),
+                    }
+                },
+                "application/json": {"schema": json_schema},
+            },
+        }
+    }

@@ -1,0 +1,254 @@
+"""Where input images, result images and cached inversions are kept.
+
+One interface, two implementations: ``S3Store`` (any S3-compatible server through boto3, results
+handed out as presigned GET URLs) and ``LocalStore`` (a directory, for the embedded mode). Keys are
+built here from job ids and sha256 digests only, never from anything a caller named, and checked
+against one pattern, so no key can climb out of its directory or bucket prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+KEY_PATTERN = re.compile(r"^(inputs|results|inversions)/[0-9a-f]{32,64}(\.(png|jpeg|webp))?$")
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
+
+
+class ObjectNotFound(KeyError):
+    """No object under that key."""
+
+
+class StorageUnavailable(Exception):
+    """The store cannot be reached or written; the API answers 503."""
+
+
+def input_key(data: bytes) -> str:
+    """Inputs are content-addressed: the same image uploaded twice is stored once."""
+    return f"inputs/{hashlib.sha256(data).hexdigest()}"
+
+
+def result_key(job_id: str, content_type: str) -> str:
+    return f"results/{job_id}.{EXTENSIONS[content_type]}"
+
+
+def inversion_store_key(cache_key: str) -> str:
+    """The pipeline's cache keys are opaque strings; hash them into our key space."""
+    return f"inversions/{hashlib.sha256(cache_key.encode()).hexdigest()}"
+
+
+def check_key(key: str) -> str:
+    if not KEY_PATTERN.match(key):
+        raise ValueError(f"invalid store key {key!r}")
+    return key
+
+
+class ObjectStore(ABC):
+    @abstractmethod
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The object's bytes; raises ObjectNotFound."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def presigned_url(self, key: str, ttl: int) -> str | None:
+        """A URL anyone can GET for ``ttl`` seconds, or None when the store has none (local)."""
+
+    @abstractmethod
+    def local_path(self, key: str) -> Path | None:
+        """A file the API can stream directly, or None when the object is remote."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StorageUnavailable when the store cannot be reached."""
+
+    def put_input(self, data: bytes, content_type: str) -> str:
+        key = input_key(data)
+        if not self.exists(key):
+            self.put(key, data, content_type)
+        return key
+
+
+class LocalStore(ObjectStore):
+    """Objects as files under ``root``; every write is a temp file in the same directory + rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot write {key}: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read {key}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def presigned_url(self, key: str, ttl: int) -> str | None:
+        return None
+
+    def local_path(self, key: str) -> Path | None:
+        path = self._path(key)
+        return path if path.is_file() else None
+
+    def ping(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.root, os.W_OK):
+                raise StorageUnavailable(f"store directory {str(self.root)!r} is not writable")
+        except OSError as exc:
+            raise StorageUnavailable(f"store directory {str(self.root)!r}: {exc}") from exc
+
+
+class S3Store(ObjectStore):
+    """An S3 bucket (AWS, MinIO, moto...); credentials come from boto3's standard chain."""
+
+    def __init__(
+        self, bucket: str, *, endpoint_url: str | None = None, region: str | None = None, prefix: str = ""
+    ) -> None:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(
+            connect_timeout=3,
+            read_timeout=30,
+            retries={"max_attempts": 2, "mode": "standard"},
+            signature_version="s3v4",
+            # Custom endpoints (MinIO, moto) rarely have wildcard DNS for virtual-host buckets.
+            s3={"addressing_style": "path" if endpoint_url else "auto"},
+        )
+        self.bucket, self.prefix = bucket, prefix
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def _wrap(self, exc: Exception, what: str) -> Exception:
+        from botocore.exceptions import ClientError
+
+        if isinstance(exc, ClientError):
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                return ObjectNotFound(what)
+        return StorageUnavailable(f"S3 {what}: {exc}")
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise self._wrap(exc, f"put {key}") from exc
+
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except (BotoCoreError, ClientError) as exc:
+            raise self._wrap(exc, f"get {key}") from exc
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except (BotoCoreError, ClientError) as exc:
+            error = self._wrap(exc, f"head {key}")
+            if isinstance(error, ObjectNotFound):
+                return False
+            raise error from exc
+
+    def delete(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._wrap(exc, f"delete {key}") from exc
+
+    def presigned_url(self, key: str, ttl: int) -> str | None:
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=ttl
+        )
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    def ping(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"S3 bucket {self.bucket!r} is not reachable: {exc}") from exc
+
+
+class StoreInversionCache:
+    """Adapts an ObjectStore to qalign_core's InversionCache protocol (opaque bytes by key)."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self.store.get(inversion_store_key(key))
+        except (ObjectNotFound, StorageUnavailable):
+            return None
+
+    def put(self, key: str, data: bytes) -> None:
+        # A cache that cannot be written only costs time, never the job.
+        with contextlib.suppress(StorageUnavailable):
+            self.store.put(inversion_store_key(key), data)
+
+
+def make_object_store(settings) -> ObjectStore:
+    """S3 when QALIGN_S3_BUCKET is set, else DATA_DIR/objects."""
+    if settings.s3_bucket:
+        return S3Store(
+            settings.s3_bucket,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            prefix=settings.s3_prefix,
+        )
+    return LocalStore(Path(settings.data_dir) / "objects")

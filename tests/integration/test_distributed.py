@@ -1,0 +1,128 @@
+"""Distributed mode end to end: API -> real Redis -> real Celery worker (tiny model) -> real S3 server."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from int_helpers import FAST, SLOW, RedisServer, decode, free_port, poll, submit, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+
+
+def test_submit_poll_and_download_via_presigned_url_and_result_endpoint(distributed_client, photo_bytes):
+    ready = distributed_client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"]["workers"]["live"] >= 1
+
+    job = submit(distributed_client, photo_bytes, **FAST)
+    assert job["status"] == "queued"
+    done = poll(distributed_client, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["params"]["size"] == 128 and done["params"]["steps"] == 10
+    assert done["metrics"]["total_s"] > 0 and done["metrics"]["inversion_cache_hits"] in (0, 1, 2)
+    result = done["result"]
+    assert result["width"] == 128 and result["height"] == 128 and result["expires_at"]
+
+    # The presigned URL works without credentials, straight from the S3 server.
+    assert result["url"].startswith("http://127.0.0.1:") and "Signature" in result["url"]
+    direct = httpx.get(result["url"], timeout=10)
+    assert direct.status_code == 200
+    assert decode(direct.content).size == (128, 128)
+
+    # /jobs/{id}/result redirects to a presigned URL that serves the same bytes.
+    redirect = distributed_client.get(f"/jobs/{job['id']}/result", follow_redirects=False)
+    assert redirect.status_code == 307
+    via_api = httpx.get(redirect.headers["location"], timeout=10)
+    assert via_api.content == direct.content and decode(via_api.content).format == "PNG"
+
+    # Stage durations measured in the worker process reach this API's /metrics through Redis.
+    families = {f.name: f for f in text_string_to_metric_families(distributed_client.get("/metrics").text)}
+    jobs = {s.labels["status"]: s.value for s in families["qalign_jobs"].samples}
+    assert jobs["succeeded"] >= 1
+    counts = {
+        s.labels["stage"]: s.value
+        for s in families["qalign_stage_duration_seconds"].samples
+        if s.name.endswith("_count")
+    }
+    assert counts.get("denoising", 0) >= 1 and counts.get("uploading", 0) >= 1
+    assert families["qalign_workers_live"].samples[0].value >= 1
+
+
+def test_cancel_running_and_queued_jobs(distributed_client, photo_bytes):
+    running = submit(distributed_client, photo_bytes, **SLOW)
+    wait_for(
+        lambda: (
+            distributed_client.get(f"/jobs/{running['id']}").json()["stage"] in ("inverting", "denoising")
+        ),
+        timeout=120,
+    )
+    queued = submit(distributed_client, photo_bytes, seed=5, **FAST)
+
+    response = distributed_client.delete(f"/jobs/{queued['id']}")
+    assert response.status_code == 200 and response.json()["status"] == "canceled"
+
+    response = distributed_client.delete(f"/jobs/{running['id']}")
+    assert response.status_code == 202
+    stopped = poll(distributed_client, running["id"], timeout=60)
+    assert stopped["status"] == "canceled" and stopped["result"] is None
+    assert stopped["progress"] < 1.0
+
+    # The worker takes the canceled job's message next and must not run it.
+    after = submit(distributed_client, photo_bytes, **FAST)
+    assert poll(distributed_client, after["id"])["status"] == "succeeded"
+    never_ran = distributed_client.get(f"/jobs/{queued['id']}").json()
+    assert never_ran["status"] == "canceled" and never_ran["started_at"] is None
+    result = distributed_client.get(f"/jobs/{queued['id']}/result", follow_redirects=False)
+    assert result.status_code == 409 and result.headers["content-type"].startswith("application/problem+json")
+
+
+def test_unknown_job_is_404(distributed_client):
+    for method, path in (("GET", "/jobs/{}"), ("GET", "/jobs/{}/result"), ("DELETE", "/jobs/{}")):
+        response = distributed_client.request(method, path.format("f" * 32))
+        assert response.status_code == 404
+        assert response.json()["status"] == 404 and response.json()["detail"]
+
+
+def test_readiness_reports_each_dependency(s3_server, tmp_path):
+    """A private Redis, stopped and started again; S3 pointed at a bucket that does not exist."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    redis_server = RedisServer(free_port()).start()
+    settings = Settings(
+        _env_file=None,
+        redis_url=redis_server.url,
+        s3_bucket=s3_server["bucket"],
+        s3_endpoint_url=s3_server["endpoint"],
+        s3_region=s3_server["region"],
+        readiness_cache_s=0,
+    )
+    try:
+        with TestClient(create_app(settings)) as client:
+            body = client.get("/readyz").json()
+            assert (
+                body["checks"]["jobs"]["ok"]
+                and body["checks"]["broker"]["ok"]
+                and body["checks"]["store"]["ok"]
+            )
+            assert body["checks"]["workers"]["ok"] is False, "no worker heartbeats on this Redis"
+            assert client.get("/readyz").status_code == 503
+
+            redis_server.stop()
+            body = client.get("/readyz").json()
+            assert body["checks"]["jobs"]["ok"] is False and body["checks"]["broker"]["ok"] is False
+            assert client.get("/healthz").status_code == 200, "liveness does not depend on Redis"
+
+            redis_server.start()
+            body = wait_for(
+                lambda: (b := client.get("/readyz").json())["checks"]["jobs"]["ok"] and b, timeout=15
+            )
+            assert body["checks"]["broker"]["ok"]
+        bad = settings.model_copy(update={"s3_bucket": "no-such-bucket"})
+        with TestClient(create_app(bad)) as client:
+            assert client.get("/readyz").json()["checks"]["store"]["ok"] is False
+    finally:
+        redis_server.stop()

@@ -1,0 +1,111 @@
+"""Embedded mode end to end: ``serve()`` (uvicorn, in-process worker, SQLite, local store), real model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+from int_helpers import FAST, decode, free_port, poll, stop_process, submit, wait_for
+from PIL import Image
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+
+
+def start_server(port: int, data_dir, model: str, log) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "QALIGN_MODEL": model,
+        "QALIGN_DEVICE": "cpu",
+        "QALIGN_DATA_DIR": str(data_dir),
+        "QALIGN_PROGRESS_INTERVAL": "0.2",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("QALIGN_REDIS_URL", None)
+    env.pop("QALIGN_S3_BUCKET", None)
+    code = f"from service.cli import serve; serve('127.0.0.1', {port})"
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_embedded_flow_survives_api_restart(tiny_model_dir, photo_bytes, tmp_path):
+    data_dir, log_path = tmp_path / "data", tmp_path / "server.log"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        first = start_server(port, data_dir, tiny_model_dir, log)
+        try:
+            with httpx.Client(base_url=base, timeout=30) as client:
+                wait_for(lambda: _up(client), timeout=60)
+                job = submit(client, photo_bytes, **FAST, output_format="jpeg")
+        finally:
+            stop_process(first, 30)  # the job is queued or running: it must survive the restart
+
+        second = start_server(port, data_dir, tiny_model_dir, log)
+        try:
+            with httpx.Client(base_url=base, timeout=30) as client:
+                wait_for(lambda: _up(client), timeout=60)
+                done = poll(client, job["id"])
+                assert done["status"] == "succeeded", (done, log_path.read_text()[-3000:])
+                assert done["result"]["url"] == f"/jobs/{job['id']}/result"
+                response = client.get(done["result"]["url"])
+                assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+                image = decode(response.content)
+                assert image.format == "JPEG" and image.size == (128, 128)
+                assert client.get("/readyz").json()["checks"]["workers"]["ok"] is True
+        finally:
+            stop_process(second, 30)
+    assert '"job_id": "' + job["id"] in log_path.read_text(), "job lines are tagged with the job id"
+
+
+def _up(client: httpx.Client) -> bool:
+    try:
+        return client.get("/healthz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def embedded_client(tiny_model_dir, tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(
+        _env_file=None, model=tiny_model_dir, device="cpu", data_dir=tmp_path_factory.mktemp("e")
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def _problem(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert {"type", "title", "status", "detail"} <= set(body) and body["status"] == status
+    return body
+
+
+def test_bad_input_gets_problem_details(embedded_client, photo_bytes, tmp_path):
+    cat, coffee = photo_bytes
+    files = {"structure": ("cat.png", cat, "image/png"), "appearance": ("x.txt", b"hello", "text/plain")}
+    assert "not an image" in _problem(embedded_client.post("/transfer", files=files), 400)["detail"]
+
+    gif = tmp_path / "a.gif"
+    Image.new("RGB", (16, 16)).save(gif)
+    files = {
+        "structure": ("cat.png", cat, "image/png"),
+        "appearance": ("a.gif", gif.read_bytes(), "image/gif"),
+    }
+    _problem(embedded_client.post("/transfer", files=files), 415)
+
+    files = {"structure": ("cat.png", cat, "image/png"), "appearance": ("c.jpg", coffee, "image/jpeg")}
+    body = _problem(embedded_client.post("/transfer", files=files, data={"swap_guidance_scale": "99"}), 422)
+    assert body["errors"][0]["field"] == "swap_guidance_scale" and "<= 20.0" in body["errors"][0]["allowed"]
+
+    body = _problem(
+        embedded_client.post("/transfer", files={"structure": ("cat.png", cat, "image/png")}), 422
+    )
+    assert body["errors"][0]["field"] == "appearance"

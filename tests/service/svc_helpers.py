@@ -1,0 +1,93 @@
+"""Helpers of the service unit tests (a module, not conftest, so tests can import them)."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from qalign_core.errors import TransferCanceled
+from qalign_core.params import TransferParams
+
+
+@dataclass
+class FakeResult:
+    image: Image.Image
+    params: TransferParams
+    timings: dict
+    inversion_cache_hits: int = 0
+
+    @property
+    def content_type(self) -> str:
+        return self.params.content_type
+
+    def encode(self) -> bytes:
+        buffer = io.BytesIO()
+        self.image.save(buffer, format=self.params.output_format.upper())
+        return buffer.getvalue()
+
+
+@dataclass
+class FakePipeline:
+    """Stands in for QAlignPipeline in unit tests: same call shape, reports stages, honours cancel.
+
+    ``gate`` (when set) blocks the run in the denoising stage until released, so tests can observe
+    a job while it is running.
+    """
+
+    native_size: int = 64
+    model_id: str = "fake"
+    gate: threading.Event | None = None
+    fail_with: Exception | None = None
+    calls: list = field(default_factory=list)
+    running: threading.Event = field(default_factory=threading.Event)
+
+    def transfer(
+        self, structure, appearance, params=None, progress=None, should_cancel=None, inversion_cache=None
+    ):
+        params = params or TransferParams()
+        if params.size is None:
+            params = params.model_copy(update={"size": self.native_size})
+        self.calls.append((structure, appearance, params))
+        progress = progress or (lambda stage, fraction: None)
+        for stage in ("loading", "inverting", "denoising"):
+            progress(stage, 0.0)
+            if should_cancel and should_cancel():
+                raise TransferCanceled(f"canceled during {stage}")
+        self.running.set()
+        if self.fail_with is not None:
+            raise self.fail_with
+        while self.gate is not None and not self.gate.wait(0.02):
+            if should_cancel and should_cancel():
+                raise TransferCanceled("canceled during denoising")
+        progress("denoising", 1.0)
+        progress("decoding", 0.0)
+        image = Image.new("RGB", (params.size, params.size), (200, 100, 50))
+        timings = {"inversion_s": 0.01, "denoise_s": 0.02, "decode_s": 0.01, "total_s": 0.04}
+        return FakeResult(image=image, params=params, timings=timings)
+
+
+def encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,93 @@
+"""Object stores: local directory and S3 (moto's HTTP server on loopback)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import httpx
+import pytest
+from svc_helpers import free_port
+
+from service.storage import (
+    LocalStore,
+    ObjectNotFound,
+    S3Store,
+    StoreInversionCache,
+    input_key,
+    result_key,
+)
+
+
+@pytest.fixture(scope="module")
+def s3(monkeypatch_module):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch_module.setenv(key, "testing")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="qalign-unit")
+    yield S3Store("qalign-unit", endpoint_url=endpoint, region="us-east-1", prefix="p/")
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    return LocalStore(tmp_path / "objects") if request.param == "local" else request.getfixturevalue("s3")
+
+
+def test_inputs_are_content_addressed(store):
+    data = b"\x89PNG\r\n\x1a\n pretend pixels"
+    key = store.put_input(data, "image/png")
+    assert key == "inputs/" + hashlib.sha256(data).hexdigest()
+    assert store.put_input(data, "image/png") == key
+    assert store.get(key) == data and store.exists(key)
+
+
+def test_missing_object_and_bad_keys(store):
+    with pytest.raises(ObjectNotFound):
+        store.get("inputs/" + "0" * 64)
+    for bad in ("../etc/passwd", "inputs/../../x", "results/ABC", "inputs/" + "0" * 64 + "/x"):
+        with pytest.raises(ValueError):
+            store.get(bad)
+
+
+def test_result_urls(store):
+    key = result_key("c" * 32, "image/webp")
+    assert key == "results/" + "c" * 32 + ".webp"
+    store.put(key, b"RIFF....WEBP", "image/webp")
+    url = store.presigned_url(key, ttl=60)
+    if isinstance(store, LocalStore):
+        assert url is None and store.local_path(key).read_bytes() == b"RIFF....WEBP"
+    else:
+        response = httpx.get(url, timeout=10)
+        assert response.status_code == 200 and response.content == b"RIFF....WEBP"
+        assert response.headers["content-type"] == "image/webp"
+    store.ping()
+
+
+def test_local_writes_are_atomic_and_leave_no_temp_files(tmp_path):
+    store = LocalStore(tmp_path)
+    key = result_key("d" * 32, "image/png")
+    store.put(key, b"one")
+    store.put(key, b"two")
+    assert store.get(key) == b"two"
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["d" * 32 + ".png"]
+
+
+def test_inversion_cache_adapter(store):
+    cache = StoreInversionCache(store)
+    assert cache.get("inv-abc") is None
+    cache.put("inv-abc", b"tensors")
+    assert cache.get("inv-abc") == b"tensors"
+    assert input_key(b"x") != "inversions/x"

@@ -1,0 +1,104 @@
+"""Celery configuration and the task body (the task runs in-process here, with a fake pipeline)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
+from svc_helpers import FakePipeline  # noqa: E402
+
+from service.jobs import Job, SqliteJobStore, new_job_id, utcnow  # noqa: E402
+from service.settings import Settings  # noqa: E402
+from service.storage import LocalStore  # noqa: E402
+
+
+def test_reliability_settings_are_explicit():
+    from worker.celery_app import QUEUE, TASK_NAME, make_celery
+
+    app = make_celery(Settings(_env_file=None, redis_url="redis://127.0.0.1:1/0", visibility_timeout=777))
+    conf = app.conf
+    assert conf.worker_prefetch_multiplier == 1 and conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.task_serializer == "json" and conf.accept_content == ["json"]
+    assert conf.broker_transport_options["visibility_timeout"] == 777
+    assert conf.broker_url == "redis://127.0.0.1:1/0" and conf.task_default_queue == QUEUE
+    import worker.tasks  # noqa: F401 - registers the task on the module-level app
+    from worker.celery_app import app as module_app
+
+    assert TASK_NAME in module_app.tasks
+
+
+def test_importing_api_and_worker_loads_no_torch_and_connects_nowhere():
+    import subprocess
+
+    code = (
+        "import sys, service.app, worker.celery_app, worker.tasks; "
+        "assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    )
+    env = {"QALIGN_REDIS_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.fixture
+def worker_state(tmp_path, monkeypatch):
+    import worker.tasks as tasks
+
+    settings = Settings(_env_file=None, data_dir=tmp_path, progress_interval=0, cancel_check_interval=0)
+    jobs, store = SqliteJobStore(tmp_path / "jobs.sqlite3", ttl=3600), LocalStore(tmp_path / "objects")
+    state = tasks.WorkerState(settings, FakePipeline(), jobs, store, "w:1", heartbeat=None)
+    monkeypatch.setattr(tasks, "_state", state)
+    return state
+
+
+def test_task_runs_job_by_id(worker_state, small_png):
+    import worker.tasks as tasks
+
+    keys = [worker_state.store.put_input(small_png, "image/png") for _ in range(2)]
+    job = Job(
+        id=new_job_id(),
+        created_at=utcnow(),
+        structure_key=keys[0],
+        appearance_key=keys[1],
+        params={"steps": 10, "skip_steps": 3},
+    )
+    worker_state.jobs.create(job)
+    assert tasks.transfer.run(job.id) == "succeeded"
+    done = worker_state.jobs.get(job.id)
+    assert done.worker == "w:1" and done.result.width == 64
+    assert worker_state.store.get(done.result.key).startswith(b"\x89PNG")
+    assert tasks.transfer.run(job.id) == "succeeded", "a redelivered finished job is not run again"
+    assert len(worker_state.pipeline.calls) == 1
+    assert tasks.transfer.run(new_job_id()) is None
+
+
+def test_run_worker_passes_defaults_and_user_args(monkeypatch):
+    from worker import cli
+    from worker.celery_app import app
+
+    seen = {}
+    monkeypatch.setattr(app, "worker_main", lambda argv: seen.setdefault("argv", argv))
+    cli.run_worker(["--concurrency=2", "--pool=solo"])
+    argv = seen["argv"]
+    assert argv[0] == "worker" and "--concurrency=2" in argv and "--concurrency=1" not in argv
+    assert "--queues=qalign" in argv and "--pool=solo" in argv
+
+
+@pytest.fixture(scope="module")
+def small_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (1, 2, 3)).save(buffer, format="PNG")
+    return buffer.getvalue()

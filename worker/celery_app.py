@@ -1,0 +1,57 @@
+"""The Celery application (``worker.celery_app:app``), configured explicitly in one place.
+
+Importing this module is cheap (no torch, no connection): the API imports it to publish job ids.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from service.settings import Settings
+
+TASK_NAME = "qalign.transfer"
+QUEUE = "qalign"
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings()
+    broker = settings.redis_url or "redis://127.0.0.1:6379/0"
+    celery = Celery("qalign", broker=broker, set_as_current=False)
+    celery.conf.update(
+        # Messages carry a job id only; JSON so nothing executable crosses the broker.
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,  # the job record in Redis is the result
+        task_default_queue=QUEUE,
+        task_routes={TASK_NAME: {"queue": QUEUE}},
+        # One job at a time per GPU process; a job is acknowledged only after it ran, and requeued
+        # when the process running it dies.
+        worker_prefetch_multiplier=1,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_concurrency=1,
+        broker_transport_options={
+            # Longer than any job may take, or a slow job would be delivered to a second worker.
+            "visibility_timeout": settings.visibility_timeout,
+            "socket_connect_timeout": 3,
+            "socket_timeout": 10,
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        task_publish_retry=True,
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+        # Our JSON logging is configured on the setup_logging signal (worker.tasks).
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        imports=("worker.tasks",),
+    )
+    return celery
+
+
+app = make_celery()
