@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".qalign-data"), description="Local store and embedded job database.")
     s3_bucket: str | None = Field(None, description="S3 bucket for inputs and results; unset uses DATA_DIR.")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO); unset = AWS.")
+    s3_public_endpoint_url: str | None = Field(
+        None, description="Endpoint presigned result URLs are signed for; default S3_ENDPOINT_URL."
+    )
     s3_region: str | None = Field(None, description="S3 region name.")
     s3_prefix: str = Field("", description="Key prefix inside the bucket, e.g. 'qalign/'.")
     result_url_ttl: int = Field(3600, ge=1, le=7 * 24 * 3600, description="Presigned URL lifetime (s).")

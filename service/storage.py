@@ -141,7 +141,13 @@ class S3Store(ObjectStore):
     """An S3 bucket (AWS, MinIO, moto...); credentials come from boto3's standard chain."""
 
     def __init__(
-        self, bucket: str, *, endpoint_url: str | None = None, region: str | None = None, prefix: str = ""
+        self,
+        bucket: str,
+        *,
+        endpoint_url: str | None = None,
+        public_endpoint_url: str | None = None,
+        region: str | None = None,
+        prefix: str = "",
     ) -> None:
         import boto3
         from botocore.config import Config
@@ -156,6 +162,13 @@ class S3Store(ObjectStore):
         )
         self.bucket, self.prefix = bucket, prefix
         self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        # Presigned URLs are signed for the host the client will call: inside compose the service
+        # reaches MinIO as http://minio:9000, clients outside need e.g. http://localhost:9000.
+        self.signing_client = (
+            boto3.client("s3", endpoint_url=public_endpoint_url, region_name=region, config=config)
+            if public_endpoint_url and public_endpoint_url != endpoint_url
+            else self.client
+        )
 
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
@@ -208,7 +221,7 @@ class S3Store(ObjectStore):
             raise self._wrap(exc, f"delete {key}") from exc
 
     def presigned_url(self, key: str, ttl: int) -> str | None:
-        return self.client.generate_presigned_url(
+        return self.signing_client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=ttl
         )
 
@@ -248,6 +261,7 @@ def make_object_store(settings) -> ObjectStore:
         return S3Store(
             settings.s3_bucket,
             endpoint_url=settings.s3_endpoint_url,
+            public_endpoint_url=settings.s3_public_endpoint_url,
             region=settings.s3_region,
             prefix=settings.s3_prefix,
         )

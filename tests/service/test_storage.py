@@ -91,3 +91,15 @@ def test_inversion_cache_adapter(store):
     cache.put("inv-abc", b"tensors")
     assert cache.get("inv-abc") == b"tensors"
     assert input_key(b"x") != "inversions/x"
+
+
+def test_presigned_urls_use_the_public_endpoint_when_set(s3):
+    public = S3Store(
+        "qalign-unit",
+        endpoint_url=s3.client.meta.endpoint_url,
+        public_endpoint_url="http://localhost:19000",
+        region="us-east-1",
+    )
+    url = public.presigned_url("results/" + "a" * 32 + ".png", ttl=60)
+    assert url.startswith("http://localhost:19000/qalign-unit/results/")
+    assert s3.presigned_url("results/" + "a" * 32 + ".png", ttl=60).startswith(s3.client.meta.endpoint_url)
