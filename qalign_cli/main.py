@@ -143,6 +143,17 @@ def make_tiny_model(directory: Path) -> None:
     click.echo(f"wrote tiny model to {directory}")
 
 
+@cli.command("hash-key")
+@click.argument("name", default="client")
+def hash_key_command(name: str) -> None:
+    """Print a new API key and the QALIGN_API_KEYS entry (NAME:sha256) that accepts it."""
+    from service.auth import hash_key, new_key
+
+    key = new_key()
+    click.echo(f"key:   {key}")
+    click.echo(f"entry: {name}:{hash_key(key)}")
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, type=int, show_default=True)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from service.context import Services
+from service.intake import BodyLimitMiddleware
 from service.logs import configure_logging
 from service.metrics import MetricsMiddleware
 from service.problems import install_problem_handlers
@@ -30,7 +31,7 @@ def create_app(settings: Settings | None = None, *, pipeline_factory=None) -> Fa
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level)
-        services.dispatcher.start()
+        services.start()
         logger.info("api started", extra={"mode": "embedded" if settings.embedded else "distributed"})
         try:
             yield
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None, *, pipeline_factory=None) -> Fa
     app.state.services = services
     install_problem_handlers(app)
     app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.request_limit)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     return app
 

@@ -1,7 +1,8 @@
 """API keys: stored only as SHA-256 hashes, several at once, revocable.
 
-``QALIGN_API_KEYS`` lists ``name:sha256hex`` entries (``qalign hash-key`` prints one for a new key);
-``QALIGN_REVOKED_API_KEYS`` lists hashes (or entries) that now get 403. The key's name owns its jobs.
+``QALIGN_API_KEYS`` lists ``name:sha256hex`` entries (``python -m service.auth NAME`` prints a new key
+and its entry); ``QALIGN_REVOKED_API_KEYS`` lists hashes (or entries) that now get 403. The key's
+name owns its jobs.
 No keys configured means open mode (logged as a warning at start).
 """
 
@@ -37,7 +38,7 @@ def _entries(spec: str | None) -> dict[str, str]:
         name, _, digest = item.rpartition(":")
         digest = digest.lower()
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ValueError(f"API key entry {item!r} must be name:sha256hex (see 'qalign hash-key')")
+            raise ValueError(f"API key entry {item!r} must be name:sha256hex (see 'python -m service.auth')")
         table[digest] = name or digest[:12]
     return table
 
@@ -69,3 +70,19 @@ class KeyRing:
             if hmac.compare_digest(digest, known):
                 return name
         raise AuthError(401, "unknown API key")
+
+
+def main() -> None:
+    """``python -m service.auth [NAME]``: a new key and the QALIGN_API_KEYS entry that accepts it."""
+    import sys
+
+    name = sys.argv[1] if len(sys.argv) > 1 else "client"
+    if not name or any(c in name for c in ",:\n") or name != name.strip():
+        raise SystemExit("the key name must not be empty or contain ',', ':' or spaces at its ends")
+    key = new_key()
+    print(f"key:   {key}")
+    print(f"entry: {name}:{hash_key(key)}")
+
+
+if __name__ == "__main__":
+    main()

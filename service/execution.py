@@ -25,6 +25,8 @@ from service.storage import (
     StoreInversionCache,
     result_key,
 )
+from service.views import job_json
+from service.webhooks import EventSender
 
 logger = logging.getLogger("qalign.job")
 
@@ -64,14 +66,17 @@ class JobTracker:
         low, high = STAGE_SPANS.get(stage, (0.0, 1.0))
         overall = round(low + (high - low) * min(max(fraction, 0.0), 1.0), 4)
         self.last_write = now
-        self.jobs.modify(
-            self.job_id,
-            lambda job: (
-                job.model_copy(update={"stage": stage, "progress": max(overall, job.progress)})
-                if job.status == "running"
-                else None
-            ),
-        )
+        try:
+            self.jobs.modify(
+                self.job_id,
+                lambda job: (
+                    job.model_copy(update={"stage": stage, "progress": max(overall, job.progress)})
+                    if job.status == "running"
+                    else None
+                ),
+            )
+        except StoreUnavailable:  # progress is best effort: a Redis blip must not cost the run
+            logger.warning("could not record progress: job store unreachable")
 
     def end_stage(self, now: float | None = None) -> None:
         if self.stage is not None:
@@ -89,7 +94,10 @@ class JobTracker:
         if self.cancel_seen or now - self.last_check < self.settings.cancel_check_interval:
             return self.cancel_seen
         self.last_check = now
-        job = self.jobs.get(self.job_id)
+        try:
+            job = self.jobs.get(self.job_id)
+        except StoreUnavailable:  # cannot read the cancel flag now: keep going, look again later
+            return False
         self.cancel_seen = job is None or job.cancel_requested or job.status != "running"
         return self.cancel_seen
 
@@ -110,32 +118,81 @@ def execute_job(
     run stops at its next step and the job goes back to the queue instead of being canceled.
     """
     with job_context(job_id):
-        job = jobs.claim(job_id, worker or worker_name(), settings.max_attempts)
+        job, ended = jobs.claim_outcome(job_id, worker or worker_name(), settings.max_attempts)
         if job is None:
             current = jobs.get(job_id)
             logger.info("job not run: %s", current.status if current else "unknown id")
+            if ended is not None:  # the claim itself ended it (out of attempts, or cancel requested)
+                sender = webhook_sender(ended, settings)
+                if sender is not None:
+                    sender.send(job_json(ended, store, settings))
+                    sender.close()
             return current
         logger.info("job started", extra={"attempt": job.attempts, "worker": job.worker})
-        tracker = JobTracker(jobs, job_id, settings, interrupted)
+        sender = webhook_sender(job, settings)
+        if sender is not None:
+            sender.send(job_json(job, store, settings))
+        final = None
         try:
-            return _run(job, pipeline, jobs, store, settings, tracker)
-        except TransferCanceled:
-            tracker.end_stage()
-            if interrupted is not None and interrupted() and not tracker.cancel_seen:
-                logger.info("job interrupted by shutdown; requeued")
-                return jobs.requeue(
-                    job_id, "the worker stopped during the run", settings.max_attempts, refund=True
-                )
-            logger.info("job canceled")
-            return _finish(jobs, job_id, status="canceled")
-        except Exception as exc:  # every failure must end in a record, never a crashed worker
-            tracker.end_stage()
-            kind, detail = _classify(exc)
-            if kind == "internal_error":
-                logger.exception("job failed")
-            else:
-                logger.warning("job failed: %s", detail, extra={"error_type": kind})
-            return _finish(jobs, job_id, status="failed", error=JobError(type=kind, detail=detail))
+            final = _attempt(job, pipeline, jobs, store, settings, interrupted)
+            return final
+        finally:
+            if sender is not None:
+                if final is not None and final.finished:
+                    try:
+                        sender.send(job_json(final, store, settings))
+                    except Exception:  # e.g. presigning failed: the job's outcome stands regardless
+                        logger.warning("could not build the webhook body", exc_info=True)
+                sender.close()
+
+
+def webhook_sender(job: Job, settings: Settings) -> EventSender | None:
+    """A background sender of this job's webhook events, or None when it has no webhook_url."""
+    if not job.webhook_url:
+        return None
+    if not settings.webhook_secret:
+        logger.warning("job has a webhook_url but QALIGN_WEBHOOK_SECRET is unset; not delivered")
+        return None
+    return EventSender(
+        job.webhook_url,
+        settings.webhook_secret,
+        allow_hosts=settings.allowed_webhook_hosts,
+        attempts=settings.webhook_attempts,
+        backoff_s=settings.webhook_backoff_s,
+        timeout_s=settings.webhook_timeout_s,
+    )
+
+
+def _attempt(
+    job: Job,
+    pipeline,
+    jobs: JobStore,
+    store: ObjectStore,
+    settings: Settings,
+    interrupted: Callable[[], bool] | None,
+) -> Job | None:
+    """One run of a claimed job, ending in a terminal record (or back in the queue on shutdown)."""
+    job_id = job.id
+    tracker = JobTracker(jobs, job_id, settings, interrupted)
+    try:
+        return _run(job, pipeline, jobs, store, settings, tracker)
+    except TransferCanceled:
+        tracker.end_stage()
+        if interrupted is not None and interrupted() and not tracker.cancel_seen:
+            logger.info("job interrupted by shutdown; requeued")
+            return jobs.requeue(
+                job_id, "the worker stopped during the run", settings.max_attempts, refund=True
+            )
+        logger.info("job canceled")
+        return _finish(jobs, job_id, status="canceled")
+    except Exception as exc:  # every failure must end in a record, never a crashed worker
+        tracker.end_stage()
+        kind, detail = _classify(exc)
+        if kind == "internal_error":
+            logger.exception("job failed")
+        else:
+            logger.warning("job failed: %s", detail, extra={"error_type": kind})
+        return _finish(jobs, job_id, status="failed", error=JobError(type=kind, detail=detail))
 
 
 def _run(
@@ -206,6 +263,8 @@ def _classify(exc: Exception) -> tuple[str, str]:
         return "input_missing", f"an input image is missing from the store: {exc}"
     if isinstance(exc, (StorageUnavailable, StoreUnavailable)):
         return "storage_unavailable", str(exc)
+    if type(exc).__name__ == "SoftTimeLimitExceeded":  # Celery's soft limit; no celery import here
+        return "time_limit", "the job ran longer than QALIGN_JOB_TIME_LIMIT and was stopped"
     return "internal_error", f"the worker failed unexpectedly ({type(exc).__name__}); see the worker logs"
 
 

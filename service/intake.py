@@ -18,13 +18,15 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qalign_core.errors import InvalidImageError
 from qalign_core.images import load_image, sniff_format
 from qalign_core.params import TransferParams
-from service.problems import ApiProblem, validation_problem
+from service.problems import ApiProblem, problem_response, validation_problem
 from service.schemas import IMAGE_FIELDS, TUPLE_FIELDS, FieldProblem, TransferJSONRequest
 from service.settings import Settings
+from service.webhooks import WebhookRefused, check_webhook_url
 
 #: Signatures of image formats we recognise but do not accept (answer 415, not 400).
 OTHER_IMAGE_SIGNATURES = {
@@ -40,19 +42,98 @@ OTHER_IMAGE_SIGNATURES = {
 }
 
 
+#: Longest Idempotency-Key accepted; keys are opaque to us (a UUID is typical).
+MAX_IDEMPOTENCY_KEY = 255
+MAX_WEBHOOK_URL = 2000
+
+
 @dataclass
 class Submission:
     params: TransferParams
     images: dict[str, tuple[bytes, str]]  # field -> (bytes, content type)
     webhook_url: str | None
+    idempotency_key: str | None = None
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``limit`` bytes (413): from Content-Length before reading, and by
+    counting while the body streams in (chunked uploads declare no length)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            text = declared.decode("latin-1").strip()
+            status, detail = 0, ""
+            if not text.isdigit():
+                status, detail = 400, f"invalid Content-Length header {text[:40]!r}"
+            elif int(text) > self.limit:
+                status, detail = 413, f"request body is {int(text)} bytes; the limit is {self.limit} bytes"
+            if status:
+                kind = "too-large" if status == 413 else "bad-request"
+                response = problem_response(status, detail, kind=kind, instance=scope.get("path"))
+                await response(scope, receive, send)
+                return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise ApiProblem(
+                        413, f"request body is over the limit of {self.limit} bytes", kind="too-large"
+                    )
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The Idempotency-Key header, checked: 1-255 printable ASCII characters."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not all(32 < ord(c) < 127 for c in key):
+        raise ApiProblem(
+            400,
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters without spaces "
+            "(a UUID is a good choice)",
+            kind="bad-request",
+        )
+    return key
+
+
+def check_webhook(url: str | None, settings: Settings) -> None:
+    """422 naming webhook_url when it may not be called (SSRF policy) or webhooks are disabled."""
+    if url is None:
+        return
+    reason = None
+    if not settings.webhook_secret:
+        reason = "webhooks are disabled on this service (the operator has not set QALIGN_WEBHOOK_SECRET)"
+    elif len(url) > MAX_WEBHOOK_URL:
+        reason = f"at most {MAX_WEBHOOK_URL} characters"
+    else:
+        try:
+            check_webhook_url(url, settings.allowed_webhook_hosts)
+        except WebhookRefused as exc:
+            reason = str(exc)
+    if reason is not None:
+        problem = FieldProblem(field="webhook_url", message=reason)
+        raise ApiProblem(422, f"webhook_url: {reason}", kind="invalid-webhook-url", errors=[problem])
 
 
 async def read_submission(request: Request, settings: Settings) -> Submission:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    limit = 2 * settings.max_upload_bytes + 1024 * 1024
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiProblem(413, f"request body is {declared} bytes; the limit is {limit}", kind="too-large")
+    key = idempotency_key(request)
     if content_type == "multipart/form-data":
         raw, declared_types, webhook = await _read_form(request, settings)
     elif content_type == "application/json":
@@ -68,12 +149,15 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
         images[field] = await run_in_threadpool(
             check_image, field, raw[field], declared_types.get(field), settings
         )
-    return Submission(params=raw["params"], images=images, webhook_url=webhook)
+    await run_in_threadpool(check_webhook, webhook, settings)  # resolves the host: off the event loop
+    return Submission(params=raw["params"], images=images, webhook_url=webhook, idempotency_key=key)
 
 
 async def _read_form(request: Request, settings: Settings):
     try:
         form = await request.form(max_files=2, max_fields=64)
+    except ApiProblem:
+        raise
     except Exception as exc:  # malformed multipart is the caller's error
         raise ApiProblem(400, f"cannot parse the multipart body: {exc}", kind="bad-request") from exc
     missing = [f for f in IMAGE_FIELDS if not isinstance(form.get(f), UploadFile)]
@@ -111,9 +195,12 @@ async def _read_form(request: Request, settings: Settings):
 
 
 async def _read_json(request: Request):
+    raw_body = await request.body()
     try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = json.loads(raw_body)
+    except RecursionError as exc:
+        raise ApiProblem(400, "the JSON body is nested too deeply", kind="bad-request") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integer literals
         raise ApiProblem(400, f"the body is not valid JSON: {exc}", kind="bad-request") from exc
     if not isinstance(body, dict):
         raise ApiProblem(400, "the JSON body must be an object", kind="bad-request")

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -69,6 +69,7 @@ class Job(BaseModel):
     worker: str | None = None
     owner: str | None = None
     webhook_url: str | None = None
+    idempotency_key: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -131,6 +132,43 @@ class JobStore(ABC):
     def ping(self) -> None:
         """Raise StoreUnavailable when the store cannot be reached."""
 
+    @abstractmethod
+    def get_many(self, job_ids: list[str]) -> list[Job]:
+        """The records that still exist, in the order asked."""
+
+    @abstractmethod
+    def recent_ids(self, status: str, limit: int) -> list[str]:
+        """Up to ``limit`` ids in ``status``, newest first."""
+
+    @abstractmethod
+    def all_jobs(self) -> Iterator[Job]:
+        """Every stored record (the expiry sweep reads which inputs are still referenced)."""
+
+    @abstractmethod
+    def prune(self) -> int:
+        """Drop expired records and index entries; the number dropped."""
+
+    # Idempotency keys: ``scope`` is a digest of (owner, Idempotency-Key); the value names the job
+    # and the fingerprint of the request that made it. Reservation is atomic (SET NX / primary key).
+    @abstractmethod
+    def idempotency_reserve(self, scope: str, record: dict, ttl: int) -> dict | None:
+        """Store ``record`` unless ``scope`` has a live one: None if stored, else the existing record."""
+
+    @abstractmethod
+    def idempotency_get(self, scope: str) -> dict | None: ...
+
+    @abstractmethod
+    def idempotency_confirm(self, scope: str, ttl: int) -> None:
+        """The job exists now: keep the key as long as the job (``ttl`` seconds)."""
+
+    @abstractmethod
+    def idempotency_release(self, scope: str, job_id: str) -> None:
+        """Forget the reservation of ``job_id`` (its submission failed), so a retry can proceed."""
+
+    @abstractmethod
+    def try_lock(self, name: str, ttl: float) -> bool:
+        """A best-effort lease shared by all API processes (one expiry sweep per interval)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing to release
         """Release connections; the default has nothing to release."""
 
@@ -144,20 +182,34 @@ class JobStore(ABC):
         A job left ``running`` by a worker whose heartbeat has expired is taken over (the broker
         redelivered it after that worker died), up to ``max_attempts`` runs; then it is failed.
         """
+        return self.claim_outcome(job_id, worker, max_attempts)[0]
+
+    def claim_outcome(self, job_id: str, worker: str, max_attempts: int) -> tuple[Job | None, Job | None]:
+        """(claimed job or None, job this call ended or None): claim, also saying whether the claim
+        itself made the job terminal (out of attempts, or cancel requested), so callers can notify."""
         live = self.live_workers()
         claimed = False
+        ended = False
 
         def change(job: Job) -> Job | None:
-            nonlocal claimed
-            claimed = False  # modify may retry this function after a conflicting write
-            takeover = job.status == "running" and job.worker not in live and job.worker != worker
+            nonlocal claimed, ended
+            claimed = ended = False  # modify may retry this function after a conflicting write
+            takeover = job.status == "running" and _holder_lost(job, live, worker)
             if job.status != "queued" and not takeover:
                 return None
+            ended = True
+            if job.attempts >= max_attempts and takeover:
+                return _failed(
+                    job,
+                    "worker_lost",
+                    f"the worker running this job stopped without finishing it (crash, kill or lost host) "
+                    f"in each of its {job.attempts} attempts; giving up (QALIGN_MAX_ATTEMPTS={max_attempts})",
+                )
             if job.attempts >= max_attempts:
                 return _failed(job, "interrupted", f"the job was interrupted {job.attempts} times; giving up")
             if job.cancel_requested:
                 return _canceled(job)
-            claimed = True
+            ended, claimed = False, True
             return job.model_copy(
                 update={
                     "status": "running",
@@ -170,7 +222,7 @@ class JobStore(ABC):
             )
 
         job = self.modify(job_id, change)
-        return job if claimed else None
+        return (job if claimed else None), (job if ended else None)
 
     def request_cancel(self, job_id: str) -> Job | None:
         """Queued: canceled now. Running: flagged; the runner stops at its next step. Finished: unchanged."""
@@ -210,6 +262,21 @@ class JobStore(ABC):
             )
 
         return self.modify(job_id, change)
+
+
+def _holder_lost(job: Job, live: dict[str, dict], claimer: str) -> bool:
+    """Whether the worker named by a running record no longer runs it, so a redelivery may take it over.
+
+    Lost: no fresh heartbeat; or its heartbeat names the job it runs and that is another job (or none);
+    or it is the claimer itself (one job at a time per worker process: a record naming it is left
+    over from a run that ended without its final write, e.g. while Redis was down).
+    """
+    if job.worker == claimer:
+        return True
+    info = live.get(job.worker or "")
+    if info is None:
+        return True
+    return "job" in info and info["job"] != job.id
 
 
 def _canceled(job: Job) -> Job:
@@ -361,6 +428,81 @@ class RedisJobStore(JobStore):
     def ping(self) -> None:
         self._call(self.client.ping)
 
+    def get_many(self, job_ids: list[str]) -> list[Job]:
+        if not job_ids:
+            return []
+        raws = self._call(self.client.mget, [self._key(i) for i in job_ids])
+        return [Job.model_validate_json(raw) for raw in raws if raw]
+
+    def recent_ids(self, status: str, limit: int) -> list[str]:
+        return list(self._call(self.client.zrevrange, self._status_key(status), 0, max(limit - 1, 0)))
+
+    def all_jobs(self) -> Iterator[Job]:
+        keys = list(self._call(lambda: list(self.client.scan_iter(match=f"{self.prefix}job:*", count=500))))
+        for start in range(0, len(keys), 200):
+            for raw in self._call(self.client.mget, keys[start : start + 200]):
+                if raw:
+                    yield Job.model_validate_json(raw)
+
+    def prune(self) -> int:
+        """Record keys expire by TTL; drop index entries whose record has expired."""
+        dropped = 0
+        for status in STATUSES:
+            ids = self.ids_by_status(status)
+            for start in range(0, len(ids), 200):
+                chunk = ids[start : start + 200]
+                exists = self._call(self.client.mget, [self._key(i) for i in chunk])
+                gone = [i for i, raw in zip(chunk, exists, strict=True) if not raw]
+                if gone:
+                    dropped += int(self._call(self.client.zrem, self._status_key(status), *gone))
+        return dropped
+
+    def _idem_key(self, scope: str) -> str:
+        return f"{self.prefix}idem:{scope}"
+
+    def idempotency_reserve(self, scope: str, record: dict, ttl: int) -> dict | None:
+        key = self._idem_key(scope)
+        if self._call(self.client.set, key, json.dumps(record), nx=True, ex=ttl):
+            return None
+        existing = self.idempotency_get(scope)
+        # Expired between SET and GET: try once more, then report the (new) holder.
+        if existing is None and self._call(self.client.set, key, json.dumps(record), nx=True, ex=ttl):
+            return None
+        return existing or record
+
+    def idempotency_get(self, scope: str) -> dict | None:
+        raw = self._call(self.client.get, self._idem_key(scope))
+        return json.loads(raw) if raw else None
+
+    def idempotency_confirm(self, scope: str, ttl: int) -> None:
+        self._call(self.client.expire, self._idem_key(scope), ttl)
+
+    def idempotency_release(self, scope: str, job_id: str) -> None:
+        import redis
+
+        key = self._idem_key(scope)
+
+        def run() -> None:
+            with self.client.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw and json.loads(raw).get("job_id") == job_id:
+                        pipe.multi()
+                        pipe.delete(key)
+                        pipe.execute()
+                except redis.WatchError:
+                    pass  # someone else changed it: it is no longer ours to release
+
+        self._call(run)
+
+    def try_lock(self, name: str, ttl: float) -> bool:
+        return bool(
+            self._call(
+                self.client.set, f"{self.prefix}lock:{name}", worker_name(), nx=True, px=int(ttl * 1000)
+            )
+        )
+
     def close(self) -> None:
         self.client.close()
 
@@ -398,9 +540,10 @@ class SqliteJobStore(JobStore):
                 )
                 conn.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created)")
                 conn.execute(
-                    "DELETE FROM jobs WHERE status IN ('succeeded', 'failed', 'canceled') AND created < ?",
-                    (time.time() - self.ttl,),
+                    "CREATE TABLE IF NOT EXISTS idempotency (scope TEXT PRIMARY KEY, data TEXT NOT NULL, "
+                    "expires REAL NOT NULL)"
                 )
+                self._prune(conn)
             except (sqlite3.Error, OSError) as exc:
                 raise StoreUnavailable(f"cannot open the job database {str(self.path)!r}: {exc}") from exc
             self._conn = conn
@@ -482,6 +625,81 @@ class SqliteJobStore(JobStore):
 
     def ping(self) -> None:
         self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    def get_many(self, job_ids: list[str]) -> list[Job]:
+        jobs = (self.get(job_id) for job_id in job_ids)
+        return [job for job in jobs if job is not None]
+
+    def recent_ids(self, status: str, limit: int) -> list[str]:
+        rows = self._run(
+            lambda db: db.execute(
+                "SELECT id FROM jobs WHERE status = ? ORDER BY created DESC LIMIT ?", (status, limit)
+            ).fetchall()
+        )
+        return [r[0] for r in rows]
+
+    def all_jobs(self) -> Iterator[Job]:
+        rows = self._run(lambda db: db.execute("SELECT data FROM jobs").fetchall())
+        return (Job.model_validate_json(row[0]) for row in rows)
+
+    def _prune(self, db: sqlite3.Connection) -> int:
+        """Finished jobs older than the TTL and expired idempotency keys (unfinished jobs are kept)."""
+        now = time.time()
+        dropped = db.execute(
+            "DELETE FROM jobs WHERE status IN ('succeeded', 'failed', 'canceled') AND created < ?",
+            (now - self.ttl,),
+        ).rowcount
+        db.execute("DELETE FROM idempotency WHERE expires < ?", (now,))
+        return dropped
+
+    def prune(self) -> int:
+        return self._run(self._prune)
+
+    def idempotency_reserve(self, scope: str, record: dict, ttl: int) -> dict | None:
+        def run(db: sqlite3.Connection) -> dict | None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(
+                    "SELECT data FROM idempotency WHERE scope = ? AND expires >= ?", (scope, time.time())
+                ).fetchone()
+                if row is not None:
+                    return json.loads(row[0])
+                # The primary key makes a second live reservation impossible; an expired one is replaced.
+                db.execute(
+                    "INSERT OR REPLACE INTO idempotency (scope, data, expires) VALUES (?, ?, ?)",
+                    (scope, json.dumps(record), time.time() + ttl),
+                )
+                return None
+            finally:
+                db.execute("COMMIT")
+
+        return self._run(run)
+
+    def idempotency_get(self, scope: str) -> dict | None:
+        row = self._run(
+            lambda db: db.execute(
+                "SELECT data FROM idempotency WHERE scope = ? AND expires >= ?", (scope, time.time())
+            ).fetchone()
+        )
+        return json.loads(row[0]) if row else None
+
+    def idempotency_confirm(self, scope: str, ttl: int) -> None:
+        self._run(
+            lambda db: db.execute(
+                "UPDATE idempotency SET expires = ? WHERE scope = ?", (time.time() + ttl, scope)
+            )
+        )
+
+    def idempotency_release(self, scope: str, job_id: str) -> None:
+        self._run(
+            lambda db: db.execute(
+                "DELETE FROM idempotency WHERE scope = ? AND json_extract(data, '$.job_id') = ?",
+                (scope, job_id),
+            )
+        )
+
+    def try_lock(self, name: str, ttl: float) -> bool:
+        return True  # embedded mode is one process
 
     def close(self) -> None:
         with self._lock:

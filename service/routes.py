@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response, Security
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
@@ -17,8 +18,25 @@ router = APIRouter()
 PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
 
 
+AUTH = {401: PROBLEM, 403: PROBLEM}
+bearer = HTTPBearer(
+    auto_error=False, description="An API key, when the service has keys configured (QALIGN_API_KEYS)."
+)
+
+
 def services(request: Request) -> Services:
     return request.app.state.services
+
+
+def caller(request: Request, _: HTTPAuthorizationCredentials | None = Security(bearer)) -> str | None:
+    """The calling key's name (it owns the jobs it makes); None in open mode; else 401/403."""
+    return services(request).authenticate(request.headers.get("authorization"))
+
+
+def metrics_caller(request: Request) -> None:
+    """/metrics stays open for scrapers unless QALIGN_METRICS_REQUIRE_KEY is set."""
+    if services(request).settings.metrics_require_key:
+        services(request).authenticate(request.headers.get("authorization"))
 
 
 @router.post(
@@ -27,32 +45,50 @@ def services(request: Request) -> Services:
     response_model=JobOut,
     summary="Submit a transfer job",
     openapi_extra=multipart_openapi(),
-    responses={code: PROBLEM for code in (400, 413, 415, 422, 429, 503)},
+    responses={
+        200: {"model": JobOut, "description": "Idempotency-Key replay: the job the first request made"},
+        **AUTH,
+        **{code: PROBLEM for code in (400, 409, 413, 415, 422, 429, 503)},
+    },
 )
-async def submit_transfer(request: Request, response: Response) -> JobOut:
-    """Multipart (files `structure`, `appearance` + parameter fields) or JSON with base64 images."""
+async def submit_transfer(
+    request: Request, response: Response, owner: str | None = Depends(caller)
+) -> JobOut:
+    """Multipart (files `structure`, `appearance` + parameter fields) or JSON with base64 images.
+
+    Header `Idempotency-Key`: the same key with the same request returns the first job (200).
+    """
     svc = services(request)
     submission = await read_submission(request, svc.settings)
-    job = await run_in_threadpool(svc.submit, submission)
+    job, created = await run_in_threadpool(svc.submit, submission, owner)
     response.headers["Location"] = f"/jobs/{job.id}"
+    if not created:
+        response.status_code = 200
     return svc.view(job)
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, responses={404: PROBLEM, 503: PROBLEM})
-def get_job(job_id: str, request: Request) -> JobOut:
+@router.get("/jobs/{job_id}", response_model=JobOut, responses={**AUTH, 404: PROBLEM, 503: PROBLEM})
+def get_job(job_id: str, request: Request, owner: str | None = Depends(caller)) -> JobOut:
     svc = services(request)
-    return svc.view(svc.get_job(job_id))
+    return svc.view(svc.get_job(job_id, owner))
 
 
 @router.delete(
     "/jobs/{job_id}",
     response_model=JobOut,
-    responses={202: {"model": JobOut, "description": "Running job: it stops at its next step"}, 404: PROBLEM},
+    responses={
+        202: {"model": JobOut, "description": "Running job: it stops at its next step"},
+        **AUTH,
+        404: PROBLEM,
+        503: PROBLEM,
+    },
 )
-def cancel_job(job_id: str, request: Request, response: Response) -> JobOut:
+def cancel_job(
+    job_id: str, request: Request, response: Response, owner: str | None = Depends(caller)
+) -> JobOut:
     """Queued: canceled at once (200). Running: stops at its next step (202). Finished: unchanged (200)."""
     svc = services(request)
-    job = svc.cancel(job_id)
+    job = svc.cancel(job_id, owner)
     if job.status == "running":
         response.status_code = 202
     return svc.view(job)
@@ -64,13 +100,16 @@ def cancel_job(job_id: str, request: Request, response: Response) -> JobOut:
     responses={
         200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
         307: {"description": "Redirect to the presigned store URL"},
+        **AUTH,
         404: PROBLEM,
         409: PROBLEM,
+        410: PROBLEM,
+        503: PROBLEM,
     },
 )
-def get_result(job_id: str, request: Request) -> Response:
+def get_result(job_id: str, request: Request, owner: str | None = Depends(caller)) -> Response:
     svc = services(request)
-    job = svc.get_job(job_id)
+    job = svc.get_job(job_id, owner)
     if job.status != "succeeded" or job.result is None:
         why = "has not finished" if not job.finished else f"ended {job.status} and has no result"
         raise ApiProblem(409, f"job {job_id} {why} (status {job.status})", kind="result-not-ready")
@@ -103,6 +142,8 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(verdict, status_code=200 if verdict["ready"] else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[Depends(metrics_caller)]
+)
 def metrics(request: Request) -> Response:
     return Response(generate_latest(services(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Same value as qalign_core.pipeline.DEFAULT_MODEL, repeated so reading settings never imports torch.
@@ -41,19 +41,100 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted image file.")
     max_pixels: int = Field(40_000_000, ge=1, description="Largest accepted image pixel count.")
+    max_request_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="Largest POST body; default: room for two MAX_UPLOAD_BYTES files as base64 plus 1 MiB.",
+    )
     max_queue_depth: int = Field(100, ge=1, description="Queued jobs before POST answers 429.")
-    job_ttl: int = Field(7 * 24 * 3600, ge=60, description="How long job records are kept (s).")
+    max_inflight_per_key: int | None = Field(
+        None, ge=1, description="Queued + running jobs one API key may have before 429; unset = no limit."
+    )
+    job_ttl: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="How long job records, inputs, results and idempotency keys live (s).",
+    )
+    cleanup_interval: float = Field(
+        3600.0, ge=0.0, description="Seconds between expiry sweeps of the API process; 0 = never."
+    )
+    api_keys: str | None = Field(
+        None, description="Comma list of name:sha256hex API keys (python -m service.auth); unset = open mode."
+    )
+    revoked_api_keys: str | None = Field(None, description="Comma list of revoked name:sha256hex entries.")
+    metrics_require_key: bool = Field(False, description="GET /metrics needs an API key like the job routes.")
+    webhook_secret: str | None = Field(
+        None, description="HMAC-SHA256 key of webhook signatures; unset = webhook_url is refused (422)."
+    )
+    webhook_allow_hosts: str = Field(
+        "", description="Comma list of webhook hosts allowed even if they resolve to private addresses."
+    )
+    webhook_attempts: int = Field(5, ge=1, le=20, description="Deliveries tried per webhook event.")
+    webhook_backoff_s: float = Field(1.0, ge=0.0, description="First retry delay; doubles per attempt.")
+    webhook_timeout_s: float = Field(5.0, gt=0.0, description="Timeout of one webhook POST (s).")
+    s3_max_attempts: int = Field(4, ge=1, le=10, description="S3 calls tried (with backoff) before failing.")
     max_attempts: int = Field(2, ge=1, description="Runs of one job before an interrupted job is failed.")
     progress_interval: float = Field(0.5, ge=0.0, description="Least seconds between progress writes.")
     cancel_check_interval: float = Field(0.25, ge=0.0, description="Least seconds between cancel checks.")
     heartbeat_interval: float = Field(5.0, gt=0.0, description="Worker heartbeat period (s).")
     heartbeat_ttl: float = Field(15.0, gt=0.0, description="A worker without heartbeat this long is dead.")
     readiness_cache_s: float = Field(2.0, ge=0.0, description="How long a readiness verdict is reused.")
-    visibility_timeout: int = Field(
-        3 * 3600, ge=60, description="Redis broker: seconds before an unacknowledged job is redelivered."
+    job_time_limit: int = Field(
+        3600,
+        ge=1,
+        description="Seconds one run of a job may take: then it is stopped and failed (error time_limit); "
+        "the Celery soft time limit. The hard limit (process killed) is job_hard_time_limit.",
+    )
+    visibility_timeout: int | None = Field(
+        None,
+        ge=1,
+        description="Redis broker: seconds before an unacknowledged job is redelivered to another worker. "
+        "Must exceed job_hard_time_limit; default job_hard_time_limit + 300.",
+    )
+    redelivery_check_interval: float = Field(
+        10.0, gt=0.0, description="Seconds between a worker's scans for messages past the visibility timeout."
+    )
+    worker_shutdown_grace: float = Field(
+        300.0,
+        ge=0.0,
+        description="On SIGTERM a worker lets its running job go on this long, then stops it at its next "
+        "step and requeues it; keep it below the orchestrator's kill timeout (compose: stop_grace_period).",
     )
     inversion_cache: bool = Field(True, description="Keep inversions in the store and reuse them.")
     log_level: str = Field("INFO", description="Log level of the JSON logs.")
+
+    @property
+    def request_limit(self) -> int:
+        """The POST body limit: MAX_REQUEST_BYTES, or two files as base64 (4/3) plus 1 MiB of fields."""
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        return (2 * self.max_upload_bytes * 4) // 3 + 4 + 1024 * 1024
+
+    @property
+    def allowed_webhook_hosts(self) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in self.webhook_allow_hosts.split(",") if h.strip())
+
+    @property
+    def job_hard_time_limit(self) -> int:
+        """When the worker process running a job is killed: the soft limit plus 10 % (1-60 s) to clean up."""
+        return self.job_time_limit + min(max(self.job_time_limit // 10, 1), 60)
+
+    @property
+    def broker_visibility_timeout(self) -> int:
+        """Redelivery time of an unacknowledged message; always above the hard time limit."""
+        if self.visibility_timeout is not None:
+            return self.visibility_timeout
+        return self.job_hard_time_limit + 300
+
+    @model_validator(mode="after")
+    def _redelivery_after_time_limit(self) -> Settings:
+        """A message redelivered while its job may still run would start a second, concurrent run."""
+        if self.visibility_timeout is not None and self.visibility_timeout <= self.job_hard_time_limit:
+            raise ValueError(
+                f"QALIGN_VISIBILITY_TIMEOUT ({self.visibility_timeout} s) must exceed the hard job time "
+                f"limit ({self.job_hard_time_limit} s = QALIGN_JOB_TIME_LIMIT {self.job_time_limit} + grace)"
+            )
+        return self
 
     @property
     def embedded(self) -> bool:

@@ -13,10 +13,15 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 
 KEY_PATTERN = re.compile(r"^(inputs|results|inversions)/[0-9a-f]{32,64}(\.(png|jpeg|webp))?$")
+#: An input reused after this many seconds is rewritten (S3) or touched (local), so that expiry,
+#: which goes by the object's age, never removes an input a new job has just started to use.
+INPUT_REFRESH_S = 600.0
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
 
 
@@ -74,9 +79,18 @@ class ObjectStore(ABC):
     def ping(self) -> None:
         """Raise StorageUnavailable when the store cannot be reached."""
 
+    @abstractmethod
+    def list_objects(self, folder: str) -> Iterator[tuple[str, float]]:
+        """(key, last-modified epoch seconds) of every object under ``folder`` (inputs, results, ...)."""
+
+    @abstractmethod
+    def age(self, key: str) -> float | None:
+        """Seconds since the object was written, or None when it does not exist."""
+
     def put_input(self, data: bytes, content_type: str) -> str:
         key = input_key(data)
-        if not self.exists(key):
+        age = self.age(key)
+        if age is None or age > INPUT_REFRESH_S:
             self.put(key, data, content_type)
         return key
 
@@ -128,6 +142,29 @@ class LocalStore(ObjectStore):
         path = self._path(key)
         return path if path.is_file() else None
 
+    def list_objects(self, folder: str) -> Iterator[tuple[str, float]]:
+        directory = self.root / folder
+        if not directory.is_dir():
+            return
+        for entry in os.scandir(directory):
+            if entry.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    yield f"{folder}/{entry.name}", entry.stat().st_mtime
+
+    def age(self, key: str) -> float | None:
+        try:
+            return time.time() - self._path(key).stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read {key}: {exc}") from exc
+
+    def delete_raw(self, key: str) -> None:
+        """Delete a file the sweep found (also stale ``.tmp-*`` files a crash left behind)."""
+        folder, _, name = key.partition("/")
+        if folder in ("inputs", "results", "inversions") and "/" not in name and name not in ("", ".", ".."):
+            (self.root / folder / name).unlink(missing_ok=True)
+
     def ping(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -148,20 +185,35 @@ class S3Store(ObjectStore):
         public_endpoint_url: str | None = None,
         region: str | None = None,
         prefix: str = "",
+        max_attempts: int = 4,
     ) -> None:
         import boto3
         from botocore.config import Config
 
+        common = {
+            "signature_version": "s3v4",
+            # Custom endpoints (MinIO, moto) rarely have wildcard DNS for virtual-host buckets.
+            "s3": {"addressing_style": "path" if endpoint_url else "auto"},
+        }
+        # Data calls retry with exponential backoff (boto3 "standard" mode: throttling, 5xx, resets).
+        # A PutObject is atomic: readers see the whole object or none, never a partial one.
         config = Config(
             connect_timeout=3,
             read_timeout=30,
-            retries={"max_attempts": 2, "mode": "standard"},
-            signature_version="s3v4",
-            # Custom endpoints (MinIO, moto) rarely have wildcard DNS for virtual-host buckets.
-            s3={"addressing_style": "path" if endpoint_url else "auto"},
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+            **common,
         )
         self.bucket, self.prefix = bucket, prefix
         self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        # Readiness must answer fast when the store is down: one try, short timeouts.
+        self.ping_client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=Config(
+                connect_timeout=2, read_timeout=3, retries={"max_attempts": 1, "mode": "standard"}, **common
+            ),
+        )
         # Presigned URLs are signed for the host the client will call: inside compose the service
         # reaches MinIO as http://minio:9000, clients outside need e.g. http://localhost:9000.
         self.signing_client = (
@@ -228,11 +280,36 @@ class S3Store(ObjectStore):
     def local_path(self, key: str) -> Path | None:
         return None
 
+    def list_objects(self, folder: str) -> Iterator[tuple[str, float]]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=f"{self.prefix}{folder}/"
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield item["Key"][len(self.prefix) :], item["LastModified"].timestamp()
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"S3 list {folder}: {exc}") from exc
+
+    def age(self, key: str) -> float | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return time.time() - head["LastModified"].timestamp()
+        except (BotoCoreError, ClientError) as exc:
+            error = self._wrap(exc, f"head {key}")
+            if isinstance(error, ObjectNotFound):
+                return None
+            raise error from exc
+
     def ping(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self.ping_client.head_bucket(Bucket=self.bucket)
         except (BotoCoreError, ClientError) as exc:
             raise StorageUnavailable(f"S3 bucket {self.bucket!r} is not reachable: {exc}") from exc
 
@@ -264,5 +341,6 @@ def make_object_store(settings) -> ObjectStore:
             public_endpoint_url=settings.s3_public_endpoint_url,
             region=settings.s3_region,
             prefix=settings.s3_prefix,
+            max_attempts=settings.s3_max_attempts,
         )
     return LocalStore(Path(settings.data_dir) / "objects")

@@ -113,3 +113,59 @@ def deliver(
         if attempt < attempts:
             sleep(backoff_s * 2 ** (attempt - 1))
     return False
+
+
+class EventSender:
+    """Delivers one job's events in order from a daemon thread, so the job never waits for a receiver.
+
+    ``send`` queues a body; ``close`` lets the thread end after the queued bodies. A receiver that
+    keeps failing costs this thread its retries and nothing else.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        secret: str,
+        *,
+        allow_hosts: Iterable[str] = (),
+        attempts: int = 5,
+        backoff_s: float = 0.5,
+        timeout_s: float = 5.0,
+    ) -> None:
+        import queue
+        import threading
+
+        self.url, self.secret, self.allow_hosts = url, secret, tuple(allow_hosts)
+        self.attempts, self.backoff_s, self.timeout_s = attempts, backoff_s, timeout_s
+        self.delivered: list[bool] = []
+        self._queue: queue.Queue[bytes | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="qalign-webhook", daemon=True)
+        self._thread.start()
+
+    def send(self, body: bytes) -> None:
+        self._queue.put(body)
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while (body := self._queue.get()) is not None:
+            try:
+                ok = deliver(
+                    self.url,
+                    body,
+                    self.secret,
+                    allow_hosts=self.allow_hosts,
+                    attempts=self.attempts,
+                    backoff_s=self.backoff_s,
+                    timeout_s=self.timeout_s,
+                )
+            except Exception:  # deliver never raises by design; belt and braces for the thread
+                log.exception("webhook delivery crashed", extra={"url": self.url})
+                ok = False
+            self.delivered.append(ok)
+            if not ok:
+                log.warning("webhook not delivered", extra={"url": self.url})

@@ -91,3 +91,13 @@ def test_bad_input_is_one_clear_line(files, tiny_model_dir, change, fragment):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("qalign: error: ") and fragment in lines[0], result.stderr
     assert "Traceback" not in result.output
+
+
+def test_hash_key_prints_a_key_and_its_entry():
+    from service.auth import KeyRing
+
+    result = _run("hash-key", "alice")
+    assert result.exit_code == 0
+    key = result.output.split("key:")[1].split()[0]
+    entry = result.output.split("entry:")[1].split()[0]
+    assert KeyRing.from_settings(entry, None).owner(f"Bearer {key}") == "alice"
