@@ -11,6 +11,8 @@ from service.settings import Settings
 
 TASK_NAME = "qalign.transfer"
 QUEUE = "qalign"
+#: How long a prefork child may take to load the model (a first download included) before it is up.
+MODEL_LOAD_TIMEOUT_S = 1800.0
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -31,9 +33,22 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_concurrency=1,
+        # Prefork children load the model before they report "up" (worker_process_init); Celery's 4 s
+        # default would kill every child still loading (a real model takes far longer) and respawn it.
+        worker_proc_alive_timeout=MODEL_LOAD_TIMEOUT_S,
+        # A run is stopped (SoftTimeLimitExceeded: the job fails with error time_limit) after
+        # JOB_TIME_LIMIT, and its process killed after the hard limit. Prefork pool only: solo and
+        # threads pools cannot enforce time limits.
+        task_soft_time_limit=settings.job_time_limit,
+        task_time_limit=settings.job_hard_time_limit,
         broker_transport_options={
-            # Longer than any job may take, or a slow job would be delivered to a second worker.
-            "visibility_timeout": settings.visibility_timeout,
+            # Above the hard time limit (Settings checks it), or a job still running would be delivered
+            # to a second worker. A worker that died (SIGKILL, lost host) leaves its message unacked;
+            # any live worker puts it back in the queue once it is this old.
+            "visibility_timeout": settings.broker_visibility_timeout,
+            # Scan for such messages every REDELIVERY_CHECK_INTERVAL s (kombu's default is ~100 s).
+            "unacked_restore_interval": settings.redelivery_check_interval,
+            "unacked_restore_throttle": 1,
             "socket_connect_timeout": 3,
             "socket_timeout": 10,
         },

@@ -18,11 +18,15 @@ from service.storage import LocalStore  # noqa: E402
 def test_reliability_settings_are_explicit():
     from worker.celery_app import QUEUE, TASK_NAME, make_celery
 
-    app = make_celery(Settings(_env_file=None, redis_url="redis://127.0.0.1:1/0", visibility_timeout=777))
+    settings = Settings(
+        _env_file=None, redis_url="redis://127.0.0.1:1/0", job_time_limit=600, visibility_timeout=777
+    )
+    app = make_celery(settings)
     conf = app.conf
     assert conf.worker_prefetch_multiplier == 1 and conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.task_serializer == "json" and conf.accept_content == ["json"]
     assert conf.broker_transport_options["visibility_timeout"] == 777
+    assert conf.task_soft_time_limit == 600 and conf.task_time_limit == 660 < 777
     assert conf.broker_url == "redis://127.0.0.1:1/0" and conf.task_default_queue == QUEUE
     import worker.tasks  # noqa: F401 - registers the task on the module-level app
     from worker.celery_app import app as module_app
@@ -102,3 +106,75 @@ def small_png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (32, 24), (1, 2, 3)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_visibility_timeout_follows_the_job_time_limit():
+    """Redelivery must come after the hard limit, or a live job would get a second, concurrent run."""
+    from pydantic import ValidationError
+
+    default = Settings(_env_file=None)
+    assert default.broker_visibility_timeout > default.job_hard_time_limit > default.job_time_limit
+    short = Settings(_env_file=None, job_time_limit=6, visibility_timeout=10)
+    assert short.job_hard_time_limit == 7 and short.broker_visibility_timeout == 10
+    with pytest.raises(ValidationError, match="must exceed the hard job time limit"):
+        Settings(_env_file=None, job_time_limit=600, visibility_timeout=600)
+
+
+def _queued_job(state, png: bytes, **params) -> Job:
+    keys = [state.store.put_input(png, "image/png") for _ in range(2)]
+    job = Job(
+        id=new_job_id(),
+        created_at=utcnow(),
+        structure_key=keys[0],
+        appearance_key=keys[1],
+        params={"steps": 10, "skip_steps": 3, **params},
+    )
+    state.jobs.create(job)
+    return job
+
+
+def test_job_held_by_a_live_worker_is_retried_not_dropped(worker_state, small_png):
+    """A redelivery while the holder's heartbeat still names the job: look again later (Retry)."""
+    from celery.exceptions import Retry
+
+    import worker.tasks as tasks
+
+    job = _queued_job(worker_state, small_png)
+    worker_state.jobs.heartbeat("other:2", {"job": job.id}, ttl=30)
+    worker_state.jobs.claim(job.id, "other:2", max_attempts=2)
+    with pytest.raises(Retry):
+        tasks.transfer.run(job.id)
+    assert worker_state.jobs.get(job.id).worker == "other:2" and not worker_state.pipeline.calls
+
+    # The holder is alive but runs something else now: its run of this job was lost, take it over.
+    worker_state.jobs.heartbeat("other:2", {"job": None}, ttl=30)
+    assert tasks.transfer.run(job.id) == "succeeded"
+    assert worker_state.jobs.get(job.id).attempts == 2
+
+
+def test_takeover_after_max_attempts_fails_with_worker_lost(worker_state, small_png):
+    import worker.tasks as tasks
+
+    job = _queued_job(worker_state, small_png)
+    worker_state.jobs.claim(job.id, "dead:1", max_attempts=2)
+    worker_state.jobs.claim(job.id, "dead:2", max_attempts=2)  # second delivery after the first death
+    assert tasks.transfer.run(job.id) == "failed"
+    failed = worker_state.jobs.get(job.id)
+    assert failed.error.type == "worker_lost" and "2 attempts" in failed.error.detail
+
+
+def test_shutdown_interrupt_requeues_job_and_message(worker_state, small_png, monkeypatch):
+    """Shutdown grace over: the job goes back to the queue (no attempt used) and the message is rejected
+    with requeue, so another worker runs it."""
+    from celery.exceptions import Reject
+
+    import worker.tasks as tasks
+
+    job = _queued_job(worker_state, small_png)
+    monkeypatch.setattr(tasks, "_interrupt", __import__("threading").Event())
+    tasks._interrupt.set()
+    with pytest.raises(Reject) as caught:
+        tasks.transfer.run(job.id)
+    assert caught.value.requeue
+    again = worker_state.jobs.get(job.id)
+    assert again.status == "queued" and again.attempts == 0 and again.worker is None
