@@ -6,26 +6,16 @@ bounded time. Session scope: the worker loads the tiny model once for all tests.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from int_helpers import RedisServer, free_port, stop_process
-
-REPO = Path(__file__).resolve().parents[2]
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+from int_helpers import AWS_ENV, REPO, MotoS3, RedisServer, celery_worker_args, stop_process, worker_env
 
 
 @pytest.fixture(scope="session")
 def redis_server():
-    server = RedisServer(free_port()).start()
+    server = RedisServer().start()
     yield server
     server.stop()
 
@@ -33,24 +23,10 @@ def redis_server():
 @pytest.fixture(scope="session")
 def s3_server():
     """moto in server mode: a real S3 HTTP endpoint on loopback, with the test bucket created."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    for key, value in AWS_ENV.items():
-        os.environ.setdefault(key, value)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **_creds()).create_bucket(
-        Bucket="qalign-test"
-    )
-    yield {"endpoint": endpoint, "bucket": "qalign-test", "region": "us-east-1"}
+    server = MotoS3().start()
+    server.create_bucket("qalign-test")
+    yield {"endpoint": server.endpoint, "bucket": "qalign-test", "region": "us-east-1"}
     server.stop()
-
-
-def _creds() -> dict:
-    return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
 @pytest.fixture(scope="session")
@@ -75,28 +51,11 @@ def distributed_env(redis_server, s3_server, tiny_model_dir) -> dict[str, str]:
 def celery_worker(distributed_env, tmp_path_factory):
     """One real ``celery worker`` process (solo pool, one job at a time) with the tiny model."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    env = {**os.environ, **distributed_env, "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     with open(log, "wb") as handle:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker.celery_app",
-                "worker",
-                "--pool=solo",
-                "--concurrency=1",
-                "--queues=qalign",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "--hostname=test-worker@%h",
-                "--loglevel=INFO",
-            ],
+            celery_worker_args("test-worker"),
             cwd=REPO,
-            env=env,
+            env=worker_env(distributed_env),
             stdout=handle,
             stderr=subprocess.STDOUT,
         )

@@ -6,94 +6,33 @@ own moto S3 server and its own Celery worker, so stopping them never disturbs ot
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 import time
 
 import pytest
-from int_helpers import free_port, poll, stop_process, submit, wait_for
+from int_helpers import (
+    AWS_ENV,
+    REPO,
+    MotoS3,
+    RedisServer,
+    celery_worker_args,
+    poll,
+    stop_process,
+    submit,
+    wait_for,
+    worker_env,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 #: The shortest valid run of the tiny model: these tests are about the plumbing, not the images.
 QUICK = {"steps": 4, "skip_steps": 1}
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-class Redis:
-    def __init__(self, directory) -> None:
-        self.port, self.dir, self.proc = free_port(), str(directory), None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server") or pytest.skip("redis-server is not installed")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                self.dir,
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        wait_for(lambda: _pings(client), timeout=10)
-        client.close()
-
-    def stop(self) -> None:
-        stop_process(self.proc, 5)
-
-
-class S3:
-    def __init__(self) -> None:
-        self.port, self.server = free_port(), None
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
-
-    def stop(self) -> None:
-        self.server.stop()
-
-
-def _pings(client) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
 
 
 @pytest.fixture(scope="module")
 def deps(tmp_path_factory, tiny_model_dir):
-    import boto3
-
-    for key, value in AWS_ENV.items():
-        os.environ.setdefault(key, value)
-    redis_server, s3 = Redis(tmp_path_factory.mktemp("redis-aof")), S3()
-    redis_server.start()
-    s3.start()
-    boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1").create_bucket(Bucket="deps")
+    redis_server = RedisServer(directory=tmp_path_factory.mktemp("redis-aof")).start()
+    s3 = MotoS3().start()
+    s3.create_bucket("deps")
     env = {
         "QALIGN_REDIS_URL": redis_server.url,
         "QALIGN_MODEL": tiny_model_dir,
@@ -109,28 +48,11 @@ def deps(tmp_path_factory, tiny_model_dir):
         **AWS_ENV,
     }
     log = tmp_path_factory.mktemp("deps-worker") / "worker.log"
-    worker_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    worker_env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, worker_env.get("PYTHONPATH")]))
     with open(log, "wb") as handle:
         worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker.celery_app",
-                "worker",
-                "--pool=solo",
-                "--concurrency=1",
-                "--queues=qalign",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "--hostname=deps-worker@%h",
-                "--loglevel=INFO",
-            ],
+            celery_worker_args("deps-worker"),
             cwd=REPO,
-            env=worker_env,
+            env=worker_env(env),
             stdout=handle,
             stderr=subprocess.STDOUT,
         )

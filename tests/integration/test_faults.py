@@ -13,24 +13,26 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from int_helpers import TERMINAL, free_port, stop_process, wait_for
+from int_helpers import (
+    AWS_ENV,
+    REPO,
+    TERMINAL,
+    MotoS3,
+    RedisServer,
+    celery_worker_args,
+    stop_process,
+    wait_for,
+    worker_env,
+)
 from PIL import Image
 
 pytestmark = [pytest.mark.integration]
-REPO = Path(__file__).resolve().parents[2]
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 BUCKET = "faults"
 VISIBILITY_S = 10
 #: A job of the tiny model that lasts a few seconds on this machine, so it can be caught running.
@@ -40,58 +42,6 @@ TINY = {"steps": 2, "skip_steps": 1, "size": 64}
 
 
 # ---------------------------------------------------------------------------------------------- processes
-class Redis:
-    """redis-server with AOF (fsync always) in its own directory; restartable on the same port."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port, self.dir, self.proc = free_port(), directory, None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server") or pytest.skip("redis-server is not installed")
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
-        args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
-
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        try:
-            wait_for(lambda: _ok(client.ping), timeout=10)
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, 5)
-            self.proc = None
-
-
-class S3:
-    """moto's S3 server; its data lives in this process, so a restart keeps the bucket and objects."""
-
-    def __init__(self) -> None:
-        self.port, self.server = free_port(), None
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
-
-
-def _ok(fn) -> bool:
-    try:
-        return bool(fn())
-    except Exception:
-        return False
-
-
 def _children(pid: int) -> list[int]:
     """Child pids of ``pid`` (the prefork pool), from /proc."""
     found = []
@@ -113,9 +63,7 @@ class Worker:
         self.name, self.log = name, log_dir / f"{name}.log"
         with open(self.log, "wb") as handle:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=prefork"]
-                + ["--concurrency=1", "--queues=qalign", "--without-gossip", "--without-mingle"]
-                + ["--without-heartbeat", f"--hostname={name}@%h", "--loglevel=INFO"],
+                celery_worker_args(name, pool="prefork"),
                 cwd=REPO,
                 env=env,
                 stdout=handle,
@@ -155,9 +103,7 @@ class Fleet:
         self.workers: list[Worker] = []
 
     def start(self, name: str, **extra: str) -> Worker:
-        env = {**os.environ, **self.env, **extra, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        worker = Worker(name, env, self.log_dir)
+        worker = Worker(name, worker_env({**self.env, **extra}), self.log_dir)
         self.workers.append(worker)
         return worker
 
@@ -181,15 +127,10 @@ class Fleet:
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def deps(tmp_path_factory, tiny_model_dir):
-    import boto3
-
-    for key, value in AWS_ENV.items():
-        os.environ.setdefault(key, value)
-    redis_server, s3 = Redis(tmp_path_factory.mktemp("faults-redis")), S3()
-    redis_server.start()
-    s3.start()
+    redis_server = RedisServer(directory=tmp_path_factory.mktemp("faults-redis")).start()
+    s3 = MotoS3().start()
     try:
-        boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        s3.create_bucket(BUCKET)
         env = {
             "QALIGN_REDIS_URL": redis_server.url,
             "QALIGN_MODEL": tiny_model_dir,
