@@ -27,6 +27,21 @@ SD15_SCHEDULER = {
 }
 
 
+#: The model directory's index: what ``from_pretrained`` of a whole pipeline reads.
+MODEL_INDEX = {
+    "_class_name": "StableDiffusionPipeline",
+    "_diffusers_version": "0.30.0",
+    "scheduler": ["diffusers", "DDIMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+    "safety_checker": [None, None],
+    "feature_extractor": [None, None],
+    "requires_safety_checker": False,
+}
+
+
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte-to-character table."""
     printable = (
@@ -44,7 +59,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars), strict=True))
 
 
-def _write_tokenizer(directory: Path) -> int:
+def write_tokenizer(directory: Path) -> int:
     """A byte-level BPE vocabulary (every byte, word-final variants, a few merges): CLIP's format."""
     directory.mkdir(parents=True, exist_ok=True)
     symbols = list(_bytes_to_unicode().values())
@@ -80,7 +95,7 @@ def save_tiny_model(path: str | Path, seed: int = 0) -> Path:
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        vocab_size = _write_tokenizer(path / "tokenizer")
+        vocab_size = write_tokenizer(path / "tokenizer")
         text_config = CLIPTextConfig(
             vocab_size=vocab_size,
             hidden_size=32,
@@ -120,21 +135,5 @@ def save_tiny_model(path: str | Path, seed: int = 0) -> Path:
         DDIMScheduler(**SD15_SCHEDULER).save_pretrained(path / "scheduler")
     finally:
         torch.random.set_rng_state(generator_state)
-    (path / "model_index.json").write_text(
-        json.dumps(
-            {
-                "_class_name": "StableDiffusionPipeline",
-                "_diffusers_version": "0.30.0",
-                "scheduler": ["diffusers", "DDIMScheduler"],
-                "text_encoder": ["transformers", "CLIPTextModel"],
-                "tokenizer": ["transformers", "CLIPTokenizer"],
-                "unet": ["diffusers", "UNet2DConditionModel"],
-                "vae": ["diffusers", "AutoencoderKL"],
-                "safety_checker": [None, None],
-                "feature_extractor": [None, None],
-                "requires_safety_checker": False,
-            },
-            indent=2,
-        )
-    )
+    (path / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
     return path

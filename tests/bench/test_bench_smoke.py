@@ -1,0 +1,44 @@
+"""Smoke test of the benchmark suite: it imports and the layer benchmark yields well-formed results.
+
+Benchmarks are measured, never asserted on timings: this only checks structure and finiteness.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+
+from bench import BENCHMARKS
+from bench.common import format_table
+
+
+def test_every_benchmark_module_imports() -> None:
+    for name in BENCHMARKS:
+        assert callable(importlib.import_module(f"bench.{name}").run)
+
+
+def test_layer_benchmark_tiny_shape() -> None:
+    from bench import layer
+
+    result = layer.run(device="cpu", shapes=((256, 16),), repeats=1, warmup=0)
+    json.dumps(result)  # the result must be JSON as written by python -m bench
+    assert result["name"] == "layer"
+    metrics = {c["metric"] for c in result["comparisons"]}
+    assert metrics == {"time", "peak extra memory", "time vs 1 fused SDPA"}
+    for c in result["comparisons"]:
+        assert set(c) >= {"case", "metric", "unit", "ours", "reference", "ratio", "target", "met"}
+        assert c["ratio"] is not None and math.isfinite(c["ratio"]) and c["ratio"] >= 0
+    (detail,) = result["details"]
+    assert detail["max_abs_diff_qalign_vs_plain"] < 1e-4
+    assert set(detail["memory"]) == {"qalign", "plain", "sdpa"}
+    assert "layer" in format_table({"layer": result})
+
+
+def test_row_prediction_matches_the_spec_defaults() -> None:
+    from bench.rows import predicted_rows
+    from qalign_core.params import TransferParams
+
+    params = TransferParams()
+    assert predicted_rows(params, fused=True) == {"inversion": 272, "denoising": 262}
+    assert predicted_rows(params, fused=False) == {"inversion": 272, "denoising": 378}
