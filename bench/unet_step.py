@@ -82,7 +82,7 @@ def run(
                 (fused[3] - plain).abs().max().item(),
             )
             scale = max(swap.abs().max().item(), 1e-12)
-            times = time_interleaved({"4-row": four_rows, "6-row": six_rows}, device, repeats, warmup=0)
+            times = time_interleaved({"4-row": four_rows, "6-row": six_rows}, device, repeats, warmup=1)
         t_ours, t_ref = median(times["4-row"]), median(times["6-row"])
         comparisons.append(
             comparison(
