@@ -57,51 +57,75 @@ def cli() -> None:
     """Q-Align zero-shot appearance transfer."""
 
 
-@cli.command()
-@click.option(
-    "--structure", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Structure image."
-)
-@click.option(
-    "--appearance", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Appearance image."
-)
-@click.option(
-    "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Result image path."
-)
-@click.option(
-    "--model", default=None, help="Hugging Face id or model directory (default: SD 1.5, or $QALIGN_MODEL)."
-)
-@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present).")
-@click.option("--dtype", default=None, type=click.Choice(["auto", "float32", "float16", "bfloat16"]))
-@_param_options
-def transfer(structure: Path, appearance: Path, output: Path, model, device, dtype, **given) -> None:
-    """Give STRUCTURE's layout the look of APPEARANCE and write the result to OUTPUT."""
-    import os
+def _image_option(name: str, help_text: str, required: bool = True):
+    return click.option(
+        f"--{name}", required=required, type=click.Path(dir_okay=False, path_type=Path), help=help_text
+    )
 
+
+def _model_options(func):
+    func = click.option(
+        "--dtype", default=None, type=click.Choice(["auto", "float32", "float16", "bfloat16"])
+    )(func)
+    func = click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present).")(func)
+    return click.option(
+        "--model",
+        default=None,
+        help="Hugging Face id or model directory (default: SD 1.5, or $QALIGN_MODEL).",
+    )(func)
+
+
+def _params(given: dict) -> TransferParams:
+    try:
+        return TransferParams(**{k: v for k, v in given.items() if v is not None and v != ()})
+    except ValidationError as exc:
+        fail(describe_validation_error(exc))
+
+
+def _images(*paths: Path) -> list:
     from qalign_core.images import load_image
 
     try:
-        params = TransferParams(**{k: v for k, v in given.items() if v is not None and v != ()})
-    except ValidationError as exc:
-        fail(describe_validation_error(exc))
+        return [load_image(path) for path in paths]
+    except QAlignError as exc:
+        fail(str(exc))
+
+
+def _pipeline(model: str | None, device: str | None, dtype: str | None):
+    import os
+
+    from qalign_core.pipeline import DEFAULT_MODEL, QAlignPipeline
+
+    _quiet_library_progress_bars()
+    try:
+        return QAlignPipeline.from_pretrained(
+            model or os.environ.get("QALIGN_MODEL") or DEFAULT_MODEL, device=device, dtype=dtype
+        )
+    except (QAlignError, ValueError) as exc:
+        fail(str(exc), code=1)
+
+
+@cli.command()
+@_image_option("structure", "Structure image.")
+@_image_option("appearance", "Appearance image.")
+@_image_option("output", "Result image path.")
+@_model_options
+@_param_options
+def transfer(structure: Path, appearance: Path, output: Path, model, device, dtype, **given) -> None:
+    """Give STRUCTURE's layout the look of APPEARANCE and write the result to OUTPUT."""
+    params = _params(given)
     if params.output_format == "png" and given.get("output_format") is None:
         suffix = output.suffix.lower().lstrip(".")
         if suffix in ("jpg", "jpeg", "webp"):
             params = params.model_copy(update={"output_format": "jpeg" if suffix == "jpg" else suffix})
     if not output.parent.is_dir():
         fail(f"output directory {str(output.parent)!r} does not exist")
-    try:
-        images = [load_image(path) for path in (structure, appearance)]
-    except QAlignError as exc:
-        fail(str(exc))
+    images = _images(structure, appearance)
+    pipe = _pipeline(model, device, dtype)
 
     from tqdm import tqdm
 
-    from qalign_core.pipeline import DEFAULT_MODEL, QAlignPipeline
-
-    model = model or os.environ.get("QALIGN_MODEL") or DEFAULT_MODEL
-    _quiet_library_progress_bars()
     try:
-        pipe = QAlignPipeline.from_pretrained(model, device=device, dtype=dtype)
         with tqdm(total=100, unit="%", bar_format="{desc:<10} {bar} {percentage:3.0f}%") as bar:
             last = [""]
 
@@ -119,6 +143,36 @@ def transfer(structure: Path, appearance: Path, output: Path, model, device, dty
     click.echo(
         f"wrote {output} ({result.image.width}x{result.image.height}, {result.timings['total_s']:.1f} s)"
     )
+
+
+@cli.command()
+@_image_option("structure", "Structure image.")
+@_image_option("appearance", "Appearance image.")
+@_image_option("structure-mask", "Object mask of the structure image (white = object).")
+@_image_option("appearance-mask", "Object mask of the appearance image (white = object).")
+@_model_options
+@_param_options
+def leakage(structure, appearance, structure_mask, appearance_mask, model, device, dtype, **given) -> None:
+    """Attention leakage of Q-Align and of Cross-Image Attention on one pair (lower is better).
+
+    The mean, over every aligned layer call of a run, of the attention mass that object queries put
+    on appearance-background tokens. Both methods run with the same parameters and seed.
+    """
+    params = _params(given)
+    images = _images(structure, appearance, structure_mask, appearance_mask)
+    pipe = _pipeline(model, device, dtype)
+    for method in ("qalign", "cross_image"):
+        try:
+            result = pipe.transfer(
+                images[0], images[1], params.model_copy(update={"method": method}), object_masks=images[2:]
+            )
+        except (QAlignError, ValueError) as exc:
+            fail(str(exc), code=1)
+        if result.mean_leakage is None:
+            fail("no aligned layer call saw an object: check the masks and the alignment step ranges", code=1)
+        click.echo(
+            f"{method}: leakage {result.mean_leakage:.4f} over {len(result.leakage_log)} aligned calls"
+        )
 
 
 def _quiet_library_progress_bars() -> None:

@@ -58,6 +58,15 @@ class TransferResult:
     unet_rows: dict[str, int] = field(default_factory=dict)
     #: (layer, step, mode) for every layer call that changed row OUT.
     alignment_log: list[tuple[str, int, str]] = field(default_factory=list)
+    #: (layer, step, leakage) for every aligned call, when object masks were given.
+    leakage_log: list[tuple[str, int, float]] = field(default_factory=list)
+
+    @property
+    def mean_leakage(self) -> float | None:
+        """Attention leakage averaged over every aligned layer call of the run (lower is better)."""
+        if not self.leakage_log:
+            return None
+        return sum(value for _, _, value in self.leakage_log) / len(self.leakage_log)
 
     @property
     def content_type(self) -> str:
@@ -159,8 +168,12 @@ class QAlignPipeline:
         progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
         inversion_cache: InversionCache | None = None,
+        object_masks: tuple[ImageInput, ImageInput] | None = None,
     ) -> TransferResult:
-        """Give ``structure``'s layout the look of ``appearance``."""
+        """Give ``structure``'s layout the look of ``appearance``.
+
+        ``object_masks`` (structure, appearance; white = object) turns on the leakage diagnostic.
+        """
         params = params or TransferParams()
         if params.size is None:
             params = params.model_copy(update={"size": self.native_size})
@@ -172,6 +185,10 @@ class QAlignPipeline:
         report("loading", 0.0)
         pixels = [self.prepare_image(image, params.size) for image in (structure, appearance)]
         cond, uncond = self.encode_prompt(params.effective_prompt)
+        self.state.leakage.clear()
+        self.state.leakage_masks = (
+            None if object_masks is None else tuple(self.prepare_mask(m, params.size) for m in object_masks)
+        )
         report("loading", 1.0)
 
         t0 = self._now()
@@ -197,6 +214,7 @@ class QAlignPipeline:
             inversion_cache_hits=hits,
             unet_rows=dict(self._rows),
             alignment_log=list(self.state.log),
+            leakage_log=list(self.state.leakage),
         )
 
     # ---------------------------------------------------------------- steps
@@ -204,6 +222,10 @@ class QAlignPipeline:
         """Decode, centre-crop and resize; returns ``[3, size, size]`` uint8."""
         image = centre_square(load_image(source), size)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def prepare_mask(self, source: ImageInput, size: int) -> torch.Tensor:
+        """An object mask cropped like its image: ``[size, size]`` in [0, 1], white = object."""
+        return self.prepare_image(source, size).float().mean(dim=0) / 255.0
 
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Text embeddings ``[1, L, D]`` of the prompt and of the empty prompt."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from qalign_core.attention import cross_image_attention, qalign_attention
+from qalign_core.attention import attention_leakage, cross_image_attention, qalign_attention
 
 OUT, APP, STRUCT = 0, 1, 2
 StepRange = tuple[int, int]
@@ -63,6 +63,19 @@ class AlignmentState:
     step: int | None = None
     latent_tokens: int = 0
     log: list[tuple[str, int, str]] = field(default_factory=list)
+    #: Object masks ``[side, side]`` (structure, appearance) in [0, 1]; when set, every aligned call
+    #: records its attention leakage in ``leakage`` as (layer, step, value). A diagnostic: it costs
+    #: one materialised attention map of the object queries per aligned call.
+    leakage_masks: tuple[torch.Tensor, torch.Tensor] | None = None
+    leakage: list[tuple[str, int, float]] = field(default_factory=list)
+
+    def masks_at(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The object masks at a layer's square token grid, flattened to booleans ``[tokens]``."""
+        side = int(round(tokens**0.5))
+        return tuple(
+            F.interpolate(mask[None, None].float(), size=(side, side), mode="area").flatten() > 0.5
+            for mask in self.leakage_masks
+        )
 
     def mode_for(self, layer: str, tokens: int) -> str | None:
         if self.step is None or tokens == 0 or self.latent_tokens % tokens:
@@ -77,6 +90,8 @@ class AlignmentState:
 
 class _RowOutProcessor:
     """Self-attention where every row runs plain attention except row OUT on aligned calls."""
+
+    method: str = ""
 
     def __init__(self, layer: str, state: AlignmentState) -> None:
         self.layer = layer
@@ -122,6 +137,8 @@ class _RowOutProcessor:
                 row_out = F.scaled_dot_product_attention(q[OUT], k[STRUCT], v[STRUCT])
             else:
                 row_out = self.attend_appearance(q[OUT], q[APP], k[APP], v[APP])
+                if self.state.leakage_masks is not None:
+                    self._record_leakage(q, k, tokens)
             out = torch.cat([row_out.unsqueeze(0), F.scaled_dot_product_attention(q[1:], k[1:], v[1:])])
 
         hidden_states = out.transpose(1, 2).reshape(batch, tokens, -1).to(q.dtype)
@@ -132,9 +149,21 @@ class _RowOutProcessor:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
+    def _record_leakage(self, q: torch.Tensor, k: torch.Tensor, tokens: int) -> None:
+        structure_mask, appearance_mask = self.state.masks_at(tokens)
+        if not structure_mask.any():
+            return
+        value = attention_leakage(
+            q[OUT], q[APP], k[APP], structure_mask.to(q.device), appearance_mask.to(q.device),
+            method=self.method, contrast_strength=self.state.contrast_strength, per_head=self.state.per_head,
+        )  # fmt: skip
+        self.state.leakage.append((self.layer, self.state.step, value))
+
 
 class QAlignAttnProcessor(_RowOutProcessor):
     """Row OUT: query-query alignment, key-value rearrangement, attention refinement."""
+
+    method = "qalign"
 
     def attend_appearance(self, q_out, q_app, k_app, v_app) -> torch.Tensor:
         s = self.state
@@ -151,6 +180,8 @@ class QAlignAttnProcessor(_RowOutProcessor):
 
 class CrossImageAttnProcessor(_RowOutProcessor):
     """Row OUT: Cross-Image Attention, output queries over the appearance keys and values."""
+
+    method = "cross_image"
 
     def attend_appearance(self, q_out, q_app, k_app, v_app) -> torch.Tensor:
         s = self.state

@@ -101,3 +101,20 @@ def test_hash_key_prints_a_key_and_its_entry():
     key = result.output.split("key:")[1].split()[0]
     entry = result.output.split("entry:")[1].split()[0]
     assert KeyRing.from_settings(entry, None).owner(f"Bearer {key}") == "alice"
+
+
+def test_leakage_compares_both_methods(files, tiny_model_dir):
+    import numpy as np
+
+    mask = np.zeros((300, 300), dtype=np.uint8)
+    mask[75:225, 75:225] = 255
+    Image.fromarray(mask).save(files / "mask.png")
+    result = _run(
+        "leakage", "--structure", str(files / "cat.png"), "--appearance", str(files / "cup.jpg"),
+        "--structure-mask", str(files / "mask.png"), "--appearance-mask", str(files / "mask.png"),
+        "--model", tiny_model_dir, *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["qalign", "cross_image"]
+    assert all(0.0 <= float(line.split()[2]) <= 1.0 for line in lines)

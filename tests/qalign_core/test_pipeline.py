@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from qalign_core.ddpm import DDPMSchedule
 from qalign_core.errors import ModelLoadError, TransferCanceled
@@ -128,3 +129,25 @@ def test_missing_model_is_a_clear_error(tmp_path):
         QAlignPipeline.from_pretrained(str(tmp_path / "nowhere"))
     with pytest.raises(ModelLoadError, match="cannot load model"):
         QAlignPipeline.from_pretrained(str(tmp_path))  # a directory, but not a model
+
+
+def _disc_mask(size: int = 200) -> Image.Image:
+    """White disc (the object) on black."""
+    yy, xx = np.mgrid[:size, :size]
+    return Image.fromarray(
+        ((xx - size / 2) ** 2 + (yy - size / 2) ** 2 < (size / 3) ** 2).astype(np.uint8) * 255
+    )
+
+
+def test_leakage_diagnostic_is_recorded_on_aligned_calls_only(pipe, photos, fast_params):
+    masks = (_disc_mask(), _disc_mask())
+    plain = pipe.transfer(*photos, fast_params)
+    measured = pipe.transfer(*photos, fast_params, object_masks=masks)
+    assert measured.encode() == plain.encode()  # a diagnostic never changes the result
+    aligned = {(layer, step) for layer, step, mode in measured.alignment_log if mode == "align"}
+    assert {(layer, step) for layer, step, _ in measured.leakage_log} == aligned
+    assert all(0.0 <= value <= 1.0 for _, _, value in measured.leakage_log)
+    assert 0.0 < measured.mean_leakage < 1.0
+    assert plain.mean_leakage is None and plain.leakage_log == []
+    cia = pipe.transfer(*photos, fast_params.model_copy(update={"method": "cross_image"}), object_masks=masks)
+    assert cia.mean_leakage is not None and cia.mean_leakage != measured.mean_leakage
