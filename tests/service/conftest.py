@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from svc_helpers import FakePipeline, encode, free_port, wait_for
 
+from service.jobs import RedisJobStore, SqliteJobStore, new_job_id
 from service.settings import Settings
 
 
@@ -100,3 +101,13 @@ def _pings(client) -> bool:
         return bool(client.ping())
     except Exception:
         return False
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def job_store(request, tmp_path):
+    if request.param == "sqlite":
+        jobs = SqliteJobStore(tmp_path / "jobs.sqlite3", ttl=3600)
+    else:
+        jobs = RedisJobStore(request.getfixturevalue("redis_url"), ttl=3600, prefix=f"t{new_job_id()}:")
+    yield jobs
+    jobs.close()

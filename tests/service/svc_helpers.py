@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
-import socket
 import threading
-import time
 from dataclasses import dataclass, field
 
 from PIL import Image
+from testkit import free_port, wait_for  # noqa: F401  (re-exported to the tests)
 
 from qalign_core.errors import TransferCanceled
 from qalign_core.params import TransferParams
@@ -75,19 +74,3 @@ def encode(image: Image.Image, fmt: str) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return buffer.getvalue()
-
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -151,16 +151,6 @@ def test_concurrent_identical_requests_make_one_job(make_client, small_images, f
     assert len(fake_pipeline.calls) == 1
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def job_store(request, tmp_path):
-    if request.param == "sqlite":
-        jobs = SqliteJobStore(tmp_path / "jobs.sqlite3", ttl=3600)
-    else:
-        jobs = RedisJobStore(request.getfixturevalue("redis_url"), ttl=3600, prefix=f"t{new_job_id()}:")
-    yield jobs
-    jobs.close()
-
-
 def test_idempotency_reservation_is_atomic_and_releasable(job_store):
     barrier = threading.Barrier(10)
 
