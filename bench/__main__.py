@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import inspect
 import json
 import sys
 import time
@@ -32,11 +33,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--unet-latents",
         help="unet_step latent sides and repeats, e.g. '64:2,32:3' (default cpu 32:1,16:3; cuda 64:20,32:20)",
     )
+    parser.add_argument("--repeats", type=int, help="override the repeats of benchmarks that take them")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (a loaded shared box is steadier with fewer)"
+    )
     return parser.parse_args(argv)
 
 
-def _kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def _kwargs(name: str, run: Any, args: argparse.Namespace) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"device": args.device, "quick": args.quick}
+    if args.repeats is not None and "repeats" in inspect.signature(run).parameters:
+        kwargs["repeats"] = args.repeats
     if name == "unet_step" and args.unet_latents:
         kwargs["latents"] = tuple(
             (int(side), int(reps))
@@ -50,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device visible to torch", file=sys.stderr)
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = dt.datetime.now(dt.UTC)
     meta = {
         "started_utc": started.isoformat(timespec="seconds"),
@@ -64,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             module = importlib.import_module(f"bench.{name}")
-            results[name] = module.run(**_kwargs(name, args))
+            results[name] = module.run(**_kwargs(name, module.run, args))
         except Exception as exc:  # one failing benchmark must not lose the others' figures
             failed = True
             traceback.print_exc()
