@@ -91,11 +91,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def centre_square(image: Image.Image, size: int) -> Image.Image:
-    """Centre-crop to a square and resize to ``size`` x ``size`` (the model's input)."""
+    """Centre-crop to a square and resize to ``size`` x ``size`` with bicubic resampling, as CIA does."""
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     image = image.crop((left, top, left + side, top + side))
-    return image.resize((size, size), Image.Resampling.LANCZOS)
+    return image.resize((size, size), Image.Resampling.BICUBIC)
 
 
 def encode_image(image: Image.Image, fmt: str) -> bytes:

@@ -20,7 +20,7 @@ from safetensors.torch import load, save
 from qalign_core.ddpm import DDPMSchedule
 
 #: Bumped whenever the inversion's definition changes, so stale cache entries are never reused.
-INVERSION_FORMAT = 2
+INVERSION_FORMAT = 3
 
 
 class InversionCache(Protocol):
@@ -112,13 +112,29 @@ def invert(
     for latent, seed in zip(clean_latents, seeds, strict=True):
         generator = torch.Generator("cpu").manual_seed(seed)
         trajectories.append(schedule.noisy_latents(latent, generator))
-    xs = torch.stack(trajectories, dim=1)  # [T+1, B, C, h, w]
+    return invert_trajectories(torch.stack(trajectories, dim=1), schedule, skip_steps, predict_noise, on_step)
+
+
+def invert_trajectories(
+    xs: torch.Tensor,
+    schedule: DDPMSchedule,
+    skip_steps: int,
+    predict_noise: Callable[[torch.Tensor, int], torch.Tensor],
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[Inversion]:
+    """Noise maps of given noisy trajectories ``xs [T+1, B, C, h, w]`` (``xs[T]`` clean), from skip_steps on.
+
+    The last noise map is zero, as in CIA (``zs[-1] = 0``): the final step adds no noise.
+    """
     steps = range(skip_steps, len(schedule))
     noise_maps = []
     for done, i in enumerate(steps, start=1):
-        eps = predict_noise(xs[i], i)
-        noise_maps.append(schedule.noise_map(xs[i], xs[i + 1], eps, i))
+        if i == len(schedule) - 1:
+            noise_maps.append(torch.zeros_like(xs[i]))
+        else:
+            eps = predict_noise(xs[i], i)
+            noise_maps.append(schedule.noise_map(xs[i], xs[i + 1], eps, i))
         if on_step is not None:
             on_step(done, len(steps))
     maps = torch.stack(noise_maps, dim=1)  # [B, T - skip, C, h, w]
-    return [Inversion(start_latent=xs[skip_steps, b], noise_maps=maps[b]) for b in range(len(seeds))]
+    return [Inversion(start_latent=xs[skip_steps, b], noise_maps=maps[b]) for b in range(xs.shape[1])]

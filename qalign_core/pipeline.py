@@ -11,17 +11,22 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
+from qalign_core.adain import adain, masked_adain
 from qalign_core.ddpm import DDPMSchedule
 from qalign_core.errors import ModelLoadError, TransferCanceled
+from qalign_core.freeu import DecoderFreeU
 from qalign_core.images import ImageInput, centre_square, encode_image, load_image
 from qalign_core.inversion import Inversion, InversionCache, inversion_key, invert, noise_seed
 from qalign_core.params import TransferParams
-from qalign_core.processors import APP, OUT, AlignmentSchedule, AlignmentState, install_processors
+from qalign_core.processors import APP, OUT, AlignmentState, install_processors
+from qalign_core.schedule import DenoiseSchedule
+from qalign_core.segmentation import ObjectMasks, compute_object_masks, noun_token_positions
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -36,10 +41,10 @@ class PipelineConfig:
     """Fixed, per-deployment settings of the method (per-request ones are in TransferParams)."""
 
     inversion_guidance: float = 3.5
-    #: FreeU on the decoder, values CIA uses for SD 1.5; None turns it off.
-    freeu: dict[str, float] | None = field(
-        default_factory=lambda: {"s1": 0.9, "s2": 0.2, "b1": 1.2, "b2": 1.4}
-    )
+    #: "cia": CIA's FreeU on every decoder-stage input (qalign_core.freeu); "diffusers": diffusers'
+    #: ``enable_freeu`` with CIA's factors (a different operation); "off".
+    freeu: Literal["cia", "diffusers", "off"] = "cia"
+    #: Structure injection at counters 0, 5, ..., 35 of a 100-step run (CIA), scaled like the schedule.
     injection_every: int = 5
     injection_before: int = 40
     #: Query rows per chunk in the aligned layer; None sizes chunks to a fixed memory budget.
@@ -58,8 +63,18 @@ class TransferResult:
     unet_rows: dict[str, int] = field(default_factory=dict)
     #: (layer, step, mode) for every layer call that changed row OUT.
     alignment_log: list[tuple[str, int, str]] = field(default_factory=list)
-    #: (layer, step, leakage) for every aligned call, when object masks were given.
+    #: (layer, iteration, leakage) for every aligned call, when object masks were given.
     leakage_log: list[tuple[str, int, float]] = field(default_factory=list)
+    #: Masked AdaIN's self-segmentation (None unless adain="masked" reached its first iteration).
+    object_masks: ObjectMasks | None = None
+    #: The AdaIN actually applied: "masked", "plain" (asked for, or masked with no object found), "none".
+    adain_applied: str = "none"
+
+    @property
+    def diagnostics(self) -> dict[str, object]:
+        """What a job's metrics report about the run beyond timings."""
+        found = None if self.object_masks is None else self.object_masks.found
+        return {"adain_applied": self.adain_applied, "object_masks_found": found}
 
     @property
     def mean_leakage(self) -> float | None:
@@ -113,8 +128,10 @@ class QAlignPipeline:
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.native_size = int(unet.config.sample_size) * self.vae_scale
         self.state = AlignmentState(chunk_size=self.config.chunk_size)
-        if self.config.freeu is not None:
-            unet.enable_freeu(**self.config.freeu)
+        if self.config.freeu == "cia":
+            DecoderFreeU().attach(unet)
+        elif self.config.freeu == "diffusers":
+            unet.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
         share_timestep_rows(unet)
         # The pipeline owns the UNet's processors from here on: inversion and denoising both run
         # through them (plain while state.step is None), never through whatever was set before.
@@ -192,10 +209,13 @@ class QAlignPipeline:
         report("loading", 1.0)
 
         t0 = self._now()
-        schedule = DDPMSchedule.from_scheduler(self.scheduler, params.steps)
-        inversions, hits = self.invert_images(pixels, params, schedule, cond, uncond, report, inversion_cache)
+        ddpm = self.ddpm_schedule(params.steps)
+        plan = params.schedule(self.config.injection_every, self.config.injection_before)
+        inversions, hits = self.invert_images(
+            pixels, params, ddpm, plan, cond, uncond, report, inversion_cache
+        )
         t1 = self._now()
-        latent = self.denoise(inversions[0], inversions[1], params, schedule, cond, report)
+        latent, masks, applied = self.denoise(inversions[0], inversions[1], params, ddpm, plan, cond, report)
         t2 = self._now()
         report("decoding", 0.0)
         image = self.decode(latent)
@@ -215,6 +235,8 @@ class QAlignPipeline:
             unet_rows=dict(self._rows),
             alignment_log=list(self.state.log),
             leakage_log=list(self.state.leakage),
+            object_masks=masks,
+            adain_applied=applied,
         )
 
     # ---------------------------------------------------------------- steps
@@ -244,32 +266,55 @@ class QAlignPipeline:
         latents = self.vae.encode(batch).latent_dist.mean
         return latents * self.vae.config.scaling_factor
 
+    def ddpm_schedule(self, steps: int) -> DDPMSchedule:
+        """The scheduler's timesteps for ``steps``, refused with a ValueError naming ``steps`` if invalid."""
+        try:
+            ddpm = DDPMSchedule.from_scheduler(self.scheduler, steps)
+        except ValueError as exc:
+            raise ValueError(f"steps: {exc}") from exc
+        train_steps = len(self.scheduler.alphas_cumprod)
+        if int(ddpm.timesteps.max()) >= train_steps or len(ddpm) != steps:
+            raise ValueError(f"steps: this model's scheduler supports at most {train_steps - 1}; got {steps}")
+        return ddpm
+
+    def inversion_noise(self, schedule: DDPMSchedule, cond, uncond, batch: int):
+        """``predict_noise(latents, i)`` of the inversion: the UNet with CFG, plain attention."""
+        embeddings = torch.cat([uncond.expand(batch, -1, -1), cond.expand(batch, -1, -1)])
+        guidance = self.config.inversion_guidance
+
+        def predict_noise(latents: torch.Tensor, i: int) -> torch.Tensor:
+            eps_uncond, eps_cond = self._unet(
+                torch.cat([latents, latents]), schedule, i, embeddings, "inversion"
+            ).chunk(2)
+            return eps_uncond + guidance * (eps_cond - eps_uncond)
+
+        return predict_noise
+
     def invert_images(
-        self, pixels, params, schedule, cond, uncond, report, cache: InversionCache | None
+        self,
+        pixels,
+        params,
+        schedule,
+        plan: DenoiseSchedule,
+        cond,
+        uncond,
+        report,
+        cache: InversionCache | None,
     ) -> tuple[list[Inversion], int]:
         """Invert both images in one batch, skipping any found in the cache."""
         raw = [p.numpy().tobytes() for p in pixels]
-        keys = [self._inversion_key(data, params) for data in raw]
+        keys = [self._inversion_key(data, params, plan.skip) for data in raw]
         found = [self._cached(cache, key) for key in keys]
         missing = [n for n, inv in enumerate(found) if inv is None]
         if missing:
-            self.state.step = None  # inversion is plain self-attention
-            embeddings = torch.cat([uncond.expand(len(missing), -1, -1), cond.expand(len(missing), -1, -1)])
-            guidance = self.config.inversion_guidance
-
-            def predict_noise(latents: torch.Tensor, i: int) -> torch.Tensor:
-                eps_uncond, eps_cond = self._unet(
-                    torch.cat([latents, latents]), schedule, i, embeddings, "inversion"
-                ).chunk(2)
-                return eps_uncond + guidance * (eps_cond - eps_uncond)
-
+            self.state.iteration = None  # inversion is plain self-attention
             clean = self.encode_images([pixels[n] for n in missing])
             fresh = invert(
                 clean,
                 [noise_seed(raw[n], params.seed) for n in missing],
                 schedule,
-                params.skip_steps,
-                predict_noise,
+                plan.skip,
+                self.inversion_noise(schedule, cond, uncond, len(missing)),
                 on_step=lambda done, total: report("inverting", done / total),
             )
             for n, inversion in zip(missing, fresh, strict=True):
@@ -279,25 +324,58 @@ class QAlignPipeline:
         return found, len(pixels) - len(missing)
 
     def denoise(
-        self, structure: Inversion, appearance: Inversion, params, schedule, cond, report
-    ) -> torch.Tensor:
-        """Rows [OUT, APP, STRUCT] from step skip_steps to the end, with alignment and swap guidance."""
-        self._use_method(params)
+        self,
+        structure: Inversion,
+        appearance: Inversion,
+        params,
+        schedule,
+        plan: DenoiseSchedule,
+        cond,
+        report,
+    ) -> tuple[torch.Tensor, ObjectMasks | None, str]:
+        """Rows [OUT, APP, STRUCT] through the run's iterations: alignment, swap guidance, AdaIN.
+
+        Returns the output latent, masked AdaIN's object masks and the AdaIN actually applied.
+        """
+        self._use_method(params, plan)
         self.state.log.clear()
         x = torch.stack([structure.start_latent, appearance.start_latent, structure.start_latent])
         noise = torch.stack([structure.noise_maps, appearance.noise_maps, structure.noise_maps], dim=1)
-        self.state.latent_tokens = x.shape[-2] * x.shape[-1]
-        steps = range(params.skip_steps, params.steps)
+        self.state.latent_tokens = self.state.capture.latent_tokens = x.shape[-2] * x.shape[-1]
         start = params.swap_guidance_scale
-        guidance = np.linspace(start, max(start / 2, 1.0), len(steps))
-        for n, i in enumerate(steps):
-            eps = self._guided_noise(x, schedule, i, cond, float(guidance[n]))
-            x = schedule.step(x, eps, i, noise[n])
-            if params.adain and params.adain_steps[0] <= i < params.adain_steps[1]:
-                x[OUT] = adain(x[OUT], x[APP])
-            report("denoising", (n + 1) / len(steps))
-        self.state.step = None
-        return x[OUT]
+        guidance = np.linspace(start, max(start / 2, 1.0), plan.iterations)
+        masks: ObjectMasks | None = None
+        applied = "none"
+        try:
+            for n in range(plan.iterations):
+                i = plan.skip + n
+                segmenting = params.adain == "masked" and n == plan.segmentation_iteration
+                self.state.capture.active = segmenting
+                eps = self._guided_noise(x, schedule, i, n, plan, cond, float(guidance[n]))
+                x = schedule.step(x, eps, i, noise[n])
+                if segmenting:
+                    masks = self._object_masks(params)
+                if params.adain != "none" and plan.adain_after(n):
+                    if params.adain == "masked" and masks is not None and masks.found:
+                        x[OUT] = masked_adain(
+                            x[OUT], x[APP], masks.structure.to(x.device), masks.appearance.to(x.device)
+                        )
+                        applied = "masked"
+                    else:
+                        x[OUT] = adain(x[OUT], x[APP])
+                        applied = "plain"
+                report("denoising", (n + 1) / plan.iterations)
+        finally:
+            self.state.iteration = None
+            self.state.capture.clear()
+        return x[OUT], masks, applied
+
+    def _object_masks(self, params: TransferParams) -> ObjectMasks:
+        """Masked AdaIN's object masks from the attention captured at this iteration."""
+        positions = noun_token_positions(self.tokenizer, params.effective_prompt, params.domain)
+        masks = compute_object_masks(self.state.capture, positions)
+        self.state.capture.clear()
+        return masks
 
     def decode(self, latent: torch.Tensor) -> Image.Image:
         image = self.vae.decode(latent.unsqueeze(0) / self.vae.config.scaling_factor).sample[0]
@@ -305,10 +383,16 @@ class QAlignPipeline:
         return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
 
     # ---------------------------------------------------------------- helpers
-    def _guided_noise(self, x, schedule, i: int, cond, scale: float) -> torch.Tensor:
-        """``eps_plain + s * (eps_swap - eps_plain)`` for row OUT; APP and STRUCT are evaluated once."""
-        self.state.step = i
-        if not self.state.schedule.any_aligned(i) or scale == 1.0:
+    def _guided_noise(
+        self, x, schedule, i: int, n: int, plan: DenoiseSchedule, cond, scale: float
+    ) -> torch.Tensor:
+        """CIA's noise at iteration n: ``eps_plain + s_n (eps_swap - eps_plain)`` if guided, else eps_swap.
+
+        APP and STRUCT run plain attention in both passes, so they are evaluated once; when no layer
+        mixes at this iteration the swap pass equals the plain one and a single pass serves.
+        """
+        self.state.iteration = n
+        if not plan.any_mixed(n) or not (scale > 1.0 and plan.guided(n)):
             return self._unet(x, schedule, i, cond.expand(len(x), -1, -1), "denoising")
         if self.config.fused_swap_pass:  # rows OUT(swap), APP, STRUCT, OUT(plain)
             eps = self._unet(torch.cat([x, x[:1]]), schedule, i, cond.expand(len(x) + 1, -1, -1), "denoising")
@@ -316,9 +400,9 @@ class QAlignPipeline:
         else:  # the 6-row way: one full pass with alignment, one without
             embeddings = cond.expand(len(x), -1, -1)
             eps_swap = self._unet(x, schedule, i, embeddings, "denoising")
-            self.state.step = None
+            self.state.iteration = None
             eps_plain = self._unet(x, schedule, i, embeddings, "denoising")[OUT]
-            self.state.step = i
+            self.state.iteration = n
         eps_swap = eps_swap.clone()
         eps_swap[OUT] = eps_plain + scale * (eps_swap[OUT] - eps_plain)
         return eps_swap
@@ -328,25 +412,21 @@ class QAlignPipeline:
         t = schedule.timesteps[i].to(self.device)
         return self.unet(latents, t, encoder_hidden_states=embeddings).sample
 
-    def _use_method(self, params: TransferParams) -> None:
+    def _use_method(self, params: TransferParams, plan: DenoiseSchedule) -> None:
         self.state.contrast_strength = params.contrast_strength
         self.state.per_head = params.per_head
-        self.state.schedule = AlignmentSchedule(
-            ranges=(tuple(params.align_steps_fine), tuple(params.align_steps_coarse)),
-            injection_every=self.config.injection_every,
-            injection_before=self.config.injection_before,
-        )
+        self.state.schedule = plan
         if self._installed_method != params.method:
             install_processors(self.unet, params.method, self.state)
             self._installed_method = params.method
 
-    def _inversion_key(self, pixels: bytes, params: TransferParams) -> str:
+    def _inversion_key(self, pixels: bytes, params: TransferParams, skip: int) -> str:
         return inversion_key(
             pixels,
             model=self.model_id,
             size=params.size,
             steps=params.steps,
-            skip_steps=params.skip_steps,
+            skip_steps=skip,
             prompt=params.effective_prompt,
             seed=params.seed,
             guidance=self.config.inversion_guidance,
@@ -396,13 +476,6 @@ def share_timestep_rows(unet: torch.nn.Module) -> None:
         projection = getattr(module, "time_emb_proj", None)
         if projection is not None and not isinstance(projection, SharedRows):
             module.time_emb_proj = SharedRows(projection)
-
-
-def adain(x: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Match per-channel mean and std of ``x [C, h, w]`` to ``reference``."""
-    mean_x, std_x = x.mean(dim=(-2, -1), keepdim=True), x.std(dim=(-2, -1), keepdim=True)
-    mean_r, std_r = reference.mean(dim=(-2, -1), keepdim=True), reference.std(dim=(-2, -1), keepdim=True)
-    return (x - mean_x) / (std_x + eps) * std_r + mean_r
 
 
 class _Reporter:

@@ -16,56 +16,40 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from qalign_core.attention import attention_leakage, cross_image_attention, qalign_attention
+from qalign_core.attention import (
+    attention_leakage,
+    contrast_attention,
+    cross_image_attention,
+    qalign_attention,
+)
+from qalign_core.schedule import DenoiseSchedule
+from qalign_core.segmentation import AttentionCapture
 
 OUT, APP, STRUCT = 0, 1, 2
-StepRange = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class AlignmentSchedule:
-    """Where and when row OUT is aligned; defaults follow Cross-Image Attention (see docs/algorithm.md)."""
-
-    #: [start, end) step ranges by grid level: 0 = finest token grid (64x64 for SD 1.5), 1 = next (32x32).
-    ranges: tuple[StepRange, ...] = ((10, 90), (10, 70))
-    #: Structure injection on aligned steps with ``step % every == 0 and step < before``.
-    injection_every: int = 5
-    injection_before: int = 40
-
-    def mode(self, level: int, step: int) -> str | None:
-        """``"align"``, ``"inject"`` (OUT takes STRUCT's keys/values) or None (plain) for one layer call."""
-        if level >= len(self.ranges):
-            return None
-        start, end = self.ranges[level]
-        if not start <= step < end:
-            return None
-        if self.injection_every and step % self.injection_every == 0 and step < self.injection_before:
-            return "inject"
-        return "align"
-
-    def any_aligned(self, step: int) -> bool:
-        return any(start <= step < end for start, end in self.ranges)
 
 
 @dataclass
 class AlignmentState:
     """Per-run state shared by all processors of one UNet.
 
-    ``step is None`` turns alignment off (inversion, plain reconstruction). ``latent_tokens`` is the
-    token count of the finest grid, which tells a layer call its grid level from its own token count.
-    ``log`` records every (layer, step, mode) that changed row OUT, for tests and diagnostics.
+    ``iteration is None`` turns alignment off (inversion, plain reconstruction). ``latent_tokens`` is
+    the token count of the finest grid, which tells a layer call its grid level from its own token
+    count. ``log`` records every (layer, iteration, mode) that changed row OUT, for tests and
+    diagnostics.
     """
 
-    schedule: AlignmentSchedule = field(default_factory=AlignmentSchedule)
+    schedule: DenoiseSchedule | None = None
     contrast_strength: float = 1.0
     per_head: bool = False
     chunk_size: int | None = None
-    step: int | None = None
+    iteration: int | None = None
     latent_tokens: int = 0
     log: list[tuple[str, int, str]] = field(default_factory=list)
+    #: Queries and keys of rows APP and STRUCT for masked AdaIN's self-segmentation.
+    capture: AttentionCapture = field(default_factory=AttentionCapture)
     #: Object masks ``[side, side]`` (structure, appearance) in [0, 1]; when set, every aligned call
-    #: records its attention leakage in ``leakage`` as (layer, step, value). A diagnostic: it costs
-    #: one materialised attention map of the object queries per aligned call.
+    #: records its attention leakage in ``leakage`` as (layer, iteration, value). A diagnostic: it
+    #: costs one materialised attention map of the object queries per aligned call.
     leakage_masks: tuple[torch.Tensor, torch.Tensor] | None = None
     leakage: list[tuple[str, int, float]] = field(default_factory=list)
 
@@ -78,13 +62,13 @@ class AlignmentState:
         )
 
     def mode_for(self, layer: str, tokens: int) -> str | None:
-        if self.step is None or tokens == 0 or self.latent_tokens % tokens:
+        if self.iteration is None or self.schedule is None or tokens == 0 or self.latent_tokens % tokens:
             return None
         ratio = self.latent_tokens // tokens  # 1 on the finest grid, 4 one level down, 16 below
         level = (ratio.bit_length() - 1) // 2 if ratio & (ratio - 1) == 0 else None
-        mode = None if level is None else self.schedule.mode(level, self.step)
+        mode = None if level is None else self.schedule.mode(level, self.iteration)
         if mode is not None:
-            self.log.append((layer, self.step, mode))
+            self.log.append((layer, self.iteration, mode))
         return mode
 
 
@@ -129,12 +113,17 @@ class _RowOutProcessor:
         if attn.norm_q is not None:
             q, k = attn.norm_q(q), attn.norm_k(k)
 
+        if batch > STRUCT:
+            self.state.capture.record_self(self.layer, q[APP : STRUCT + 1], k[APP : STRUCT + 1])
         mode = self.state.mode_for(self.layer, tokens) if batch > STRUCT else None
         if mode is None:
             out = F.scaled_dot_product_attention(q, k, v)
         else:
-            if mode == "inject":
-                row_out = F.scaled_dot_product_attention(q[OUT], k[STRUCT], v[STRUCT])
+            if mode == "inject":  # CIA applies its contrast on every mixed call, injection included
+                row_out = contrast_attention(
+                    q[OUT], k[STRUCT], v[STRUCT],
+                    contrast_strength=self.state.contrast_strength, chunk_size=self.state.chunk_size,
+                )  # fmt: skip
             else:
                 row_out = self.attend_appearance(q[OUT], q[APP], k[APP], v[APP])
                 if self.state.leakage_masks is not None:
@@ -157,7 +146,7 @@ class _RowOutProcessor:
             q[OUT], q[APP], k[APP], structure_mask.to(q.device), appearance_mask.to(q.device),
             method=self.method, contrast_strength=self.state.contrast_strength, per_head=self.state.per_head,
         )  # fmt: skip
-        self.state.leakage.append((self.layer, self.state.step, value))
+        self.state.leakage.append((self.layer, self.state.iteration, value))
 
 
 class QAlignAttnProcessor(_RowOutProcessor):
@@ -190,6 +179,33 @@ class CrossImageAttnProcessor(_RowOutProcessor):
         )
 
 
+class CaptureCrossAttnProcessor:
+    """Plain cross-attention that hands rows APP and STRUCT's queries and keys to the capture.
+
+    Masked AdaIN scores segments by the object noun's cross-attention; the capture keeps them only
+    while it is active (one iteration per run).
+    """
+
+    def __init__(self, layer: str, state: AlignmentState) -> None:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.layer, self.state, self.plain = layer, state, AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        capture = self.state.capture
+        if capture.active and encoder_hidden_states is not None and hidden_states.shape[0] > STRUCT:
+            rows = slice(APP, STRUCT + 1)
+            q = attn.to_q(hidden_states[rows])
+            k = attn.to_k(encoder_hidden_states[rows])
+            batch, heads = q.shape[0], attn.heads
+            capture.record_cross(
+                self.layer,
+                q.view(batch, -1, heads, q.shape[-1] // heads).transpose(1, 2),
+                k.view(batch, -1, heads, k.shape[-1] // heads).transpose(1, 2),
+            )
+        return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kw)
+
+
 PROCESSORS: dict[str, type[_RowOutProcessor]] = {
     "qalign": QAlignAttnProcessor,
     "cross_image": CrossImageAttnProcessor,
@@ -199,6 +215,10 @@ PROCESSORS: dict[str, type[_RowOutProcessor]] = {
 def is_decoder_self_attention(name: str) -> bool:
     """Self-attention ("attn1") layers of the UNet decoder, the only ones alignment may touch."""
     return name.startswith("up_blocks.") and ".attn1." in name
+
+
+def is_decoder_cross_attention(name: str) -> bool:
+    return name.startswith("up_blocks.") and ".attn2." in name
 
 
 def install_processors(unet, method: str, state: AlignmentState) -> None:
@@ -213,5 +233,10 @@ def install_processors(unet, method: str, state: AlignmentState) -> None:
     processors = {}
     for name in unet.attn_processors:
         layer = name.removesuffix(".processor")
-        processors[name] = cls(layer, state) if is_decoder_self_attention(name) else AttnProcessor2_0()
+        if is_decoder_self_attention(name):
+            processors[name] = cls(layer, state)
+        elif is_decoder_cross_attention(name):
+            processors[name] = CaptureCrossAttnProcessor(layer, state)
+        else:
+            processors[name] = AttnProcessor2_0()
     unet.set_attn_processor(processors)

@@ -59,12 +59,29 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars), strict=True))
 
 
-def write_tokenizer(directory: Path) -> int:
+#: Merges of the tiny tokenizer: a few, so most words span several tokens.
+TINY_MERGES = (("o", "f</w>"), ("p", "h"), ("t", "o"))
+#: Merges that make every word of "A photo of a object" one token, as in CLIP's real vocabulary:
+#: CIA locates the object noun by word position, which assumes one token per word.
+GOLDEN_MERGES = (
+    ("o", "f</w>"),
+    ("p", "h"),
+    ("ph", "o"),
+    ("pho", "t"),
+    ("phot", "o</w>"),
+    ("o", "b"),
+    ("ob", "j"),
+    ("obj", "e"),
+    ("obje", "c"),
+    ("objec", "t</w>"),
+)
+
+
+def write_tokenizer(directory: Path, merges: tuple[tuple[str, str], ...] = TINY_MERGES) -> int:
     """A byte-level BPE vocabulary (every byte, word-final variants, a few merges): CLIP's format."""
     directory.mkdir(parents=True, exist_ok=True)
     symbols = list(_bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols]
-    merges = [("o", "f</w>"), ("p", "h"), ("t", "o")]
     vocab += ["".join(pair) for pair in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
@@ -85,8 +102,14 @@ def write_tokenizer(directory: Path) -> int:
     return len(vocab)
 
 
-def save_tiny_model(path: str | Path, seed: int = 0) -> Path:
-    """Write the tiny model to ``path`` (a diffusers model directory) and return the path."""
+def save_tiny_model(path: str | Path, seed: int = 0, *, golden: bool = False) -> Path:
+    """Write the tiny model to ``path`` (a diffusers model directory) and return the path.
+
+    ``golden=True`` writes the variant the CIA equivalence test uses: 64 x 64 latents and 512 px
+    images, as SD 1.5 (CIA mixes only at 4096 and 1024 tokens and loads images at 512 px), narrow
+    attention on the encoder's coarse grids only, and a tokenizer with one token per word of the
+    default prompt.
+    """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -95,7 +118,7 @@ def save_tiny_model(path: str | Path, seed: int = 0) -> Path:
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        vocab_size = write_tokenizer(path / "tokenizer")
+        vocab_size = write_tokenizer(path / "tokenizer", GOLDEN_MERGES if golden else TINY_MERGES)
         text_config = CLIPTextConfig(
             vocab_size=vocab_size,
             hidden_size=32,
@@ -109,17 +132,34 @@ def save_tiny_model(path: str | Path, seed: int = 0) -> Path:
             pad_token_id=vocab_size - 1,
         )
         CLIPTextModel(text_config).save_pretrained(path / "text_encoder")
+        if golden:
+            unet_shape = dict(
+                sample_size=64,
+                block_out_channels=(16, 32, 32, 32),
+                down_block_types=(
+                    "DownBlock2D",
+                    "CrossAttnDownBlock2D",
+                    "CrossAttnDownBlock2D",
+                    "DownBlock2D",
+                ),
+                attention_head_dim=2,
+                norm_num_groups=8,
+            )
+        else:
+            unet_shape = dict(
+                sample_size=16,
+                block_out_channels=(32, 32, 64, 64),
+                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                attention_head_dim=4,
+                norm_num_groups=8,
+            )
         UNet2DConditionModel(
-            sample_size=16,
             in_channels=4,
             out_channels=4,
-            block_out_channels=(32, 32, 64, 64),
             layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
             cross_attention_dim=32,
-            attention_head_dim=4,
-            norm_num_groups=8,
+            **unet_shape,
         ).save_pretrained(path / "unet")
         AutoencoderKL(
             in_channels=3,

@@ -6,7 +6,13 @@ import torch
 from diffusers import DDIMScheduler
 
 from qalign_core.ddpm import DDPMSchedule
-from qalign_core.inversion import Inversion, MemoryInversionCache, inversion_key, invert
+from qalign_core.inversion import (
+    Inversion,
+    MemoryInversionCache,
+    inversion_key,
+    invert,
+    invert_trajectories,
+)
 from qalign_core.testing import SD15_SCHEDULER
 
 
@@ -20,21 +26,33 @@ def test_schedule_walks_sd15_timesteps():
     assert all(schedule.sigma(i) > 0 for i in range(100))  # set_alpha_to_one=False: every step stochastic
 
 
-def test_inversion_then_sampling_reconstructs_exactly():
-    """Sampling with the stored noise maps retraces the inverted trajectory (same noise predictor)."""
+def test_sampling_with_the_noise_maps_retraces_the_trajectory():
+    """Sampling with the stored noise maps retraces the inverted trajectory (same noise predictor);
+    the last noise map is zero, as in CIA, so the last step is its deterministic part alone."""
     schedule = _schedule(20)
     x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    xs = torch.stack(
+        [
+            schedule.noisy_latents(x, torch.Generator().manual_seed(seed))
+            for x, seed in zip(x0, (1, 2), strict=True)
+        ],
+        dim=1,
+    )
 
     def predict_noise(x, i):
         return torch.tanh(x) * (1 + i / 20)
 
     for skip in (0, 7):
-        inversions = invert(x0, [1, 2], schedule, skip, predict_noise)
+        inversions = invert_trajectories(xs, schedule, skip, predict_noise)
+        assert inversions[0].noise_maps[-1].abs().max() == 0
         x = torch.stack([inv.start_latent for inv in inversions])
         for n, i in enumerate(range(skip, 20)):
+            torch.testing.assert_close(x, xs[i], rtol=1e-4, atol=1e-4)
             z = torch.stack([inv.noise_maps[n] for inv in inversions])
             x = schedule.step(x, predict_noise(x, i), i, z)
-        torch.testing.assert_close(x, x0, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            x, schedule.mean(xs[19], predict_noise(xs[19], 19), 19), rtol=1e-4, atol=1e-4
+        )
 
 
 def test_each_image_inversion_depends_only_on_its_own_seed():

@@ -9,7 +9,12 @@ from qalign_core.params import TransferParams
 def test_defaults_are_the_spec_defaults():
     p = TransferParams()
     assert (p.method, p.steps, p.skip_steps, p.seed, p.domain) == ("qalign", 100, 32, 0, "object")
-    assert (p.swap_guidance_scale, p.contrast_strength, p.adain, p.output_format) == (3.5, 1.67, True, "png")
+    assert (p.swap_guidance_scale, p.contrast_strength, p.adain, p.output_format) == (
+        3.5,
+        1.67,
+        "masked",
+        "png",
+    )
     assert (p.align_steps_fine, p.align_steps_coarse, p.adain_steps) == ((10, 90), (10, 70), (20, 100))
     assert p.size is None and p.effective_prompt == "A photo of a object"
     assert TransferParams(prompt="a cat").effective_prompt == "a cat"
@@ -19,7 +24,11 @@ def test_defaults_are_the_spec_defaults():
     "field,value,fragment",
     [
         ("steps", 1, "steps"),
-        ("steps", 5000, "less than or equal to 1000"),
+        ("steps", 1000, "less than or equal to 999"),
+        ("skip_steps", 100, "less than or equal to 99"),
+        ("swap_guidance_scale", 0.5, "greater than or equal to 1"),
+        ("adain", "sometimes", "masked"),
+        ("adain_steps", (20, 101), "0 <= start <= end <= 100"),
         ("seed", -1, "seed"),
         ("contrast_strength", 0, "greater than 0"),
         ("contrast_strength", float("nan"), "finite"),
@@ -39,6 +48,6 @@ def test_out_of_range_is_a_clear_error_naming_the_field(field, value, fragment):
     assert field in text and fragment in text
 
 
-def test_skip_steps_must_be_below_steps():
-    with pytest.raises(ValidationError, match="skip_steps must be less than steps"):
-        TransferParams(steps=10, skip_steps=10)
+@pytest.mark.parametrize("value,expected", [(True, "masked"), ("false", "none"), ("plain", "plain")])
+def test_adain_accepts_the_first_versions_booleans(value, expected):
+    assert TransferParams(adain=value).adain == expected

@@ -5,21 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from qalign_core.processors import AlignmentSchedule, AlignmentState, install_processors
-
-
-def test_schedule_modes_follow_the_spec_defaults():
-    schedule = AlignmentSchedule()
-    assert (
-        schedule.mode(0, 9) is None and schedule.mode(0, 10) == "inject" and schedule.mode(0, 11) == "align"
-    )
-    assert (
-        schedule.mode(0, 35) == "inject"
-        and schedule.mode(0, 40) == "align"
-        and schedule.mode(0, 89) == "align"
-    )
-    assert schedule.mode(0, 90) is None and schedule.mode(1, 69) == "align" and schedule.mode(1, 70) is None
-    assert schedule.mode(2, 50) is None  # a third, coarser grid is never aligned
+from qalign_core.params import TransferParams
+from qalign_core.processors import AlignmentState, install_processors
 
 
 def test_alignment_log_covers_exactly_the_configured_layers_and_steps(pipe, photos, fast_params):
@@ -35,9 +22,13 @@ def test_alignment_log_covers_exactly_the_configured_layers_and_steps(pipe, phot
         b: {(step, mode) for layer, step, mode in result.alignment_log if layer.startswith(f"up_blocks.{b}")}
         for b in (2, 3)
     }
-    expected_fine = {(s, "inject" if s % 5 == 0 else "align") for s in range(4, 14)}
-    expected_coarse = {(s, "inject" if s % 5 == 0 else "align") for s in range(4, 10)}
-    assert by_block[3] == expected_fine and by_block[2] == expected_coarse
+    plan = fast_params.schedule()
+    expected = {
+        level: {(n, plan.mode(level, n)) for n in range(plan.iterations) if plan.mode(level, n)}
+        for level in (0, 1)
+    }
+    assert {mode for _, mode in expected[0]} == {"inject", "align"}  # the fast run crosses both
+    assert by_block[3] == expected[0] and by_block[2] == expected[1]
 
 
 def test_only_row_out_changes(tiny_model_dir):
@@ -49,12 +40,12 @@ def test_only_row_out_changes(tiny_model_dir):
     latents = torch.randn(3, 4, 16, 16, generator=g)
     embeddings = torch.randn(1, 77, 32, generator=g).expand(3, -1, -1)
     t = torch.tensor(500)
-    state = AlignmentState(contrast_strength=1.67, latent_tokens=256)
+    state = AlignmentState(contrast_strength=1.67, latent_tokens=256, schedule=TransferParams().schedule())
     install_processors(unet, "qalign", state)
     with torch.inference_mode():
-        state.step = None
+        state.iteration = None
         plain = unet(latents, t, encoder_hidden_states=embeddings).sample
-        state.step = 50
+        state.iteration = 50
         aligned = unet(latents, t, encoder_hidden_states=embeddings).sample
     torch.testing.assert_close(aligned[1:], plain[1:], rtol=0, atol=0)
     assert (aligned[0] - plain[0]).abs().max() > 1e-3
