@@ -12,28 +12,26 @@ from typing import Any
 from bench.common import comparison, test_images, tiny_model_dir
 from bench.e2e import QUICK_PARAMS
 from qalign_core.params import TransferParams
-from qalign_core.processors import AlignmentSchedule
 
 
 def predicted_rows(params: TransferParams, fused: bool, images_to_invert: int = 2) -> dict[str, int]:
-    """Rows the pipeline evaluates for ``params``: inversion (2 CFG rows per image per run step) and
-    denoising (3 rows, plus 1 (fused) or 3 (6-row way) on steps with alignment and swap guidance)."""
-    schedule = AlignmentSchedule(ranges=(tuple(params.align_steps_fine), tuple(params.align_steps_coarse)))
-    run_steps = range(params.skip_steps, params.steps)
-    start = params.swap_guidance_scale
-    last = max(start / 2, 1.0)
-    n = len(run_steps)
-    denoising = 0
-    for j, i in enumerate(run_steps):
-        scale = start + (last - start) * (j / (n - 1) if n > 1 else 0.0)
-        guided = schedule.any_aligned(i) and scale != 1.0
-        denoising += (4 if fused else 6) if guided else 3
-    return {"inversion": 2 * images_to_invert * n, "denoising": denoising}
+    """Rows the pipeline evaluates for ``params``: inversion (2 CFG rows per image per run step but
+    the last, whose noise map is zero) and denoising (3 rows, plus 1 (fused) or 3 (6-row way) on
+    iterations where a layer mixes and swap guidance is on)."""
+    plan = params.schedule()
+    denoising = sum(
+        (4 if fused else 6) if _two_passes(params, plan, n) else 3 for n in range(plan.iterations)
+    )
+    return {"inversion": 2 * images_to_invert * (plan.iterations - 1), "denoising": denoising}
+
+
+def _two_passes(params: TransferParams, plan, n: int) -> bool:
+    return plan.any_mixed(n) and plan.guided(n) and params.swap_guidance_scale > 1.0
 
 
 def aligned_steps(params: TransferParams) -> int:
-    schedule = AlignmentSchedule(ranges=(tuple(params.align_steps_fine), tuple(params.align_steps_coarse)))
-    return sum(schedule.any_aligned(i) for i in range(params.skip_steps, params.steps))
+    plan = params.schedule()
+    return sum(_two_passes(params, plan, n) for n in range(plan.iterations))
 
 
 def run(*, device: str = "cpu", quick: bool = False) -> dict[str, Any]:
@@ -55,7 +53,7 @@ def run(*, device: str = "cpu", quick: bool = False) -> dict[str, Any]:
     sd15 = TransferParams()  # SD 1.5 defaults: 100 steps, skip 32, aligned [10,90) and [10,70)
     predicted = {"fused": predicted_rows(sd15, True), "six_row": predicted_rows(sd15, False)}
     guided = aligned_steps(sd15)
-    run_steps = sd15.steps - sd15.skip_steps
+    run_steps = sd15.schedule().iterations
     comparisons = []
     sources = (
         (f"tiny model, counted ({params.steps} steps)", counted),

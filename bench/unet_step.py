@@ -1,7 +1,7 @@
 """Benchmark 3: one aligned denoising step of SD 1.5's UNet (random weights), 4 rows vs 6 rows.
 
 The UNet is set up as ``QAlignPipeline`` sets it up (FreeU, shared timestep rows, the project's
-processors, an ``AlignmentState`` at an aligned step). "4-row" is the fused swap pass, rows
+processors, an ``AlignmentState`` at an aligned iteration). "4-row" is the fused swap pass, rows
 [OUT swap, APP, STRUCT, OUT plain] in one call; "6-row" is one 3-row call with alignment and one
 without. Their outputs must agree, and are compared.
 """
@@ -14,10 +14,12 @@ import torch
 
 from bench.common import comparison, median, time_interleaved
 from bench.sd15 import build_unet
+from qalign_core.freeu import DecoderFreeU
+from qalign_core.params import TransferParams
 from qalign_core.pipeline import PipelineConfig, share_timestep_rows
 from qalign_core.processors import OUT, AlignmentState, install_processors
 
-#: An aligned step at both grid levels, not a structure-injection step (default schedule).
+#: An iteration aligned at both grid levels, not a structure-injection one (default schedule).
 ALIGNED_STEP = 50
 TIMESTEP = 500
 CONTRAST = 1.67
@@ -42,11 +44,10 @@ def run(
     unet = unet.to(device=device)
     if unet.dtype != dtype:
         unet = unet.to(dtype=dtype)
-    freeu = PipelineConfig().freeu
-    if freeu is not None:
-        unet.enable_freeu(**freeu)
+    if PipelineConfig().freeu == "cia":
+        DecoderFreeU().attach(unet)
     share_timestep_rows(unet)
-    state = AlignmentState(contrast_strength=CONTRAST)
+    state = AlignmentState(contrast_strength=CONTRAST, schedule=TransferParams().schedule())
     install_processors(unet, "qalign", state)
     generator = torch.Generator("cpu").manual_seed(0)
     cond = torch.randn(1, 77, unet.config.cross_attention_dim, generator=generator).to(device, dtype)
@@ -58,18 +59,18 @@ def run(
         state.latent_tokens = side * side
 
         def four_rows(x: torch.Tensor = x) -> torch.Tensor:
-            state.step = ALIGNED_STEP
+            state.iteration = ALIGNED_STEP
             state.log.clear()
             return unet(torch.cat([x, x[:1]]), t, encoder_hidden_states=cond.expand(4, -1, -1)).sample
 
         def six_rows(x: torch.Tensor = x) -> tuple[torch.Tensor, torch.Tensor]:
-            state.step = ALIGNED_STEP
+            state.iteration = ALIGNED_STEP
             state.log.clear()
             swap = unet(x, t, encoder_hidden_states=cond.expand(3, -1, -1)).sample
             aligned_calls = len(state.log)
-            state.step = None
+            state.iteration = None
             plain = unet(x, t, encoder_hidden_states=cond.expand(3, -1, -1)).sample[OUT]
-            state.step = ALIGNED_STEP
+            state.iteration = ALIGNED_STEP
             assert aligned_calls > 0, "no layer was aligned: the benchmark would measure plain attention"
             return swap, plain
 

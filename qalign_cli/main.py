@@ -109,9 +109,17 @@ def _pipeline(model: str | None, device: str | None, dtype: str | None):
 @_image_option("structure", "Structure image.")
 @_image_option("appearance", "Appearance image.")
 @_image_option("output", "Result image path.")
+@click.option(
+    "--save-masks",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory for masked AdaIN's object masks (mask_structure.png, mask_appearance.png).",
+)
 @_model_options
 @_param_options
-def transfer(structure: Path, appearance: Path, output: Path, model, device, dtype, **given) -> None:
+def transfer(
+    structure: Path, appearance: Path, output: Path, save_masks: Path | None, model, device, dtype, **given
+) -> None:
     """Give STRUCTURE's layout the look of APPEARANCE and write the result to OUTPUT."""
     params = _params(given)
     if params.output_format == "png" and given.get("output_format") is None:
@@ -143,6 +151,27 @@ def transfer(structure: Path, appearance: Path, output: Path, model, device, dty
     click.echo(
         f"wrote {output} ({result.image.width}x{result.image.height}, {result.timings['total_s']:.1f} s)"
     )
+    masks = result.object_masks
+    if masks is not None and not masks.found:
+        click.echo(f"masked AdaIN fell back to plain AdaIN: {masks.reason}")
+    if save_masks is not None:
+        _write_masks(save_masks, masks, result.image.size)
+
+
+def _write_masks(directory: Path, masks, size: tuple[int, int]) -> None:
+    """Save masked AdaIN's object masks as black/white PNGs at the result's size."""
+    from PIL import Image
+
+    if masks is None or masks.structure is None:
+        fail("no object masks to save: they exist only with --adain masked (the default)", code=1)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, mask in (("structure", masks.structure), ("appearance", masks.appearance)):
+            image = Image.fromarray(mask.numpy().astype("uint8") * 255).resize(size, Image.Resampling.NEAREST)
+            image.save(directory / f"mask_{name}.png")
+    except OSError as exc:
+        fail(f"cannot write masks to {str(directory)!r}: {exc.strerror or exc}")
+    click.echo(f"wrote object masks to {directory}")
 
 
 @cli.command()

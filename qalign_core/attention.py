@@ -93,8 +93,11 @@ def contrast_attention(
     step = _rows_per_chunk(rows, n_keys * math.prod(q.shape[:-2]), chunk_size)
     out = []
     for s in range(0, rows, step):
-        scores = (q[..., s : s + step, :] @ k_t).float().mul_(scale)
-        weights = scores.softmax(dim=-1).mul_(c).sub_((c - 1.0) / n_keys).clamp_(0.0, 1.0)
+        # Softmax in place (float32): one score block alive per chunk, not a second for its softmax.
+        weights = (q[..., s : s + step, :] @ k_t).float().mul_(scale)
+        weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_()
+        weights.div_(weights.sum(dim=-1, keepdim=True))
+        weights.mul_(c).sub_((c - 1.0) / n_keys).clamp_(0.0, 1.0)
         out.append(weights.to(v.dtype) @ v)
     return torch.cat(out, dim=-2)
 

@@ -220,6 +220,7 @@ def _run(
         **{name: round(float(value), 4) for name, value in result.timings.items()},
         "upload_s": round(time.perf_counter() - upload_started, 4),
         "inversion_cache_hits": int(result.inversion_cache_hits),
+        **result.diagnostics,
     }
     final = _finish(
         jobs,

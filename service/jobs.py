@@ -63,7 +63,7 @@ class Job(BaseModel):
     appearance_key: str
     result: JobResult | None = None
     error: JobError | None = None
-    metrics: dict[str, float | int] = Field(default_factory=dict)
+    metrics: dict[str, float | int | bool | str | None] = Field(default_factory=dict)
     cancel_requested: bool = False
     attempts: int = 0
     worker: str | None = None

@@ -37,6 +37,12 @@ class JobMetricsOut(BaseModel):
     decode_s: float | None = None
     total_s: float | None = None
     inversion_cache_hits: int | None = Field(None, ge=0, le=2)
+    adain_applied: Literal["masked", "plain", "none"] | None = Field(
+        None, description='The AdaIN that ran: "plain" also when masked AdaIN found no object.'
+    )
+    object_masks_found: bool | None = Field(
+        None, description="Whether masked AdaIN's self-segmentation found the object (null: not asked)."
+    )
 
 
 class JobOut(BaseModel):

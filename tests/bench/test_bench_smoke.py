@@ -25,13 +25,19 @@ def test_layer_benchmark_tiny_shape() -> None:
     json.dumps(result)  # the result must be JSON as written by python -m bench
     assert result["name"] == "layer"
     metrics = {c["metric"] for c in result["comparisons"]}
-    assert metrics == {"time", "peak extra memory", "time vs 1 fused SDPA"}
+    assert metrics == {
+        "time",
+        "peak extra memory",
+        "one aligned row: time",
+        "one aligned row: peak extra memory",
+        "time vs 1 fused SDPA",
+    }
     for c in result["comparisons"]:
         assert set(c) >= {"case", "metric", "unit", "ours", "reference", "ratio", "target", "met"}
         assert c["ratio"] is not None and math.isfinite(c["ratio"]) and c["ratio"] >= 0
     (detail,) = result["details"]
     assert detail["max_abs_diff_qalign_vs_plain"] < 1e-4
-    assert set(detail["memory"]) == {"qalign", "plain", "sdpa"}
+    assert set(detail["memory"]) == {"qalign", "plain", "sdpa", "qalign_row", "plain_row"}
     assert "layer" in format_table({"layer": result})
 
 
@@ -39,6 +45,6 @@ def test_row_prediction_matches_the_spec_defaults() -> None:
     from bench.rows import predicted_rows
     from qalign_core.params import TransferParams
 
-    params = TransferParams()
-    assert predicted_rows(params, fused=True) == {"inversion": 272, "denoising": 262}
-    assert predicted_rows(params, fused=False) == {"inversion": 272, "denoising": 378}
+    params = TransferParams()  # 68 iterations, 57 of them with a mixing layer and swap guidance (11..67)
+    assert predicted_rows(params, fused=True) == {"inversion": 268, "denoising": 4 * 57 + 3 * 11}
+    assert predicted_rows(params, fused=False) == {"inversion": 268, "denoising": 6 * 57 + 3 * 11}

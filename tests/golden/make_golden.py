@@ -85,9 +85,30 @@ def freeu_pairs(unet_class) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         unet(torch.randn(1, 4, 8, 8), 500, encoder_hidden_states=torch.randn(1, 77, 32))
     pairs = {}
-    for stage, (before, after) in enumerate(zip(produced, received, strict=True)):
+    for stage, (before, after) in enumerate(zip(produced[: len(received)], received, strict=True)):
         pairs[f"freeu_in_{stage}"], pairs[f"freeu_out_{stage}"] = before.contiguous(), after.contiguous()
     return pairs
+
+
+def segmentation_golden() -> dict[str, torch.Tensor]:
+    """CIA's Segmentor and masked AdaIN on the synthetic attention of ``synthetic.py``."""
+    sys.path.insert(0, str(HERE))
+    import synthetic
+    from utils.adain import masked_adain
+    from utils.segmentation import Segmentor
+
+    segmentor = Segmentor(prompt="A photo of a object", object_nouns=["object"])
+    for side in (32, 64):  # CIA segments at both grids (and uses the 64 x 64 masks for AdaIN)
+        qk = synthetic.rows_qk(side)
+        segmentor.update_attention(synthetic.attention(qk["self_q"], qk["self_k"]), is_cross=False)
+        segmentor.update_attention(synthetic.attention(qk["cross_q"], qk["cross_k"]), is_cross=True)
+    _, _, mask_app_64, mask_struct_64 = segmentor.get_object_masks()
+    out, app = synthetic.latents()
+    return {
+        "app_mask": mask_app_64.to(torch.uint8).contiguous(),
+        "struct_mask": mask_struct_64.to(torch.uint8).contiguous(),
+        "masked_adain": masked_adain(out, app, mask_struct_64, mask_app_64).contiguous(),
+    }
 
 
 def main() -> None:
@@ -98,11 +119,14 @@ def main() -> None:
     parser.add_argument("--appearance", type=Path, default=HERE / "data" / "appearance.png")
     parser.add_argument("--out", type=Path, default=HERE / "data" / "cia_golden.safetensors")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--freeu-out", type=Path, default=HERE / "data" / "cia_freeu.safetensors")
     parser.add_argument(
-        "--freeu-out", type=Path, default=HERE / "data" / "cia_freeu.safetensors", help="FreeU's own golden"
+        "--segmentation-out", type=Path, default=HERE / "data" / "cia_segmentation.safetensors"
     )
-    parser.add_argument("--freeu-only", action="store_true", help="write FreeU's golden only")
+    parser.add_argument("--cia-commit", default="", help="CIA's commit, when --cia is no git checkout")
+    parser.add_argument("--parts", default="freeu,segmentation,pipeline", help="which goldens to write")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
 
     install_offline_stand_ins()
     sys.path.insert(0, str(args.cia.resolve()))
@@ -119,44 +143,61 @@ def main() -> None:
     cpu_generator = torch.Generator
     torch.Generator = lambda device="cpu": cpu_generator("cpu")  # after imports: only run.py calls it
 
-    save_file(freeu_pairs(FreeUUNet2DConditionModel), str(args.freeu_out))
-    print(f"wrote {args.freeu_out}")
-    if args.freeu_only:
-        return
+    if "freeu" in parts:
+        save_file(freeu_pairs(FreeUUNet2DConditionModel), str(args.freeu_out))
+        print(f"wrote {args.freeu_out}")
+    if "segmentation" in parts:
+        save_file(segmentation_golden(), str(args.segmentation_out))
+        print(f"wrote {args.segmentation_out}")
+    if "pipeline" in parts:
+        cia = types.SimpleNamespace(
+            run=cia_run,
+            inversion=cia_inversion,
+            Model=AppearanceTransferModel,
+            RunConfig=RunConfig,
+            Pipeline=CrossImageAttentionStableDiffusionPipeline,
+            UNet=FreeUUNet2DConditionModel,
+            Scheduler=DDIMScheduler,
+            set_seed=set_seed,
+            load_or_invert=load_latents_or_invert_images,
+        )
+        pipeline_golden(args, cia)
 
+
+def pipeline_golden(args: argparse.Namespace, cia: types.SimpleNamespace) -> None:
+    """CIA's run.py on the golden model and photos, with plain AdaIN (see the note below)."""
     model_dir = str(args.model.resolve())
-    pipe = CrossImageAttentionStableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None)
-    pipe.unet = FreeUUNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
-    pipe.scheduler = DDIMScheduler.from_config(model_dir, subfolder="scheduler")
+    pipe = cia.Pipeline.from_pretrained(model_dir, safety_checker=None)
+    pipe.unet = cia.UNet.from_pretrained(model_dir, subfolder="unet")
+    pipe.scheduler = cia.Scheduler.from_config(model_dir, subfolder="scheduler")
 
     sampled: list[torch.Tensor] = []
-    original_sample = cia_inversion.sample_xts_from_x0
+    original_sample = cia.inversion.sample_xts_from_x0
 
     def recording_sample(*a, **k):
         xts = original_sample(*a, **k)
         sampled.append(xts.clone())
         return xts
 
-    cia_inversion.sample_xts_from_x0 = recording_sample
+    cia.inversion.sample_xts_from_x0 = recording_sample
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = RunConfig(
+        # Plain AdaIN: on random weights CIA's self-segmentation finds no object, and CIA's masked
+        # AdaIN then divides by an empty mask (NaN). Masked AdaIN has its own golden (synthetic.py).
+        cfg = cia.RunConfig(
             app_image_path=args.appearance,
             struct_image_path=args.structure,
             domain_name="object",
             output_path=Path(out),
             seed=args.seed,
             load_latents=False,
+            use_masked_adain=False,
         )
         # run.py's run(), with the pipeline built above instead of one loaded from the hub.
-        set_seed(cfg.seed)
-        model = AppearanceTransferModel(cfg, pipe=pipe)
-        masks: list[torch.Tensor] = []
-        original_set_masks = model.set_masks
-        model.set_masks = lambda m: (masks.extend(m), original_set_masks(m))
-        latents_app, latents_struct, noise_app, noise_struct = load_latents_or_invert_images(
-            model=model, cfg=cfg
-        )
+        cia.set_seed(cfg.seed)
+        model = cia.Model(cfg, pipe=pipe)
+        inverted = cia.load_or_invert(model=model, cfg=cfg)
+        latents_app, latents_struct, noise_app, noise_struct = inverted
         model.set_latents(latents_app, latents_struct)
         model.set_noise(noise_app, noise_struct)
         final: list[torch.Tensor] = []
@@ -167,9 +208,9 @@ def main() -> None:
             final[:] = [latents.clone()]
 
         model.get_adain_callback = lambda: recording_callback
-        cia_run.run_appearance_transfer(model=model, cfg=cfg)
+        cia.run.run_appearance_transfer(model=model, cfg=cfg)
         prepared = {
-            name: hashlib.sha256(np.asarray(Image.open(Path(out) / f)).tobytes()).hexdigest()
+            name: hashlib.sha256(np.asarray(Image.open(cfg.output_path / f)).tobytes()).hexdigest()
             for name, f in (("structure", "in_struct.png"), ("appearance", "in_style.png"))
         }
 
@@ -184,18 +225,18 @@ def main() -> None:
         "struct_trajectory": xts_struct[list(TRAJECTORY_STEPS)].contiguous(),
         "final_latents": final[0].contiguous(),
     }
-    if masks:
-        _, _, mask_app_64, mask_struct_64 = masks
-        tensors["app_mask"] = mask_app_64.to(torch.uint8).contiguous()
-        tensors["struct_mask"] = mask_struct_64.to(torch.uint8).contiguous()
-    cia_commit = subprocess.run(
-        ["git", "-C", str(args.cia), "rev-parse", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    cia_commit = (
+        args.cia_commit
+        or subprocess.run(
+            ["git", "-C", str(args.cia), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+    )
     metadata = {
         "cia_commit": cia_commit or "unknown (not a git checkout)",
         "seed": str(cfg.seed),
         "prompt": cfg.prompt,
         "steps": str(cfg.num_timesteps),
+        "adain": "masked" if cfg.use_masked_adain else "plain",
         "skip_steps": str(skip),
         "trajectory_steps": json.dumps(TRAJECTORY_STEPS),
         "prepared_pixels_sha256": json.dumps(prepared),
@@ -208,7 +249,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(args.out), metadata=metadata)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB); masks: {bool(masks)}")
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

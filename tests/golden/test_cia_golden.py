@@ -110,3 +110,29 @@ def test_cross_image_reaches_cias_final_latent(pipe, golden, prompt):
         assert torch.equal(masks.appearance, tensors["app_mask"].bool())
     error = relative_l2(latent, tensors["final_latents"][0])
     assert error < MAX_RELATIVE_L2, f"relative L2 error {error:.2e}"
+
+
+def test_masked_adain_segments_and_normalises_as_cias_segmentor():
+    """CIA's Segmentor and masked AdaIN on synthetic attention with a known object (synthetic.py):
+    the same object masks from the same rows' queries and keys, and the same masked AdaIN."""
+    import synthetic
+
+    from qalign_core.adain import masked_adain
+    from qalign_core.segmentation import AttentionCapture, compute_object_masks
+
+    with safe_open(str(DATA / "cia_segmentation.safetensors"), framework="pt") as handle:
+        cia = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
+    qk = synthetic.rows_qk(64)
+    capture = AttentionCapture(latent_tokens=64 * 64, active=True)
+    rows = slice(1, 3)  # APP, STRUCT
+    capture.record_self("fine", qk["self_q"][rows], qk["self_k"][rows])
+    capture.record_cross("coarse", qk["cross_q"][rows], qk["cross_k"][rows])
+    masks = compute_object_masks(capture, [synthetic.NOUN_POSITION])
+    assert masks.found
+    assert torch.equal(masks.structure, cia["struct_mask"].bool())
+    assert torch.equal(masks.appearance, cia["app_mask"].bool())
+    assert not torch.equal(masks.structure, masks.appearance)
+    out, app = synthetic.latents()
+    torch.testing.assert_close(
+        masked_adain(out, app, masks.structure, masks.appearance), cia["masked_adain"], rtol=1e-5, atol=1e-5
+    )

@@ -22,18 +22,7 @@ def _run(*args):
     return CliRunner().invoke(cli, list(args))
 
 
-FAST = [
-    "--steps",
-    "10",
-    "--skip-steps",
-    "3",
-    "--align-steps-fine",
-    "3",
-    "8",
-    "--align-steps-coarse",
-    "3",
-    "6",
-]
+FAST = ["--steps", "10"]
 
 
 def test_transfer_writes_a_valid_image(files, tiny_model_dir):
@@ -58,6 +47,24 @@ def test_transfer_writes_a_valid_image(files, tiny_model_dir):
     assert "wrote" in result.output
 
 
+def test_transfer_saves_masked_adains_masks(files, tiny_model_dir):
+    masks = files / "masks"
+    result = _run(
+        "transfer", "--structure", str(files / "cat.png"), "--appearance", str(files / "cup.jpg"),
+        "--output", str(files / "masked.png"), "--model", tiny_model_dir, "--save-masks", str(masks), *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for name in ("structure", "appearance"):
+        with Image.open(masks / f"mask_{name}.png") as image:
+            assert image.size == (128, 128) and set(image.getdata()) <= {0, 255}
+    plain = _run(
+        "transfer", "--structure", str(files / "cat.png"), "--appearance", str(files / "cup.jpg"),
+        "--output", str(files / "plain.png"), "--model", tiny_model_dir, "--adain", "plain",
+        "--save-masks", str(masks), *FAST,
+    )  # fmt: skip
+    assert plain.exit_code == 1 and "only with --adain masked" in plain.stderr
+
+
 def test_make_tiny_model(tmp_path):
     result = _run("make-tiny-model", str(tmp_path / "m"))
     assert result.exit_code == 0 and (tmp_path / "m" / "unet" / "config.json").exists()
@@ -69,6 +76,8 @@ def test_make_tiny_model(tmp_path):
         ({"--structure": "missing.png"}, "cannot read image file"),
         ({"--appearance": "notes.png"}, "not a PNG, JPEG or WebP image"),
         ({"--steps": "0"}, "steps: Input should be greater than or equal to 2"),
+        ({"--steps": "1000"}, "steps: Input should be less than or equal to 999"),
+        ({"--skip-steps": "100"}, "skip_steps: Input should be less than or equal to 99"),
         ({"--contrast-strength": "nan"}, "contrast_strength"),
         ({"--model": "/nonexistent/model"}, "model directory '/nonexistent/model' does not exist"),
         ({"--output": "no/such/dir/out.png"}, "output directory"),

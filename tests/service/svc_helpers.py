@@ -19,6 +19,7 @@ class FakeResult:
     params: TransferParams
     timings: dict
     inversion_cache_hits: int = 0
+    diagnostics: dict = field(default_factory=lambda: {"adain_applied": "plain", "object_masks_found": False})
 
     @property
     def content_type(self) -> str:

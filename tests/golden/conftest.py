@@ -1,0 +1,6 @@
+"""The golden tests import ``synthetic`` (shared with make_golden.py) from this folder."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
