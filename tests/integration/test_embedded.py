@@ -49,6 +49,10 @@ def test_embedded_flow_survives_api_restart(tiny_model_dir, photo_bytes, tmp_pat
                 done = poll(client, job["id"])
                 assert done["status"] == "succeeded", (done, log_path.read_text()[-3000:])
                 assert done["result"]["url"] == f"/jobs/{job['id']}/result"
+                # Masked AdaIN is the default: the metrics say what ran and whether masks were found.
+                assert done["params"]["adain"] == "masked"
+                metrics = done["metrics"]
+                assert metrics["adain_applied"] == ("masked" if metrics["object_masks_found"] else "plain")
                 response = client.get(done["result"]["url"])
                 assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
                 image = decode(response.content)
