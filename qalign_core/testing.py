@@ -102,6 +102,20 @@ def write_tokenizer(directory: Path, merges: tuple[tuple[str, str], ...] = TINY_
     return len(vocab)
 
 
+def _prefix_text_encoder_keys(weights: Path) -> None:
+    """Store CLIP's weights under ``text_model.``, the layout of SD 1.5's own checkpoint.
+
+    Recent transformers save them without the prefix, which older releases (the ones CIA's code
+    pins, used to make the golden tensors) cannot read: they would start from random weights.
+    Every release reads the prefixed layout.
+    """
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(weights))
+    prefixed = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in tensors.items()}
+    save_file(prefixed, str(weights), metadata={"format": "pt"})
+
+
 def save_tiny_model(path: str | Path, seed: int = 0, *, golden: bool = False) -> Path:
     """Write the tiny model to ``path`` (a diffusers model directory) and return the path.
 
@@ -132,6 +146,7 @@ def save_tiny_model(path: str | Path, seed: int = 0, *, golden: bool = False) ->
             pad_token_id=vocab_size - 1,
         )
         CLIPTextModel(text_config).save_pretrained(path / "text_encoder")
+        _prefix_text_encoder_keys(path / "text_encoder" / "model.safetensors")
         if golden:
             unet_shape = dict(
                 sample_size=64,
