@@ -62,14 +62,12 @@ class ObjectStore(ABC):
         """The object's bytes; raises ObjectNotFound."""
 
     @abstractmethod
-    def exists(self, key: str) -> bool: ...
-
-    @abstractmethod
     def delete(self, key: str) -> None: ...
 
     @abstractmethod
     def presigned_url(self, key: str, ttl: int) -> str | None:
-        """A URL anyone can GET for ``ttl`` seconds, or None when the store has none (local)."""
+        """A URL anyone can GET for ``ttl`` seconds, or None when the store has none (local);
+        StorageUnavailable when it cannot be signed."""
 
     @abstractmethod
     def local_path(self, key: str) -> Path | None:
@@ -128,9 +126,6 @@ class LocalStore(ObjectStore):
             raise ObjectNotFound(key) from exc
         except OSError as exc:
             raise StorageUnavailable(f"cannot read {key}: {exc}") from exc
-
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -252,18 +247,6 @@ class S3Store(ObjectStore):
         except (BotoCoreError, ClientError) as exc:
             raise self._wrap(exc, f"get {key}") from exc
 
-    def exists(self, key: str) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-            return True
-        except (BotoCoreError, ClientError) as exc:
-            error = self._wrap(exc, f"head {key}")
-            if isinstance(error, ObjectNotFound):
-                return False
-            raise error from exc
-
     def delete(self, key: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -273,9 +256,14 @@ class S3Store(ObjectStore):
             raise self._wrap(exc, f"delete {key}") from exc
 
     def presigned_url(self, key: str, ttl: int) -> str | None:
-        return self.signing_client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=ttl
-        )
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.signing_client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=ttl
+            )
+        except (BotoCoreError, ClientError) as exc:  # e.g. no credentials to sign with
+            raise StorageUnavailable(f"S3 presign {key}: {exc}") from exc
 
     def local_path(self, key: str) -> Path | None:
         return None

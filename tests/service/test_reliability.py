@@ -11,40 +11,21 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from svc_helpers import FakePipeline, wait_for
+from svc_helpers import FakePipeline
+from testkit import assert_problem, poll, submit, wait_for
 
 from service.auth import hash_key
-from service.jobs import Job, JobResult, RedisJobStore, SqliteJobStore, new_job_id, utcnow
+from service.jobs import Job, JobResult, new_job_id, utcnow
+from service.jobs.redis_store import open_redis_stores
+from service.jobs.sqlite_store import open_sqlite_stores
 from service.storage import LocalStore, input_key
 from service.webhooks import SIGNATURE_HEADER, verify
 
-PROBLEM = "application/problem+json"
 KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key", "old": "revoked-key"}
 
 
 def bearer(name: str) -> dict:
     return {"Authorization": f"Bearer {KEYS[name]}"}
-
-
-def submit(client, images, headers=None, **fields):
-    files = {"structure": ("s.png", images[0], "image/png"), "appearance": ("a.jpg", images[1], "image/jpeg")}
-    return client.post("/transfer", files=files, data={k: str(v) for k, v in fields.items()}, headers=headers)
-
-
-def poll(client, job_id, headers=None, timeout=20.0):
-    def done():
-        job = client.get(f"/jobs/{job_id}", headers=headers).json()
-        return job if job["status"] in ("succeeded", "failed", "canceled") else None
-
-    return wait_for(done, timeout)
-
-
-def assert_problem(response, status):
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status and body["detail"] and body["title"] and body["type"]
-    return body
 
 
 @pytest.fixture
@@ -151,30 +132,39 @@ def test_concurrent_identical_requests_make_one_job(make_client, small_images, f
     assert len(fake_pipeline.calls) == 1
 
 
-def test_idempotency_reservation_is_atomic_and_releasable(job_store):
+def test_idempotency_reservation_is_atomic_and_releasable(stores):
     barrier = threading.Barrier(10)
 
     def reserve(i):
         barrier.wait()
-        return job_store.idempotency_reserve("scope", {"job_id": f"job{i}", "fingerprint": "f"}, 60)
+        return stores.idempotency.reserve("scope", {"job_id": f"job{i}", "fingerprint": "f"}, 60)
 
     with ThreadPoolExecutor(10) as pool:
         results = list(pool.map(reserve, range(10)))
     winners = [r for r in results if r is None]
     assert len(winners) == 1
-    holder = job_store.idempotency_get("scope")["job_id"]
+    holder = stores.idempotency.get("scope")["job_id"]
     assert all(r["job_id"] == holder for r in results if r is not None)
-    job_store.idempotency_release("scope", "someone-else")
-    assert job_store.idempotency_get("scope")["job_id"] == holder
-    job_store.idempotency_release("scope", holder)
-    assert job_store.idempotency_get("scope") is None
+    stores.idempotency.release("scope", "someone-else")
+    assert stores.idempotency.get("scope")["job_id"] == holder
+    stores.idempotency.release("scope", holder)
+    assert stores.idempotency.get("scope") is None
 
 
-def test_idempotency_key_expires(job_store):
-    assert job_store.idempotency_reserve("s", {"job_id": "a", "fingerprint": "f"}, 1) is None
-    time.sleep(1.2)
-    assert job_store.idempotency_get("s") is None
-    assert job_store.idempotency_reserve("s", {"job_id": "b", "fingerprint": "f"}, 60) is None
+def test_redis_idempotency_key_expires_with_its_ttl(redis_url):
+    """Redis expires the key itself: the TTL set is checked, not waited for (the SQLite expiry runs
+    on an injected clock in tests/service/jobs/test_job_stores.py)."""
+    stores = open_redis_stores(redis_url, ttl=3600, prefix=f"t{new_job_id()}:")
+    try:
+        assert stores.idempotency.reserve("s", {"job_id": "a", "fingerprint": "f"}, 1) is None
+        key = f"{stores.idempotency.conn.prefix}idem:s"
+        assert 0 < stores.idempotency.client.pttl(key) <= 1000
+        stores.idempotency.confirm("s", 3600)
+        assert stores.idempotency.client.ttl(key) > 3000
+        stores.idempotency.client.delete(key)  # what the TTL does when it runs out
+        assert stores.idempotency.reserve("s", {"job_id": "b", "fingerprint": "f"}, 60) is None
+    finally:
+        stores.close()
 
 
 # ------------------------------------------------------------------------------ backpressure
@@ -272,9 +262,9 @@ def test_failing_receiver_never_fails_the_job(make_client, hooked, small_images)
         client = make_client(hooked)
         job_id = submit(client, small_images, webhook_url=receiver.url).json()["id"]
         assert poll(client, job_id)["status"] == "succeeded"
-        wait_for(lambda: receiver.attempts >= 6, timeout=10)  # 3 attempts x (running, succeeded)
-        time.sleep(0.2)
-        assert receiver.attempts == 6
+        delivery = client.app.state.services.webhooks.delivery
+        wait_for(lambda: receiver.attempts >= 6 and delivery.idle(), timeout=10)
+        assert receiver.attempts == 6, "3 attempts x (running, succeeded), and no more"
     finally:
         receiver.close()
 
@@ -336,7 +326,8 @@ def test_sweep_removes_expired_records_results_and_unreferenced_inputs(tmp_path,
     from service.cleanup import sweep
 
     settings = embedded_settings.model_copy(update={"job_ttl": 3600})
-    jobs, store = SqliteJobStore(tmp_path / "jobs.sqlite3", ttl=3600), LocalStore(tmp_path / "objects")
+    stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
+    store = LocalStore(tmp_path / "objects")
     old = time.time() - 7200
     kept_input, shared_input, orphan_input = b"kept", b"shared", b"orphan"
     for data in (kept_input, shared_input, orphan_input):
@@ -353,7 +344,7 @@ def test_sweep_removes_expired_records_results_and_unreferenced_inputs(tmp_path,
             finished_at=utcnow().fromtimestamp(created, tz=utcnow().tzinfo) if finished else None,
             result=JobResult(key=f"results/{'0' * 32}.png", content_type="image/png", width=1, height=1),
         )
-        jobs.create(record)
+        stores.records.create(record)
         store.put(f"results/{record.id}.png", b"png")
         os.utime(store.local_path(f"results/{record.id}.png"), (created, created))
         return record
@@ -365,12 +356,12 @@ def test_sweep_removes_expired_records_results_and_unreferenced_inputs(tmp_path,
     tmp.write_bytes(b"partial")
     os.utime(tmp, (old, old))
 
-    counts = sweep(jobs, store, settings)
+    counts = sweep(stores, store, settings)
     assert counts == {"records": 1, "results": 2, "inputs": 1, "inversions": 0, "temp_files": 1}
-    assert jobs.get(expired.id) is None and jobs.get(live.id) is not None
-    assert not store.exists(f"results/{expired.id}.png") and store.exists(f"results/{live.id}.png")
-    assert not store.exists(input_key(orphan_input))
-    assert store.exists(input_key(kept_input)) and store.exists(input_key(shared_input))
+    assert stores.records.get(expired.id) is None and stores.records.get(live.id) is not None
+    assert store.age(f"results/{expired.id}.png") is None and store.age(f"results/{live.id}.png") is not None
+    assert store.age(input_key(orphan_input)) is None
+    assert store.age(input_key(kept_input)) is not None and store.age(input_key(shared_input)) is not None
     assert not tmp.exists()
     # Reusing an old input refreshes it, so an expiry sweep right after cannot take it from a new job.
     os.utime(store.local_path(input_key(kept_input)), (old, old))
@@ -379,13 +370,14 @@ def test_sweep_removes_expired_records_results_and_unreferenced_inputs(tmp_path,
 
 
 def test_redis_prune_forgets_expired_records_in_the_queue_index(redis_url):
-    jobs = RedisJobStore(redis_url, ttl=3600, prefix=f"t{new_job_id()}:")
+    stores = open_redis_stores(redis_url, ttl=3600, prefix=f"t{new_job_id()}:")
+    records = stores.records
     try:
         record = Job(id=new_job_id(), created_at=utcnow(), structure_key="a", appearance_key="b")
-        jobs.create(record)
-        jobs.client.delete(jobs._key(record.id))  # what the key TTL does after JOB_TTL
-        assert jobs.count_by_status()["queued"] == 1
-        assert jobs.prune() == 1
-        assert jobs.count_by_status()["queued"] == 0
+        records.create(record)
+        records.client.delete(records._key(record.id))  # what the key TTL does after JOB_TTL
+        assert records.count_by_status()["queued"] == 1
+        assert records.prune() == 1
+        assert records.count_by_status()["queued"] == 0
     finally:
-        jobs.close()
+        stores.close()

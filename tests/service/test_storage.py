@@ -51,7 +51,7 @@ def test_inputs_are_content_addressed(store):
     key = store.put_input(data, "image/png")
     assert key == "inputs/" + hashlib.sha256(data).hexdigest()
     assert store.put_input(data, "image/png") == key
-    assert store.get(key) == data and store.exists(key)
+    assert store.get(key) == data and store.age(key) is not None
 
 
 def test_missing_object_and_bad_keys(store):

@@ -20,11 +20,10 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qalign_core.errors import InvalidImageError
-from qalign_core.images import load_image, sniff_format
+from qalign_core.images import sniff_format
 from qalign_core.params import TransferParams
-from service.problems import ApiProblem, problem_response, validation_problem
-from service.schemas import IMAGE_FIELDS, TUPLE_FIELDS, FieldProblem, TransferJSONRequest
+from service.api.problems import ApiProblem, problem_response, validation_problem
+from service.api.schemas import IMAGE_FIELDS, TUPLE_FIELDS, FieldProblem, TransferJSONRequest
 from service.settings import Settings
 from service.webhooks import WebhookRefused, check_webhook_url
 
@@ -270,10 +269,13 @@ def check_image(field: str, data: bytes, declared_type: str | None, settings: Se
                 kind="unsupported-media-type",
             )
         raise ApiProblem(400, f"{field}: not an image (send a PNG, JPEG or WebP file)", kind="not-an-image")
+    # One decode: open (header only), check the pixel count, then decode in the same object, so the
+    # API reads each upload once (the worker decodes it again for the model, in its own process).
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            width, height = Image.open(io.BytesIO(data), formats=[fmt.upper()]).size
+            image = Image.open(io.BytesIO(data), formats=[fmt.upper()])
+        width, height = image.size
     except Image.DecompressionBombError as exc:
         raise ApiProblem(
             400, f"{field}: rejected as a decompression bomb ({exc})", kind="not-an-image"
@@ -287,8 +289,18 @@ def check_image(field: str, data: bytes, declared_type: str | None, settings: Se
             f"{settings.max_pixels}",
             kind="too-large",
         )
+    if width < 1 or height < 1:
+        raise ApiProblem(400, f"{field}: the image is {width}x{height} pixels", kind="not-an-image")
     try:
-        load_image(data, max_pixels=settings.max_pixels)
-    except InvalidImageError as exc:
-        raise ApiProblem(400, f"{field}: {exc}", kind="not-an-image") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ApiProblem(
+            400, f"{field}: rejected as a decompression bomb ({exc})", kind="not-an-image"
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ApiProblem(
+            400, f"{field}: the {fmt} image is corrupt or truncated: {exc}", kind="not-an-image"
+        ) from exc
     return data, f"image/{fmt}"
