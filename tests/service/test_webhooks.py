@@ -66,3 +66,63 @@ def test_failing_receiver_is_retried_with_backoff_and_never_raises():
 
 def test_refused_url_is_not_posted():
     assert deliver("http://localhost/x", b"{}", "k", resolver=lambda h, p: ["127.0.0.1"]) is False
+
+
+def test_delivery_uses_a_bounded_pool_and_keeps_each_jobs_order():
+    """Regression: one unbounded thread was started per webhook; now at most max_workers deliver."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from testkit import wait_for
+
+    from service.webhooks import WebhookDelivery
+
+    release, received, lock = threading.Event(), [], threading.Lock()
+    in_flight = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server API
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with lock:
+                in_flight.append(body)
+            release.wait(10)
+            with lock:
+                received.append((body["job"], body["n"]))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    delivery = WebhookDelivery("s", allow_hosts=["127.0.0.1"], attempts=1, max_workers=2)
+    before = {t for t in threading.enumerate() if t.name == "qalign-webhook"}
+    try:
+        for n in range(2):
+            for job in range(10):
+                delivery.post(f"job{job}", url, json.dumps({"job": job, "n": n}).encode())
+        wait_for(lambda: len(in_flight) == 2, timeout=10)
+        threads = {t for t in threading.enumerate() if t.name == "qalign-webhook"} - before
+        assert len(threads) == 2, "20 events, 10 jobs, and only the pool's 2 threads"
+        release.set()
+        wait_for(lambda: delivery.idle() and len(received) == 20, timeout=20)
+        for job in range(10):
+            assert [n for j, n in received if j == job] == [0, 1], "a job's events stay in order"
+    finally:
+        release.set()
+        delivery.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_full_delivery_queue_drops_instead_of_blocking(caplog):
+    from service.webhooks import WebhookDelivery
+
+    delivery = WebhookDelivery("s", attempts=1, max_workers=1, max_pending=1)
+    delivery._threads.append(object())  # a busy pool: nothing drains during the test
+    delivery.post("a", "http://192.0.2.1/h", b"{}")
+    delivery.post("b", "http://192.0.2.1/h", b"{}")
+    assert delivery._pending == 1 and "queue full" in caplog.text
