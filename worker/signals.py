@@ -32,6 +32,17 @@ def _setup_logging(**_: object) -> None:
     configure_logging(tasks.worker_settings().log_level)
 
 
+@signals.celeryd_after_setup.connect
+def _no_banner(sender=None, instance=None, **_: object) -> None:
+    """Celery prints a multi-line ASCII banner to stdout at start; one JSON log line says the same."""
+    if instance is not None:
+        instance.quiet = True
+        logger.info(
+            "celery worker starting",
+            extra={"node": sender, "concurrency": getattr(instance, "concurrency", None)},
+        )
+
+
 @signals.worker_process_init.connect
 def _load_in_child(**_: object) -> None:
     """Prefork pool: each child process loads the pipeline once, before taking a task."""

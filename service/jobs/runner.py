@@ -226,7 +226,9 @@ def classify(exc: BaseException, time_limit_errors: tuple[type[BaseException], .
 def load_pipeline(settings: Settings):
     """The pipeline a worker runs, from settings; imported here so the API never pays for torch."""
     from qalign_core.pipeline import QAlignPipeline
+    from service.logs import route_library_logs
 
+    route_library_logs(load=True)  # diffusers/transformers logs into our JSON stream, no progress bars
     logger.info("loading model %s", settings.model, extra={"model": settings.model})
     started = time.perf_counter()
     pipeline = QAlignPipeline.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype)
