@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ KEY_PATTERN = re.compile(r"^(inputs|results|inversions)/[0-9a-f]{32,64}(\.(png|j
 #: An input reused after this many seconds is rewritten (S3) or touched (local), so that expiry,
 #: which goes by the object's age, never removes an input a new job has just started to use.
 INPUT_REFRESH_S = 600.0
+#: How long an input this process saw fresh in the store is trusted without a lookup.
+RECENT_INPUT_S = INPUT_REFRESH_S / 2
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
 
 
@@ -86,11 +89,42 @@ class ObjectStore(ABC):
         """Seconds since the object was written, or None when it does not exist."""
 
     def put_input(self, data: bytes, content_type: str) -> str:
+        """Store an input under its digest, unless it is there and fresh (see INPUT_REFRESH_S).
+
+        Inputs this process stored or found fresh less than RECENT_INPUT_S ago are not looked up
+        again: a client resubmitting the same image costs no store round trip. Safe because expiry
+        only removes inputs older than cleanup.INPUT_GRACE_S, far above RECENT_INPUT_S.
+        """
         key = input_key(data)
+        recent = self.__dict__.setdefault("_recent_inputs", RecentInputs())
+        if recent.fresh(key):
+            return key
         age = self.age(key)
         if age is None or age > INPUT_REFRESH_S:
             self.put(key, data, content_type)
+            age = 0.0
+        recent.remember(key, age)
         return key
+
+
+class RecentInputs:
+    """Input keys known to be in the store and fresh, with when they were written (bounded)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._written: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def fresh(self, key: str) -> bool:
+        written = self._written.get(key)
+        return written is not None and time.monotonic() - written < RECENT_INPUT_S
+
+    def remember(self, key: str, age: float) -> None:
+        with self._lock:
+            self._written.pop(key, None)
+            self._written[key] = time.monotonic() - age
+            while len(self._written) > self.limit:
+                self._written.pop(next(iter(self._written)))
 
 
 class LocalStore(ObjectStore):

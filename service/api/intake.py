@@ -6,6 +6,7 @@ type, 422 parameter out of range or part missing. Decoding runs in a thread (CPU
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -143,11 +144,16 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
             f"send multipart/form-data or application/json, not {content_type or 'no content type'}",
             kind="unsupported-media-type",
         )
-    images = {}
-    for field in IMAGE_FIELDS:
-        images[field] = await run_in_threadpool(
-            check_image, field, raw[field], declared_types.get(field), settings
-        )
+    # Both images decode at once (Pillow releases the GIL while decoding); the first field's refusal wins.
+    checks = [
+        run_in_threadpool(check_image, field, raw[field], declared_types.get(field), settings)
+        for field in IMAGE_FIELDS
+    ]
+    outcomes = await asyncio.gather(*checks, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    images = dict(zip(IMAGE_FIELDS, outcomes, strict=True))
     await run_in_threadpool(check_webhook, webhook, settings)  # resolves the host: off the event loop
     return Submission(params=raw["params"], images=images, webhook_url=webhook, idempotency_key=key)
 

@@ -103,3 +103,14 @@ def test_presigned_urls_use_the_public_endpoint_when_set(s3):
     url = public.presigned_url("results/" + "a" * 32 + ".png", ttl=60)
     assert url.startswith("http://localhost:19000/qalign-unit/results/")
     assert s3.presigned_url("results/" + "a" * 32 + ".png", ttl=60).startswith(s3.client.meta.endpoint_url)
+
+
+def test_resubmitted_input_costs_no_store_lookup(tmp_path, monkeypatch):
+    """An input this process stored moments ago is not looked up again (no HEAD per submission)."""
+    store = LocalStore(tmp_path)
+    key = store.put_input(b"image bytes", "image/png")
+    lookups = []
+    monkeypatch.setattr(store, "age", lambda k: lookups.append(k))
+    assert store.put_input(b"image bytes", "image/png") == key and lookups == []
+    store.put_input(b"other bytes", "image/png")
+    assert lookups == [input_key(b"other bytes")]
