@@ -262,46 +262,50 @@ def check_image(field: str, data: bytes, declared_type: str | None, settings: Se
         )
     fmt = sniff_format(data)
     if fmt is None:
-        other = next((name for sig, name in OTHER_IMAGE_SIGNATURES.items() if data.startswith(sig)), None)
-        if other is None and len(data) >= 12 and data[4:8] == b"ftyp":
-            other = data[8:12].decode("latin-1").strip()
-        declared = (declared_type or "").lower()
-        if declared.startswith("image/") and declared[6:] not in ("png", "jpeg", "jpg", "webp"):
-            other = other or declared
-        if other is not None:
-            raise ApiProblem(
-                415,
-                f"{field}: unsupported image type ({other}); allowed: PNG, JPEG, WebP",
-                kind="unsupported-media-type",
-            )
-        raise ApiProblem(400, f"{field}: not an image (send a PNG, JPEG or WebP file)", kind="not-an-image")
-    # One decode: open (header only), check the pixel count, then decode in the same object, so the
-    # API reads each upload once (the worker decodes it again for the model, in its own process).
+        raise _unrecognised(field, data, declared_type)
+    _decode_once(field, data, fmt, settings)
+    return data, f"image/{fmt}"
+
+
+def _unrecognised(field: str, data: bytes, declared_type: str | None) -> ApiProblem:
+    """415 for an image type we recognise but do not accept, else 400 not an image."""
+    other = next((name for sig, name in OTHER_IMAGE_SIGNATURES.items() if data.startswith(sig)), None)
+    if other is None and len(data) >= 12 and data[4:8] == b"ftyp":
+        other = data[8:12].decode("latin-1").strip()
+    declared = (declared_type or "").lower()
+    if declared.startswith("image/") and declared[6:] not in ("png", "jpeg", "jpg", "webp"):
+        other = other or declared
+    if other is not None:
+        return ApiProblem(
+            415,
+            f"{field}: unsupported image type ({other}); allowed: PNG, JPEG, WebP",
+            kind="unsupported-media-type",
+        )
+    return ApiProblem(400, f"{field}: not an image (send a PNG, JPEG or WebP file)", kind="not-an-image")
+
+
+def _decode_once(field: str, data: bytes, fmt: str, settings: Settings) -> None:
+    """Open (header only), check the pixel count, then decode in the same object: the API reads
+    each upload once (the worker decodes it again for the model, in its own process)."""
+    bomb = (Image.DecompressionBombError, Image.DecompressionBombWarning)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[fmt.upper()])
         width, height = image.size
-    except Image.DecompressionBombError as exc:
-        raise ApiProblem(
-            400, f"{field}: rejected as a decompression bomb ({exc})", kind="not-an-image"
-        ) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ApiProblem(400, f"{field}: the {fmt} image is corrupt: {exc}", kind="not-an-image") from exc
-    if width * height > settings.max_pixels:
-        raise ApiProblem(
-            413,
-            f"{field}: the image is {width}x{height} = {width * height} pixels; the limit is "
-            f"{settings.max_pixels}",
-            kind="too-large",
-        )
-    if width < 1 or height < 1:
-        raise ApiProblem(400, f"{field}: the image is {width}x{height} pixels", kind="not-an-image")
-    try:
+        if width * height > settings.max_pixels:
+            raise ApiProblem(
+                413,
+                f"{field}: the image is {width}x{height} = {width * height} pixels; the limit is "
+                f"{settings.max_pixels}",
+                kind="too-large",
+            )
+        if width < 1 or height < 1:
+            raise ApiProblem(400, f"{field}: the image is {width}x{height} pixels", kind="not-an-image")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except bomb as exc:
         raise ApiProblem(
             400, f"{field}: rejected as a decompression bomb ({exc})", kind="not-an-image"
         ) from exc
@@ -309,4 +313,3 @@ def check_image(field: str, data: bytes, declared_type: str | None, settings: Se
         raise ApiProblem(
             400, f"{field}: the {fmt} image is corrupt or truncated: {exc}", kind="not-an-image"
         ) from exc
-    return data, f"image/{fmt}"
