@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
-from svc_helpers import FakePipeline, encode
+from svc_helpers import KEYS, FakePipeline, encode
 from testkit import RedisServer
 
+from service.auth import hash_key
 from service.jobs import JobStores, new_job_id
 from service.jobs.redis_store import open_redis_stores
 from service.jobs.sqlite_store import open_sqlite_stores
@@ -87,3 +88,14 @@ def stores(request, tmp_path) -> JobStores:
         opened = open_redis_stores(request.getfixturevalue("redis_url"), ttl=3600, prefix=f"t{new_job_id()}:")
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def keyed(embedded_settings):
+    """Embedded settings with alice and bob's keys active and an old key revoked."""
+    return embedded_settings.model_copy(
+        update={
+            "api_keys": f"alice:{hash_key(KEYS['alice'])}, bob:{hash_key(KEYS['bob'])}",
+            "revoked_api_keys": f"old:{hash_key(KEYS['old'])}",
+        }
+    )

@@ -97,3 +97,11 @@ def claim(stores: JobStores, job_id: str, worker: str, max_attempts: int = 2) ->
         job_id, lambda j: transitions.claim(j, worker=worker, live_workers=live, max_attempts=max_attempts)
     )
     return job if job is not None and job.status == "running" and job.worker == worker else None
+
+
+#: API keys of the keyed test apps (settings fixture ``keyed`` in conftest).
+KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key", "old": "revoked-key"}
+
+
+def bearer(name: str) -> dict:
+    return {"Authorization": f"Bearer {KEYS[name]}"}

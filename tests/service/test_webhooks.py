@@ -1,8 +1,14 @@
 from __future__ import annotations
 
-import pytest
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from service.webhooks import WebhookRefused, check_webhook_url, deliver, sign, verify
+import pytest
+from svc_helpers import FakePipeline
+from testkit import assert_problem, poll, submit, wait_for
+
+from service.webhooks import SIGNATURE_HEADER, WebhookRefused, check_webhook_url, deliver, sign, verify
 
 
 def public(host, port):
@@ -126,3 +132,128 @@ def test_full_delivery_queue_drops_instead_of_blocking(caplog):
     delivery.post("a", "http://192.0.2.1/h", b"{}")
     delivery.post("b", "http://192.0.2.1/h", b"{}")
     assert delivery._pending == 1 and "queue full" in caplog.text
+
+
+# ------------------------------------------------------------- through the API (a real receiver)
+class Receiver:
+    """A real HTTP receiver on loopback that verifies signatures like a client would."""
+
+    def __init__(self, secret: str, fail: bool = False) -> None:
+        self.events: list[dict] = []
+        self.raw: list[bytes] = []
+        self.attempts = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server API
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.attempts += 1
+                if fail or not verify(body, secret, self.headers.get(SIGNATURE_HEADER, "")):
+                    self.send_response(500 if fail else 401)
+                else:
+                    outer.raw.append(body)
+                    outer.events.append(json.loads(body))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hooked(embedded_settings):
+    return embedded_settings.model_copy(
+        update={
+            "webhook_secret": "hook-secret",
+            "webhook_allow_hosts": "127.0.0.1",
+            "webhook_backoff_s": 0.01,
+            "webhook_attempts": 3,
+        }
+    )
+
+
+def test_webhook_running_and_succeeded_signed(make_client, hooked, small_images):
+    receiver = Receiver("hook-secret")
+    try:
+        client = make_client(hooked)
+        job_id = submit(client, small_images, webhook_url=receiver.url).json()["id"]
+        done = poll(client, job_id)
+        wait_for(lambda: len(receiver.events) >= 2, timeout=10)
+        assert [e["status"] for e in receiver.events] == ["running", "succeeded"]
+        assert all(e["id"] == job_id for e in receiver.events)
+        assert receiver.events[-1] == done, "the terminal webhook is exactly the GET /jobs/{id} body"
+    finally:
+        receiver.close()
+
+
+def test_failing_receiver_never_fails_the_job(make_client, hooked, small_images):
+    receiver = Receiver("hook-secret", fail=True)
+    try:
+        client = make_client(hooked)
+        job_id = submit(client, small_images, webhook_url=receiver.url).json()["id"]
+        assert poll(client, job_id)["status"] == "succeeded"
+        delivery = client.app.state.services.webhooks.delivery
+        wait_for(lambda: receiver.attempts >= 6 and delivery.idle(), timeout=10)
+        assert receiver.attempts == 6, "3 attempts x (running, succeeded), and no more"
+    finally:
+        receiver.close()
+
+
+def test_wrong_secret_fails_verification(make_client, hooked, small_images):
+    receiver = Receiver("not-the-secret")
+    try:
+        client = make_client(hooked)
+        poll(client, submit(client, small_images, webhook_url=receiver.url).json()["id"])
+        wait_for(lambda: receiver.attempts >= 6, timeout=10)
+        assert receiver.events == []
+    finally:
+        receiver.close()
+
+
+def test_canceled_queued_job_sends_its_terminal_webhook(make_client, hooked, small_images):
+    receiver = Receiver("hook-secret")
+    pipeline = FakePipeline(gate=threading.Event())
+    try:
+        client = make_client(hooked, pipeline=pipeline)
+        submit(client, small_images)
+        assert pipeline.running.wait(10)
+        queued = submit(client, small_images, seed=1, webhook_url=receiver.url).json()["id"]
+        assert client.delete(f"/jobs/{queued}").json()["status"] == "canceled"
+        wait_for(lambda: receiver.events, timeout=10)
+        assert [e["status"] for e in receiver.events] == ["canceled"]
+        pipeline.gate.set()
+    finally:
+        receiver.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1:8080/hook", "loopback"),
+        ("http://localhost/hook", "loopback"),
+        ("http://[::1]/hook", "loopback"),
+        ("http://10.0.0.5/hook", "private"),
+        ("http://192.168.1.1/hook", "private"),
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://0.0.0.0/", "unspecified"),
+        ("ftp://example.com/hook", "http or https"),
+        ("http://user:pw@example.com/", "credentials"),
+    ],
+)
+def test_ssrf_refusals_through_the_api(make_client, embedded_settings, small_images, url, reason):
+    client = make_client(embedded_settings.model_copy(update={"webhook_secret": "s"}))
+    body = assert_problem(submit(client, small_images, webhook_url=url), 422)
+    assert body["errors"][0]["field"] == "webhook_url" and reason in body["detail"]
+
+
+def test_webhooks_need_a_secret(client, small_images):
+    body = assert_problem(submit(client, small_images, webhook_url="https://example.com/hook"), 422)
+    assert "QALIGN_WEBHOOK_SECRET" in body["detail"]

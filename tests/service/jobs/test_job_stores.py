@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from svc_helpers import claim, new_job
 from testkit import FakeClock
 
-from service.jobs import StoreUnavailable, new_job_id, transitions
+from service.jobs import Job, StoreUnavailable, new_job_id, transitions, utcnow
+from service.jobs.redis_store import open_redis_stores
 from service.jobs.sqlite_store import open_sqlite_stores
 
 
@@ -158,3 +160,52 @@ def test_sqlite_idempotency_key_expires_by_the_injected_clock(tmp_path):
     assert stores.idempotency.get("s") is None
     assert stores.idempotency.reserve("s", {"job_id": "b", "fingerprint": "f"}, 60) is None
     stores.close()
+
+
+def test_idempotency_reservation_is_atomic_and_releasable(stores):
+    barrier = threading.Barrier(10)
+
+    def reserve(i):
+        barrier.wait()
+        return stores.idempotency.reserve("scope", {"job_id": f"job{i}", "fingerprint": "f"}, 60)
+
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(reserve, range(10)))
+    winners = [r for r in results if r is None]
+    assert len(winners) == 1
+    holder = stores.idempotency.get("scope")["job_id"]
+    assert all(r["job_id"] == holder for r in results if r is not None)
+    stores.idempotency.release("scope", "someone-else")
+    assert stores.idempotency.get("scope")["job_id"] == holder
+    stores.idempotency.release("scope", holder)
+    assert stores.idempotency.get("scope") is None
+
+
+def test_redis_idempotency_key_expires_with_its_ttl(redis_url):
+    """Redis expires the key itself: the TTL set is checked, not waited for (the SQLite expiry runs
+    on an injected clock in tests/service/jobs/test_job_stores.py)."""
+    stores = open_redis_stores(redis_url, ttl=3600, prefix=f"t{new_job_id()}:")
+    try:
+        assert stores.idempotency.reserve("s", {"job_id": "a", "fingerprint": "f"}, 1) is None
+        key = f"{stores.idempotency.conn.prefix}idem:s"
+        assert 0 < stores.idempotency.client.pttl(key) <= 1000
+        stores.idempotency.confirm("s", 3600)
+        assert stores.idempotency.client.ttl(key) > 3000
+        stores.idempotency.client.delete(key)  # what the TTL does when it runs out
+        assert stores.idempotency.reserve("s", {"job_id": "b", "fingerprint": "f"}, 60) is None
+    finally:
+        stores.close()
+
+
+def test_redis_prune_forgets_expired_records_in_the_queue_index(redis_url):
+    stores = open_redis_stores(redis_url, ttl=3600, prefix=f"t{new_job_id()}:")
+    records = stores.records
+    try:
+        record = Job(id=new_job_id(), created_at=utcnow(), structure_key="a", appearance_key="b")
+        records.create(record)
+        records.client.delete(records._key(record.id))  # what the key TTL does after JOB_TTL
+        assert records.count_by_status()["queued"] == 1
+        assert records.prune() == 1
+        assert records.count_by_status()["queued"] == 0
+    finally:
+        stores.close()
