@@ -99,11 +99,14 @@ class ObjectStore(ABC):
         recent = self.__dict__.setdefault("_recent_inputs", RecentInputs())
         if recent.fresh(key):
             return key
-        age = self.age(key)
-        if age is None or age > INPUT_REFRESH_S:
-            self.put(key, data, content_type)
-            age = 0.0
-        recent.remember(key, age)
+        with recent.storing(key):  # the same image in concurrent requests is looked up and written once
+            if recent.fresh(key):
+                return key
+            age = self.age(key)
+            if age is None or age > INPUT_REFRESH_S:
+                self.put(key, data, content_type)
+                age = 0.0
+            recent.remember(key, age)
         return key
 
 
@@ -114,6 +117,24 @@ class RecentInputs:
         self.limit = limit
         self._written: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._in_flight: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def storing(self, key: str) -> Iterator[None]:
+        """Held while one request looks up and writes ``key``; others with the same key wait."""
+        with self._lock:
+            lock, users = self._in_flight.get(key, (threading.Lock(), 0))
+            self._in_flight[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._in_flight[key]
+                if users == 1:
+                    del self._in_flight[key]
+                else:
+                    self._in_flight[key] = (lock, users - 1)
 
     def fresh(self, key: str) -> bool:
         written = self._written.get(key)

@@ -29,12 +29,24 @@ class Readiness:
         self.settings, self.stores, self.store, self.dispatcher = settings, stores, store, dispatcher
         self._cached: tuple[float, dict] | None = None
         self._lock = threading.Lock()
+        self._computing = threading.Lock()
 
     def verdict(self, *, fresh: bool = False) -> dict:
+        if not fresh and (cached := self._reusable()) is not None:
+            return cached
+        with self._computing:  # one check at a time: a burst of requests waits for it, not 16 checks
+            if not fresh and (cached := self._reusable()) is not None:
+                return cached
+            return self._check_now()
+
+    def _reusable(self) -> dict | None:
         with self._lock:
             cached = self._cached
-        if cached and not fresh and time.monotonic() - cached[0] < self.settings.readiness_cache_s:
+        if cached and time.monotonic() - cached[0] < self.settings.readiness_cache_s:
             return cached[1]
+        return None
+
+    def _check_now(self) -> dict:
         checks: dict[str, dict] = {"jobs": _check(self.stores.records.ping), "store": _check(self.store.ping)}
         checks.update(self.dispatcher.check())
         verdict = {
