@@ -114,3 +114,21 @@ def test_resubmitted_input_costs_no_store_lookup(tmp_path, monkeypatch):
     assert store.put_input(b"image bytes", "image/png") == key and lookups == []
     store.put_input(b"other bytes", "image/png")
     assert lookups == [input_key(b"other bytes")]
+
+
+def test_concurrent_requests_with_the_same_input_write_it_once(tmp_path, monkeypatch):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = LocalStore(tmp_path)
+    writes, barrier = [], threading.Barrier(8)
+    real_put = store.put
+    monkeypatch.setattr(store, "put", lambda *a: (writes.append(a[0]), real_put(*a)))
+
+    def submit(_):
+        barrier.wait()
+        return store.put_input(b"same", "image/png")
+
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(submit, range(8)))
+    assert keys == {input_key(b"same")} and len(writes) == 1
