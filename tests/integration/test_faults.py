@@ -343,7 +343,8 @@ def test_redis_and_s3_restart_mid_run(api, fleet, deps, images):
         assert response.status_code == 503, response.text
         assert response.headers["content-type"].startswith("application/problem+json")
         assert response.json()["detail"] and "Retry-After" in response.headers
-        time.sleep(1.5)  # the workers notice while running (progress writes fail)
+        # Down until the workers have noticed while running (a progress write or heartbeat failed).
+        wait_for(lambda: any("job store unreachable" in w.log.read_text() for w in fleet.workers), timeout=30)
     finally:
         deps["redis"].start()
     wait_for(lambda: api.get("/readyz").status_code == 200, timeout=60)
@@ -355,7 +356,11 @@ def test_redis_and_s3_restart_mid_run(api, fleet, deps, images):
         response = post(api, images, **TINY)
         assert response.status_code == 503, response.text
         assert "store" in response.json()["detail"]
-        time.sleep(1.0)
+        # Down until the running job has moved on without the store (it needs S3 only to upload).
+        before = fleet.jobs.get(second).progress
+        wait_for(
+            lambda: fleet.jobs.get(second).progress > before or fleet.jobs.get(second).finished, timeout=30
+        )
     finally:
         deps["s3"].start()
     wait_for(lambda: api.get("/readyz").status_code == 200, timeout=60)
