@@ -24,8 +24,8 @@ job_id_var: ContextVar[str | None] = ContextVar("qalign_job_id", default=None)
 
 #: Environment switches that keep progress bars out of service logs (set unless the operator did).
 QUIET_PROGRESS_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-#: Libraries that attach their own stderr handler and stop propagation by default.
-SELF_HANDLING_LIBRARIES = ("diffusers", "transformers")
+#: Libraries that attach their own stderr handler (and some stop propagation) by default.
+SELF_HANDLING_LIBRARIES = ("diffusers", "transformers", "huggingface_hub")
 # tqdm reads TQDM_* when it is imported: set them before any library can import it.
 for _name, _value in QUIET_PROGRESS_ENV.items():
     os.environ.setdefault(_name, _value)
@@ -92,9 +92,12 @@ def route_library_logs(*, load: bool = False) -> None:
             continue
         with contextlib.suppress(Exception):  # their logging helpers moved between versions
             helpers = importlib.import_module(f"{name}.utils.logging")
-            helpers.disable_default_handler()
-            helpers.enable_propagation()
-            helpers.disable_progress_bar()
+            for call in ("disable_default_handler", "enable_propagation", "disable_progress_bar"):
+                if hasattr(helpers, call):
+                    getattr(helpers, call)()
+        library = logging.getLogger(name)  # huggingface_hub adds its handler at import, with no helper
+        library.handlers = [h for h in library.handlers if type(h) is not logging.StreamHandler]
+        library.propagate = True
 
 
 @contextlib.contextmanager
