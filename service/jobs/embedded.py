@@ -13,9 +13,8 @@ import queue
 import threading
 from collections.abc import Callable
 
-from service.jobs import transitions
+from service.jobs import model, transitions
 from service.jobs.heartbeat import Heartbeat
-from service.jobs.model import worker_name
 from service.jobs.runner import JobContext, JobEvents, NoEvents, execute_job, load_pipeline
 from service.jobs.store import JobStores
 from service.logs import job_context
@@ -36,7 +35,7 @@ class EmbeddedRunner:
     ) -> None:
         self.settings, self.stores, self.store = settings, stores, store
         self.pipeline_factory, self.events = pipeline_factory, events or NoEvents()
-        self.name = f"embedded:{worker_name()}"
+        self.name = f"embedded:{model.worker_name()}"
         self.pipeline = None
         self.load_error: str | None = None
         self._queue: queue.Queue[str | None] = queue.Queue()
