@@ -1,56 +1,5 @@
-"""The FastAPI application factory, and ``app`` for ``uvicorn service.app:app``.
+"""``uvicorn service.app:app`` (the deployed entry point): the app of service.api.app."""
 
-Building the app reads settings and nothing else: no model is loaded and nothing is connected until
-the app starts (lifespan) or a request arrives. Embedded mode starts its worker thread on startup.
-"""
+from service.api.app import app, create_app
 
-from __future__ import annotations
-
-import contextlib
-import logging
-from collections.abc import AsyncIterator
-
-from fastapi import FastAPI
-
-from service.context import Services
-from service.intake import BodyLimitMiddleware
-from service.logs import configure_logging
-from service.metrics import MetricsMiddleware
-from service.problems import install_problem_handlers
-from service.routes import router
-from service.settings import Settings
-
-logger = logging.getLogger("qalign.api")
-
-
-def create_app(settings: Settings | None = None, *, pipeline_factory=None) -> FastAPI:
-    """``pipeline_factory(settings)`` replaces the model loader of the embedded worker (tests)."""
-    settings = settings or Settings()
-    services = Services.from_settings(settings, pipeline_factory=pipeline_factory)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(settings.log_level)
-        services.start()
-        logger.info("api started", extra={"mode": "embedded" if settings.embedded else "distributed"})
-        try:
-            yield
-        finally:
-            logger.info("api stopping")
-            services.close()
-
-    app = FastAPI(
-        title="Q-Align appearance transfer",
-        version="1",
-        description="Submit a structure and an appearance image, poll the job, download the result.",
-        lifespan=lifespan,
-    )
-    app.state.services = services
-    install_problem_handlers(app)
-    app.include_router(router)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.request_limit)
-    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
-    return app
-
-
-app = create_app()
+__all__ = ["app", "create_app"]

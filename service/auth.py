@@ -58,10 +58,14 @@ class KeyRing:
 
     def owner(self, authorization: str | None) -> str | None:
         """The owner of the bearer key in an Authorization header; None in open mode."""
+        scheme, _, token = (authorization or "").partition(" ")
+        return self.owner_of_token(token if scheme.lower() == "bearer" else None)
+
+    def owner_of_token(self, token: str | None) -> str | None:
+        """The owner of a bearer token (HTTPBearer has parsed the header); None in open mode."""
         if self.open:
             return None
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        if not token or not token.strip():
             raise AuthError(401, "missing API key: send 'Authorization: Bearer <key>'")
         digest = hash_key(token.strip())
         if any(hmac.compare_digest(digest, r) for r in self.revoked):

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 
-from service.jobs import JobStore, StoreUnavailable
+from service.jobs import JobStores, StoreUnavailable
 from service.settings import Settings
 from service.storage import KEY_PATTERN, ObjectStore, StorageUnavailable
 
@@ -30,11 +30,13 @@ RESULT_GRACE_S = 600.0
 TEMP_GRACE_S = 3600.0
 
 
-def sweep(jobs: JobStore, store: ObjectStore, settings: Settings, now: float | None = None) -> dict[str, int]:
+def sweep(
+    stores: JobStores, store: ObjectStore, settings: Settings, now: float | None = None
+) -> dict[str, int]:
     """One expiry pass; returns how many records and objects of each kind were removed."""
     now = time.time() if now is None else now
-    counts = {"records": jobs.prune(), "results": 0, "inputs": 0, "inversions": 0, "temp_files": 0}
-    live = {job.id: job for job in jobs.all_jobs()}
+    counts = {"records": stores.records.prune(), "results": 0, "inputs": 0, "inversions": 0, "temp_files": 0}
+    live = {job.id: job for job in stores.records.all_jobs()}
     referenced = {key for job in live.values() for key in (job.structure_key, job.appearance_key)}
     expired_before = now - settings.job_ttl
 
@@ -71,8 +73,8 @@ def sweep(jobs: JobStore, store: ObjectStore, settings: Settings, now: float | N
 class Sweeper:
     """Runs ``sweep`` every QALIGN_CLEANUP_INTERVAL seconds in a daemon thread of the API process."""
 
-    def __init__(self, jobs: JobStore, store: ObjectStore, settings: Settings) -> None:
-        self.jobs, self.store, self.settings = jobs, store, settings
+    def __init__(self, stores: JobStores, store: ObjectStore, settings: Settings) -> None:
+        self.stores, self.store, self.settings = stores, store, settings
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -89,9 +91,9 @@ class Sweeper:
         """One sweep unless another API replica holds this interval's lease; None when skipped/failed."""
         interval = self.settings.cleanup_interval or 60.0
         try:
-            if not self.jobs.try_lock("cleanup", max(interval * 0.9, 1.0)):
+            if not self.stores.workers.try_lock("cleanup", max(interval * 0.9, 1.0)):
                 return None
-            counts = sweep(self.jobs, self.store, self.settings)
+            counts = sweep(self.stores, self.store, self.settings)
         except (StoreUnavailable, StorageUnavailable) as exc:
             logger.warning("expiry sweep skipped: %s", exc)
             return None
@@ -112,17 +114,17 @@ class Sweeper:
 
 def main() -> None:
     """``python -m service.cleanup``: one sweep with the deployment's settings; prints the counts."""
-    from service.jobs import make_job_store
+    from service.jobs import open_job_stores
     from service.logs import configure_logging
     from service.storage import make_object_store
 
     settings = Settings()
     configure_logging(settings.log_level)
-    jobs, store = make_job_store(settings), make_object_store(settings)
+    stores, store = open_job_stores(settings), make_object_store(settings)
     try:
-        print(json.dumps(sweep(jobs, store, settings)))
+        print(json.dumps(sweep(stores, store, settings)))
     finally:
-        jobs.close()
+        stores.close()
 
 
 if __name__ == "__main__":

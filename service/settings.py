@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     webhook_attempts: int = Field(5, ge=1, le=20, description="Deliveries tried per webhook event.")
     webhook_backoff_s: float = Field(1.0, ge=0.0, description="First retry delay; doubles per attempt.")
     webhook_timeout_s: float = Field(5.0, gt=0.0, description="Timeout of one webhook POST (s).")
+    webhook_workers: int = Field(
+        4, ge=1, le=64, description="Threads delivering webhooks per process (one bounded pool)."
+    )
     s3_max_attempts: int = Field(4, ge=1, le=10, description="S3 calls tried (with backoff) before failing.")
     max_attempts: int = Field(2, ge=1, description="Runs of one job before an interrupted job is failed.")
     progress_interval: float = Field(0.5, ge=0.0, description="Least seconds between progress writes.")

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ KEY_PATTERN = re.compile(r"^(inputs|results|inversions)/[0-9a-f]{32,64}(\.(png|j
 #: An input reused after this many seconds is rewritten (S3) or touched (local), so that expiry,
 #: which goes by the object's age, never removes an input a new job has just started to use.
 INPUT_REFRESH_S = 600.0
+#: How long an input this process saw fresh in the store is trusted without a lookup.
+RECENT_INPUT_S = INPUT_REFRESH_S / 2
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
 
 
@@ -62,14 +65,12 @@ class ObjectStore(ABC):
         """The object's bytes; raises ObjectNotFound."""
 
     @abstractmethod
-    def exists(self, key: str) -> bool: ...
-
-    @abstractmethod
     def delete(self, key: str) -> None: ...
 
     @abstractmethod
     def presigned_url(self, key: str, ttl: int) -> str | None:
-        """A URL anyone can GET for ``ttl`` seconds, or None when the store has none (local)."""
+        """A URL anyone can GET for ``ttl`` seconds, or None when the store has none (local);
+        StorageUnavailable when it cannot be signed."""
 
     @abstractmethod
     def local_path(self, key: str) -> Path | None:
@@ -88,11 +89,63 @@ class ObjectStore(ABC):
         """Seconds since the object was written, or None when it does not exist."""
 
     def put_input(self, data: bytes, content_type: str) -> str:
+        """Store an input under its digest, unless it is there and fresh (see INPUT_REFRESH_S).
+
+        Inputs this process stored or found fresh less than RECENT_INPUT_S ago are not looked up
+        again: a client resubmitting the same image costs no store round trip. Safe because expiry
+        only removes inputs older than cleanup.INPUT_GRACE_S, far above RECENT_INPUT_S.
+        """
         key = input_key(data)
-        age = self.age(key)
-        if age is None or age > INPUT_REFRESH_S:
-            self.put(key, data, content_type)
+        recent = self.__dict__.setdefault("_recent_inputs", RecentInputs())
+        if recent.fresh(key):
+            return key
+        with recent.storing(key):  # the same image in concurrent requests is looked up and written once
+            if recent.fresh(key):
+                return key
+            age = self.age(key)
+            if age is None or age > INPUT_REFRESH_S:
+                self.put(key, data, content_type)
+                age = 0.0
+            recent.remember(key, age)
         return key
+
+
+class RecentInputs:
+    """Input keys known to be in the store and fresh, with when they were written (bounded)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._written: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def storing(self, key: str) -> Iterator[None]:
+        """Held while one request looks up and writes ``key``; others with the same key wait."""
+        with self._lock:
+            lock, users = self._in_flight.get(key, (threading.Lock(), 0))
+            self._in_flight[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._in_flight[key]
+                if users == 1:
+                    del self._in_flight[key]
+                else:
+                    self._in_flight[key] = (lock, users - 1)
+
+    def fresh(self, key: str) -> bool:
+        written = self._written.get(key)
+        return written is not None and time.monotonic() - written < RECENT_INPUT_S
+
+    def remember(self, key: str, age: float) -> None:
+        with self._lock:
+            self._written.pop(key, None)
+            self._written[key] = time.monotonic() - age
+            while len(self._written) > self.limit:
+                self._written.pop(next(iter(self._written)))
 
 
 class LocalStore(ObjectStore):
@@ -128,9 +181,6 @@ class LocalStore(ObjectStore):
             raise ObjectNotFound(key) from exc
         except OSError as exc:
             raise StorageUnavailable(f"cannot read {key}: {exc}") from exc
-
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -252,18 +302,6 @@ class S3Store(ObjectStore):
         except (BotoCoreError, ClientError) as exc:
             raise self._wrap(exc, f"get {key}") from exc
 
-    def exists(self, key: str) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-            return True
-        except (BotoCoreError, ClientError) as exc:
-            error = self._wrap(exc, f"head {key}")
-            if isinstance(error, ObjectNotFound):
-                return False
-            raise error from exc
-
     def delete(self, key: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -273,9 +311,14 @@ class S3Store(ObjectStore):
             raise self._wrap(exc, f"delete {key}") from exc
 
     def presigned_url(self, key: str, ttl: int) -> str | None:
-        return self.signing_client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=ttl
-        )
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.signing_client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=ttl
+            )
+        except (BotoCoreError, ClientError) as exc:  # e.g. no credentials to sign with
+            raise StorageUnavailable(f"S3 presign {key}: {exc}") from exc
 
     def local_path(self, key: str) -> Path | None:
         return None

@@ -12,12 +12,20 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import queue
 import socket
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 import httpx
+
+from service.jobs.model import Job
+from service.jobs.public import job_json
+from service.settings import Settings
+from service.storage import ObjectStore
 
 log = logging.getLogger("qalign.webhooks")
 
@@ -115,47 +123,68 @@ def deliver(
     return False
 
 
-class EventSender:
-    """Delivers one job's events in order from a daemon thread, so the job never waits for a receiver.
+class WebhookDelivery:
+    """One bounded executor for every webhook of this process: at most ``max_workers`` threads and
+    ``max_pending`` queued events; the events of one URL and job go out in order.
 
-    ``send`` queues a body; ``close`` lets the thread end after the queued bodies. A receiver that
-    keeps failing costs this thread its retries and nothing else.
+    ``post(key, url, body)`` never blocks and never raises: a full queue drops the event with a
+    warning (a receiver that keeps failing costs delivery threads their retries, nothing else).
     """
 
     def __init__(
         self,
-        url: str,
         secret: str,
         *,
         allow_hosts: Iterable[str] = (),
         attempts: int = 5,
         backoff_s: float = 0.5,
         timeout_s: float = 5.0,
+        max_workers: int = 4,
+        max_pending: int = 1000,
     ) -> None:
-        import queue
-        import threading
-
-        self.url, self.secret, self.allow_hosts = url, secret, tuple(allow_hosts)
+        self.secret, self.allow_hosts = secret, tuple(allow_hosts)
         self.attempts, self.backoff_s, self.timeout_s = attempts, backoff_s, timeout_s
-        self.delivered: list[bool] = []
-        self._queue: queue.Queue[bytes | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="qalign-webhook", daemon=True)
-        self._thread.start()
+        self.max_pending, self.max_workers = max_pending, max_workers
+        self._lock = threading.Lock()
+        self._chains: dict[str, deque[tuple[str, bytes]]] = {}
+        self._ready: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._pending = 0
 
-    def send(self, body: bytes) -> None:
-        self._queue.put(body)
+    def post(self, key: str, url: str, body: bytes) -> None:
+        """Queue ``body`` for ``url``; events with the same ``key`` (a job id) keep their order."""
+        with self._lock:
+            if self._pending >= self.max_pending:
+                log.warning("webhook dropped: delivery queue full", extra={"url": url})
+                return
+            self._pending += 1
+            chain = self._chains.get(key)
+            if chain is not None:  # a drain of this key is running: it will take this one too
+                chain.append((url, body))
+                return
+            self._chains[key] = deque([(url, body)])
+            if len(self._threads) < self.max_workers:  # threads start on demand, up to the bound
+                # Daemon threads: a receiver that keeps failing must not hold the process at exit.
+                thread = threading.Thread(target=self._work, name="qalign-webhook", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+        self._ready.put(key)
 
-    def close(self) -> None:
-        self._queue.put(None)
+    def _work(self) -> None:
+        while (key := self._ready.get()) is not None:
+            self._drain(key)
 
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while (body := self._queue.get()) is not None:
+    def _drain(self, key: str) -> None:
+        while True:
+            with self._lock:
+                chain = self._chains[key]
+                if not chain:
+                    del self._chains[key]
+                    return
+                url, body = chain.popleft()
             try:
                 ok = deliver(
-                    self.url,
+                    url,
                     body,
                     self.secret,
                     allow_hosts=self.allow_hosts,
@@ -163,9 +192,63 @@ class EventSender:
                     backoff_s=self.backoff_s,
                     timeout_s=self.timeout_s,
                 )
-            except Exception:  # deliver never raises by design; belt and braces for the thread
-                log.exception("webhook delivery crashed", extra={"url": self.url})
+            except Exception:  # deliver never raises by design; belt and braces for the pool
+                log.exception("webhook delivery crashed", extra={"url": url})
                 ok = False
-            self.delivered.append(ok)
+            finally:
+                with self._lock:
+                    self._pending -= 1
             if not ok:
-                log.warning("webhook not delivered", extra={"url": self.url})
+                log.warning("webhook not delivered", extra={"url": url})
+
+    def idle(self) -> bool:
+        """No event queued or being delivered."""
+        with self._lock:
+            return self._pending == 0
+
+    def close(self) -> None:
+        """Let the delivery threads end once the queued events are out."""
+        with self._lock:
+            threads = len(self._threads)
+        for _ in range(threads):
+            self._ready.put(None)
+
+
+class JobWebhooks:
+    """The ``JobEvents`` publisher of the job runtime: a job's status changes as signed webhooks.
+
+    Building the body presigns the result URL, which can fail (store down): that is logged and the
+    event skipped, never raised into the caller (a cancel or a run must not fail because of it).
+    """
+
+    def __init__(
+        self, settings: Settings, store: ObjectStore, delivery: WebhookDelivery | None = None
+    ) -> None:
+        self.settings, self.store = settings, store
+        self.delivery = delivery
+        if delivery is None and settings.webhook_secret:
+            self.delivery = WebhookDelivery(
+                settings.webhook_secret,
+                allow_hosts=settings.allowed_webhook_hosts,
+                attempts=settings.webhook_attempts,
+                backoff_s=settings.webhook_backoff_s,
+                timeout_s=settings.webhook_timeout_s,
+                max_workers=settings.webhook_workers,
+            )
+
+    def publish(self, job: Job) -> None:
+        if not job.webhook_url:
+            return
+        if self.delivery is None:
+            log.warning("job has a webhook_url but QALIGN_WEBHOOK_SECRET is unset; not delivered")
+            return
+        try:
+            body = job_json(job, self.store, self.settings)
+        except Exception:  # e.g. presigning failed: the job's outcome stands regardless
+            log.warning("could not build the webhook body", exc_info=True, extra={"job_id": job.id})
+            return
+        self.delivery.post(job.id, job.webhook_url, body)
+
+    def close(self) -> None:
+        if self.delivery is not None:
+            self.delivery.close()

@@ -1,9 +1,20 @@
-"""Small helpers every test folder shares (tests/ is on sys.path through its conftest)."""
+"""Helpers every test folder shares (tests/ is on sys.path through its conftest): ports, waiting,
+the HTTP helpers (submit, poll, assert_problem), a private redis-server, process stopping and a
+fake clock for TTLs."""
 
 from __future__ import annotations
 
+import shutil
+import signal
 import socket
+import subprocess
 import time
+from pathlib import Path
+
+import pytest
+
+PROBLEM_JSON = "application/problem+json"
+TERMINAL = ("succeeded", "failed", "canceled")
 
 
 def free_port() -> int:
@@ -22,3 +33,97 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+# ---------------------------------------------------------------------------------------------- HTTP
+def submit(client, images: tuple[bytes, bytes], headers: dict | None = None, **fields):
+    """POST /transfer as multipart with the two images and ``fields``; the response."""
+    files = {"structure": ("s.png", images[0], "image/png"), "appearance": ("a.jpg", images[1], "image/jpeg")}
+    return client.post("/transfer", files=files, data={k: str(v) for k, v in fields.items()}, headers=headers)
+
+
+def poll(client, job_id: str, headers: dict | None = None, statuses=TERMINAL, timeout: float = 20.0) -> dict:
+    """GET /jobs/{id} until its status is one of ``statuses``; the job object."""
+
+    def check():
+        job = client.get(f"/jobs/{job_id}", headers=headers).json()
+        return job if job["status"] in statuses else None
+
+    return wait_for(check, timeout, interval=0.05 if timeout <= 30 else 0.2)
+
+
+def assert_problem(response, status: int) -> dict:
+    """The response is an RFC 9457 problem with ``status``; its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["detail"] and body["type"]
+    return body
+
+
+# ---------------------------------------------------------------------------------------------- processes
+def stop_process(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM, wait ``grace`` seconds, then SIGKILL: never leaves a process behind."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+class RedisServer:
+    """A private redis-server on loopback; with ``directory`` it keeps an AOF there (fsync always),
+    as compose does, so records and messages survive a restart on the same port."""
+
+    def __init__(self, port: int | None = None, directory: Path | str | None = None) -> None:
+        self.port, self.dir, self.proc = port or free_port(), directory, None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed (scripts/test.sh installs it)")
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.dir is None:
+            args += ["--appendonly", "no"]
+        else:
+            args += ["--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        try:
+            wait_for(lambda: _answers(client.ping), timeout=10)
+        finally:
+            client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, 5)
+            self.proc = None
+
+
+def _answers(fn) -> bool:
+    try:
+        return bool(fn())
+    except Exception:
+        return False
+
+
+class FakeClock:
+    """An injectable clock (epoch seconds) that moves only when told: TTL tests without sleeps."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -1,72 +1,18 @@
-"""The Celery application (``worker.celery_app:app``), configured explicitly in one place.
+"""The Celery application of the GPU worker (``celery -A worker.celery_app worker``).
 
-Importing this module is cheap (no torch, no connection): the API imports it to publish job ids.
+Configured in one place, service.queue, which the API also uses to publish; this module adds the
+task module. Importing it is cheap (no torch, no connection).
 """
 
 from __future__ import annotations
 
-from celery import Celery
-
+from service.logs import configure_logging
+from service.queue import QUEUE, TASK_NAME, make_celery
 from service.settings import Settings
 
-TASK_NAME = "qalign.transfer"
-QUEUE = "qalign"
-#: How long a prefork child may take to load the model (a first download included) before it is up.
-MODEL_LOAD_TIMEOUT_S = 1800.0
+__all__ = ["QUEUE", "TASK_NAME", "app", "make_celery"]
 
-
-def make_celery(settings: Settings | None = None) -> Celery:
-    settings = settings or Settings()
-    broker = settings.redis_url or "redis://127.0.0.1:6379/0"
-    celery = Celery("qalign", broker=broker, set_as_current=False)
-    celery.conf.update(
-        # Messages carry a job id only; JSON so nothing executable crosses the broker.
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        task_ignore_result=True,  # the job record in Redis is the result
-        task_default_queue=QUEUE,
-        task_routes={TASK_NAME: {"queue": QUEUE}},
-        # One job at a time per GPU process; a job is acknowledged only after it ran, and requeued
-        # when the process running it dies.
-        worker_prefetch_multiplier=1,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_concurrency=1,
-        # Prefork children load the model before they report "up" (worker_process_init); Celery's 4 s
-        # default would kill every child still loading (a real model takes far longer) and respawn it.
-        worker_proc_alive_timeout=MODEL_LOAD_TIMEOUT_S,
-        # A run is stopped (SoftTimeLimitExceeded: the job fails with error time_limit) after
-        # JOB_TIME_LIMIT, and its process killed after the hard limit. Prefork pool only: solo and
-        # threads pools cannot enforce time limits.
-        task_soft_time_limit=settings.job_time_limit,
-        task_time_limit=settings.job_hard_time_limit,
-        broker_transport_options={
-            # Above the hard time limit (Settings checks it), or a job still running would be delivered
-            # to a second worker. A worker that died (SIGKILL, lost host) leaves its message unacked;
-            # any live worker puts it back in the queue once it is this old.
-            "visibility_timeout": settings.broker_visibility_timeout,
-            # Scan for such messages every REDELIVERY_CHECK_INTERVAL s (kombu's default is ~100 s).
-            "unacked_restore_interval": settings.redelivery_check_interval,
-            "unacked_restore_throttle": 1,
-            "socket_connect_timeout": 3,
-            "socket_timeout": 10,
-        },
-        broker_connection_retry_on_startup=True,
-        broker_connection_timeout=3,
-        task_publish_retry=True,
-        task_publish_retry_policy={
-            "max_retries": 2,
-            "interval_start": 0,
-            "interval_step": 0.5,
-            "interval_max": 1,
-        },
-        # Our JSON logging is configured on the setup_logging signal (worker.tasks).
-        worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        imports=("worker.tasks",),
-    )
-    return celery
-
-
-app = make_celery()
+_settings = Settings()
+# JSON from the first line: Celery warns (e.g. about running as root) before its logging signals fire.
+configure_logging(_settings.log_level)
+app = make_celery(_settings, imports=("worker.tasks",))

@@ -6,6 +6,7 @@ The image is never built here (no Docker engine); these checks are static.
 from __future__ import annotations
 
 import fnmatch
+import io
 import json
 import re
 import shlex
@@ -16,6 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+DockerfileParser = pytest.importorskip(
+    "dockerfile_parse", reason="dockerfile-parse reads the Dockerfile"
+).DockerfileParser
 
 BUILD_TOOLS = {
     "build-essential", "gcc", "g++", "make", "cmake", "clang", "git", "curl", "wget",
@@ -44,47 +49,30 @@ class Stage:
         return next((n for n, i in enumerate(self.instructions) if predicate(i)), -1)
 
 
-def parse(text: str) -> tuple[dict[str, str], list[Stage]]:
-    """(global ARG defaults, stages). Joins continuation lines and drops comments."""
-    instructions: list[Instruction] = []
-    buffer, start = "", 0
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not buffer and (not line or line.startswith("#")):
-            continue
-        if buffer and line.startswith("#"):  # comment inside a continued instruction
-            continue
-        if not buffer:
-            start = number
-        if line.endswith("\\"):
-            buffer += line[:-1] + " "
-            continue
-        buffer += line
-        keyword, _, args = buffer.partition(" ")
-        instructions.append(Instruction(keyword.upper(), args.strip(), start))
-        buffer = ""
-    assert not buffer, "Dockerfile ends inside a continued line"
-
-    global_args: dict[str, str] = {}
+def parse(text: str) -> list[Stage]:
+    """The stages of the Dockerfile, read by dockerfile-parse (continuations joined, comments dropped,
+    base images with their global ARG defaults substituted)."""
+    parser = DockerfileParser(fileobj=io.BytesIO(text.encode()), env_replace=False)
+    images = iter(parser.parent_images)
     stages: list[Stage] = []
-    for instruction in instructions:
-        if instruction.keyword == "FROM":
-            words = [w for w in instruction.args.split() if not w.startswith("--")]
-            image = re.sub(r"\$\{?(\w+)\}?", lambda m: global_args.get(m.group(1), m.group(0)), words[0])
+    for item in parser.structure:
+        keyword, args = item["instruction"].upper(), item["value"].strip()
+        if keyword == "COMMENT":
+            continue
+        if keyword == "FROM":
+            words = [w for w in args.split() if not w.startswith("--")]
             name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(image, name))
-        elif not stages:
-            if instruction.keyword == "ARG":
-                key, _, value = instruction.args.partition("=")
-                global_args[key] = value.strip("\"'")
-        else:
-            stages[-1].instructions.append(instruction)
-    return global_args, stages
+            stages.append(Stage(next(images), name))
+        elif stages:
+            stages[-1].instructions.append(
+                Instruction(keyword, " ".join(args.split()), item["startline"] + 1)
+            )
+    return stages
 
 
 @pytest.fixture(scope="module")
 def stages(dockerfile_text) -> list[Stage]:
-    return parse(dockerfile_text)[1]
+    return parse(dockerfile_text)
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import testkit
 from PIL import Image
-from testkit import free_port, wait_for
+from testkit import TERMINAL, RedisServer, free_port, stop_process, wait_for  # noqa: F401 (re-exported)
 
-TERMINAL = ("succeeded", "failed", "canceled")
 REPO = Path(__file__).resolve().parents[2]
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -24,19 +20,13 @@ AWS_ENV = {
 
 
 def poll(client, job_id: str, statuses=TERMINAL, timeout: float = 180.0) -> dict:
-    def check():
-        job = client.get(f"/jobs/{job_id}").json()
-        return job if job["status"] in statuses else None
-
-    return wait_for(check, timeout, interval=0.2)
+    """testkit.poll with the integration tests' wide deadline (real model, busy machine)."""
+    return testkit.poll(client, job_id, statuses=statuses, timeout=timeout)
 
 
 def submit(client, photos: tuple[bytes, bytes], **fields) -> dict:
-    files = {
-        "structure": ("cat.png", photos[0], "image/png"),
-        "appearance": ("coffee.jpg", photos[1], "image/jpeg"),
-    }
-    response = client.post("/transfer", files=files, data={k: str(v) for k, v in fields.items()})
+    """testkit.submit that must be accepted; the job object."""
+    response = testkit.submit(client, photos, **fields)
     assert response.status_code == 202, response.text
     assert response.headers["location"] == f"/jobs/{response.json()['id']}"
     return response.json()
@@ -52,42 +42,6 @@ def decode(data: bytes) -> Image.Image:
 FAST = {"steps": 10, "skip_steps": 3}
 #: A run long enough to be caught while running (hundreds of steps), for cancel tests.
 SLOW = {"steps": 400, "skip_steps": 0}
-
-
-class RedisServer:
-    """A private redis-server on loopback; with ``directory`` it keeps an AOF there (fsync always),
-    as compose does, so records and messages survive a restart on the same port."""
-
-    def __init__(self, port: int | None = None, directory: Path | str | None = None) -> None:
-        self.port, self.dir, self.proc = port or free_port(), directory, None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed (scripts/test.sh installs it)")
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        if self.dir is None:
-            args += ["--appendonly", "no"]
-        else:
-            args += ["--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
-
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        try:
-            wait_for(lambda: _safe(client.ping), timeout=10)
-        finally:
-            client.close()
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, 5)
-            self.proc = None
 
 
 class MotoS3:
@@ -131,21 +85,3 @@ def worker_env(settings_env: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, **settings_env, "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
-
-
-def _safe(fn) -> bool:
-    try:
-        return bool(fn())
-    except Exception:
-        return False
-
-
-def stop_process(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM, wait ``grace`` seconds, then SIGKILL: never leaves a process behind."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)

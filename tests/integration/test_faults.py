@@ -78,8 +78,8 @@ class Worker:
         """Whether a job record's ``worker`` (host:pid of a pool child) is one of this worker's processes."""
         return bool(job_worker) and int(job_worker.rsplit(":", 1)[1]) in self.pids()
 
-    def live(self, jobs) -> bool:
-        return self.proc.poll() is None and any(self.runs(name) for name in jobs.live_workers())
+    def live(self, stores) -> bool:
+        return self.proc.poll() is None and any(self.runs(name) for name in stores.workers.live())
 
     def kill(self) -> None:
         """SIGKILL to the whole group: a lost host or an OOM-killed container."""
@@ -98,8 +98,9 @@ class Worker:
 class Fleet:
     """The module's workers; ``start`` does not wait, so a restart overlaps with the test's waits."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, jobs) -> None:
-        self.env, self.log_dir, self.jobs = env, log_dir, jobs
+    def __init__(self, env: dict[str, str], log_dir: Path, stores) -> None:
+        self.env, self.log_dir, self.stores = env, log_dir, stores
+        self.jobs = stores.records
         self.workers: list[Worker] = []
 
     def start(self, name: str, **extra: str) -> Worker:
@@ -109,7 +110,7 @@ class Fleet:
 
     def wait_live(self, *workers: Worker, timeout: float = 120) -> None:
         for worker in workers:
-            wait_for(lambda w=worker: w.live(self.jobs) or w.proc.poll() is not None, timeout=timeout)
+            wait_for(lambda w=worker: w.live(self.stores) or w.proc.poll() is not None, timeout=timeout)
             assert worker.proc.poll() is None, worker.log.read_text()[-3000:]
 
     def holder(self, job_worker: str | None) -> Worker | None:
@@ -160,17 +161,17 @@ def deps(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def fleet(deps, tmp_path_factory):
-    from service.jobs import RedisJobStore
+    from service.jobs.redis_store import open_redis_stores
 
-    jobs = RedisJobStore(deps["env"]["QALIGN_REDIS_URL"], ttl=3600)
-    fleet = Fleet(deps["env"], tmp_path_factory.mktemp("faults-workers"), jobs)
+    stores = open_redis_stores(deps["env"]["QALIGN_REDIS_URL"], ttl=3600)
+    fleet = Fleet(deps["env"], tmp_path_factory.mktemp("faults-workers"), stores)
     try:
         a, b = fleet.start("a"), fleet.start("b")
         fleet.wait_live(a, b, timeout=180)
         yield fleet
     finally:
         fleet.stop_all()
-        jobs.close()
+        stores.close()
 
 
 @pytest.fixture(scope="module")
@@ -342,7 +343,8 @@ def test_redis_and_s3_restart_mid_run(api, fleet, deps, images):
         assert response.status_code == 503, response.text
         assert response.headers["content-type"].startswith("application/problem+json")
         assert response.json()["detail"] and "Retry-After" in response.headers
-        time.sleep(1.5)  # the workers notice while running (progress writes fail)
+        # Down until the workers have noticed while running (a progress write or heartbeat failed).
+        wait_for(lambda: any("job store unreachable" in w.log.read_text() for w in fleet.workers), timeout=30)
     finally:
         deps["redis"].start()
     wait_for(lambda: api.get("/readyz").status_code == 200, timeout=60)
@@ -354,7 +356,11 @@ def test_redis_and_s3_restart_mid_run(api, fleet, deps, images):
         response = post(api, images, **TINY)
         assert response.status_code == 503, response.text
         assert "store" in response.json()["detail"]
-        time.sleep(1.0)
+        # Down until the running job has moved on without the store (it needs S3 only to upload).
+        before = fleet.jobs.get(second).progress
+        wait_for(
+            lambda: fleet.jobs.get(second).progress > before or fleet.jobs.get(second).finished, timeout=30
+        )
     finally:
         deps["s3"].start()
     wait_for(lambda: api.get("/readyz").status_code == 200, timeout=60)

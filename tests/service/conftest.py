@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import pytest
 from PIL import Image
-from svc_helpers import FakePipeline, encode, free_port, wait_for
+from svc_helpers import KEYS, FakePipeline, encode
+from testkit import RedisServer
 
-from service.jobs import RedisJobStore, SqliteJobStore, new_job_id
+from service.auth import hash_key
+from service.jobs import JobStores, new_job_id
+from service.jobs.redis_store import open_redis_stores
+from service.jobs.sqlite_store import open_sqlite_stores
 from service.settings import Settings
 
 
@@ -73,41 +74,28 @@ def small_images() -> tuple[bytes, bytes]:
 @pytest.fixture(scope="session")
 def redis_url():
     """A private redis-server on a free loopback port, stopped at the end of the session."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    client = redis.Redis(port=port)
-    try:
-        wait_for(lambda: _pings(client), timeout=10)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def _pings(client) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
+    server = RedisServer().start()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "redis"])
-def job_store(request, tmp_path):
+def stores(request, tmp_path) -> JobStores:
+    """The job-runtime stores of each backend (Redis under a fresh key prefix per test)."""
     if request.param == "sqlite":
-        jobs = SqliteJobStore(tmp_path / "jobs.sqlite3", ttl=3600)
+        opened = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
     else:
-        jobs = RedisJobStore(request.getfixturevalue("redis_url"), ttl=3600, prefix=f"t{new_job_id()}:")
-    yield jobs
-    jobs.close()
+        opened = open_redis_stores(request.getfixturevalue("redis_url"), ttl=3600, prefix=f"t{new_job_id()}:")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def keyed(embedded_settings):
+    """Embedded settings with alice and bob's keys active and an old key revoked."""
+    return embedded_settings.model_copy(
+        update={
+            "api_keys": f"alice:{hash_key(KEYS['alice'])}, bob:{hash_key(KEYS['bob'])}",
+            "revoked_api_keys": f"old:{hash_key(KEYS['old'])}",
+        }
+    )

@@ -11,6 +11,7 @@ from testkit import free_port, wait_for  # noqa: F401  (re-exported to the tests
 
 from qalign_core.errors import TransferCanceled
 from qalign_core.params import TransferParams
+from service.jobs import Job, JobStores, new_job_id, transitions, utcnow
 
 
 @dataclass
@@ -75,3 +76,33 @@ def encode(image: Image.Image, fmt: str) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def new_job(stores: JobStores, **fields) -> Job:
+    """A queued record, created in ``stores``."""
+    job = Job(
+        id=new_job_id(),
+        created_at=utcnow(),
+        structure_key="inputs/" + "a" * 64,
+        appearance_key="inputs/" + "b" * 64,
+        **fields,
+    )
+    stores.records.create(job)
+    return job
+
+
+def claim(stores: JobStores, job_id: str, worker: str, max_attempts: int = 2) -> Job | None:
+    """What a worker's claim does to the record; the claimed job, or None when it must not run."""
+    live = stores.workers.live()
+    job = stores.records.modify(
+        job_id, lambda j: transitions.claim(j, worker=worker, live_workers=live, max_attempts=max_attempts)
+    )
+    return job if job is not None and job.status == "running" and job.worker == worker else None
+
+
+#: API keys of the keyed test apps (settings fixture ``keyed`` in conftest).
+KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key", "old": "revoked-key"}
+
+
+def bearer(name: str) -> dict:
+    return {"Authorization": f"Bearer {KEYS[name]}"}

@@ -47,3 +47,15 @@ def test_malformed_entries_are_a_clear_error():
 def test_new_keys_are_long_and_distinct():
     keys = {new_key() for _ in range(10)}
     assert len(keys) == 10 and all(len(k) > 40 for k in keys)
+
+
+def test_key_helper_prints_a_working_entry(capsys, monkeypatch):
+    import sys
+
+    from service.auth import KeyRing, main
+
+    monkeypatch.setattr(sys, "argv", ["service.auth", "carol"])
+    main()
+    lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
+    key, entry = lines["key"].strip(), lines["entry"].strip()
+    assert KeyRing.from_settings(entry, None).owner(f"Bearer {key}") == "carol"

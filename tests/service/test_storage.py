@@ -51,7 +51,7 @@ def test_inputs_are_content_addressed(store):
     key = store.put_input(data, "image/png")
     assert key == "inputs/" + hashlib.sha256(data).hexdigest()
     assert store.put_input(data, "image/png") == key
-    assert store.get(key) == data and store.exists(key)
+    assert store.get(key) == data and store.age(key) is not None
 
 
 def test_missing_object_and_bad_keys(store):
@@ -103,3 +103,32 @@ def test_presigned_urls_use_the_public_endpoint_when_set(s3):
     url = public.presigned_url("results/" + "a" * 32 + ".png", ttl=60)
     assert url.startswith("http://localhost:19000/qalign-unit/results/")
     assert s3.presigned_url("results/" + "a" * 32 + ".png", ttl=60).startswith(s3.client.meta.endpoint_url)
+
+
+def test_resubmitted_input_costs_no_store_lookup(tmp_path, monkeypatch):
+    """An input this process stored moments ago is not looked up again (no HEAD per submission)."""
+    store = LocalStore(tmp_path)
+    key = store.put_input(b"image bytes", "image/png")
+    lookups = []
+    monkeypatch.setattr(store, "age", lambda k: lookups.append(k))
+    assert store.put_input(b"image bytes", "image/png") == key and lookups == []
+    store.put_input(b"other bytes", "image/png")
+    assert lookups == [input_key(b"other bytes")]
+
+
+def test_concurrent_requests_with_the_same_input_write_it_once(tmp_path, monkeypatch):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = LocalStore(tmp_path)
+    writes, barrier = [], threading.Barrier(8)
+    real_put = store.put
+    monkeypatch.setattr(store, "put", lambda *a: (writes.append(a[0]), real_put(*a)))
+
+    def submit(_):
+        barrier.wait()
+        return store.put_input(b"same", "image/png")
+
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(submit, range(8)))
+    assert keys == {input_key(b"same")} and len(writes) == 1

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-from svc_helpers import FakePipeline  # noqa: E402
+from svc_helpers import FakePipeline, claim  # noqa: E402
 
-from service.jobs import Job, SqliteJobStore, new_job_id, utcnow  # noqa: E402
+from service.jobs import Job, new_job_id, utcnow  # noqa: E402
+from service.jobs.sqlite_store import open_sqlite_stores  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from service.storage import LocalStore  # noqa: E402
 
@@ -58,10 +59,11 @@ def worker_state(tmp_path, monkeypatch):
     import worker.tasks as tasks
 
     settings = Settings(_env_file=None, data_dir=tmp_path, progress_interval=0, cancel_check_interval=0)
-    jobs, store = SqliteJobStore(tmp_path / "jobs.sqlite3", ttl=3600), LocalStore(tmp_path / "objects")
-    state = tasks.WorkerState(settings, FakePipeline(), jobs, store, "w:1", heartbeat=None)
+    stores, store = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600), LocalStore(tmp_path / "objects")
+    state = tasks.WorkerState(settings, FakePipeline(), stores, store, "w:1", heartbeat=None)
     monkeypatch.setattr(tasks, "_state", state)
-    return state
+    yield state
+    stores.close()
 
 
 def test_task_runs_job_by_id(worker_state, small_png):
@@ -75,9 +77,9 @@ def test_task_runs_job_by_id(worker_state, small_png):
         appearance_key=keys[1],
         params={"steps": 10, "skip_steps": 3},
     )
-    worker_state.jobs.create(job)
+    worker_state.stores.records.create(job)
     assert tasks.transfer.run(job.id) == "succeeded"
-    done = worker_state.jobs.get(job.id)
+    done = worker_state.stores.records.get(job.id)
     assert done.worker == "w:1" and done.result.width == 64
     assert worker_state.store.get(done.result.key).startswith(b"\x89PNG")
     assert tasks.transfer.run(job.id) == "succeeded", "a redelivered finished job is not run again"
@@ -129,7 +131,7 @@ def _queued_job(state, png: bytes, **params) -> Job:
         appearance_key=keys[1],
         params={"steps": 10, "skip_steps": 3, **params},
     )
-    state.jobs.create(job)
+    state.stores.records.create(job)
     return job
 
 
@@ -140,26 +142,26 @@ def test_job_held_by_a_live_worker_is_retried_not_dropped(worker_state, small_pn
     import worker.tasks as tasks
 
     job = _queued_job(worker_state, small_png)
-    worker_state.jobs.heartbeat("other:2", {"job": job.id}, ttl=30)
-    worker_state.jobs.claim(job.id, "other:2", max_attempts=2)
+    worker_state.stores.workers.heartbeat("other:2", {"job": job.id}, ttl=30)
+    claim(worker_state.stores, job.id, "other:2")
     with pytest.raises(Retry):
         tasks.transfer.run(job.id)
-    assert worker_state.jobs.get(job.id).worker == "other:2" and not worker_state.pipeline.calls
+    assert worker_state.stores.records.get(job.id).worker == "other:2" and not worker_state.pipeline.calls
 
     # The holder is alive but runs something else now: its run of this job was lost, take it over.
-    worker_state.jobs.heartbeat("other:2", {"job": None}, ttl=30)
+    worker_state.stores.workers.heartbeat("other:2", {"job": None}, ttl=30)
     assert tasks.transfer.run(job.id) == "succeeded"
-    assert worker_state.jobs.get(job.id).attempts == 2
+    assert worker_state.stores.records.get(job.id).attempts == 2
 
 
 def test_takeover_after_max_attempts_fails_with_worker_lost(worker_state, small_png):
     import worker.tasks as tasks
 
     job = _queued_job(worker_state, small_png)
-    worker_state.jobs.claim(job.id, "dead:1", max_attempts=2)
-    worker_state.jobs.claim(job.id, "dead:2", max_attempts=2)  # second delivery after the first death
+    claim(worker_state.stores, job.id, "dead:1")
+    claim(worker_state.stores, job.id, "dead:2")  # second delivery after the first death
     assert tasks.transfer.run(job.id) == "failed"
-    failed = worker_state.jobs.get(job.id)
+    failed = worker_state.stores.records.get(job.id)
     assert failed.error.type == "worker_lost" and "2 attempts" in failed.error.detail
 
 
@@ -171,10 +173,10 @@ def test_shutdown_interrupt_requeues_job_and_message(worker_state, small_png, mo
     import worker.tasks as tasks
 
     job = _queued_job(worker_state, small_png)
-    monkeypatch.setattr(tasks, "_interrupt", __import__("threading").Event())
-    tasks._interrupt.set()
+    monkeypatch.setattr(tasks, "interrupt", __import__("threading").Event())
+    tasks.interrupt.set()
     with pytest.raises(Reject) as caught:
         tasks.transfer.run(job.id)
     assert caught.value.requeue
-    again = worker_state.jobs.get(job.id)
+    again = worker_state.stores.records.get(job.id)
     assert again.status == "queued" and again.attempts == 0 and again.worker is None

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
 from svc_helpers import FakePipeline, encode, wait_for
+from testkit import assert_problem
 
 from qalign_core.params import TransferParams
-from service.problems import field_problems
+from service.api.problems import field_problems
 from service.settings import Settings
 
-PROBLEM = "application/problem+json"
 MAX_UPLOAD = 300_000
 MAX_REQUEST = 1_000_000
 MAX_PIXELS = 4_000_000
@@ -344,16 +344,6 @@ CORPUS = {
     "unknown job result": ("GET", "/jobs/0123456789abcdef0123456789abcdef/result", lambda p, j: {}, 404),
     "cancel unknown job": ("DELETE", "/jobs/0123456789abcdef0123456789abcdef", lambda p, j: {}, 404),
 }
-
-
-def assert_problem(response, status: int) -> dict:
-    assert response.status_code == status, response.text[:500]
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers["content-type"]
-    body = response.json()
-    assert body["status"] == status
-    for key in ("type", "title", "detail"):
-        assert isinstance(body[key], str) and body[key], body
-    return body
 
 
 @pytest.mark.parametrize("case", list(CORPUS), ids=list(CORPUS))

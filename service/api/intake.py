@@ -6,6 +6,7 @@ type, 422 parameter out of range or part missing. Decoding runs in a thread (CPU
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -20,11 +21,10 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qalign_core.errors import InvalidImageError
-from qalign_core.images import load_image, sniff_format
+from qalign_core.images import sniff_format
 from qalign_core.params import TransferParams
-from service.problems import ApiProblem, problem_response, validation_problem
-from service.schemas import IMAGE_FIELDS, TUPLE_FIELDS, FieldProblem, TransferJSONRequest
+from service.api.problems import ApiProblem, problem_response, validation_problem
+from service.api.schemas import IMAGE_FIELDS, TUPLE_FIELDS, FieldProblem, TransferJSONRequest
 from service.settings import Settings
 from service.webhooks import WebhookRefused, check_webhook_url
 
@@ -144,11 +144,16 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
             f"send multipart/form-data or application/json, not {content_type or 'no content type'}",
             kind="unsupported-media-type",
         )
-    images = {}
-    for field in IMAGE_FIELDS:
-        images[field] = await run_in_threadpool(
-            check_image, field, raw[field], declared_types.get(field), settings
-        )
+    # Both images decode at once (Pillow releases the GIL while decoding); the first field's refusal wins.
+    checks = [
+        run_in_threadpool(check_image, field, raw[field], declared_types.get(field), settings)
+        for field in IMAGE_FIELDS
+    ]
+    outcomes = await asyncio.gather(*checks, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    images = dict(zip(IMAGE_FIELDS, outcomes, strict=True))
     await run_in_threadpool(check_webhook, webhook, settings)  # resolves the host: off the event loop
     return Submission(params=raw["params"], images=images, webhook_url=webhook, idempotency_key=key)
 
@@ -257,38 +262,54 @@ def check_image(field: str, data: bytes, declared_type: str | None, settings: Se
         )
     fmt = sniff_format(data)
     if fmt is None:
-        other = next((name for sig, name in OTHER_IMAGE_SIGNATURES.items() if data.startswith(sig)), None)
-        if other is None and len(data) >= 12 and data[4:8] == b"ftyp":
-            other = data[8:12].decode("latin-1").strip()
-        declared = (declared_type or "").lower()
-        if declared.startswith("image/") and declared[6:] not in ("png", "jpeg", "jpg", "webp"):
-            other = other or declared
-        if other is not None:
-            raise ApiProblem(
-                415,
-                f"{field}: unsupported image type ({other}); allowed: PNG, JPEG, WebP",
-                kind="unsupported-media-type",
-            )
-        raise ApiProblem(400, f"{field}: not an image (send a PNG, JPEG or WebP file)", kind="not-an-image")
+        raise _unrecognised(field, data, declared_type)
+    _decode_once(field, data, fmt, settings)
+    return data, f"image/{fmt}"
+
+
+def _unrecognised(field: str, data: bytes, declared_type: str | None) -> ApiProblem:
+    """415 for an image type we recognise but do not accept, else 400 not an image."""
+    other = next((name for sig, name in OTHER_IMAGE_SIGNATURES.items() if data.startswith(sig)), None)
+    if other is None and len(data) >= 12 and data[4:8] == b"ftyp":
+        other = data[8:12].decode("latin-1").strip()
+    declared = (declared_type or "").lower()
+    if declared.startswith("image/") and declared[6:] not in ("png", "jpeg", "jpg", "webp"):
+        other = other or declared
+    if other is not None:
+        return ApiProblem(
+            415,
+            f"{field}: unsupported image type ({other}); allowed: PNG, JPEG, WebP",
+            kind="unsupported-media-type",
+        )
+    return ApiProblem(400, f"{field}: not an image (send a PNG, JPEG or WebP file)", kind="not-an-image")
+
+
+def _decode_once(field: str, data: bytes, fmt: str, settings: Settings) -> None:
+    """Open (header only), check the pixel count, then decode in the same object: the API reads
+    each upload once (the worker decodes it again for the model, in its own process)."""
+    bomb = (Image.DecompressionBombError, Image.DecompressionBombWarning)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            width, height = Image.open(io.BytesIO(data), formats=[fmt.upper()]).size
-    except Image.DecompressionBombError as exc:
+            image = Image.open(io.BytesIO(data), formats=[fmt.upper()])
+        width, height = image.size
+        if width * height > settings.max_pixels:
+            raise ApiProblem(
+                413,
+                f"{field}: the image is {width}x{height} = {width * height} pixels; the limit is "
+                f"{settings.max_pixels}",
+                kind="too-large",
+            )
+        if width < 1 or height < 1:
+            raise ApiProblem(400, f"{field}: the image is {width}x{height} pixels", kind="not-an-image")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+    except bomb as exc:
         raise ApiProblem(
             400, f"{field}: rejected as a decompression bomb ({exc})", kind="not-an-image"
         ) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ApiProblem(400, f"{field}: the {fmt} image is corrupt: {exc}", kind="not-an-image") from exc
-    if width * height > settings.max_pixels:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ApiProblem(
-            413,
-            f"{field}: the image is {width}x{height} = {width * height} pixels; the limit is "
-            f"{settings.max_pixels}",
-            kind="too-large",
-        )
-    try:
-        load_image(data, max_pixels=settings.max_pixels)
-    except InvalidImageError as exc:
-        raise ApiProblem(400, f"{field}: {exc}", kind="not-an-image") from exc
-    return data, f"image/{fmt}"
+            400, f"{field}: the {fmt} image is corrupt or truncated: {exc}", kind="not-an-image"
+        ) from exc

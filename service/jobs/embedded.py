@@ -13,8 +13,10 @@ import queue
 import threading
 from collections.abc import Callable
 
-from service.execution import Heartbeat, execute_job, gpu_memory_bytes, load_pipeline
-from service.jobs import JobError, JobStore, utcnow, worker_name
+from service.jobs import model, transitions
+from service.jobs.heartbeat import Heartbeat
+from service.jobs.runner import JobContext, JobEvents, NoEvents, execute_job, load_pipeline
+from service.jobs.store import JobStores
 from service.logs import job_context
 from service.settings import Settings
 from service.storage import ObjectStore
@@ -26,16 +28,16 @@ class EmbeddedRunner:
     def __init__(
         self,
         settings: Settings,
-        jobs: JobStore,
+        stores: JobStores,
         store: ObjectStore,
         pipeline_factory: Callable[[Settings], object] = load_pipeline,
+        events: JobEvents | None = None,
     ) -> None:
-        self.settings, self.jobs, self.store = settings, jobs, store
-        self.pipeline_factory = pipeline_factory
-        self.name = f"embedded:{worker_name()}"
+        self.settings, self.stores, self.store = settings, stores, store
+        self.pipeline_factory, self.events = pipeline_factory, events or NoEvents()
+        self.name = f"embedded:{model.worker_name()}"
         self.pipeline = None
         self.load_error: str | None = None
-        self.current_job: str | None = None
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -49,13 +51,12 @@ class EmbeddedRunner:
 
     def recover(self) -> None:
         """Requeue jobs a dead process left running, then schedule every queued job again."""
-        for job_id in self.jobs.ids_by_status("running"):
+        reason, limit = "the service stopped during the run", self.settings.max_attempts
+        for job_id in self.stores.records.ids_by_status("running"):
             with job_context(job_id):
-                job = self.jobs.requeue(
-                    job_id, "the service stopped during the run", self.settings.max_attempts
-                )
+                job = self.stores.records.modify(job_id, lambda j: transitions.requeue(j, reason, limit))
                 logger.info("recovered job left running: now %s", job.status if job else "gone")
-        for job_id in self.jobs.ids_by_status("queued"):
+        for job_id in self.stores.records.ids_by_status("queued"):
             self._queue.put(job_id)
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -90,44 +91,39 @@ class EmbeddedRunner:
             self.load_error = str(exc)
             logger.exception("embedded worker could not load the model")
         if self.pipeline is not None:
-            self._heartbeat = Heartbeat(self.jobs, self.name, self._info, self.settings).start()
+            self._heartbeat = Heartbeat(self.stores.workers, self.name, self.settings, self.pipeline).start()
+        ctx = JobContext(
+            self.stores,
+            self.store,
+            self.settings,
+            self.pipeline,
+            events=self.events,
+            worker=self.name,
+            interrupted=self._stop.is_set,
+        )
         while not self._stop.is_set():
             job_id = self._queue.get()
             if job_id is None or self._stop.is_set():
                 continue
-            try:
-                if self.pipeline is None:
-                    self._fail_unloaded(job_id)
-                    continue
-                self.current_job = job_id
-                execute_job(
-                    job_id,
-                    self.pipeline,
-                    self.jobs,
-                    self.store,
-                    self.settings,
-                    worker=self.name,
-                    interrupted=self._stop.is_set,
-                )
-            except Exception:
-                logger.exception("embedded worker error", extra={"job_id": job_id})
-            finally:
-                self.current_job = None
+            self._run_one(ctx, job_id)
 
-    def _info(self) -> dict:
-        return {
-            "model": self.settings.model,
-            "job": self.current_job,
-            "gpu_memory_bytes": gpu_memory_bytes(self.pipeline),
-        }
+    def _run_one(self, ctx: JobContext, job_id: str) -> None:
+        try:
+            if self.pipeline is None:
+                self._fail_unloaded(job_id)
+                return
+            if self._heartbeat is not None:
+                self._heartbeat.current_job = job_id
+            execute_job(ctx, job_id)
+        except Exception:
+            logger.exception("embedded worker error", extra={"job_id": job_id})
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.current_job = None
 
     def _fail_unloaded(self, job_id: str) -> None:
-        error = JobError(type="model_load_error", detail=f"the model could not be loaded: {self.load_error}")
-        self.jobs.modify(
+        detail = f"the model could not be loaded: {self.load_error}"
+        self.stores.records.modify(
             job_id,
-            lambda job: (
-                job.model_copy(update={"status": "failed", "finished_at": utcnow(), "error": error})
-                if job.status == "queued"
-                else None
-            ),
+            lambda j: transitions.fail(j, "model_load_error", detail, only_from=frozenset({"queued"})),
         )

@@ -10,25 +10,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from svc_helpers import FakePipeline, encode, wait_for
-
-PROBLEM = "application/problem+json"
-
-
-def submit(client, images, **fields):
-    files = {"structure": ("s.png", images[0], "image/png"), "appearance": ("a.jpg", images[1], "image/jpeg")}
-    return client.post("/transfer", files=files, data={k: str(v) for k, v in fields.items()})
-
-
-def poll(client, job_id, statuses=("succeeded", "failed", "canceled"), timeout=20.0):
-    return wait_for(lambda: (j := client.get(f"/jobs/{job_id}").json())["status"] in statuses and j, timeout)
-
-
-def assert_problem(response, status):
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status and body["title"] and body["detail"] and body["type"]
-    return body
+from testkit import assert_problem, poll, submit
 
 
 def test_multipart_submit_poll_download(client, small_images, fake_pipeline):

@@ -1,62 +1,18 @@
-"""What the API sends and accepts (the job object exactly as docs/api.md shows it, problem details).
-
-Kept apart from service.jobs: the stored record has internals (store keys, worker, attempts) that
-callers never see, and the public shape must not change when storage does.
+"""What the API sends and accepts: the job object (defined with the job runtime, service.jobs.public,
+because webhooks send it too), the transfer request, problem details and the OpenAPI request body.
 """
 
 from __future__ import annotations
 
 import typing
-from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from qalign_core.params import TransferParams
+from service.jobs.public import ErrorOut, JobMetricsOut, JobOut, ResultOut
 
-
-class ResultOut(BaseModel):
-    url: str = Field(description="Presigned store URL, or /jobs/{id}/result on the local store.")
-    content_type: str
-    width: int
-    height: int
-    expires_at: datetime | None = Field(None, description="When url stops working; null = never.")
-
-
-class ErrorOut(BaseModel):
-    type: str = Field(description="Machine-readable kind, e.g. invalid_image, internal_error, interrupted.")
-    detail: str
-
-
-class JobMetricsOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    queue_s: float | None = None
-    inversion_s: float | None = None
-    denoise_s: float | None = None
-    decode_s: float | None = None
-    total_s: float | None = None
-    inversion_cache_hits: int | None = Field(None, ge=0, le=2)
-    adain_applied: Literal["masked", "plain", "none"] | None = Field(
-        None, description='The AdaIN that ran: "plain" also when masked AdaIN found no object.'
-    )
-    object_masks_found: bool | None = Field(
-        None, description="Whether masked AdaIN's self-segmentation found the object (null: not asked)."
-    )
-
-
-class JobOut(BaseModel):
-    id: str
-    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
-    stage: Literal["queued", "loading", "inverting", "denoising", "decoding", "uploading", "done"]
-    progress: float = Field(ge=0.0, le=1.0)
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    params: dict = Field(description="The effective parameters (size is filled in once the job has run).")
-    result: ResultOut | None
-    error: ErrorOut | None
-    metrics: JobMetricsOut
+__all__ = ["ErrorOut", "JobMetricsOut", "JobOut", "ResultOut"]
 
 
 class FieldProblem(BaseModel):
@@ -87,7 +43,6 @@ class TransferJSONRequest(TransferParams):
 
 
 IMAGE_FIELDS = ("structure", "appearance")
-REQUEST_ONLY_FIELDS = (*IMAGE_FIELDS, "webhook_url")
 TUPLE_FIELDS = frozenset(
     name for name, info in TransferParams.model_fields.items() if typing.get_origin(info.annotation) is tuple
 )

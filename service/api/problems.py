@@ -1,4 +1,9 @@
-"""RFC 9457 problem details for every error the API returns, FastAPI's own ones included."""
+"""RFC 9457 problem details for every error the API returns, FastAPI's own ones included.
+
+Use cases raise domain errors (service.api.errors, StoreUnavailable, StorageUnavailable, AuthError);
+``domain_problem`` is the one place that maps them to a status, a problem type and headers, so
+every 503 and 429 carries its Retry-After.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,23 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.schemas import FieldProblem, Problem, allowed_values
+from service.api.errors import (
+    DomainError,
+    IdempotencyConflict,
+    JobNotFound,
+    NotReady,
+    QueueFull,
+    ResultGone,
+    ResultNotReady,
+)
+from service.api.schemas import FieldProblem, Problem, allowed_values
+from service.auth import AuthError
+from service.jobs import StoreUnavailable
+from service.storage import StorageUnavailable
 
 PROBLEM_JSON = "application/problem+json"
+#: Retry-After of a 503 when the cause gives no better estimate (a dependency coming back).
+UNAVAILABLE_RETRY_S = 5
 logger = logging.getLogger("qalign.api")
 
 
@@ -86,6 +105,46 @@ def validation_problem(exc: ValidationError, *, skip_prefix: int = 0) -> ApiProb
     return ApiProblem(422, describe(problems), kind="invalid-parameters", errors=problems)
 
 
+def domain_problem(exc: Exception) -> ApiProblem:
+    """The problem details of a domain error; the only place 503s and their Retry-After are built."""
+    if isinstance(exc, AuthError):
+        headers = {"WWW-Authenticate": 'Bearer realm="qalign"'} if exc.status == 401 else None
+        kind = "unauthorized" if exc.status == 401 else "forbidden"
+        return ApiProblem(exc.status, exc.detail, kind=kind, headers=headers)
+    if isinstance(exc, StoreUnavailable):
+        return _unavailable(f"the job store is unavailable: {exc}", UNAVAILABLE_RETRY_S)
+    if isinstance(exc, StorageUnavailable):
+        return _unavailable(f"the object store is unavailable: {exc}", UNAVAILABLE_RETRY_S)
+    if not isinstance(exc, DomainError):
+        raise TypeError(f"not a domain error: {exc!r}")
+    if isinstance(exc, NotReady):
+        return _unavailable(exc.detail, exc.retry_after or UNAVAILABLE_RETRY_S)
+    retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    if isinstance(exc, QueueFull):
+        return ApiProblem(
+            429, exc.detail, kind="too-many-jobs" if exc.per_key else "queue-full", headers=retry
+        )
+    if isinstance(exc, IdempotencyConflict):
+        kind = "idempotency-key-in-progress" if exc.in_progress else "idempotency-key-reused"
+        return ApiProblem(409, exc.detail, kind=kind, headers=retry)
+    status, kind = _STATUS[type(exc)]
+    return ApiProblem(status, exc.detail, kind=kind, headers=retry)
+
+
+_STATUS: dict[type, tuple[int, str]] = {
+    JobNotFound: (404, "job-not-found"),
+    ResultNotReady: (409, "result-not-ready"),
+    ResultGone: (410, "result-gone"),
+}
+
+
+def _unavailable(detail: str, retry_after: int) -> ApiProblem:
+    return ApiProblem(503, detail, kind="not-ready", headers={"Retry-After": str(retry_after)})
+
+
+DOMAIN_ERRORS = (DomainError, AuthError, StoreUnavailable, StorageUnavailable)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiProblem)
     async def _api_problem(request: Request, exc: ApiProblem) -> JSONResponse:
@@ -97,6 +156,12 @@ def install_problem_handlers(app: FastAPI) -> None:
             errors=exc.errors,
             headers=exc.headers,
         )
+
+    async def _domain(request: Request, exc: Exception) -> JSONResponse:
+        return await _api_problem(request, domain_problem(exc))
+
+    for error in DOMAIN_ERRORS:
+        app.add_exception_handler(error, _domain)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

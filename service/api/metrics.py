@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.jobs import STAGE_BUCKETS, JobStore, StoreUnavailable
+from service.jobs.store import STAGE_BUCKETS, JobStores, StoreUnavailable
 
 logger = logging.getLogger("qalign.metrics")
 
@@ -23,15 +23,15 @@ logger = logging.getLogger("qalign.metrics")
 class JobStoreCollector:
     """Jobs by status, queue depth, stage-duration histograms and live workers, read per scrape."""
 
-    def __init__(self, jobs: JobStore) -> None:
-        self.jobs = jobs
+    def __init__(self, stores: JobStores) -> None:
+        self.stores = stores
 
     def collect(self):
         up = GaugeMetricFamily("qalign_job_store_up", "1 when the job store answered this scrape")
         try:
-            counts = self.jobs.count_by_status()
-            stages = self.jobs.stage_stats()
-            workers = self.jobs.live_workers()
+            counts = self.stores.records.count_by_status()
+            stages = self.stores.stages.snapshot()
+            workers = self.stores.workers.live()
         except StoreUnavailable:
             up.add_metric([], 0)
             yield up
@@ -67,7 +67,7 @@ class JobStoreCollector:
 class ServiceMetrics:
     """A registry per app instance, so several apps (tests, restarts) never collide."""
 
-    def __init__(self, jobs: JobStore) -> None:
+    def __init__(self, stores: JobStores) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "qalign_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
@@ -82,7 +82,7 @@ class ServiceMetrics:
             "qalign_jobs_submitted", "Jobs accepted by this API process", registry=self.registry
         )
         ProcessCollector(registry=self.registry)
-        self.registry.register(JobStoreCollector(jobs))
+        self.registry.register(JobStoreCollector(stores))
 
 
 class MetricsMiddleware:

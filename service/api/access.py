@@ -1,0 +1,69 @@
+"""Reading and cancelling a caller's jobs, and locating a result. A job belongs to the API key that
+made it: another key's job is JobNotFound, exactly like a job that does not exist."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.api.errors import JobNotFound, ResultGone, ResultNotReady
+from service.jobs import Job, JobStores, transitions
+from service.jobs.runner import JobEvents
+from service.logs import job_context
+from service.settings import Settings
+from service.storage import ObjectNotFound, ObjectStore
+
+logger = logging.getLogger("qalign.api")
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class ResultLocation:
+    """Where GET /jobs/{id}/result finds the image: a local file, a redirect URL, or the bytes."""
+
+    content_type: str
+    path: Path | None = None
+    url: str | None = None
+    data: bytes | None = None
+
+
+class JobAccess:
+    def __init__(self, settings: Settings, stores: JobStores, store: ObjectStore, events: JobEvents) -> None:
+        self.settings, self.stores, self.store, self.events = settings, stores, store, events
+
+    def get(self, job_id: str, owner: str | None) -> Job:
+        job = self.stores.records.get(job_id) if JOB_ID.match(job_id) else None
+        if job is None or job.owner != owner:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return job
+
+    def cancel(self, job_id: str, owner: str | None) -> Job:
+        before = self.get(job_id, owner)
+        job = self.stores.records.modify(job_id, transitions.cancel)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        with job_context(job_id):
+            logger.info("cancel requested: job is %s", job.status)
+            if before.status == "queued" and job.status == "canceled":
+                self.events.publish(job)  # it never reaches a worker, so its terminal event goes from here
+        return job
+
+    def result(self, job_id: str, owner: str | None) -> ResultLocation:
+        job = self.get(job_id, owner)
+        if job.status != "succeeded" or job.result is None:
+            why = "has not finished" if not job.finished else f"ended {job.status} and has no result"
+            raise ResultNotReady(f"job {job_id} {why} (status {job.status})")
+        key, content_type = job.result.key, job.result.content_type
+        path = self.store.local_path(key)
+        if path is not None:
+            return ResultLocation(content_type, path=path)
+        if self.settings.result_redirect:
+            url = self.store.presigned_url(key, self.settings.result_url_ttl)
+            if url:
+                return ResultLocation(content_type, url=url)
+        try:
+            return ResultLocation(content_type, data=self.store.get(key))
+        except ObjectNotFound as exc:
+            raise ResultGone(f"the result of job {job_id} is no longer in the store") from exc

@@ -1,0 +1,56 @@
+"""The FastAPI application factory, and ``app`` (served as ``uvicorn service.app:app``).
+
+Building the app reads settings and nothing else: no model is loaded and nothing is connected until
+the app starts (lifespan) or a request arrives. Embedded mode starts its worker thread on startup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from service.api.intake import BodyLimitMiddleware
+from service.api.metrics import MetricsMiddleware
+from service.api.problems import install_problem_handlers
+from service.api.routes import router
+from service.api.services import Services
+from service.logs import configure_logging
+from service.settings import Settings
+
+logger = logging.getLogger("qalign.api")
+
+
+def create_app(settings: Settings | None = None, *, pipeline_factory=None) -> FastAPI:
+    """``pipeline_factory(settings)`` replaces the model loader of the embedded worker (tests)."""
+    settings = settings or Settings()
+    services = Services.from_settings(settings, pipeline_factory=pipeline_factory)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level)
+        services.start()
+        logger.info("api started", extra={"mode": "embedded" if settings.embedded else "distributed"})
+        try:
+            yield
+        finally:
+            logger.info("api stopping")
+            services.close()
+
+    app = FastAPI(
+        title="Q-Align appearance transfer",
+        version="1",
+        description="Submit a structure and an appearance image, poll the job, download the result.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_problem_handlers(app)
+    app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.request_limit)
+    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    return app
+
+
+app = create_app()

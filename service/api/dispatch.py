@@ -1,0 +1,76 @@
+"""Handing a stored job to whatever runs it: the Celery queue, or the embedded worker thread."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from service.jobs import JobStores, StoreUnavailable
+from service.jobs.embedded import EmbeddedRunner
+from service.settings import Settings
+
+
+class Dispatcher(Protocol):
+    def submit(self, job_id: str) -> None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def check(self) -> dict[str, dict]:
+        """Readiness of the runner side: {"name": {"ok": bool, ...}}."""
+        ...
+
+
+class CeleryDispatcher:
+    """Publishes job ids on the broker (service.queue: the same app configuration as the worker)."""
+
+    def __init__(self, settings: Settings, stores: JobStores) -> None:
+        from service.queue import make_celery
+
+        self.celery, self.stores = make_celery(settings), stores
+
+    def submit(self, job_id: str) -> None:
+        from service.queue import QUEUE, TASK_NAME
+
+        self.celery.send_task(TASK_NAME, args=[job_id], queue=QUEUE)
+
+    def start(self) -> None:
+        return None
+
+    def check(self) -> dict[str, dict]:
+        checks: dict[str, dict] = {}
+        try:
+            with self.celery.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
+            checks["broker"] = {"ok": True}
+        except Exception as exc:  # kombu raises several kinds; all mean "broker unreachable"
+            checks["broker"] = {"ok": False, "detail": f"broker unreachable: {exc}"}
+        try:
+            workers = self.stores.workers.live()
+            checks["workers"] = {"ok": bool(workers), "live": len(workers), "names": sorted(workers)}
+            if not workers:
+                checks["workers"]["detail"] = "no worker heartbeat in Redis"
+        except StoreUnavailable as exc:
+            checks["workers"] = {"ok": False, "live": 0, "detail": str(exc)}
+        return checks
+
+    def stop(self) -> None:
+        self.celery.close()
+
+
+class EmbeddedDispatcher:
+    def __init__(self, runner: EmbeddedRunner) -> None:
+        self.runner = runner
+
+    def submit(self, job_id: str) -> None:
+        self.runner.submit(job_id)
+
+    def start(self) -> None:
+        self.runner.start()
+
+    def stop(self) -> None:
+        self.runner.stop()
+
+    def check(self) -> dict[str, dict]:
+        alive = self.runner.alive
+        return {"workers": {"ok": alive, "live": int(alive), "detail": self.runner.state}}

@@ -1,0 +1,10 @@
+"""Routes per resource: thin handlers that parse, call one use case and shape the answer."""
+
+from fastapi import APIRouter
+
+from service.api.routes import jobs, ops, transfer
+
+router = APIRouter()
+router.include_router(transfer.router)
+router.include_router(jobs.router)
+router.include_router(ops.router)

@@ -1,0 +1,80 @@
+"""The composition root of one app instance: builds stores, runner, use cases and metrics from
+settings, without connecting anywhere (import and create_app stay cheap); connections open on use."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from service.api.access import JobAccess
+from service.api.admission import Capacity, Readiness
+from service.api.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
+from service.api.metrics import ServiceMetrics
+from service.api.submit import Submitter
+from service.auth import KeyRing
+from service.cleanup import Sweeper
+from service.jobs import JobStores, open_job_stores
+from service.jobs.embedded import EmbeddedRunner
+from service.settings import Settings
+from service.storage import ObjectStore, make_object_store
+from service.webhooks import JobWebhooks
+
+logger = logging.getLogger("qalign.api")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    stores: JobStores
+    store: ObjectStore
+    dispatcher: Dispatcher
+    metrics: ServiceMetrics
+    keys: KeyRing
+    readiness: Readiness
+    submitter: Submitter
+    jobs: JobAccess
+    webhooks: JobWebhooks
+    sweeper: Sweeper | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, pipeline_factory=None) -> Services:
+        stores, store = open_job_stores(settings), make_object_store(settings)
+        webhooks = JobWebhooks(settings, store)
+        if settings.embedded:
+            kwargs = {"pipeline_factory": pipeline_factory} if pipeline_factory else {}
+            runner = EmbeddedRunner(settings, stores, store, events=webhooks, **kwargs)
+            dispatcher: Dispatcher = EmbeddedDispatcher(runner)
+        else:
+            dispatcher = CeleryDispatcher(settings, stores)
+        metrics = ServiceMetrics(stores)
+        readiness = Readiness(settings, stores, store, dispatcher)
+        capacity = Capacity(settings, stores)
+        return cls(
+            settings=settings,
+            stores=stores,
+            store=store,
+            dispatcher=dispatcher,
+            metrics=metrics,
+            keys=KeyRing.from_settings(settings.api_keys, settings.revoked_api_keys),
+            readiness=readiness,
+            submitter=Submitter(settings, stores, store, dispatcher, readiness, capacity, metrics),
+            jobs=JobAccess(settings, stores, store, webhooks),
+            webhooks=webhooks,
+            sweeper=Sweeper(stores, store, settings),
+        )
+
+    def start(self) -> None:
+        if self.keys.open:
+            logger.warning(
+                "open mode: no API keys configured (QALIGN_API_KEYS), anyone who can reach the API can use it"
+            )
+        self.dispatcher.start()
+        if self.sweeper is not None:
+            self.sweeper.start()
+
+    def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
+        self.dispatcher.stop()
+        self.webhooks.close()
+        self.stores.close()

@@ -1,0 +1,145 @@
+"""Accepting a transfer: store the inputs, create the record, hand the id to the runner, under the
+Idempotency-Key protocol (the same key and request give the same job; another request is a 409)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+
+from service.api.admission import Capacity, Readiness
+from service.api.dispatch import Dispatcher
+from service.api.errors import IdempotencyConflict, NotReady
+from service.api.intake import Submission
+from service.api.metrics import ServiceMetrics
+from service.jobs import Job, JobStores, StoreUnavailable, new_job_id, transitions, utcnow
+from service.logs import job_context
+from service.settings import Settings
+from service.storage import ObjectStore
+
+logger = logging.getLogger("qalign.api")
+#: How long an Idempotency-Key reservation lives before its job record exists (a crashed request
+#: frees the key after this); once the job exists the key lives as long as the job.
+RESERVATION_TTL = 60
+#: How long a duplicate request waits for the job of the request that reserved its key.
+REPLAY_WAIT_S = 10.0
+
+
+def idempotency_scope(owner: str | None, key: str) -> str:
+    """Keys are per owner: two API keys may use the same Idempotency-Key independently."""
+    return hashlib.sha256(f"{owner or ''}\0{key}".encode()).hexdigest()
+
+
+def request_fingerprint(submission: Submission) -> str:
+    """Digest of the canonical request: effective parameters, input digests and webhook_url."""
+    canonical = {
+        "params": submission.params.model_dump(mode="json"),
+        "inputs": {name: hashlib.sha256(data).hexdigest() for name, (data, _) in submission.images.items()},
+        "webhook_url": submission.webhook_url,
+    }
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+class Submitter:
+    """The POST /transfer use case; refusals are domain errors (service.api.errors, store errors)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stores: JobStores,
+        store: ObjectStore,
+        dispatcher: Dispatcher,
+        readiness: Readiness,
+        capacity: Capacity,
+        metrics: ServiceMetrics,
+    ) -> None:
+        self.settings, self.stores, self.store, self.dispatcher = settings, stores, store, dispatcher
+        self.readiness, self.capacity, self.metrics = readiness, capacity, metrics
+
+    def submit(self, submission: Submission, owner: str | None = None) -> tuple[Job, bool]:
+        """(job, created): with an Idempotency-Key already used by this owner, the earlier job
+        (created False) when the request is the same, IdempotencyConflict when it differs."""
+        scope = fingerprint = None
+        if submission.idempotency_key is not None:
+            scope = idempotency_scope(owner, submission.idempotency_key)
+            fingerprint = request_fingerprint(submission)
+            existing = self.stores.idempotency.get(scope)
+            if existing is not None:
+                return self._replay(existing, fingerprint, owner), False
+        self.readiness.require()
+        self.capacity.require(owner)
+        keys = {name: self.store.put_input(data, ctype) for name, (data, ctype) in submission.images.items()}
+        job = Job(
+            id=new_job_id(),
+            created_at=utcnow(),
+            params=submission.params.model_dump(mode="json"),
+            structure_key=keys["structure"],
+            appearance_key=keys["appearance"],
+            webhook_url=submission.webhook_url,
+            owner=owner,
+            idempotency_key=submission.idempotency_key,
+        )
+        if scope is not None:
+            record = {"job_id": job.id, "fingerprint": fingerprint}
+            existing = self.stores.idempotency.reserve(scope, record, RESERVATION_TTL)
+            if existing is not None:  # a concurrent request with the same key won the reservation
+                return self._replay(existing, fingerprint, owner), False
+        self._create(job, scope)
+        self._enqueue(job, scope)
+        return job, True
+
+    def _create(self, job: Job, scope: str | None) -> None:
+        try:
+            self.stores.records.create(job)
+            if scope is not None:
+                self.stores.idempotency.confirm(scope, self.settings.job_ttl)
+        except StoreUnavailable:
+            if scope is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    self.stores.idempotency.release(scope, job.id)
+            raise
+
+    def _enqueue(self, job: Job, scope: str | None) -> None:
+        with job_context(job.id):
+            try:
+                self.dispatcher.submit(job.id)
+            except Exception as exc:  # broker down between readiness and publish
+                self._not_enqueued(job, scope)
+                logger.warning("could not queue job: %s", exc)
+                raise NotReady(
+                    f"the job queue (broker) is unavailable: {exc}; nothing was queued, retry later"
+                ) from exc
+            self.metrics.submitted.inc()
+            logger.info("job submitted", extra={"params": job.params, "owner": job.owner})
+
+    def _replay(self, existing: dict, fingerprint: str | None, owner: str | None) -> Job:
+        """The job an earlier request with the same Idempotency-Key made, or a conflict."""
+        if existing.get("fingerprint") != fingerprint:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was already used with a different request (other images, parameters "
+                "or webhook_url); use a new key for a new request"
+            )
+        deadline = time.monotonic() + REPLAY_WAIT_S
+        while True:  # the request that reserved the key may still be writing the record
+            job = self.stores.records.get(existing["job_id"])
+            if job is not None and job.owner == owner:
+                return job
+            if time.monotonic() > deadline:
+                raise IdempotencyConflict(
+                    "a request with this Idempotency-Key is still being processed; retry shortly",
+                    in_progress=True,
+                )
+            time.sleep(0.05)
+
+    def _not_enqueued(self, job: Job, scope: str | None) -> None:
+        """The broker refused the job: fail its record and free its Idempotency-Key for a retry."""
+        try:
+            self.stores.records.modify(
+                job.id, lambda j: transitions.fail(j, "not_enqueued", "the job could not be queued")
+            )
+            if scope is not None:
+                self.stores.idempotency.release(scope, job.id)
+        except StoreUnavailable:
+            logger.warning("could not mark the unqueued job failed: job store unreachable")

@@ -1,0 +1,36 @@
+"""The job runtime shared by the API and the worker: the job model, its pure state transitions,
+narrow store protocols (Redis and SQLite), and the runner the Celery task and the embedded thread
+both call. No FastAPI and no Celery imports live here.
+"""
+
+from service.jobs.model import (
+    STAGES,
+    STATUSES,
+    TERMINAL,
+    Job,
+    JobError,
+    JobResult,
+    JobStage,
+    JobStatus,
+    new_job_id,
+    utcnow,
+    worker_name,
+)
+from service.jobs.store import JobStores, StoreUnavailable, open_job_stores
+
+__all__ = [
+    "STAGES",
+    "STATUSES",
+    "TERMINAL",
+    "Job",
+    "JobError",
+    "JobResult",
+    "JobStage",
+    "JobStatus",
+    "JobStores",
+    "StoreUnavailable",
+    "new_job_id",
+    "open_job_stores",
+    "utcnow",
+    "worker_name",
+]

@@ -1,0 +1,61 @@
+"""A worker's heartbeat: the record readiness and job takeover read to know who is alive."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from service.jobs.store import StoreUnavailable, WorkerRegistry
+from service.settings import Settings
+
+logger = logging.getLogger("qalign.worker")
+
+
+def gpu_memory_bytes(pipeline: object) -> int | None:
+    device = getattr(pipeline, "device", None)
+    if device is None or getattr(device, "type", None) != "cuda":
+        return None
+    import torch
+
+    return int(torch.cuda.memory_allocated(device))
+
+
+class Heartbeat:
+    """Refreshes this worker's record in a daemon thread, also while a job runs.
+
+    Readiness counts a worker as live while its record is fresher than QALIGN_HEARTBEAT_TTL. The
+    record names ``current_job``, so a redelivered message never takes a job from a live holder.
+    """
+
+    def __init__(self, workers: WorkerRegistry, name: str, settings: Settings, pipeline: object) -> None:
+        self.workers, self.name, self.settings, self.pipeline = workers, name, settings, pipeline
+        self.current_job: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="qalign-heartbeat", daemon=True)
+
+    def info(self) -> dict:
+        return {
+            "ts": time.time(),
+            "model": self.settings.model,
+            "job": self.current_job,
+            "gpu_memory_bytes": gpu_memory_bytes(self.pipeline),
+        }
+
+    def start(self) -> Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def beat(self) -> None:
+        try:
+            self.workers.heartbeat(self.name, self.info(), self.settings.heartbeat_ttl)
+        except StoreUnavailable:
+            logger.warning("heartbeat failed: job store unreachable")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_interval):
+            self.beat()
+
+    def stop(self) -> None:
+        self._stop.set()

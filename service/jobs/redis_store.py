@@ -1,0 +1,251 @@
+"""Redis implementations of the job-runtime stores (distributed mode: shared by every process).
+
+Records are JSON strings with a TTL; one sorted set per status (score = time entered) indexes them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+
+import redis
+
+from service.jobs.model import STATUSES, TERMINAL, Job, worker_name
+from service.jobs.store import STAGE_BUCKETS, JobStores, Mutation, StoreUnavailable, empty_stats
+
+_ERRORS = (redis.RedisError, OSError)
+
+
+class RedisConnection:
+    """One client and key prefix, shared by the four stores; every call maps errors to StoreUnavailable."""
+
+    def __init__(self, url: str, *, prefix: str = "qalign:") -> None:
+        self.client = redis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30, decode_responses=True
+        )
+        self.prefix = prefix
+
+    def call(self, fn: Callable, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _ERRORS as exc:
+            raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RedisJobRecords:
+    def __init__(self, conn: RedisConnection, *, ttl: int) -> None:
+        self.conn, self.client, self.ttl = conn, conn.client, ttl
+
+    def _key(self, job_id: str) -> str:
+        return f"{self.conn.prefix}job:{job_id}"
+
+    def _status_key(self, status: str) -> str:
+        return f"{self.conn.prefix}status:{status}"
+
+    def create(self, job: Job) -> None:
+        def run() -> None:
+            pipe = self.client.pipeline()
+            pipe.set(self._key(job.id), job.model_dump_json(), ex=self.ttl)
+            pipe.zadd(self._status_key(job.status), {job.id: time.time()})
+            pipe.execute()
+
+        self.conn.call(run)
+
+    def get(self, job_id: str) -> Job | None:
+        raw = self.conn.call(self.client.get, self._key(job_id))
+        return Job.model_validate_json(raw) if raw else None
+
+    def get_many(self, job_ids: list[str]) -> list[Job]:
+        if not job_ids:
+            return []
+        raws = self.conn.call(self.client.mget, [self._key(i) for i in job_ids])
+        return [Job.model_validate_json(raw) for raw in raws if raw]
+
+    def modify(self, job_id: str, change: Mutation) -> Job | None:
+        key = self._key(job_id)
+
+        def run() -> Job | None:
+            with self.client.pipeline() as pipe:
+                while True:  # optimistic: retried when another writer changed the record meanwhile
+                    try:
+                        pipe.watch(key)
+                        raw = pipe.get(key)
+                        if not raw:
+                            return None
+                        job = Job.model_validate_json(raw)
+                        new = change(job)
+                        if new is None:
+                            pipe.unwatch()
+                            return job
+                        pipe.multi()
+                        pipe.set(key, new.model_dump_json(), ex=self.ttl)
+                        if new.status != job.status:
+                            pipe.zrem(self._status_key(job.status), job_id)
+                            pipe.zadd(self._status_key(new.status), {job_id: time.time()})
+                        pipe.execute()
+                        return new
+                    except redis.WatchError:
+                        continue
+
+        return self.conn.call(run)
+
+    def ids_by_status(self, status: str) -> list[str]:
+        return list(self.conn.call(self.client.zrange, self._status_key(status), 0, -1))
+
+    def recent_ids(self, status: str, limit: int) -> list[str]:
+        return list(self.conn.call(self.client.zrevrange, self._status_key(status), 0, max(limit - 1, 0)))
+
+    def count_by_status(self) -> dict[str, int]:
+        def run() -> dict[str, int]:
+            pipe = self.client.pipeline()
+            for status in STATUSES:
+                # Terminal records expire with their TTL; forget their ids in the index as well.
+                if status in TERMINAL:
+                    pipe.zremrangebyscore(self._status_key(status), "-inf", time.time() - self.ttl)
+                pipe.zcard(self._status_key(status))
+            replies = iter(pipe.execute())
+            counts = {}
+            for status in STATUSES:
+                if status in TERMINAL:
+                    next(replies)  # the pruning reply
+                counts[status] = next(replies)
+            return counts
+
+        return self.conn.call(run)
+
+    def all_jobs(self) -> Iterator[Job]:
+        pattern = f"{self.conn.prefix}job:*"
+        keys = self.conn.call(lambda: list(self.client.scan_iter(match=pattern, count=500)))
+        for start in range(0, len(keys), 200):
+            for raw in self.conn.call(self.client.mget, keys[start : start + 200]):
+                if raw:
+                    yield Job.model_validate_json(raw)
+
+    def prune(self) -> int:
+        """Record keys expire by TTL; drop index entries whose record has expired."""
+        dropped = 0
+        for status in STATUSES:
+            ids = self.ids_by_status(status)
+            for start in range(0, len(ids), 200):
+                chunk = ids[start : start + 200]
+                exists = self.conn.call(self.client.mget, [self._key(i) for i in chunk])
+                gone = [i for i, raw in zip(chunk, exists, strict=True) if not raw]
+                if gone:
+                    dropped += int(self.conn.call(self.client.zrem, self._status_key(status), *gone))
+        return dropped
+
+    def ping(self) -> None:
+        self.conn.call(self.client.ping)
+
+
+class RedisIdempotencyKeys:
+    def __init__(self, conn: RedisConnection) -> None:
+        self.conn, self.client = conn, conn.client
+
+    def _key(self, scope: str) -> str:
+        return f"{self.conn.prefix}idem:{scope}"
+
+    def reserve(self, scope: str, record: dict, ttl: int) -> dict | None:
+        key = self._key(scope)
+        if self.conn.call(self.client.set, key, json.dumps(record), nx=True, ex=ttl):
+            return None
+        existing = self.get(scope)
+        # Expired between SET and GET: try once more, then report the (new) holder.
+        if existing is None and self.conn.call(self.client.set, key, json.dumps(record), nx=True, ex=ttl):
+            return None
+        return existing or record
+
+    def get(self, scope: str) -> dict | None:
+        raw = self.conn.call(self.client.get, self._key(scope))
+        return json.loads(raw) if raw else None
+
+    def confirm(self, scope: str, ttl: int) -> None:
+        self.conn.call(self.client.expire, self._key(scope), ttl)
+
+    def release(self, scope: str, job_id: str) -> None:
+        key = self._key(scope)
+
+        def run() -> None:
+            with self.client.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw and json.loads(raw).get("job_id") == job_id:
+                        pipe.multi()
+                        pipe.delete(key)
+                        pipe.execute()
+                except redis.WatchError:
+                    pass  # someone else changed it: it is no longer ours to release
+
+        self.conn.call(run)
+
+
+class RedisWorkerRegistry:
+    def __init__(self, conn: RedisConnection) -> None:
+        self.conn, self.client = conn, conn.client
+
+    def heartbeat(self, name: str, info: dict, ttl: float) -> None:
+        key = f"{self.conn.prefix}worker:{name}"
+        self.conn.call(self.client.set, key, json.dumps(info), px=int(ttl * 1000))
+
+    def live(self) -> dict[str, dict]:
+        prefix = f"{self.conn.prefix}worker:"
+
+        def run() -> dict[str, dict]:
+            keys = list(self.client.scan_iter(match=prefix + "*", count=100))
+            values = self.client.mget(keys) if keys else []
+            return {k[len(prefix) :]: json.loads(v) for k, v in zip(keys, values, strict=True) if v}
+
+        return self.conn.call(run)
+
+    def try_lock(self, name: str, ttl: float) -> bool:
+        key = f"{self.conn.prefix}lock:{name}"
+        return bool(self.conn.call(self.client.set, key, worker_name(), nx=True, px=int(ttl * 1000)))
+
+
+class RedisStageStatistics:
+    def __init__(self, conn: RedisConnection) -> None:
+        self.conn, self.client = conn, conn.client
+
+    def observe(self, stage: str, seconds: float) -> None:
+        def run() -> None:
+            key = f"{self.conn.prefix}stage:{stage}"
+            pipe = self.client.pipeline()
+            for i, bound in enumerate((*STAGE_BUCKETS, float("inf"))):
+                if seconds <= bound:
+                    pipe.hincrby(key, f"b{i}", 1)
+            pipe.hincrbyfloat(key, "sum", seconds)
+            pipe.hincrby(key, "count", 1)
+            pipe.sadd(f"{self.conn.prefix}stages", stage)
+            pipe.execute()
+
+        self.conn.call(run)
+
+    def snapshot(self) -> dict[str, dict]:
+        def run() -> dict[str, dict]:
+            result = {}
+            for stage in sorted(self.client.smembers(f"{self.conn.prefix}stages")):
+                raw = self.client.hgetall(f"{self.conn.prefix}stage:{stage}")
+                stats = empty_stats()
+                stats["buckets"] = [int(raw.get(f"b{i}", 0)) for i in range(len(STAGE_BUCKETS) + 1)]
+                stats["sum"], stats["count"] = float(raw.get("sum", 0)), int(raw.get("count", 0))
+                result[stage] = stats
+            return result
+
+        return self.conn.call(run)
+
+
+def open_redis_stores(url: str, *, ttl: int, prefix: str = "qalign:") -> JobStores:
+    """The four stores over one connection pool (nothing connects until the first call)."""
+    conn = RedisConnection(url, prefix=prefix)
+    return JobStores(
+        records=RedisJobRecords(conn, ttl=ttl),
+        idempotency=RedisIdempotencyKeys(conn),
+        workers=RedisWorkerRegistry(conn),
+        stages=RedisStageStatistics(conn),
+        close=conn.close,
+    )

@@ -1,0 +1,237 @@
+"""Embedded-mode stores: records and idempotency keys in one SQLite file in DATA_DIR (jobs survive a
+restart); heartbeats, leases and stage statistics in process memory (embedded mode is one process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from service.jobs.model import STATUSES, Job
+from service.jobs.store import (
+    Clock,
+    JobStores,
+    Mutation,
+    StoreUnavailable,
+    add_observation,
+    empty_stats,
+)
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, "
+    "created REAL NOT NULL, data TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created)",
+    "CREATE TABLE IF NOT EXISTS idempotency (scope TEXT PRIMARY KEY, data TEXT NOT NULL, "
+    "expires REAL NOT NULL)",
+)
+
+
+class SqliteDatabase:
+    """One connection (opened on first use, not at import), serialised by a lock; ``clock`` gives
+    the epoch seconds that TTLs compare against (tests inject one instead of sleeping)."""
+
+    def __init__(self, path: Path, *, ttl: int, clock: Clock = time.time) -> None:
+        self.path, self.ttl, self.clock = Path(path), ttl, clock
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                self.prune(conn)
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreUnavailable(f"cannot open the job database {str(self.path)!r}: {exc}") from exc
+            self._conn = conn
+        return self._conn
+
+    def run(self, fn: Callable[[sqlite3.Connection], object]):
+        with self._lock:
+            try:
+                return fn(self._db())
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"job database error: {exc}") from exc
+
+    def transaction(self, fn: Callable[[sqlite3.Connection], object]):
+        """``fn`` inside BEGIN IMMEDIATE: committed when it returns, rolled back when it raises."""
+
+        def run(db: sqlite3.Connection):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return self.run(run)
+
+    def prune(self, db: sqlite3.Connection) -> int:
+        """Finished jobs older than the TTL and expired idempotency keys (unfinished jobs are kept)."""
+        now = self.clock()
+        dropped = db.execute(
+            "DELETE FROM jobs WHERE status IN ('succeeded', 'failed', 'canceled') AND created < ?",
+            (now - self.ttl,),
+        ).rowcount
+        db.execute("DELETE FROM idempotency WHERE expires < ?", (now,))
+        return dropped
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class SqliteJobRecords:
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    def create(self, job: Job) -> None:
+        self.db.run(
+            lambda db: db.execute(
+                "INSERT INTO jobs (id, status, created, data) VALUES (?, ?, ?, ?)",
+                (job.id, job.status, job.created_at.timestamp(), job.model_dump_json()),
+            )
+        )
+
+    def get(self, job_id: str) -> Job | None:
+        row = self.db.run(lambda db: db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        return Job.model_validate_json(row[0]) if row else None
+
+    def get_many(self, job_ids: list[str]) -> list[Job]:
+        jobs = (self.get(job_id) for job_id in job_ids)
+        return [job for job in jobs if job is not None]
+
+    def modify(self, job_id: str, change: Mutation) -> Job | None:
+        def run(db: sqlite3.Connection) -> Job | None:
+            row = db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            job = Job.model_validate_json(row[0])
+            new = change(job)
+            if new is None:
+                return job
+            db.execute(
+                "UPDATE jobs SET status = ?, data = ? WHERE id = ?",
+                (new.status, new.model_dump_json(), job_id),
+            )
+            return new
+
+        return self.db.transaction(run)
+
+    def ids_by_status(self, status: str) -> list[str]:
+        query = "SELECT id FROM jobs WHERE status = ? ORDER BY created"
+        return [r[0] for r in self.db.run(lambda db: db.execute(query, (status,)).fetchall())]
+
+    def recent_ids(self, status: str, limit: int) -> list[str]:
+        query = "SELECT id FROM jobs WHERE status = ? ORDER BY created DESC LIMIT ?"
+        return [r[0] for r in self.db.run(lambda db: db.execute(query, (status, limit)).fetchall())]
+
+    def count_by_status(self) -> dict[str, int]:
+        query = "SELECT status, COUNT(*) FROM jobs GROUP BY status"
+        counts = dict.fromkeys(STATUSES, 0)
+        counts.update(dict(self.db.run(lambda db: db.execute(query).fetchall())))
+        return counts
+
+    def all_jobs(self) -> Iterator[Job]:
+        rows = self.db.run(lambda db: db.execute("SELECT data FROM jobs").fetchall())
+        return (Job.model_validate_json(row[0]) for row in rows)
+
+    def prune(self) -> int:
+        return self.db.run(self.db.prune)
+
+    def ping(self) -> None:
+        self.db.run(lambda db: db.execute("SELECT 1").fetchone())
+
+
+class SqliteIdempotencyKeys:
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    def reserve(self, scope: str, record: dict, ttl: int) -> dict | None:
+        def run(db: sqlite3.Connection) -> dict | None:
+            now = self.db.clock()
+            row = db.execute(
+                "SELECT data FROM idempotency WHERE scope = ? AND expires >= ?", (scope, now)
+            ).fetchone()
+            if row is not None:
+                return json.loads(row[0])
+            # The primary key makes a second live reservation impossible; an expired one is replaced.
+            db.execute(
+                "INSERT OR REPLACE INTO idempotency (scope, data, expires) VALUES (?, ?, ?)",
+                (scope, json.dumps(record), now + ttl),
+            )
+            return None
+
+        return self.db.transaction(run)
+
+    def get(self, scope: str) -> dict | None:
+        query = "SELECT data FROM idempotency WHERE scope = ? AND expires >= ?"
+        row = self.db.run(lambda db: db.execute(query, (scope, self.db.clock())).fetchone())
+        return json.loads(row[0]) if row else None
+
+    def confirm(self, scope: str, ttl: int) -> None:
+        query = "UPDATE idempotency SET expires = ? WHERE scope = ?"
+        self.db.run(lambda db: db.execute(query, (self.db.clock() + ttl, scope)))
+
+    def release(self, scope: str, job_id: str) -> None:
+        query = "DELETE FROM idempotency WHERE scope = ? AND json_extract(data, '$.job_id') = ?"
+        self.db.run(lambda db: db.execute(query, (scope, job_id)))
+
+
+class MemoryWorkerRegistry:
+    """Heartbeats in process memory: in embedded mode the only worker is a thread of this process."""
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._workers: dict[str, tuple[float, dict]] = {}
+
+    def heartbeat(self, name: str, info: dict, ttl: float) -> None:
+        with self._lock:
+            self._workers[name] = (self.clock() + ttl, info)
+
+    def live(self) -> dict[str, dict]:
+        now = self.clock()
+        with self._lock:
+            return {name: info for name, (until, info) in self._workers.items() if until > now}
+
+    def try_lock(self, name: str, ttl: float) -> bool:
+        return True  # one process: nobody to share the lease with
+
+
+class MemoryStageStatistics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stages: dict[str, dict] = {}
+
+    def observe(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            add_observation(self._stages.setdefault(stage, empty_stats()), seconds)
+
+    def snapshot(self) -> dict[str, dict]:
+        with self._lock:
+            return json.loads(json.dumps(self._stages))
+
+
+def open_sqlite_stores(path: Path, *, ttl: int, clock: Clock = time.time) -> JobStores:
+    db = SqliteDatabase(path, ttl=ttl, clock=clock)
+    return JobStores(
+        records=SqliteJobRecords(db),
+        idempotency=SqliteIdempotencyKeys(db),
+        workers=MemoryWorkerRegistry(),
+        stages=MemoryStageStatistics(),
+        close=db.close,
+    )

@@ -1,0 +1,140 @@
+"""Narrow store protocols of the job runtime, and the bundle one process opens.
+
+Four concerns with different lifetimes and sharing needs, each with a Redis implementation
+(distributed mode, shared by every process) and an embedded one (SQLite file, or process memory for
+what only one process reads): job records, idempotency keys, the worker registry (heartbeats and
+leases) and stage statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from service.jobs.model import Job
+
+#: Stage-duration histogram buckets (seconds), shared by every backend.
+STAGE_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+Mutation = Callable[[Job], Job | None]
+Clock = Callable[[], float]
+
+
+class StoreUnavailable(Exception):
+    """The job store (Redis or the SQLite file) cannot be reached; the API answers 503."""
+
+
+class JobRecords(Protocol):
+    """Job records with atomic read-modify-write, and an index by status."""
+
+    def create(self, job: Job) -> None: ...
+
+    def get(self, job_id: str) -> Job | None: ...
+
+    def get_many(self, job_ids: list[str]) -> list[Job]:
+        """The records that still exist, in the order asked."""
+        ...
+
+    def modify(self, job_id: str, change: Mutation) -> Job | None:
+        """Apply ``change`` atomically (it returns the new job, or None to leave the record alone).
+
+        Returns the record after the call (changed or not), or None for an unknown id.
+        """
+        ...
+
+    def ids_by_status(self, status: str) -> list[str]:
+        """Ids in ``status``, oldest first."""
+        ...
+
+    def recent_ids(self, status: str, limit: int) -> list[str]:
+        """Up to ``limit`` ids in ``status``, newest first."""
+        ...
+
+    def count_by_status(self) -> dict[str, int]: ...
+
+    def all_jobs(self) -> Iterator[Job]:
+        """Every stored record (the expiry sweep reads which inputs are still referenced)."""
+        ...
+
+    def prune(self) -> int:
+        """Drop expired records and index entries; the number dropped."""
+        ...
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable when the store cannot be reached."""
+        ...
+
+
+class IdempotencyKeys(Protocol):
+    """``scope`` is a digest of (owner, Idempotency-Key); the record names the job and the request
+    fingerprint. Reservation is atomic (SET NX / primary key)."""
+
+    def reserve(self, scope: str, record: dict, ttl: int) -> dict | None:
+        """Store ``record`` unless ``scope`` has a live one: None if stored, else the existing record."""
+        ...
+
+    def get(self, scope: str) -> dict | None: ...
+
+    def confirm(self, scope: str, ttl: int) -> None:
+        """The job exists now: keep the key as long as the job (``ttl`` seconds)."""
+        ...
+
+    def release(self, scope: str, job_id: str) -> None:
+        """Forget the reservation of ``job_id`` (its submission failed), so a retry can proceed."""
+        ...
+
+
+class WorkerRegistry(Protocol):
+    """Who is alive (heartbeats with a TTL) and best-effort leases shared by API processes."""
+
+    def heartbeat(self, name: str, info: dict, ttl: float) -> None: ...
+
+    def live(self) -> dict[str, dict]: ...
+
+    def try_lock(self, name: str, ttl: float) -> bool:
+        """A lease held for ``ttl`` seconds (one expiry sweep per interval across replicas)."""
+        ...
+
+
+class StageStatistics(Protocol):
+    def observe(self, stage: str, seconds: float) -> None: ...
+
+    def snapshot(self) -> dict[str, dict]:
+        """stage -> {"buckets": [cumulative counts per STAGE_BUCKETS and +Inf], "sum": s, "count": n}."""
+        ...
+
+
+@dataclass
+class JobStores:
+    """The four stores of one backend, opened together; closing closes the shared connection."""
+
+    records: JobRecords
+    idempotency: IdempotencyKeys
+    workers: WorkerRegistry
+    stages: StageStatistics
+    close: Callable[[], None] = lambda: None
+
+
+def empty_stats() -> dict:
+    return {"buckets": [0] * (len(STAGE_BUCKETS) + 1), "sum": 0.0, "count": 0}
+
+
+def add_observation(stats: dict, seconds: float) -> None:
+    for i, bound in enumerate((*STAGE_BUCKETS, float("inf"))):
+        if seconds <= bound:
+            stats["buckets"][i] += 1
+    stats["sum"] += seconds
+    stats["count"] += 1
+
+
+def open_job_stores(settings) -> JobStores:
+    """Redis when QALIGN_REDIS_URL is set, else the embedded SQLite file in DATA_DIR."""
+    if settings.redis_url:
+        from service.jobs.redis_store import open_redis_stores
+
+        return open_redis_stores(settings.redis_url, ttl=settings.job_ttl)
+    from service.jobs.sqlite_store import open_sqlite_stores
+
+    return open_sqlite_stores(Path(settings.data_dir) / "jobs.sqlite3", ttl=settings.job_ttl)

@@ -1,0 +1,46 @@
+"""The submission use case over HTTP: Idempotency-Key replay, conflicts and races."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from svc_helpers import bearer
+from testkit import assert_problem, poll, submit
+
+
+def test_idempotency_same_body_same_job_other_body_409(make_client, keyed, small_images):
+    client = make_client(keyed)
+    key = {"Idempotency-Key": "order-42", **bearer("alice")}
+    first = submit(client, small_images, headers=key, seed=3)
+    assert first.status_code == 202
+    again = submit(client, small_images, headers=key, seed=3)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert again.headers["location"] == f"/jobs/{first.json()['id']}"
+    # Same request in the other encoding is the same canonical request.
+    import base64
+
+    body = {
+        "structure": base64.b64encode(small_images[0]).decode(),
+        "appearance": base64.b64encode(small_images[1]).decode(),
+        "seed": 3,
+    }
+    assert client.post("/transfer", json=body, headers=key).json()["id"] == first.json()["id"]
+    body = assert_problem(submit(client, small_images, headers=key, seed=4), 409)
+    assert "different request" in body["detail"]
+    # Keys are per API key: bob's "order-42" is his own.
+    other = submit(client, small_images, headers={"Idempotency-Key": "order-42", **bearer("bob")}, seed=3)
+    assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
+    assert poll(client, first.json()["id"], bearer("alice"))["status"] == "succeeded"
+    # After the job finished the key still answers with it.
+    assert submit(client, small_images, headers=key, seed=3).json()["status"] == "succeeded"
+
+
+def test_concurrent_identical_requests_make_one_job(make_client, small_images, fake_pipeline):
+    client = make_client()
+    headers = {"Idempotency-Key": "burst-1"}
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: submit(client, small_images, headers=headers, seed=9), range(8)))
+    assert sorted(r.status_code for r in responses) == [200] * 7 + [202]
+    assert len({r.json()["id"] for r in responses}) == 1
+    poll(client, responses[0].json()["id"])
+    assert len(fake_pipeline.calls) == 1

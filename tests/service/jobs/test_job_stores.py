@@ -1,0 +1,211 @@
+"""Job-runtime stores: both backends (SQLite file and a real Redis) apply transitions atomically and
+keep heartbeats, leases and stage statistics the same way."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from svc_helpers import claim, new_job
+from testkit import FakeClock
+
+from service.jobs import Job, StoreUnavailable, new_job_id, transitions, utcnow
+from service.jobs.redis_store import open_redis_stores
+from service.jobs.sqlite_store import open_sqlite_stores
+
+
+def test_create_get_roundtrip_and_unknown(stores):
+    job = new_job(stores)
+    assert stores.records.get(job.id) == job
+    assert stores.records.get(new_job_id()) is None
+    assert stores.records.modify(new_job_id(), lambda j: j) is None
+    assert stores.records.get_many([job.id, new_job_id()]) == [job]
+
+
+def test_claim_then_finish(stores):
+    job = new_job(stores)
+    for name in ("w1", "w2"):
+        stores.workers.heartbeat(name, {}, ttl=30)
+    claimed = claim(stores, job.id, "w1")
+    assert claimed.status == "running" and claimed.worker == "w1" and claimed.attempts == 1
+    assert claim(stores, job.id, "w2") is None, "a running job is not claimed twice"
+    records = stores.records
+    assert records.count_by_status()["running"] == 1 and records.ids_by_status("running") == [job.id]
+
+
+def test_cancel_queued_running_and_finished(stores):
+    queued = new_job(stores)
+    assert stores.records.modify(queued.id, transitions.cancel).status == "canceled"
+    assert claim(stores, queued.id, "w") is None, "a canceled job never runs"
+
+    running = new_job(stores)
+    claim(stores, running.id, "w")
+    flagged = stores.records.modify(running.id, transitions.cancel)
+    assert flagged.status == "running" and flagged.cancel_requested
+
+    done = new_job(stores, status="succeeded")
+    assert stores.records.modify(done.id, transitions.cancel).status == "succeeded"
+    assert stores.records.count_by_status() == {
+        "queued": 0,
+        "running": 1,
+        "succeeded": 1,
+        "failed": 0,
+        "canceled": 1,
+    }
+
+
+def test_dead_workers_job_is_taken_over_live_workers_is_not(stores):
+    job = new_job(stores)
+    stores.workers.heartbeat("alive", {"model": "m"}, ttl=30)
+    claim(stores, job.id, "alive", max_attempts=3)
+    assert claim(stores, job.id, "other", max_attempts=3) is None
+    orphan = new_job(stores)
+    claim(stores, orphan.id, "dead", max_attempts=3)
+    taken = claim(stores, orphan.id, "other", max_attempts=3)
+    assert taken is not None and taken.worker == "other" and taken.attempts == 2
+    assert set(stores.workers.live()) == {"alive"}
+
+
+def test_claim_and_cancel_race_has_one_winner(stores):
+    """Many concurrent claimers and cancellers: exactly one outcome, never both."""
+    for name in ("w0", "w1", "w2"):
+        stores.workers.heartbeat(name, {}, ttl=60)
+    for _ in range(5):
+        job = new_job(stores)
+        results = []
+        barrier = threading.Barrier(6)
+
+        def claimer(name, job=job, results=results, barrier=barrier):
+            barrier.wait()
+            results.append(("claim", claim(stores, job.id, name)))
+
+        def canceller(job=job, results=results, barrier=barrier):
+            barrier.wait()
+            results.append(("cancel", stores.records.modify(job.id, transitions.cancel)))
+
+        threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(3)]
+        threads += [threading.Thread(target=canceller) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        claims = [r for kind, r in results if kind == "claim" and r is not None]
+        final = stores.records.get(job.id)
+        assert len(claims) <= 1
+        if claims:
+            assert final.status == "running" and final.cancel_requested
+        else:
+            assert final.status == "canceled"
+
+
+def test_stage_statistics_accumulate(stores):
+    stores.stages.observe("denoising", 0.3)
+    stores.stages.observe("denoising", 7.0)
+    stats = stores.stages.snapshot()["denoising"]
+    assert stats["count"] == 2 and stats["sum"] == pytest.approx(7.3)
+    assert stats["buckets"][0] == 0 and stats["buckets"][3] == 1 and stats["buckets"][-1] == 2
+
+
+def test_sqlite_survives_reopen(tmp_path):
+    first = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
+    job = new_job(first)
+    first.close()
+    assert open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600).records.get(job.id) == job
+
+
+def _failing_trigger(path, table: str, event: str) -> None:
+    """A trigger that aborts the whole transaction, as a full disk or I/O error would."""
+    conn = sqlite3.connect(path)
+    conn.execute(
+        f"CREATE TRIGGER boom BEFORE {event} ON {table} BEGIN SELECT RAISE(ROLLBACK, 'disk says no'); END"
+    )
+    conn.commit()
+    conn.close()
+
+
+def test_sqlite_modify_rolls_back_and_reports_the_real_error(tmp_path):
+    """Regression: modify COMMITted in a ``finally`` even after an error, hiding it behind
+    'cannot commit - no transaction is active'; the change must roll back and the cause surface."""
+    stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
+    job = new_job(stores)
+    _failing_trigger(tmp_path / "jobs.sqlite3", "jobs", "UPDATE")
+    with pytest.raises(StoreUnavailable, match="disk says no"):
+        stores.records.modify(job.id, transitions.cancel)
+    assert stores.records.get(job.id).status == "queued"
+    with pytest.raises(RuntimeError):  # an error in the change itself leaves no open transaction
+        stores.records.modify(job.id, lambda j: (_ for _ in ()).throw(RuntimeError("bug")))
+    assert new_job(stores).status == "queued", "no transaction was left open"
+    stores.close()
+
+
+def test_sqlite_idempotency_reserve_rolls_back_and_reports_the_real_error(tmp_path):
+    """Regression: idempotency_reserve also COMMITted in a ``finally`` after an exception."""
+    stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
+    stores.records.ping()  # creates the schema
+    _failing_trigger(tmp_path / "jobs.sqlite3", "idempotency", "INSERT")
+    with pytest.raises(StoreUnavailable, match="disk says no"):
+        stores.idempotency.reserve("scope", {"job_id": "a", "fingerprint": "f"}, 60)
+    assert stores.idempotency.get("scope") is None
+    stores.close()
+
+
+def test_sqlite_idempotency_key_expires_by_the_injected_clock(tmp_path):
+    clock = FakeClock()
+    stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600, clock=clock)
+    assert stores.idempotency.reserve("s", {"job_id": "a", "fingerprint": "f"}, 1) is None
+    assert stores.idempotency.reserve("s", {"job_id": "b", "fingerprint": "f"}, 60)["job_id"] == "a"
+    clock.advance(1.5)
+    assert stores.idempotency.get("s") is None
+    assert stores.idempotency.reserve("s", {"job_id": "b", "fingerprint": "f"}, 60) is None
+    stores.close()
+
+
+def test_idempotency_reservation_is_atomic_and_releasable(stores):
+    barrier = threading.Barrier(10)
+
+    def reserve(i):
+        barrier.wait()
+        return stores.idempotency.reserve("scope", {"job_id": f"job{i}", "fingerprint": "f"}, 60)
+
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(reserve, range(10)))
+    winners = [r for r in results if r is None]
+    assert len(winners) == 1
+    holder = stores.idempotency.get("scope")["job_id"]
+    assert all(r["job_id"] == holder for r in results if r is not None)
+    stores.idempotency.release("scope", "someone-else")
+    assert stores.idempotency.get("scope")["job_id"] == holder
+    stores.idempotency.release("scope", holder)
+    assert stores.idempotency.get("scope") is None
+
+
+def test_redis_idempotency_key_expires_with_its_ttl(redis_url):
+    """Redis expires the key itself: the TTL set is checked, not waited for (the SQLite expiry runs
+    on an injected clock in tests/service/jobs/test_job_stores.py)."""
+    stores = open_redis_stores(redis_url, ttl=3600, prefix=f"t{new_job_id()}:")
+    try:
+        assert stores.idempotency.reserve("s", {"job_id": "a", "fingerprint": "f"}, 1) is None
+        key = f"{stores.idempotency.conn.prefix}idem:s"
+        assert 0 < stores.idempotency.client.pttl(key) <= 1000
+        stores.idempotency.confirm("s", 3600)
+        assert stores.idempotency.client.ttl(key) > 3000
+        stores.idempotency.client.delete(key)  # what the TTL does when it runs out
+        assert stores.idempotency.reserve("s", {"job_id": "b", "fingerprint": "f"}, 60) is None
+    finally:
+        stores.close()
+
+
+def test_redis_prune_forgets_expired_records_in_the_queue_index(redis_url):
+    stores = open_redis_stores(redis_url, ttl=3600, prefix=f"t{new_job_id()}:")
+    records = stores.records
+    try:
+        record = Job(id=new_job_id(), created_at=utcnow(), structure_key="a", appearance_key="b")
+        records.create(record)
+        records.client.delete(records._key(record.id))  # what the key TTL does after JOB_TTL
+        assert records.count_by_status()["queued"] == 1
+        assert records.prune() == 1
+        assert records.count_by_status()["queued"] == 0
+    finally:
+        stores.close()

@@ -1,0 +1,90 @@
+"""The runner shared by the Celery task and the embedded thread, with a fake pipeline and real stores."""
+
+from __future__ import annotations
+
+import pytest
+from svc_helpers import FakePipeline
+
+from qalign_core.errors import InvalidImageError, QAlignError
+from service.jobs import Job, new_job_id, utcnow
+from service.jobs.runner import JobContext, classify, execute_job
+from service.jobs.sqlite_store import open_sqlite_stores
+from service.settings import Settings
+from service.storage import LocalStore, ObjectNotFound, StorageUnavailable
+
+
+class SoftTimeLimitExceeded(Exception):
+    """Named like Celery's soft limit but unrelated: a name must not decide the error type."""
+
+
+def test_internal_value_errors_are_internal_and_do_not_leak_their_text():
+    """Regression: any ValueError became invalid_request with its text in the caller-facing detail."""
+    kind, detail = classify(ValueError("cannot reshape tensor at /srv/secret/model.py"))
+    assert kind == "internal_error" and "secret" not in detail and "ValueError" in detail
+
+
+def test_library_errors_keep_their_caller_facing_text():
+    assert classify(InvalidImageError("not a PNG")) == ("invalid_image", "not a PNG")
+    assert classify(QAlignError("steps too low")) == ("invalid_request", "steps too low")
+    assert classify(ObjectNotFound("inputs/x"))[0] == "input_missing"
+    assert classify(StorageUnavailable("s3 down"))[0] == "storage_unavailable"
+
+
+def test_time_limit_is_recognised_by_the_class_the_host_passes_not_by_name():
+    """Regression: Celery's soft time limit was recognised by class name."""
+    assert classify(SoftTimeLimitExceeded())[0] == "internal_error"
+    assert classify(SoftTimeLimitExceeded(), (SoftTimeLimitExceeded,))[0] == "time_limit"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def publish(self, job: Job) -> None:
+        self.events.append((job.id, job.status))
+
+
+@pytest.fixture
+def context(tmp_path, small_images):
+    stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
+    store = LocalStore(tmp_path / "objects")
+    settings = Settings(_env_file=None, data_dir=tmp_path, progress_interval=0, cancel_check_interval=0)
+    ctx = JobContext(stores, store, settings, FakePipeline(), events=Recorder(), worker="w:1")
+    yield ctx
+    stores.close()
+
+
+def queued(ctx: JobContext, images, **fields) -> Job:
+    keys = [ctx.store.put_input(data, "image/png") for data in images]
+    job = Job(id=new_job_id(), created_at=utcnow(), structure_key=keys[0], appearance_key=keys[1], **fields)
+    ctx.stores.records.create(job)
+    return job
+
+
+def test_execute_job_runs_to_success_and_announces_start_and_end(context, small_images):
+    job = queued(context, small_images, webhook_url="https://example.com/h")
+    done = execute_job(context, job.id)
+    assert done.status == "succeeded" and done.result.width == 64 and done.metrics["total_s"] == 0.04
+    assert context.events.events == [(job.id, "running"), (job.id, "succeeded")]
+    assert context.stores.stages.snapshot()["denoising"]["count"] == 1
+    assert execute_job(context, job.id).status == "succeeded", "a finished job is not run again"
+    assert len(context.pipeline.calls) == 1 and execute_job(context, new_job_id()) is None
+
+
+def test_a_failing_pipeline_fails_the_job_with_a_typed_error(context, small_images):
+    context.pipeline.fail_with = ValueError("internal detail")
+    failed = execute_job(context, queued(context, small_images).id)
+    assert failed.status == "failed" and failed.error.type == "internal_error"
+    assert "internal detail" not in failed.error.detail
+
+
+def test_host_time_limit_errors_fail_with_time_limit(context, small_images):
+    context.pipeline.fail_with = SoftTimeLimitExceeded()
+    context.time_limit_errors = (SoftTimeLimitExceeded,)
+    assert execute_job(context, queued(context, small_images).id).error.type == "time_limit"
+
+
+def test_claim_that_ends_the_job_announces_it(context, small_images):
+    job = queued(context, small_images, cancel_requested=True)
+    assert execute_job(context, job.id).status == "canceled"
+    assert context.events.events == [(job.id, "canceled")] and not context.pipeline.calls

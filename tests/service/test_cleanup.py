@@ -1,0 +1,58 @@
+"""Expiry: records, results and unreferenced inputs past their time."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from service.jobs import Job, JobResult, new_job_id, utcnow
+from service.jobs.sqlite_store import open_sqlite_stores
+from service.storage import LocalStore, input_key
+
+
+def test_sweep_removes_expired_records_results_and_unreferenced_inputs(tmp_path, embedded_settings):
+    from service.cleanup import sweep
+
+    settings = embedded_settings.model_copy(update={"job_ttl": 3600})
+    stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
+    store = LocalStore(tmp_path / "objects")
+    old = time.time() - 7200
+    kept_input, shared_input, orphan_input = b"kept", b"shared", b"orphan"
+    for data in (kept_input, shared_input, orphan_input):
+        store.put_input(data, "image/png")
+        os.utime(store.local_path(input_key(data)), (old, old))
+
+    def job(structure: bytes, created: float, finished: bool) -> Job:
+        record = Job(
+            id=new_job_id(),
+            created_at=utcnow().fromtimestamp(created, tz=utcnow().tzinfo),
+            structure_key=input_key(structure),
+            appearance_key=input_key(shared_input),
+            status="succeeded" if finished else "queued",
+            finished_at=utcnow().fromtimestamp(created, tz=utcnow().tzinfo) if finished else None,
+            result=JobResult(key=f"results/{'0' * 32}.png", content_type="image/png", width=1, height=1),
+        )
+        stores.records.create(record)
+        store.put(f"results/{record.id}.png", b"png")
+        os.utime(store.local_path(f"results/{record.id}.png"), (created, created))
+        return record
+
+    expired, live = job(orphan_input, old, True), job(kept_input, time.time(), True)
+    store.put("results/" + "f" * 32 + ".png", b"no record")
+    os.utime(store.local_path("results/" + "f" * 32 + ".png"), (old, old))
+    tmp = tmp_path / "objects" / "inputs" / ".tmp-crashed"
+    tmp.write_bytes(b"partial")
+    os.utime(tmp, (old, old))
+
+    counts = sweep(stores, store, settings)
+    assert counts == {"records": 1, "results": 2, "inputs": 1, "inversions": 0, "temp_files": 1}
+    assert stores.records.get(expired.id) is None and stores.records.get(live.id) is not None
+    assert store.age(f"results/{expired.id}.png") is None and store.age(f"results/{live.id}.png") is not None
+    assert store.age(input_key(orphan_input)) is None
+    assert store.age(input_key(kept_input)) is not None and store.age(input_key(shared_input)) is not None
+    assert not tmp.exists()
+    # Reusing an old input refreshes it, so an expiry sweep right after cannot take it from a new job.
+    # (A store that saw it fresh moments ago trusts that for a while; a later one looks again.)
+    os.utime(store.local_path(input_key(kept_input)), (old, old))
+    LocalStore(tmp_path / "objects").put_input(kept_input, "image/png")
+    assert time.time() - store.local_path(input_key(kept_input)).stat().st_mtime < 60
