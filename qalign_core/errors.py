@@ -15,3 +15,7 @@ class ModelLoadError(QAlignError):
 
 class TransferCanceled(QAlignError):
     """The caller's cancel check asked the transfer to stop; raised between steps."""
+
+
+class InvalidParametersError(QAlignError, ValueError):
+    """Parameters valid on their own that this model cannot run (its scheduler, its sizes)."""

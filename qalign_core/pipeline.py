@@ -19,7 +19,7 @@ from PIL import Image
 
 from qalign_core.adain import adain, masked_adain
 from qalign_core.ddpm import DDPMSchedule
-from qalign_core.errors import ModelLoadError, TransferCanceled
+from qalign_core.errors import InvalidParametersError, ModelLoadError, TransferCanceled
 from qalign_core.freeu import DecoderFreeU
 from qalign_core.images import ImageInput, centre_square, encode_image, load_image
 from qalign_core.inversion import Inversion, InversionCache, inversion_key, invert, noise_seed
@@ -134,7 +134,7 @@ class QAlignPipeline:
             unet.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
         share_timestep_rows(unet)
         # The pipeline owns the UNet's processors from here on: inversion and denoising both run
-        # through them (plain while state.step is None), never through whatever was set before.
+        # through them (plain while state.iteration is None), never through whatever was set before.
         install_processors(unet, "qalign", self.state)
         self._installed_method = "qalign"
         self._rows = {"inversion": 0, "denoising": 0}
@@ -267,14 +267,15 @@ class QAlignPipeline:
         return latents * self.vae.config.scaling_factor
 
     def ddpm_schedule(self, steps: int) -> DDPMSchedule:
-        """The scheduler's timesteps for ``steps``, refused with a ValueError naming ``steps`` if invalid."""
-        try:
-            ddpm = DDPMSchedule.from_scheduler(self.scheduler, steps)
-        except ValueError as exc:
-            raise ValueError(f"steps: {exc}") from exc
+        """The scheduler's timesteps for ``steps``; an error naming ``steps`` if this scheduler cannot."""
         train_steps = len(self.scheduler.alphas_cumprod)
+        refusal = f"steps: this model's scheduler supports at most {train_steps - 1}; got {steps}"
+        try:  # diffusers refuses more steps than training had; one more overruns with steps_offset
+            ddpm = DDPMSchedule.from_scheduler(self.scheduler, steps)
+        except (ValueError, IndexError) as exc:
+            raise InvalidParametersError(refusal) from exc
         if int(ddpm.timesteps.max()) >= train_steps or len(ddpm) != steps:
-            raise ValueError(f"steps: this model's scheduler supports at most {train_steps - 1}; got {steps}")
+            raise InvalidParametersError(refusal)
         return ddpm
 
     def inversion_noise(self, schedule: DDPMSchedule, cond, uncond, batch: int):
@@ -441,7 +442,7 @@ class QAlignPipeline:
     def _check_size(self, size: int) -> None:
         multiple = self.vae_scale * 2 ** (len(self.unet.config.block_out_channels) - 1)
         if size % multiple:
-            raise ValueError(f"size must be a multiple of {multiple} for this model; got {size}")
+            raise InvalidParametersError(f"size must be a multiple of {multiple} for this model; got {size}")
 
     def _now(self) -> float:
         if self.device.type == "cuda":
