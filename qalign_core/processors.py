@@ -193,7 +193,8 @@ class CaptureCrossAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
         capture = self.state.capture
-        if capture.active and encoder_hidden_states is not None and hidden_states.shape[0] > STRUCT:
+        wanted = encoder_hidden_states is not None and hidden_states.shape[0] > STRUCT
+        if wanted and capture.wants_cross(hidden_states.shape[1]):  # project only the layer kept
             rows = slice(APP, STRUCT + 1)
             q = attn.to_q(hidden_states[rows])
             k = attn.to_k(encoder_hidden_states[rows])

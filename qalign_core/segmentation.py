@@ -43,8 +43,12 @@ class AttentionCapture:
             self.self_qk = (q.detach().clone(), k.detach().clone())
             self.layers.append(layer)
 
+    def wants_cross(self, query_tokens: int) -> bool:
+        """Whether a cross-attention call with this many queries is one to keep (half the grid)."""
+        return self.active and query_tokens * 4 == self.latent_tokens
+
     def record_cross(self, layer: str, q: torch.Tensor, k: torch.Tensor) -> None:
-        if self.active and q.shape[-2] * 4 == self.latent_tokens:
+        if self.wants_cross(q.shape[-2]):
             self.cross_qk = (q.detach().clone(), k.detach().clone())
             self.layers.append(layer)
 
