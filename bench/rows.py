@@ -12,13 +12,14 @@ from typing import Any
 from bench.common import comparison, test_images, tiny_model_dir
 from bench.e2e import QUICK_PARAMS
 from qalign_core.params import TransferParams
+from qalign_core.schedule import schedule_for
 
 
 def predicted_rows(params: TransferParams, fused: bool, images_to_invert: int = 2) -> dict[str, int]:
     """Rows the pipeline evaluates for ``params``: inversion (2 CFG rows per image per run step but
     the last, whose noise map is zero) and denoising (3 rows, plus 1 (fused) or 3 (6-row way) on
     iterations where a layer mixes and swap guidance is on)."""
-    plan = params.schedule()
+    plan = schedule_for(params)
     denoising = sum(
         (4 if fused else 6) if _two_passes(params, plan, n) else 3 for n in range(plan.iterations)
     )
@@ -30,7 +31,7 @@ def _two_passes(params: TransferParams, plan, n: int) -> bool:
 
 
 def aligned_steps(params: TransferParams) -> int:
-    plan = params.schedule()
+    plan = schedule_for(params)
     return sum(_two_passes(params, plan, n) for n in range(plan.iterations))
 
 
@@ -53,7 +54,7 @@ def run(*, device: str = "cpu", quick: bool = False) -> dict[str, Any]:
     sd15 = TransferParams()  # SD 1.5 defaults: 100 steps, skip 32, aligned [10,90) and [10,70)
     predicted = {"fused": predicted_rows(sd15, True), "six_row": predicted_rows(sd15, False)}
     guided = aligned_steps(sd15)
-    run_steps = sd15.schedule().iterations
+    run_steps = schedule_for(sd15).iterations
     comparisons = []
     sources = (
         (f"tiny model, counted ({params.steps} steps)", counted),

@@ -18,6 +18,7 @@ from qalign_core.freeu import DecoderFreeU
 from qalign_core.params import TransferParams
 from qalign_core.pipeline import PipelineConfig, share_timestep_rows
 from qalign_core.processors import OUT, AlignmentState, install_processors
+from qalign_core.schedule import schedule_for
 
 #: An iteration aligned at both grid levels, not a structure-injection one (default schedule).
 ALIGNED_STEP = 50
@@ -47,7 +48,7 @@ def run(
     if PipelineConfig().freeu == "cia":
         DecoderFreeU().attach(unet)
     share_timestep_rows(unet)
-    state = AlignmentState(contrast_strength=CONTRAST, schedule=TransferParams().schedule())
+    state = AlignmentState(contrast_strength=CONTRAST, schedule=schedule_for(TransferParams()))
     install_processors(unet, "qalign", state)
     generator = torch.Generator("cpu").manual_seed(0)
     cond = torch.randn(1, 77, unet.config.cross_attention_dim, generator=generator).to(device, dtype)

@@ -25,7 +25,7 @@ from qalign_core.images import ImageInput, centre_square, encode_image, load_ima
 from qalign_core.inversion import Inversion, InversionCache, inversion_key, invert, noise_seed
 from qalign_core.params import TransferParams
 from qalign_core.processors import APP, OUT, AlignmentState, install_processors
-from qalign_core.schedule import DenoiseSchedule
+from qalign_core.schedule import DenoiseSchedule, schedule_for
 from qalign_core.segmentation import ObjectMasks, compute_object_masks, noun_token_positions
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -210,7 +210,7 @@ class QAlignPipeline:
 
         t0 = self._now()
         ddpm = self.ddpm_schedule(params.steps)
-        plan = params.schedule(self.config.injection_every, self.config.injection_before)
+        plan = schedule_for(params, self.config.injection_every, self.config.injection_before)
         inversions, hits = self.invert_images(
             pixels, params, ddpm, plan, cond, uncond, report, inversion_cache
         )

@@ -13,6 +13,10 @@ counter that its callback updates *after* each iteration, so at iteration ``n`` 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qalign_schema.params import TransferParams
 
 #: The step count CIA's published values are given for.
 REFERENCE_STEPS = 100
@@ -110,3 +114,17 @@ class DenoiseSchedule:
             "guided": [n for n in every if self.guided(n)],
             "adain": [n for n in every if self.adain_after(n)],
         }
+
+
+def schedule_for(
+    params: TransferParams, injection_every: int = 5, injection_before: int = 40
+) -> DenoiseSchedule:
+    """A request's schedule in iterations of its own run."""
+    return DenoiseSchedule.build(
+        params.steps,
+        params.skip_steps,
+        (tuple(params.align_steps_fine), tuple(params.align_steps_coarse)),
+        tuple(params.adain_steps),
+        injection_every=injection_every,
+        injection_before=injection_before,
+    )

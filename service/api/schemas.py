@@ -1,5 +1,6 @@
-"""What the API sends and accepts: the job object (defined with the job runtime, service.jobs.public,
-because webhooks send it too), the transfer request, problem details and the OpenAPI request body.
+"""What the API sends and accepts: the public shapes (job object, problem details; defined once in
+qalign_schema, shared with webhooks and the Python client), the transfer request and the OpenAPI
+request body.
 """
 
 from __future__ import annotations
@@ -7,29 +8,22 @@ from __future__ import annotations
 import typing
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from qalign_core.params import TransferParams
-from service.jobs.public import ErrorOut, JobMetricsOut, JobOut, ResultOut
+from qalign_schema.jobs import ErrorOut, JobList, JobMetricsOut, JobOut, JobUrls, ResultOut
+from qalign_schema.problems import FieldProblem, Problem
 
-__all__ = ["ErrorOut", "JobMetricsOut", "JobOut", "ResultOut"]
-
-
-class FieldProblem(BaseModel):
-    field: str
-    message: str
-    allowed: str | None = Field(None, description="The accepted values or range of the field.")
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details."""
-
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
-    instance: str | None = None
-    errors: list[FieldProblem] | None = None
+__all__ = [
+    "ErrorOut",
+    "FieldProblem",
+    "JobList",
+    "JobMetricsOut",
+    "JobOut",
+    "JobUrls",
+    "Problem",
+    "ResultOut",
+]
 
 
 class TransferJSONRequest(TransferParams):

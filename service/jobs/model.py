@@ -6,12 +6,12 @@ import os
 import socket
 import uuid
 from datetime import UTC, datetime
-from typing import Literal, get_args
+from typing import get_args
 
 from pydantic import BaseModel, Field
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
-JobStage = Literal["queued", "loading", "inverting", "denoising", "decoding", "uploading", "done"]
+from qalign_schema.jobs import JobStage, JobStatus
+
 STATUSES: tuple[str, ...] = get_args(JobStatus)
 STAGES: tuple[str, ...] = get_args(JobStage)
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})

@@ -9,60 +9,14 @@ the worker can build webhook bodies without importing the HTTP layer.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
-from typing import Literal
+from datetime import timedelta
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from service.jobs.model import Job, JobStage, JobStatus, utcnow
+from qalign_schema.jobs import ErrorOut, JobMetricsOut, JobOut, ResultOut
+from service.jobs.model import Job, utcnow
 from service.settings import Settings
 from service.storage import ObjectStore, StorageUnavailable
 
 logger = logging.getLogger("qalign.jobs")
-
-
-class ResultOut(BaseModel):
-    url: str = Field(description="Presigned store URL, or /jobs/{id}/result on the local store.")
-    content_type: str
-    width: int
-    height: int
-    expires_at: datetime | None = Field(None, description="When url stops working; null = never.")
-
-
-class ErrorOut(BaseModel):
-    type: str = Field(description="Machine-readable kind, e.g. invalid_image, internal_error, interrupted.")
-    detail: str
-
-
-class JobMetricsOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    queue_s: float | None = None
-    inversion_s: float | None = None
-    denoise_s: float | None = None
-    decode_s: float | None = None
-    total_s: float | None = None
-    inversion_cache_hits: int | None = Field(None, ge=0, le=2)
-    adain_applied: Literal["masked", "plain", "none"] | None = Field(
-        None, description='The AdaIN that ran: "plain" also when masked AdaIN found no object.'
-    )
-    object_masks_found: bool | None = Field(
-        None, description="Whether masked AdaIN's self-segmentation found the object (null: not asked)."
-    )
-
-
-class JobOut(BaseModel):
-    id: str
-    status: JobStatus
-    stage: JobStage
-    progress: float = Field(ge=0.0, le=1.0)
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    params: dict = Field(description="The effective parameters (size is filled in once the job has run).")
-    result: ResultOut | None
-    error: ErrorOut | None
-    metrics: JobMetricsOut
 
 
 def job_out(job: Job, store: ObjectStore, settings: Settings) -> JobOut:

@@ -20,6 +20,7 @@ from safetensors import safe_open
 
 from qalign_core.inversion import Inversion, invert_trajectories
 from qalign_core.params import TransferParams
+from qalign_core.schedule import schedule_for
 
 DATA = Path(__file__).resolve().parent / "data"
 GOLDEN = DATA / "cia_golden.safetensors"
@@ -102,7 +103,7 @@ def test_cross_image_reaches_cias_final_latent(pipe, golden, prompt):
     with torch.inference_mode():
         ddpm = pipe.ddpm_schedule(params.steps)
         latent, masks, applied = pipe.denoise(
-            structure, appearance, params, ddpm, params.schedule(), prompt[0], lambda *a: None
+            structure, appearance, params, ddpm, schedule_for(params), prompt[0], lambda *a: None
         )
     assert masks is None and applied == meta["adain"] == "plain"
     error = relative_l2(latent, tensors["final_latents"][0])

@@ -12,6 +12,7 @@ from PIL import Image
 from qalign_core.errors import ModelLoadError, TransferCanceled
 from qalign_core.inversion import MemoryInversionCache
 from qalign_core.params import TransferParams
+from qalign_core.schedule import schedule_for
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_four_rows_per_step_equal_the_six_row_way(pipe, photos, fast_params):
     finally:
         pipe.config = original
     assert np.array_equal(np.asarray(fused.image), np.asarray(six_rows.image))
-    plan = fast_params.schedule()
+    plan = schedule_for(fast_params)
     run_steps = plan.iterations
     aligned_steps = sum(plan.any_mixed(n) and plan.guided(n) for n in range(run_steps))
     assert aligned_steps == 8
@@ -92,7 +93,7 @@ def test_plain_generation_from_inverted_latents_reconstructs_the_image_latent(ti
         pixels = [pipe.prepare_image(p, 128) for p in photos]
         cond, uncond = pipe.encode_prompt(params.effective_prompt)
         ddpm = pipe.ddpm_schedule(params.steps)
-        plan = params.schedule()
+        plan = schedule_for(params)
         inversions, _ = pipe.invert_images(pixels, params, ddpm, plan, cond, uncond, lambda *a: None, None)
         clean = pipe.encode_images(pixels)[0]
         seed = noise_seed(pixels[0].numpy().tobytes(), params.seed)

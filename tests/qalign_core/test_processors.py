@@ -7,6 +7,7 @@ import torch
 
 from qalign_core.params import TransferParams
 from qalign_core.processors import AlignmentState, install_processors
+from qalign_core.schedule import schedule_for
 
 
 def test_alignment_log_covers_exactly_the_configured_layers_and_steps(pipe, photos, fast_params):
@@ -22,7 +23,7 @@ def test_alignment_log_covers_exactly_the_configured_layers_and_steps(pipe, phot
         b: {(step, mode) for layer, step, mode in result.alignment_log if layer.startswith(f"up_blocks.{b}")}
         for b in (2, 3)
     }
-    plan = fast_params.schedule()
+    plan = schedule_for(fast_params)
     expected = {
         level: {(n, plan.mode(level, n)) for n in range(plan.iterations) if plan.mode(level, n)}
         for level in (0, 1)
@@ -40,7 +41,7 @@ def test_only_row_out_changes(tiny_model_dir):
     latents = torch.randn(3, 4, 16, 16, generator=g)
     embeddings = torch.randn(1, 77, 32, generator=g).expand(3, -1, -1)
     t = torch.tensor(500)
-    state = AlignmentState(contrast_strength=1.67, latent_tokens=256, schedule=TransferParams().schedule())
+    state = AlignmentState(contrast_strength=1.67, latent_tokens=256, schedule=schedule_for(TransferParams()))
     install_processors(unet, "qalign", state)
     with torch.inference_mode():
         state.iteration = None

@@ -1,0 +1,114 @@
+"""Per-request parameters of a transfer, with their defaults and validated ranges.
+
+One model serves the library, the CLI, the HTTP API and the Python client, so a value refused in one
+place is refused with the same message everywhere. Pydantic only: the client installs it without torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+StepRange = tuple[int, int]
+
+#: The most DDPM steps: SD 1.5's scheduler (1000 training steps, steps_offset 1) supports up to 999.
+MAX_STEPS = 999
+
+SCHEDULE_UNITS = (
+    "In CIA's units: steps of a 100-step run counted from the first denoising step, scaled by "
+    "steps/100 (at steps=100 exactly Cross-Image Attention's schedule)."
+)
+
+
+class TransferParams(BaseModel):
+    """Everything a caller may set for one transfer (see docs/algorithm.md for what each does)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["qalign", "cross_image"] = Field(
+        "qalign", description="Attention method: Q-Align (default) or the Cross-Image Attention baseline."
+    )
+    steps: int = Field(
+        100, ge=2, le=MAX_STEPS, description="DDPM steps T of inversion and denoising (schedule scales)."
+    )
+    skip_steps: int = Field(
+        32,
+        ge=0,
+        le=99,
+        description="Leading (noisiest) steps skipped, out of 100: denoising starts at "
+        "round(skip_steps * steps / 100), always leaving at least one step.",
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the inversion noise.")
+    domain: str = Field(
+        "object",
+        min_length=1,
+        max_length=64,
+        description='Prompt subject: "A photo of a {domain}"; also the object noun masked AdaIN looks for.',
+    )
+    prompt: str | None = Field(
+        None, min_length=1, max_length=300, description="Full prompt; replaces the domain prompt when given."
+    )
+    swap_guidance_scale: float = Field(
+        3.5,
+        ge=1.0,
+        le=20.0,
+        allow_inf_nan=False,
+        description="Swap guidance s at the first denoising step, falling to max(s/2, 1); 1 = off.",
+    )
+    contrast_strength: float = Field(
+        1.67, gt=0.0, le=10.0, allow_inf_nan=False, description="Attention contrast c (1 = none)."
+    )
+    per_head: bool = Field(False, description="Q-Align only: one query-query mapping per attention head.")
+    align_steps_fine: StepRange = Field(
+        (10, 90),
+        description="Steps [start, end) aligned at the finest token grid (64x64 for SD 1.5). "
+        + SCHEDULE_UNITS,
+    )
+    align_steps_coarse: StepRange = Field(
+        (10, 70),
+        description="Steps [start, end) aligned at the second-finest grid (32x32 for SD 1.5). "
+        + SCHEDULE_UNITS,
+    )
+    adain: Literal["masked", "plain", "none"] = Field(
+        "masked",
+        description="AdaIN of the output toward the appearance: within self-segmented object masks "
+        "(CIA's default; plain when no object is found), over the whole latent, or none.",
+    )
+    adain_steps: StepRange = Field(
+        (20, 100), description="Steps [start, end) after which AdaIN is applied. " + SCHEDULE_UNITS
+    )
+    size: int | None = Field(
+        None,
+        ge=64,
+        le=1024,
+        multiple_of=64,
+        description="Output side in pixels; default the model's native size.",
+    )
+    output_format: Literal["png", "jpeg", "webp"] = Field("png", description="Encoding of the result image.")
+
+    @field_validator("adain", mode="before")
+    @classmethod
+    def _adain_from_bool(cls, value: object) -> object:
+        """Booleans of the first API version (form fields send text): true = masked, false = none."""
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            value = value.strip().lower() == "true"
+        if isinstance(value, bool):
+            return "masked" if value else "none"
+        return value
+
+    @field_validator("align_steps_fine", "align_steps_coarse", "adain_steps")
+    @classmethod
+    def _check_range(cls, value: StepRange) -> StepRange:
+        start, end = value
+        if not 0 <= start <= end <= 100:
+            raise ValueError(f"must be [start, end) with 0 <= start <= end <= 100; got {start}, {end}")
+        return value
+
+    @property
+    def effective_prompt(self) -> str:
+        return self.prompt if self.prompt is not None else f"A photo of a {self.domain}"
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.output_format}"
