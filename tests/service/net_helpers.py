@@ -103,7 +103,9 @@ class LocalServer:
     """A threaded HTTP or HTTPS server on 127.0.0.1; ``respond(seen)`` builds each answer (or writes
     it itself through the handler, for slow or endless bodies) and every request is kept in ``seen``."""
 
-    def __init__(self, respond: Callable[[Seen, BaseHTTPRequestHandler], Reply | None], tls: TlsFiles | None = None):
+    def __init__(
+        self, respond: Callable[[Seen, BaseHTTPRequestHandler], Reply | None], tls: TlsFiles | None = None
+    ):
         self.seen: list[Seen] = []
         outer = self
 

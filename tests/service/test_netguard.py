@@ -37,12 +37,14 @@ def test_any_non_public_address_is_refused(addresses, fragment):
 
 
 def test_allow_entries_are_host_names_addresses_or_networks():
-    resolver = pinned_resolver({"a.internal": ["10.0.0.5"], "b.internal": ["10.0.0.6"], "c.internal": ["10.9.0.1"]})
+    table = {"a.internal": ["10.0.0.5"], "b.internal": ["10.0.0.6"], "c.internal": ["10.9.0.1"]}
+    resolver = pinned_resolver(table)
     policy = NetPolicy(resolver=resolver, allow=("a.internal", "10.0.0.6", "10.9.0.0/16"))
     for host in ("a.internal", "b.internal", "c.internal"):
         assert pin(f"http://{host}/", policy, name="u").addresses
     with pytest.raises(UrlRefused, match="private"):
-        pin("http://d.internal/", NetPolicy(resolver=lambda h, p: ["10.0.0.7"], allow=("10.0.0.6",)), name="u")
+        other = NetPolicy(resolver=lambda h, p: ["10.0.0.7"], allow=("10.0.0.6",))
+        pin("http://d.internal/", other, name="u")
 
 
 def test_scheme_host_and_credentials_are_checked_before_resolving():
@@ -107,11 +109,11 @@ def test_https_keeps_sni_and_certificate_checks_for_the_host_name(tls):
             assert response.status_code == 200 and response.read() == b"hello"
         assert server.seen[0].headers["Host"] == f"hook.test:{server.port}"
         wrong_name = pin(f"https://other.test:{server.port}/in", policy, name="u")
-        with pytest.raises(httpx.ConnectError, match="certificate"), open_pinned(wrong_name, "GET", policy, timeout=10):
-            pass
+        with pytest.raises(httpx.ConnectError, match="certificate"):
+            open_pinned(wrong_name, "GET", policy, timeout=10).__enter__()
         untrusted = NetPolicy(resolver=resolver, allow=("127.0.0.1",))  # certifi's CAs only
-        with pytest.raises(httpx.ConnectError, match="certificate"), open_pinned(pinned, "GET", untrusted, timeout=10):
-            pass
+        with pytest.raises(httpx.ConnectError, match="certificate"):
+            open_pinned(pinned, "GET", untrusted, timeout=10).__enter__()
         assert len(server.seen) == 1, "no request is sent over an unverified connection"
     finally:
         server.close()
