@@ -245,7 +245,7 @@ class WebhookDelivery:
                     thread.start()
         if full:
             detail = f"the delivery queue is full ({self.max_pending} events waiting)"
-            self._give_up(event, "queue_full", detail)
+            self.give_up(event, "queue_full", detail)
             return
         self._ready.put(event.job_id)
 
@@ -280,12 +280,12 @@ class WebhookDelivery:
             try:
                 if not outcome.delivered:
                     reason = "refused" if outcome.detail.startswith("refused") else "failed"
-                    self._give_up(event, reason, outcome.detail)
+                    self.give_up(event, reason, outcome.detail)
             finally:
                 with self._lock:
                     self._pending -= 1
 
-    def _give_up(self, event: WebhookEvent, reason: str, detail: str) -> None:
+    def give_up(self, event: WebhookEvent, reason: str, detail: str) -> None:
         """The one place an event is abandoned: a log line, the counter, the job record."""
         with self._lock:
             self.undelivered[reason] += 1
@@ -359,7 +359,7 @@ class JobWebhooks:
         except Exception as exc:  # e.g. presigning failed: the job's outcome stands regardless
             log.warning("could not build the webhook body", exc_info=True, extra={"job_id": job.id})
             failed = WebhookEvent(job.id, job.status, job.webhook_url, b"")
-            self.delivery._give_up(failed, "failed", f"the body could not be built: {describe(exc)}")
+            self.delivery.give_up(failed, "failed", f"the body could not be built: {describe(exc)}")
             return
         self.delivery.post(WebhookEvent(job.id, job.status, job.webhook_url, body))
 
