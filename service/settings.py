@@ -7,6 +7,8 @@ instance role), so they never pass through our code or logs.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -158,6 +160,18 @@ class Settings(BaseSettings):
                 f"QALIGN_VISIBILITY_TIMEOUT ({self.visibility_timeout} s) must exceed the hard job time "
                 f"limit ({self.job_hard_time_limit} s = QALIGN_JOB_TIME_LIMIT {self.job_time_limit} + grace)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_secret_decodes(self) -> Settings:
+        """A ``whsec_`` secret is base64 (Standard Webhooks): fail at start, not at the first delivery."""
+        secret = self.webhook_secret or ""
+        if secret.startswith("whsec_"):
+            try:
+                base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+            except (binascii.Error, ValueError) as exc:
+                message = "QALIGN_WEBHOOK_SECRET starts with whsec_ but is not base64 after it"
+                raise ValueError(message) from exc
         return self
 
     @property

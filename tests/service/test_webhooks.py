@@ -480,3 +480,13 @@ def test_events_past_the_queue_bound_are_recorded_on_their_jobs(make_client, hoo
     finally:
         release.set()
         slow.close()
+
+
+def test_a_malformed_whsec_secret_is_refused_at_start():
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    with pytest.raises(ValidationError, match="not base64"):
+        Settings(_env_file=None, webhook_secret="whsec_not base64!")
+    assert Settings(_env_file=None, webhook_secret="whsec_c2VjcmV0").webhook_secret
