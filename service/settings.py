@@ -133,12 +133,12 @@ class Settings(BaseSettings):
         return (2 * self.max_upload_bytes * 4) // 3 + 4 + 1024 * 1024
 
     @property
-    def allowed_webhook_hosts(self) -> tuple[str, ...]:
-        return tuple(h.strip().lower() for h in self.webhook_allow_hosts.split(",") if h.strip())
-
-    @property
     def allowed_input_url_hosts(self) -> tuple[str, ...]:
         return tuple(h.strip().lower() for h in self.input_url_allow_hosts.split(",") if h.strip())
+
+    @property
+    def allowed_webhook_hosts(self) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in self.webhook_allow_hosts.split(",") if h.strip())
 
     @property
     def job_hard_time_limit(self) -> int:
