@@ -30,6 +30,10 @@ class UrlRefused(ValueError):
     """The URL may not be fetched or called; the message says why and what is allowed."""
 
 
+class HostNotResolved(UrlRefused):
+    """The host name did not resolve (now): refused, but a later attempt may succeed."""
+
+
 def resolve(host: str, port: int) -> list[str]:
     """Every address of ``host`` in the resolver's order of preference, without duplicates."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -111,9 +115,9 @@ def pin(url: str, policy: NetPolicy, *, name: str) -> PinnedUrl:
     try:
         addresses = policy.resolver(host, port)
     except (OSError, UnicodeError, ValueError) as exc:
-        raise UrlRefused(f"{name} host {host!r} does not resolve: {exc}") from exc
+        raise HostNotResolved(f"{name} host {host!r} does not resolve: {exc}") from exc
     if not addresses:
-        raise UrlRefused(f"{name} host {host!r} does not resolve")
+        raise HostNotResolved(f"{name} host {host!r} does not resolve")
     if not policy.allows_host(host):
         for address in addresses:
             kind = forbidden_kind(address)

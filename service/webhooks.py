@@ -32,7 +32,17 @@ import httpx
 from service.jobs.model import TERMINAL, Job, UndeliveredWebhook, utcnow
 from service.jobs.public import job_json
 from service.jobs.store import JobRecords
-from service.netguard import NetPolicy, PinnedUrl, Resolver, UrlRefused, describe, open_pinned, pin, resolve
+from service.netguard import (
+    HostNotResolved,
+    NetPolicy,
+    PinnedUrl,
+    Resolver,
+    UrlRefused,
+    describe,
+    open_pinned,
+    pin,
+    resolve,
+)
 from service.settings import Settings
 from service.storage import ObjectStore
 
@@ -148,31 +158,45 @@ def deliver(
     for attempt in range(1, attempts + 1):
         try:
             pinned = pin(url, policy, name="webhook_url")
+        except HostNotResolved as exc:  # DNS trouble may pass: retried like a failed POST
+            pinned, outcome = None, str(exc)
         except UrlRefused as exc:
             log.warning("webhook refused", extra={"url": url, "reason": str(exc)})
             return Outcome(False, f"refused: {exc}")
-        timestamp = int(clock())
-        headers = {
-            "Content-Type": "application/json",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(msg_id, timestamp, body, secret),
-            SIGNATURE_HEADER: legacy_sign(body, secret),
-        }
-        try:
-            with open_pinned(
-                pinned, "POST", policy, timeout=timeout_s, content=body, headers=headers
-            ) as answer:
-                status = answer.status_code
-            if 200 <= status < 300:
-                return Outcome(True, f"HTTP {status}")
-            outcome = f"HTTP {status}"
-        except httpx.HTTPError as exc:
-            outcome = describe(exc)
+        if pinned is not None:
+            status, outcome = _post(pinned, policy, body, secret, msg_id, int(clock()), timeout_s)
+            if status is not None and 200 <= status < 300:
+                return Outcome(True, outcome)
         log.warning("webhook attempt failed", extra={"url": url, "attempt": attempt, "outcome": outcome})
         if attempt < attempts:
             sleep(backoff_s * 2 ** (attempt - 1))
     return Outcome(False, f"{attempts} attempt(s) failed, last: {outcome}")
+
+
+def _post(
+    pinned: PinnedUrl,
+    policy: NetPolicy,
+    body: bytes,
+    secret: str,
+    msg_id: str,
+    timestamp: int,
+    timeout_s: float,
+) -> tuple[int | None, str]:
+    """One signed POST to the pinned address: (status, "HTTP <status>"), or (None, why it failed)."""
+    headers = {
+        "Content-Type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(msg_id, timestamp, body, secret),
+        SIGNATURE_HEADER: legacy_sign(body, secret),
+    }
+    try:
+        with open_pinned(
+            pinned, "POST", policy, timeout=timeout_s, content=body, headers=headers
+        ) as answer:
+            return answer.status_code, f"HTTP {answer.status_code}"
+    except httpx.HTTPError as exc:
+        return None, describe(exc)
 
 
 @dataclass(frozen=True)

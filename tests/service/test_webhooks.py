@@ -490,3 +490,32 @@ def test_a_malformed_whsec_secret_is_refused_at_start():
     with pytest.raises(ValidationError, match="not base64"):
         Settings(_env_file=None, webhook_secret="whsec_not base64!")
     assert Settings(_env_file=None, webhook_secret="whsec_c2VjcmV0").webhook_secret
+
+
+def test_a_host_that_does_not_resolve_yet_is_retried():
+    """DNS trouble at delivery time may pass: retried like a failed POST, then delivered."""
+    server = LocalServer(lambda seen, handler: Reply(204))
+    answers = iter([OSError("Temporary failure in name resolution"), ["127.0.0.1"]])
+
+    def flaky(host, port):
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    sleeps = []
+    try:
+        outcome = deliver(
+            server.url("hooks.test", "/h"),
+            b"{}",
+            "k",
+            msg_id="m",
+            allow_hosts=["127.0.0.1"],
+            attempts=2,
+            backoff_s=0.01,
+            resolver=flaky,
+            sleep=sleeps.append,
+        )
+        assert outcome == (True, "HTTP 204") and sleeps == [0.01] and len(server.seen) == 1
+    finally:
+        server.close()
