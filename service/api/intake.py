@@ -160,6 +160,8 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
             f"send multipart/form-data or application/json, not {content_type or 'no content type'}",
             kind="unsupported-media-type",
         )
+    # Resolves the host (off the event loop); before any image URL is fetched, which costs more.
+    await run_in_threadpool(check_webhook, parsed.webhook, settings)
     if parsed.urls:  # both fetched at once; the first field's refusal wins
         names = list(parsed.urls)
         fetched = await _all([run_in_threadpool(fetch_input, n, parsed.urls[n], settings) for n in names])
@@ -171,7 +173,6 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
         for name in IMAGE_FIELDS
     ]
     images = dict(zip(IMAGE_FIELDS, await _all(checks), strict=True))
-    await run_in_threadpool(check_webhook, parsed.webhook, settings)  # resolves the host: off the event loop
     return Submission(
         params=parsed.params,
         images=images,

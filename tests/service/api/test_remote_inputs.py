@@ -179,3 +179,12 @@ def test_untrusted_certificate_and_closed_port_fail_cleanly(make_client, url_set
     body = json_body(f"https://127.0.0.1:{closed}/s.png", base64.b64encode(small_images[1]).decode())
     problem = assert_problem(client.post("/transfer", json=body), 422)
     assert "ConnectError" in problem["detail"] and problem["errors"][0]["field"] == "structure"
+
+
+def test_a_refused_webhook_costs_no_fetch(make_client, url_settings, origin):
+    client = make_client(url_settings.model_copy(update={"webhook_secret": "s"}))
+    body = json_body(
+        origin.url(path="/s.png"), origin.url(path="/a.jpg"), webhook_url="http://169.254.169.254/hook"
+    )
+    problem = assert_problem(client.post("/transfer", json=body), 422)
+    assert problem["errors"][0]["field"] == "webhook_url" and origin.seen == []
