@@ -98,11 +98,15 @@ def forbidden_kind(address: str) -> str | None:
 
 def pin(url: str, policy: NetPolicy, *, name: str) -> PinnedUrl:
     """Check ``url`` (named ``name`` in messages) and resolve its host once; raise UrlRefused."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise UrlRefused(f"{name} is not a valid URL: {exc}") from exc
     if parts.scheme not in policy.schemes:
         allowed = " or ".join(policy.schemes)
         raise UrlRefused(f"{name} must use {allowed}; got {parts.scheme or 'no scheme'!r}")
-    if not parts.hostname:
+    if not hostname:
         raise UrlRefused(f"{name} has no host")
     if parts.username or parts.password:
         raise UrlRefused(f"{name} must not carry credentials")
@@ -111,7 +115,7 @@ def pin(url: str, policy: NetPolicy, *, name: str) -> PinnedUrl:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except (httpx.InvalidURL, ValueError) as exc:
         raise UrlRefused(f"{name} is not a valid URL: {exc}") from exc
-    host = parts.hostname.lower()
+    host = hostname.lower()
     try:
         addresses = policy.resolver(host, port)
     except (OSError, UnicodeError, ValueError) as exc:

@@ -84,7 +84,11 @@ def fetch_input(
             accept = {"Accept": "image/png, image/jpeg, image/webp"}
             with open_pinned(pinned, "GET", policy, timeout=remaining, headers=accept) as answer:
                 if answer.is_redirect and "location" in answer.headers:
-                    current = str(pinned.url.join(answer.headers["location"]))
+                    try:
+                        current = str(pinned.url.join(answer.headers["location"]))
+                    except (httpx.InvalidURL, ValueError) as exc:
+                        reason = f"{_show(current)} redirected to an invalid URL ({exc})"
+                        raise _failed(field, reason) from exc
                     continue
                 if not 200 <= answer.status_code < 300:
                     raise _failed(field, f"{_show(current)} answered HTTP {answer.status_code}")

@@ -32,6 +32,8 @@ def origin(tmp_path, small_images):
             return Reply(301, b"", {"Location": f"http://127.0.0.1:{server.port}/s.png"})
         if path == "/to-private":
             return Reply(302, b"", {"Location": "https://10.20.30.40/s.png"})
+        if path == "/bad-location":
+            return Reply(302, b"", {"Location": "https://[::1/x"})
         if path == "/loop":
             return Reply(302, b"", {"Location": "/loop"})
         if path == "/text":
@@ -135,12 +137,23 @@ def test_loopback_is_refused_without_the_allow_setting(make_client, url_settings
 
 
 @pytest.mark.parametrize(
+    "value", ["https://[::1/a.png", "https://example.com:99999/a.png", "https://exa mple.invalid/a.png"]
+)
+def test_malformed_urls_are_4xx(make_client, url_settings, small_images, value):
+    client = make_client(url_settings)
+    body = json_body(value, base64.b64encode(small_images[1]).decode())
+    problem = assert_problem(client.post("/transfer", json=body), 422)
+    assert problem["errors"][0]["field"] == "structure" and problem["type"].endswith("/invalid-input-url")
+
+
+@pytest.mark.parametrize(
     ("path", "status", "kind", "fragment"),
     [
         ("/missing.png", 422, "input-fetch-failed", "answered HTTP 404"),
         ("/to-http", 422, "invalid-input-url", "must use https"),
         ("/to-private", 422, "invalid-input-url", "private address 10.20.30.40"),
         ("/loop", 422, "input-fetch-failed", "redirected more than 5 times"),
+        ("/bad-location", 422, "input-fetch-failed", "redirected to an invalid URL"),
         ("/declared-big", 413, "too-large", f"over the limit of {MAX_UPLOAD} bytes"),
         ("/endless", 413, "too-large", f"over the limit of {MAX_UPLOAD} bytes"),
         ("/text", 400, "not-an-image", "not an image"),
