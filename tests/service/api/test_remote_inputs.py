@@ -153,7 +153,7 @@ def test_malformed_urls_are_4xx(make_client, url_settings, small_images, value):
         ("/to-http", 422, "invalid-input-url", "must use https"),
         ("/to-private", 422, "invalid-input-url", "private address 10.20.30.40"),
         ("/loop", 422, "input-fetch-failed", "redirected more than 5 times"),
-        ("/bad-location", 422, "input-fetch-failed", "redirected to an invalid URL"),
+        ("/bad-location", 422, "input-fetch-failed", "Invalid URL in location header"),
         ("/declared-big", 413, "too-large", f"over the limit of {MAX_UPLOAD} bytes"),
         ("/endless", 413, "too-large", f"over the limit of {MAX_UPLOAD} bytes"),
         ("/text", 400, "not-an-image", "not an image"),
