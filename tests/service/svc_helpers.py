@@ -80,13 +80,9 @@ def encode(image: Image.Image, fmt: str) -> bytes:
 
 def new_job(stores: JobStores, **fields) -> Job:
     """A queued record, created in ``stores``."""
-    job = Job(
-        id=new_job_id(),
-        created_at=utcnow(),
-        structure_key="inputs/" + "a" * 64,
-        appearance_key="inputs/" + "b" * 64,
-        **fields,
-    )
+    defaults = {"created_at": utcnow(), "structure_key": "inputs/" + "a" * 64}
+    defaults["appearance_key"] = "inputs/" + "b" * 64
+    job = Job(id=new_job_id(), **{**defaults, **fields})
     stores.records.create(job)
     return job
 
