@@ -65,6 +65,8 @@ class Job(BaseModel):
     webhook_events: list[str] | None = None  # the webhook_events_filter; None = every event
     webhook_undelivered: list[UndeliveredWebhook] = Field(default_factory=list)
     idempotency_key: str | None = None
+    base_url: str | None = None  # absolute base of the job's links, fixed at submission
+    revision: int = 1  # bumped by the store on every write: the events stream's event ids
 
     @property
     def finished(self) -> bool:
