@@ -52,6 +52,9 @@ class Job(BaseModel):
     owner: str | None = None
     webhook_url: str | None = None
     idempotency_key: str | None = None
+    #: Store keys of the cached inversions this job's runs read or wrote (erasure removes those
+    #: no other live job lists).
+    inversion_keys: list[str] = Field(default_factory=list)
 
     @property
     def finished(self) -> bool:
