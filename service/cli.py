@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import sys
+import logging
+
+logger = logging.getLogger("qalign.api")
 
 
 def serve(host: str, port: int) -> None:
-    """Run the API; in embedded mode, refuse at once (one line, exit 1) when another process holds
-    the data directory, before uvicorn starts or the port is bound."""
+    """Run the API; in embedded mode, refuse at once (one log line, exit 1) when another process
+    holds the data directory, before uvicorn starts or the port is bound."""
     import uvicorn
 
     from service.logs import configure_logging
@@ -21,7 +23,7 @@ def serve(host: str, port: int) -> None:
         try:
             hold_data_dir(settings.data_dir)  # held for the process's life; the app shares it
         except DataDirLocked as exc:
-            print(f"qalign serve: {exc}", file=sys.stderr)
+            logger.error("not started: %s", exc)
             raise SystemExit(1) from None
     # One process: the embedded mode's worker thread and SQLite store are per process.
     uvicorn.run(
