@@ -46,6 +46,8 @@ class SqliteDatabase:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10, isolation_level=None)
                 conn.execute("PRAGMA journal_mode=WAL")
+                # Erased and expired rows are overwritten, not left readable in free pages.
+                conn.execute("PRAGMA secure_delete=ON")
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 self.prune(conn)
