@@ -48,6 +48,8 @@ class SqliteDatabase:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10, isolation_level=None)
                 conn.execute("PRAGMA journal_mode=WAL")
+                # Erased and expired rows are overwritten, not left readable in free pages.
+                conn.execute("PRAGMA secure_delete=ON")
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 self.prune(conn)
@@ -131,6 +133,16 @@ class SqliteJobRecords:
                 (new.status, new.model_dump_json(), job_id),
             )
             return new
+
+        return self.db.transaction(run)
+
+    def delete(self, job_id: str) -> Job | None:
+        def run(db: sqlite3.Connection) -> Job | None:
+            row = db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            return Job.model_validate_json(row[0])
 
         return self.db.transaction(run)
 
