@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 
@@ -49,6 +50,8 @@ class ReadyAnnouncer:
 
 
 def serve(host: str, port: int) -> None:
+    """Run the API; in embedded mode, refuse at once (one line, exit 1) when another process holds
+    the data directory, before uvicorn starts or the port is bound."""
     import uvicorn
 
     from service.logs import configure_logging
@@ -56,6 +59,14 @@ def serve(host: str, port: int) -> None:
 
     settings = Settings()
     configure_logging(settings.log_level)
+    if settings.embedded:
+        from service.jobs.single_writer import DataDirLocked, hold_data_dir
+
+        try:
+            hold_data_dir(settings.data_dir)  # held for the process's life; the app shares it
+        except DataDirLocked as exc:
+            print(f"qalign serve: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
     from service.app import app
 
     # One process: the embedded mode's worker thread and SQLite store are per process. uvicorn's

@@ -54,6 +54,9 @@ class Job(BaseModel):
     idempotency_key: str | None = None
     base_url: str | None = None  # absolute base of the job's links, fixed at submission
     revision: int = 1  # bumped by the store on every write: the events stream's event ids
+    #: Store keys of the cached inversions this job's runs read or wrote (erasure removes those
+    #: no other live job lists).
+    inversion_keys: list[str] = Field(default_factory=list)
 
     @property
     def finished(self) -> bool:

@@ -102,6 +102,29 @@ class RedisJobRecords:
 
         return self.conn.call(run)
 
+    def delete(self, job_id: str) -> Job | None:
+        key = self._key(job_id)
+
+        def run() -> Job | None:
+            with self.client.pipeline() as pipe:
+                while True:  # retried when a writer changed the record between read and delete
+                    try:
+                        pipe.watch(key)
+                        raw = pipe.get(key)
+                        if not raw:
+                            pipe.unwatch()
+                            return None
+                        pipe.multi()
+                        pipe.delete(key)
+                        for status in STATUSES:
+                            pipe.zrem(self._status_key(status), job_id)
+                        pipe.execute()
+                        return Job.model_validate_json(raw)
+                    except redis.WatchError:
+                        continue
+
+        return self.conn.call(run)
+
     def ids_by_status(self, status: str) -> list[str]:
         return list(self.conn.call(self.client.zrange, self._status_key(status), 0, -1))
 

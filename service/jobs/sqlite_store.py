@@ -134,6 +134,16 @@ class SqliteJobRecords:
 
         return self.db.transaction(run)
 
+    def delete(self, job_id: str) -> Job | None:
+        def run(db: sqlite3.Connection) -> Job | None:
+            row = db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            return Job.model_validate_json(row[0])
+
+        return self.db.transaction(run)
+
     def ids_by_status(self, status: str) -> list[str]:
         query = "SELECT id FROM jobs WHERE status = ? ORDER BY created"
         return [r[0] for r in self.db.run(lambda db: db.execute(query, (status,)).fetchall())]

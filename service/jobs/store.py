@@ -45,6 +45,12 @@ class JobRecords(Protocol):
         """
         ...
 
+    def delete(self, job_id: str) -> Job | None:
+        """Remove the record and its index entries atomically (erasure); the record as it was at
+        removal, or None for an unknown id. Later ``modify`` calls find nothing, so no late write
+        can bring it back."""
+        ...
+
     def ids_by_status(self, status: str) -> list[str]:
         """Ids in ``status``, oldest first."""
         ...

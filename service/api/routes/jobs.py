@@ -1,4 +1,5 @@
-"""GET /jobs, GET and DELETE /jobs/{id}, GET /jobs/{id}/result, GET /jobs/{id}/events."""
+"""GET /jobs, GET and DELETE /jobs/{id} (cancel, or erase with ?purge=true), DELETE /jobs/{id}/data
+(erase), GET /jobs/{id}/result, GET /jobs/{id}/events."""
 
 from __future__ import annotations
 
@@ -43,13 +44,24 @@ def get_job(job_id: str, request: Request, svc: ServicesDep, owner: Owner) -> Jo
     response_model=JobOut,
     responses={
         202: {"model": JobOut, "description": "Running job: it stops at its next step"},
+        204: {"description": "purge=true: the job and its data were erased"},
         **AUTH,
         404: PROBLEM,
         503: PROBLEM,
     },
 )
-def cancel_job(job_id: str, request: Request, response: Response, svc: ServicesDep, owner: Owner) -> JobOut:
-    """Queued: canceled at once (200). Running: stops at its next step (202). Finished: unchanged (200)."""
+def cancel_job(
+    job_id: str,
+    request: Request,
+    response: Response,
+    svc: ServicesDep,
+    owner: Owner,
+    purge: bool = Query(False, description="Erase the job and its data (as DELETE /jobs/{id}/data)"),
+) -> JobOut | Response:
+    """Queued: canceled at once (200). Running: stops at its next step (202). Finished: unchanged (200).
+    With purge=true: erased (204)."""
+    if purge:
+        return erase_job_data(job_id, svc, owner)
     job = svc.jobs.cancel(job_id, owner)
     if job.status == "running":
         response.status_code = 202
@@ -89,6 +101,19 @@ async def job_events(
 
     stream = svc.follower.events(job, owner, last_event_id, render)
     return EventSourceResponse(stream, ping=svc.settings.events_ping_s)
+
+
+@router.delete(
+    "/jobs/{job_id}/data",
+    status_code=204,
+    response_class=Response,
+    responses={204: {"description": "The job and its data were erased"}, **AUTH, 404: PROBLEM, 503: PROBLEM},
+)
+def erase_job_data(job_id: str, svc: ServicesDep, owner: Owner) -> Response:
+    """Erase the job: record, inputs, result and cached inversions no other job uses; a running job
+    is canceled first. Afterwards every URL of the job answers 404."""
+    svc.jobs.erase(job_id, owner)
+    return Response(status_code=204)
 
 
 @router.get(
