@@ -39,6 +39,8 @@ def request_fingerprint(submission: Submission) -> str:
         "inputs": {name: hashlib.sha256(data).hexdigest() for name, (data, _) in submission.images.items()},
         "webhook_url": submission.webhook_url,
     }
+    if submission.webhook_events is not None:  # absent when unset: fingerprints of older keys still match
+        canonical["webhook_events"] = submission.webhook_events
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
@@ -81,6 +83,7 @@ class Submitter:
             structure_key=keys["structure"],
             appearance_key=keys["appearance"],
             webhook_url=submission.webhook_url,
+            webhook_events=submission.webhook_events,
             owner=owner,
             idempotency_key=submission.idempotency_key,
             base_url=base_url,

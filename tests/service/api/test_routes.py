@@ -105,7 +105,7 @@ def test_missing_part_is_422(client, small_images):
     response = client.post("/transfer", files={"structure": ("s.png", small_images[0], "image/png")})
     body = assert_problem(response, 422)
     assert body["errors"] == [
-        {"field": "appearance", "message": "this file part is required (PNG, JPEG or WebP)"}
+        {"field": "appearance", "message": "required: a file part (PNG, JPEG or WebP) or an https:// URL"}
     ]
 
 
