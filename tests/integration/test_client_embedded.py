@@ -4,11 +4,14 @@ loopback port, the in-process worker with the tiny model, SQLite and the local s
 from __future__ import annotations
 
 import asyncio
+import base64
+import http.server
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -18,10 +21,12 @@ from int_helpers import FAST, REPO, SLOW, ServedApp, decode, free_port, wait_for
 import qalign_client
 from qalign_cli.main import cli
 from qalign_client import AsyncClient, Client
+from qalign_client.webhooks import verify
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 #: Wide deadlines: a tiny-model job takes seconds on an idle CPU; the machine may be busy.
 JOB_TIMEOUT = 240
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"client-test-webhook-key-32-bytes").decode()
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +43,8 @@ def server(tiny_model_dir, tmp_path_factory):
         progress_interval=0.2,
         cancel_check_interval=0.1,
         readiness_cache_s=0,
+        webhook_secret=WEBHOOK_SECRET,
+        webhook_allow_hosts="127.0.0.1",
     )
     served = ServedApp(create_app(settings)).start()
     yield served
@@ -187,6 +194,37 @@ def test_async_stream(server, photo_bytes):
 
     events = asyncio.run(scenario())
     assert events[-1].event == "succeeded" and all(e.event == "progress" for e in events[:-1])
+
+
+def test_webhook_deliveries_verify_with_the_client(client, photo_bytes):
+    received: list[tuple[dict, bytes]] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict(self.headers.items()), body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+        job = client.submit(*photo_bytes, FAST, webhook_url=hook, webhook_events_filter=["completed"])
+        client.wait(job, timeout=JOB_TIMEOUT)
+        wait_for(lambda: received, timeout=60)
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    (headers, body), *_ = received
+    delivered = verify(WEBHOOK_SECRET, headers, body)
+    assert delivered.id == job.id and delivered.status == "succeeded" and len(received) == 1
+    tampered = body.replace(b'"succeeded"', b'"failed"')
+    with pytest.raises(qalign_client.WebhookVerificationError):
+        verify(WEBHOOK_SECRET, headers, tampered)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
