@@ -262,6 +262,18 @@ def test_cli_errors_are_one_line(server, files, tmp_path, monkeypatch):
     assert "cannot reach the service" in unreachable.stderr
 
 
+def test_the_readme_client_example_runs(server, tmp_path, monkeypatch):
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("Or from Python, with the client", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    for name in ("structure.png", "appearance.png"):
+        (tmp_path / "tests/golden/data").mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "tests/golden/data" / name, tmp_path / "tests/golden/data" / name)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example.replace("http://127.0.0.1:8000", server.url), "README.md", "exec"), {})
+    assert decode((tmp_path / "result.png").read_bytes()).format == "PNG"
+
+
 # ---------------------------------------------------------------------------------------------- install
 def test_client_installs_alone_with_httpx_and_pydantic(server, files, tmp_path):
     """A fresh venv (no system site-packages) gets only the qalign-client distribution and its two
