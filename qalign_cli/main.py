@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 import typing
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -105,6 +107,41 @@ def _pipeline(model: str | None, device: str | None, dtype: str | None):
         fail(str(exc), code=1)
 
 
+def _server_options(func):
+    func = click.option(
+        "--api-key",
+        envvar="QALIGN_API_KEY",
+        default=None,
+        help="API key for --server (default: $QALIGN_API_KEY).",
+    )(func)
+    return click.option(
+        "--server",
+        envvar="QALIGN_SERVER",
+        default=None,
+        metavar="URL",
+        help="Run on a Q-Align service at URL instead of locally (default: $QALIGN_SERVER).",
+    )(func)
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Callable[[str, float], None]]:
+    """One bar over all stages, the same for a local run and a run on a server; yields the callback
+    that moves it (stage name, fraction 0..1)."""
+    from tqdm import tqdm
+
+    with tqdm(total=100, unit="%", bar_format="{desc:<10} {bar} {percentage:3.0f}%") as bar:
+        last = [""]
+
+        def progress(stage: str, fraction: float) -> None:
+            if stage != last[0]:
+                bar.set_description_str(stage)
+                last[0] = stage
+            bar.n = round(100 * fraction)
+            bar.refresh()
+
+        yield progress
+
+
 @cli.command()
 @_image_option("structure", "Structure image.")
 @_image_option("appearance", "Appearance image.")
@@ -115,12 +152,24 @@ def _pipeline(model: str | None, device: str | None, dtype: str | None):
     default=None,
     help="Directory for masked AdaIN's object masks (mask_structure.png, mask_appearance.png).",
 )
+@_server_options
 @_model_options
 @_param_options
 def transfer(
-    structure: Path, appearance: Path, output: Path, save_masks: Path | None, model, device, dtype, **given
+    structure: Path,
+    appearance: Path,
+    output: Path,
+    save_masks: Path | None,
+    server: str | None,
+    api_key: str | None,
+    model,
+    device,
+    dtype,
+    **given,
 ) -> None:
-    """Give STRUCTURE's layout the look of APPEARANCE and write the result to OUTPUT."""
+    """Give STRUCTURE's layout the look of APPEARANCE and write the result to OUTPUT.
+
+    Runs locally, or on a Q-Align service with --server (through the Python client)."""
     params = _params(given)
     if params.output_format == "png" and given.get("output_format") is None:
         suffix = output.suffix.lower().lstrip(".")
@@ -128,22 +177,18 @@ def transfer(
             params = params.model_copy(update={"output_format": "jpeg" if suffix == "jpg" else suffix})
     if not output.parent.is_dir():
         fail(f"output directory {str(output.parent)!r} does not exist")
+    if server:
+        local_only = {"--model": model, "--device": device, "--dtype": dtype, "--save-masks": save_masks}
+        named = [flag for flag, value in local_only.items() if value is not None]
+        if named:
+            fail(f"{', '.join(named)}: only for local runs (the server uses its own model)")
+        _transfer_on_server(server, api_key, structure, appearance, output, params)
+        return
     images = _images(structure, appearance)
     pipe = _pipeline(model, device, dtype)
 
-    from tqdm import tqdm
-
     try:
-        with tqdm(total=100, unit="%", bar_format="{desc:<10} {bar} {percentage:3.0f}%") as bar:
-            last = [""]
-
-            def progress(stage: str, fraction: float) -> None:
-                if stage != last[0]:
-                    bar.set_description_str(stage)
-                    last[0] = stage
-                bar.n = round(100 * fraction)
-                bar.refresh()
-
+        with _progress_bar() as progress:
             result = pipe.transfer(images[0], images[1], params, progress=progress)
     except (QAlignError, ValueError) as exc:
         fail(str(exc), code=1)
@@ -156,6 +201,68 @@ def transfer(
         click.echo(f"masked AdaIN fell back to plain AdaIN: {masks.reason}")
     if save_masks is not None:
         _write_masks(save_masks, masks, result.image.size)
+
+
+def _transfer_on_server(
+    server: str, api_key: str | None, structure: Path, appearance: Path, output: Path, params: TransferParams
+) -> None:
+    """The same transfer through qalign_client: submit, follow the events stream with the progress
+    bar, download. Ctrl-C cancels the job on the server."""
+    import qalign_client
+
+    inputs = []
+    for path in (structure, appearance):
+        try:
+            inputs.append(path.read_bytes())
+        except OSError as exc:
+            fail(f"cannot read image file {str(path)!r}: {exc.strerror or exc}")
+    job = None
+    try:
+        with qalign_client.Client(server, api_key) as client:
+            try:
+                job = client.submit(inputs[0], inputs[1], params)
+                with _progress_bar() as progress:
+                    job = _follow(client, job, progress)
+            except KeyboardInterrupt:
+                if job is not None:
+                    client.cancel(job)
+                    fail(f"interrupted: canceled job {job.id} on the server", code=130)
+                raise
+            if job.status != "succeeded":
+                reason = f": {job.error.type}: {job.error.detail}" if job.error else ""
+                fail(f"job {job.id} {job.status}{reason}", code=1)
+            client.result(job, output)
+    except qalign_client.QAlignError as exc:
+        fail(_client_error_line(exc, server), code=1)
+    except OSError as exc:
+        fail(f"cannot write {str(output)!r}: {exc.strerror or exc}", code=1)
+    assert job is not None and job.result is not None
+    total = job.metrics.total_s
+    took = f", {total:.1f} s" if total is not None else ""
+    click.echo(f"wrote {output} ({job.result.width}x{job.result.height}{took}; job {job.id})")
+    if job.params.get("adain") == "masked" and job.metrics.adain_applied == "plain":
+        click.echo("masked AdaIN fell back to plain AdaIN: no object found")
+
+
+def _follow(client, job, progress: Callable[[str, float], None]):
+    """Move the bar from the job's events stream until the job ends; poll a server without one."""
+    from qalign_client import NotFoundError
+
+    try:
+        for event in client.stream(job):
+            progress(event.job.stage, event.job.progress)
+            if event.terminal:
+                return event.job
+    except NotFoundError:
+        client.get(job)  # the job exists (else this raises): the server has no events stream
+    return client.wait(job, on_progress=lambda current: progress(current.stage, current.progress))
+
+
+def _client_error_line(exc, server: str) -> str:
+    """One line from the service's problem details (or from the transport failure)."""
+    if exc.problem is None:
+        return str(exc)
+    return f"{server} refused the request ({exc.status} {exc.title}): {exc.detail}"
 
 
 def _write_masks(directory: Path, masks, size: tuple[int, int]) -> None:

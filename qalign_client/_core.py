@@ -1,0 +1,227 @@
+"""What the sync and async clients share, without I/O: request bodies, paths, the retry policy and
+the parsing of answers. Each client only adds the sending and the sleeping."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import random
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import ValidationError as PydanticValidationError
+
+from qalign_client._version import __version__
+from qalign_client.errors import (
+    ConflictError,
+    QAlignError,
+    TransportError,
+    error_from_response,
+    local_validation_error,
+    parse_retry_after,
+)
+from qalign_client.sse import ServerSentEvent
+from qalign_schema.jobs import JobOut
+from qalign_schema.params import TransferParams
+
+#: An image input: a path, raw bytes, a binary file object, a PIL image, or an https:// URL (fetched
+#: by the service).
+ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Any
+#: A job: its id or its job object.
+JobRef = str | JobOut
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+TERMINAL = ("succeeded", "failed", "canceled")
+#: Answers worth retrying as they are: the service asked the caller to come back later.
+RETRY_STATUSES = frozenset({429, 503})
+#: Longest Prefer: wait the service honours.
+MAX_PREFER_WAIT = 60
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One event of ``stream``: ``event`` is ``progress`` or the terminal status; ``job`` is the job
+    object at that moment; ``id`` is what a reconnect resumes after."""
+
+    event: str
+    id: str | None
+    job: JobOut
+
+    @property
+    def terminal(self) -> bool:
+        return self.event in TERMINAL
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long the client retries a request the service asked to retry (429, 503, an
+    Idempotency-Key still in progress) or that never reached it (connection errors)."""
+
+    max_retries: int = 5
+    backoff_s: float = 0.5
+    max_backoff_s: float = 10.0
+    #: A Retry-After longer than this is not waited out: the error goes to the caller.
+    max_retry_after_s: float = 120.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float | None:
+        """Seconds to wait before retry number ``attempt + 1``; None = give up."""
+        if attempt >= self.max_retries:
+            return None
+        if retry_after is not None:
+            return retry_after if retry_after <= self.max_retry_after_s else None
+        return min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+def resolve_server(base_url: str | None) -> str:
+    return (base_url or os.environ.get("QALIGN_SERVER") or DEFAULT_SERVER).rstrip("/")
+
+
+def default_headers(api_key: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+    key = api_key if api_key is not None else os.environ.get("QALIGN_API_KEY")
+    headers = {"User-Agent": f"qalign-client/{__version__}", "Accept": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    headers.update(extra or {})
+    return headers
+
+
+def job_id(job: JobRef) -> str:
+    if isinstance(job, JobOut):
+        return job.id
+    if isinstance(job, str) and job.strip():
+        return job.strip()
+    raise TypeError(f"expected a job id or a JobOut, got {job!r}")
+
+
+def job_path(job: JobRef, suffix: str = "") -> str:
+    return f"/jobs/{quote(job_id(job), safe='')}{suffix}"
+
+
+def encode_image(value: ImageInput, field: str) -> str:
+    """The JSON value of one image input: the URL itself, or the bytes as base64."""
+    if isinstance(value, str) and value.lower().startswith(("https://", "http://")):
+        return value  # fetched by the service (https only: it names the input when it refuses)
+    if isinstance(value, (str, os.PathLike)):
+        data = Path(value).read_bytes()
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+    elif hasattr(value, "read"):
+        data = value.read()
+        if not isinstance(data, bytes):
+            raise TypeError(f"{field}: the file object must be opened in binary mode")
+    elif _is_pil_image(value):
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        data = buffer.getvalue()
+    else:
+        raise TypeError(
+            f"{field}: expected a path, bytes, a binary file, a PIL image or an https:// URL; "
+            f"got {type(value).__name__}"
+        )
+    return base64.b64encode(data).decode("ascii")
+
+
+def _is_pil_image(value: object) -> bool:
+    pil = sys.modules.get("PIL.Image")  # only if the caller uses Pillow: never imported here
+    return pil is not None and isinstance(value, pil.Image)
+
+
+def merge_params(params: TransferParams | Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> dict:
+    """The parameters the caller set, checked against the service's own schema before sending (so a
+    bad value fails at once, with the same message the service would give), as JSON values."""
+    if isinstance(params, TransferParams):
+        given = params.model_dump(exclude_unset=True)
+    elif params is None:
+        given = {}
+    elif isinstance(params, Mapping):
+        given = dict(params)
+    else:
+        raise TypeError(f"params must be TransferParams, a dict or None; got {type(params).__name__}")
+    given.update(overrides)
+    try:
+        checked = TransferParams.model_validate(given)
+    except PydanticValidationError as exc:
+        raise local_validation_error(exc) from None
+    return checked.model_dump(mode="json", exclude_unset=True)
+
+
+def submit_request(
+    structure: ImageInput,
+    appearance: ImageInput,
+    params: TransferParams | Mapping[str, Any] | None,
+    overrides: Mapping[str, Any],
+    *,
+    webhook_url: str | None,
+    webhook_events_filter: list[str] | None,
+    idempotency_key: str,
+    wait: float | None,
+) -> tuple[dict, dict[str, str]]:
+    """The JSON body and headers of POST /transfer."""
+    body: dict[str, Any] = merge_params(params, overrides)
+    body["structure"] = encode_image(structure, "structure")
+    body["appearance"] = encode_image(appearance, "appearance")
+    if webhook_url is not None:
+        body["webhook_url"] = webhook_url
+    if webhook_events_filter is not None:
+        body["webhook_events_filter"] = list(webhook_events_filter)
+    headers = {"Idempotency-Key": idempotency_key}
+    if wait is not None:
+        seconds = int(wait)
+        if not 1 <= seconds <= MAX_PREFER_WAIT:
+            raise ValueError(f"wait must be 1 to {MAX_PREFER_WAIT} seconds; got {wait}")
+        headers["Prefer"] = f"wait={seconds}"
+    return body, headers
+
+
+def retry_after_of(response: httpx.Response | None) -> float | None:
+    return parse_retry_after(response.headers.get("retry-after")) if response is not None else None
+
+
+def wants_retry(response: httpx.Response) -> bool:
+    """429, 503, or 409 for an Idempotency-Key whose first request is still being processed (our own
+    earlier attempt): the service asks to come back later."""
+    if response.status_code in RETRY_STATUSES:
+        return True
+    if response.status_code == 409 and "retry-after" in response.headers:
+        error = error_from_response(response)
+        return isinstance(error, ConflictError) and (error.type or "").endswith("in-progress")
+    return False
+
+
+def check(response: httpx.Response) -> httpx.Response:
+    """The response itself when it is a success; its typed error otherwise (body already read)."""
+    if response.status_code >= 400:
+        raise error_from_response(response)
+    return response
+
+
+def transport_error(exc: httpx.TransportError, method: str, url: str) -> TransportError:
+    return TransportError(f"cannot reach the service ({method} {url}): {exc or type(exc).__name__}")
+
+
+def parse_job(response: httpx.Response) -> JobOut:
+    try:
+        return JobOut.model_validate_json(response.content)
+    except PydanticValidationError as exc:
+        raise QAlignError(f"the service answered something that is not a job object: {exc}") from None
+
+
+def job_event(sse: ServerSentEvent) -> JobEvent | None:
+    """The job event of an SSE message; None for messages that carry no job (unknown kinds)."""
+    if sse.event != "progress" and sse.event not in TERMINAL:
+        return None
+    try:
+        job = JobOut.model_validate_json(sse.data)
+    except PydanticValidationError as exc:
+        raise QAlignError(f"event {sse.event!r} does not carry a job object: {exc}") from None
+    return JobEvent(event=sse.event, id=sse.id, job=job)
+
+
+def next_poll_interval(current: float, maximum: float) -> float:
+    return min(maximum, current * 1.5)

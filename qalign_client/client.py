@@ -1,0 +1,318 @@
+"""The synchronous client. ``AsyncClient`` (qalign_client.aio) has the same methods, awaited."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from qalign_client._core import (
+    ImageInput,
+    JobEvent,
+    JobRef,
+    RetryPolicy,
+    check,
+    default_headers,
+    job_event,
+    job_id,
+    job_path,
+    next_poll_interval,
+    parse_job,
+    resolve_server,
+    retry_after_of,
+    submit_request,
+    transport_error,
+    wants_retry,
+)
+from qalign_client.errors import JobFailedError, JobTimeoutError, TransportError
+from qalign_client.sse import SSEDecoder
+from qalign_schema.jobs import JobList, JobOut
+from qalign_schema.params import TransferParams
+
+#: Read timeout of the events stream: the service sends a keep-alive comment well within it; a
+#: stream silent for longer is reconnected (resuming after the last event).
+STREAM_READ_TIMEOUT_S = 60.0
+ProgressCallback = Callable[[JobOut], None]
+
+
+class Client:
+    """A Q-Align service, over HTTP.
+
+    ``base_url`` defaults to $QALIGN_SERVER (else http://127.0.0.1:8000), ``api_key`` to
+    $QALIGN_API_KEY. Requests the service asks to retry (429, 503 with Retry-After) and requests
+    that never reached it are retried up to ``max_retries`` times; every submit carries an
+    Idempotency-Key, the same for all its retries, so a retry never makes a second job.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        retry: RetryPolicy | None = None,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = resolve_server(base_url)
+        self.retry = retry or RetryPolicy(max_retries=max_retries)
+        self.timeout = timeout
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=default_headers(api_key, headers),
+            timeout=timeout,
+            transport=transport,
+        )
+        self._sleep: Callable[[float], None] = time.sleep
+        self._clock: Callable[[], float] = time.monotonic
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------- jobs
+    def submit(
+        self,
+        structure: ImageInput,
+        appearance: ImageInput,
+        params: TransferParams | Mapping[str, Any] | None = None,
+        *,
+        webhook_url: str | None = None,
+        webhook_events_filter: builtins.list[str] | None = None,
+        idempotency_key: str | None = None,
+        prefer_wait: float | None = None,
+        **overrides: Any,
+    ) -> JobOut:
+        """Submit a transfer; the job object (``queued``, or finished when ``prefer_wait`` seconds,
+        1 to 60, were enough for the service to finish it).
+
+        Images: paths, bytes, binary files, PIL images or https:// URLs. ``params`` and keyword
+        overrides (``seed=1``) are checked against TransferParams before anything is sent.
+        """
+        body, headers = submit_request(
+            structure,
+            appearance,
+            params,
+            overrides,
+            webhook_url=webhook_url,
+            webhook_events_filter=webhook_events_filter,
+            idempotency_key=idempotency_key or str(uuid.uuid4()),
+            wait=prefer_wait,
+        )
+        kwargs: dict[str, Any] = {"json": body, "headers": headers}
+        if prefer_wait is not None:  # the service holds the answer up to prefer_wait seconds
+            kwargs["timeout"] = httpx.Timeout(self.timeout, read=self.timeout + prefer_wait)
+        return parse_job(self._send("POST", "/transfer", **kwargs))
+
+    def get(self, job: JobRef) -> JobOut:
+        """The job object now."""
+        return parse_job(self._send("GET", job_path(job)))
+
+    def wait(
+        self,
+        job: JobRef,
+        timeout: float | None = None,
+        poll_interval: float = 0.5,
+        *,
+        max_poll_interval: float = 5.0,
+        on_progress: ProgressCallback | None = None,
+    ) -> JobOut:
+        """Poll until the job is finished (succeeded, failed or canceled) and return it.
+
+        The interval grows from ``poll_interval`` to ``max_poll_interval``; a Retry-After from the
+        service wins. JobTimeoutError after ``timeout`` seconds (None: no limit)."""
+        deadline = None if timeout is None else self._clock() + timeout
+        interval = poll_interval
+        current = job if isinstance(job, JobOut) else None
+        while True:
+            if current is None or not current.finished:
+                response = self._send("GET", job_path(job))
+                current = parse_job(response)
+                if on_progress is not None:
+                    on_progress(current)
+            if current.finished:
+                return current
+            delay = retry_after_of(response) or interval
+            interval = next_poll_interval(interval, max_poll_interval)
+            if deadline is not None:
+                left = deadline - self._clock()
+                if left <= 0:
+                    raise JobTimeoutError(
+                        f"job {current.id} still {current.status} after {timeout} s", current
+                    )
+                delay = min(delay, left)
+            self._sleep(delay)
+            current = None
+
+    def stream(
+        self, job: JobRef, *, last_event_id: str | None = None, max_reconnects: int = 5
+    ) -> Iterator[JobEvent]:
+        """The job's events (GET /jobs/{id}/events): ``progress`` events, then one terminal event
+        (``succeeded``, ``failed`` or ``canceled``), after which the iterator ends.
+
+        A broken or silent connection is reopened with Last-Event-ID (up to ``max_reconnects``
+        times in a row without an event), so no event is seen twice and none is lost."""
+        decoder = SSEDecoder(last_event_id)
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+            if decoder.last_event_id:
+                headers["Last-Event-ID"] = decoder.last_event_id
+            timeout = httpx.Timeout(self.timeout, read=STREAM_READ_TIMEOUT_S)
+            try:
+                response = self._send(
+                    "GET", job_path(job, "/events"), stream=True, headers=headers, timeout=timeout
+                )
+                try:
+                    for line in response.iter_lines():
+                        sse = decoder.feed(line)
+                        event = job_event(sse) if sse is not None else None
+                        if event is None:
+                            continue
+                        failures = 0
+                        yield event
+                        if event.terminal:
+                            return
+                finally:
+                    response.close()
+            except (httpx.TransportError, TransportError):
+                pass  # reconnect below
+            # The stream ended or broke before the terminal event: a finished job ends it here.
+            current = self.get(job)
+            if current.finished:
+                yield JobEvent(event=current.status, id=None, job=current)
+                return
+            failures += 1
+            delay = self.retry.delay(failures - 1, (decoder.retry_ms or 0) / 1000 or None)
+            if failures > max_reconnects or delay is None:
+                raise TransportError(f"the events stream of job {job_id(job)} kept breaking")
+            self._sleep(delay)
+            decoder = decoder.resumed()
+
+    def result(self, job: JobRef, path: str | os.PathLike | None = None) -> bytes | Path:
+        """The result image: its bytes, or, with ``path``, written there (atomically) and the path.
+
+        Follows the service's redirect to a presigned store URL (the API key is not sent there).
+        ConflictError while the job has not succeeded."""
+        headers = {"Accept": "image/*, application/problem+json"}
+        response = self._send(
+            "GET", job_path(job, "/result"), stream=True, follow_redirects=True, headers=headers
+        )
+        try:
+            if path is None:
+                return response.read()
+            return _write_atomically(Path(path), response.iter_bytes())
+        except httpx.TransportError as exc:
+            raise transport_error(exc, "GET", str(response.url)) from exc
+        finally:
+            response.close()
+
+    def cancel(self, job: JobRef) -> JobOut:
+        """Cancel: a queued job never runs; a running one stops at its next step (the object still
+        says ``running`` until then). A finished job is returned unchanged."""
+        return parse_job(self._send("DELETE", job_path(job)))
+
+    def erase(self, job: JobRef) -> None:
+        """Erase the job and its data (record, inputs, result); a running job is canceled first.
+        Afterwards every URL of the job answers 404."""
+        self._send("DELETE", job_path(job), params={"purge": "true"})
+
+    def list_page(
+        self, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> JobList:
+        """One page of the caller's jobs, newest first."""
+        query = {k: v for k, v in (("status", status), ("limit", limit), ("cursor", cursor)) if v is not None}
+        response = self._send("GET", "/jobs", params=query)
+        return JobList.model_validate_json(response.content)
+
+    def list(
+        self, status: str | None = None, limit: int | None = None, *, page_size: int = 20
+    ) -> Iterator[JobOut]:
+        """The caller's jobs, newest first, fetched page by page; at most ``limit`` of them."""
+        cursor, seen = None, 0
+        while True:
+            size = page_size if limit is None else max(1, min(page_size, limit - seen))
+            page = self.list_page(status, size, cursor)
+            for item in page.jobs:
+                yield item
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
+            if not page.next_cursor or not page.jobs:
+                return
+            cursor = page.next_cursor
+
+    def run(
+        self,
+        structure: ImageInput,
+        appearance: ImageInput,
+        params: TransferParams | Mapping[str, Any] | None = None,
+        *,
+        path: str | os.PathLike | None = None,
+        timeout: float | None = None,
+        poll_interval: float = 0.5,
+        on_progress: ProgressCallback | None = None,
+        **submit_kwargs: Any,
+    ) -> bytes | Path:
+        """Submit, wait, download: the result's bytes (or the path it was written to).
+        JobFailedError when the job fails or is canceled."""
+        job = self.submit(structure, appearance, params, **submit_kwargs)
+        job = self.wait(job, timeout=timeout, poll_interval=poll_interval, on_progress=on_progress)
+        if job.status != "succeeded":
+            raise JobFailedError(job)
+        return self.result(job, path)
+
+    # ---------------------------------------------------------------------------------- sending
+    def _send(
+        self, method: str, url: str, *, stream: bool = False, follow_redirects: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """One request with the retry policy; a successful response (streamed when ``stream``: the
+        caller closes it) or the typed error."""
+        attempt = 0
+        while True:
+            try:
+                request = self._http.build_request(method, url, **kwargs)
+                response = self._http.send(request, stream=stream, follow_redirects=follow_redirects)
+            except httpx.TransportError as exc:
+                delay = self.retry.delay(attempt, None)
+                if delay is None:
+                    raise transport_error(exc, method, url) from exc
+            else:
+                if response.status_code < 400:
+                    return response
+                try:
+                    response.read()
+                finally:
+                    response.close()
+                delay = self.retry.delay(attempt, retry_after_of(response)) if wants_retry(response) else None
+                if delay is None:
+                    check(response)
+            self._sleep(delay)
+            attempt += 1
+
+
+def _write_atomically(path: Path, chunks: Iterator[bytes]) -> Path:
+    """Write to a temporary file beside ``path`` and rename it into place: never a partial file."""
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+    try:
+        with open(temp, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
+

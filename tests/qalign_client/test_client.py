@@ -1,0 +1,428 @@
+"""qalign_client.Client and AsyncClient against scripted answers (httpx.MockTransport): the retry
+policy, idempotency, typed errors, polling, the events stream's reconnects, downloads and pages.
+
+These are unit tests of the client's own logic; the same calls run against the real services in
+tests/integration/test_client_embedded.py and test_client_distributed.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+from PIL import Image
+
+import qalign_client
+from qalign_client import (
+    AsyncClient,
+    AuthError,
+    BadRequestError,
+    Client,
+    ConflictError,
+    JobFailedError,
+    JobTimeoutError,
+    NotFoundError,
+    RateLimitedError,
+    ServerError,
+    TransportError,
+    UnavailableError,
+    ValidationError,
+)
+
+BASE = "http://qalign.test"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
+
+
+def job(status: str = "queued", job_id: str = "j1", progress: float = 0.0, stage: str | None = None) -> dict:
+    finished = status in ("succeeded", "failed", "canceled")
+    return {
+        "id": job_id,
+        "status": status,
+        "stage": stage or ("done" if finished else "queued"),
+        "progress": progress,
+        "created_at": "2026-01-01T00:00:00Z",
+        "started_at": None,
+        "finished_at": None,
+        "params": {},
+        "result": {"url": f"/jobs/{job_id}/result", "content_type": "image/png", "width": 8, "height": 8}
+        if status == "succeeded"
+        else None,
+        "error": {"type": "internal_error", "detail": "boom"} if status == "failed" else None,
+        "metrics": {},
+    }
+
+
+def problem(status: int, detail: str = "nope", kind: str = "about:blank", **extra) -> dict:
+    return {"type": kind, "title": "T", "status": status, "detail": detail, **extra}
+
+
+def answer(status: int, body: dict | None = None, headers: dict | None = None) -> httpx.Response:
+    content_type = "application/problem+json" if status >= 400 else "application/json"
+    return httpx.Response(
+        status, json=body, headers={"content-type": content_type, **(headers or {})}
+    )
+
+
+class Script:
+    """Answers requests in order (one callable or response per request) and records them."""
+
+    def __init__(self, *answers: httpx.Response | Callable[[httpx.Request], httpx.Response] | Exception):
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if not self.answers:
+            raise AssertionError(f"unexpected request {request.method} {request.url}")
+        item = self.answers.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item(request) if callable(item) else item
+
+
+class FakeTime:
+    """The client's sleep and clock: sleeping moves the clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 1000.0, []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    async def asleep(self, seconds: float) -> None:
+        self.sleep(seconds)
+
+
+def make_client(script: Script, **kwargs) -> tuple[Client, FakeTime]:
+    client = Client(BASE, api_key="secret-key", transport=httpx.MockTransport(script), **kwargs)
+    fake = FakeTime()
+    client._sleep, client._clock = fake.sleep, lambda: fake.now
+    return client, fake
+
+
+def make_async(script: Script, **kwargs) -> tuple[AsyncClient, FakeTime]:
+    client = AsyncClient(BASE, api_key="secret-key", transport=httpx.MockTransport(script), **kwargs)
+    fake = FakeTime()
+    client._sleep, client._clock = fake.asleep, lambda: fake.now
+    return client, fake
+
+
+# ---------------------------------------------------------------------------------------------- submit
+def test_submit_sends_json_with_images_params_key_and_auth():
+    script = Script(answer(202, job()))
+    client, _ = make_client(script)
+    out = client.submit(PNG, "https://example.com/cup.jpg", {"seed": 3}, steps=10, webhook_url="https://h/x")
+    assert isinstance(out, qalign_client.JobOut) and out.status == "queued"
+    (request,) = script.requests
+    body = json.loads(request.content)
+    assert base64.b64decode(body["structure"]) == PNG
+    assert body["appearance"] == "https://example.com/cup.jpg"  # fetched by the service
+    assert body["seed"] == 3 and body["steps"] == 10 and body["webhook_url"] == "https://h/x"
+    assert "method" not in body  # only what the caller set: the service applies its defaults
+    assert request.headers["authorization"] == "Bearer secret-key"
+    assert len(request.headers["idempotency-key"]) == 36  # a uuid4
+    assert "prefer" not in request.headers
+
+
+def test_submit_accepts_paths_files_and_pil_images(tmp_path):
+    path = tmp_path / "s.png"
+    path.write_bytes(PNG)
+    image = Image.new("RGB", (4, 3), "red")
+    script = Script(answer(202, job()), answer(202, job()))
+    client, _ = make_client(script)
+    client.submit(path, str(path), qalign_client.TransferParams(steps=4, align_steps_fine=(1, 9)))
+    with open(path, "rb") as handle:
+        client.submit(handle, image, prefer_wait=30)
+    first, second = (json.loads(r.content) for r in script.requests)
+    assert base64.b64decode(first["structure"]) == PNG == base64.b64decode(first["appearance"])
+    assert first["steps"] == 4 and first["align_steps_fine"] == [1, 9]
+    assert Image.open(io.BytesIO(base64.b64decode(second["appearance"]))).size == (4, 3)
+    assert script.requests[1].headers["prefer"] == "wait=30"
+    with pytest.raises(TypeError, match="structure: expected a path"):
+        client.submit(12345, PNG)
+    with pytest.raises(ValueError, match="wait must be 1 to 60"):
+        client.submit(PNG, PNG, prefer_wait=61)
+
+
+def test_bad_parameters_fail_before_sending():
+    script = Script()
+    client, _ = make_client(script)
+    with pytest.raises(ValidationError) as caught:
+        client.submit(PNG, PNG, {"steps": 1}, colour="blue")
+    assert caught.value.status == 422
+    assert {e.field for e in caught.value.errors} == {"steps", "colour"}
+    assert script.requests == []
+
+
+def test_submit_retries_503_and_429_with_one_idempotency_key_honouring_retry_after():
+    script = Script(
+        answer(503, problem(503, "no worker"), {"Retry-After": "7"}),
+        answer(429, problem(429, "queue full"), {"Retry-After": "3"}),
+        httpx.ConnectError("refused"),
+        answer(409, problem(409, "first still in progress", "/problems/idempotency-key-in-progress"),
+               {"Retry-After": "1"}),
+        answer(200, job()),
+    )  # fmt: skip
+    client, fake = make_client(script)
+    assert client.submit(PNG, PNG).id == "j1"
+    keys = {r.headers["idempotency-key"] for r in script.requests}
+    assert len(script.requests) == 5 and len(keys) == 1
+    assert fake.sleeps[:2] == [7, 3] and fake.sleeps[3] == 1
+    assert 0 < fake.sleeps[2] <= 2  # no Retry-After on a connection error: backoff
+
+
+def test_retries_give_up_with_the_typed_error():
+    script = Script(*[answer(503, problem(503, "store down"), {"Retry-After": "1"})] * 3)
+    client, fake = make_client(script, max_retries=2)
+    with pytest.raises(UnavailableError) as caught:
+        client.submit(PNG, PNG)
+    error = caught.value
+    assert error.status == 503 and error.detail == "store down" and error.retry_after == 1
+    assert isinstance(error, ServerError) and len(script.requests) == 3 and fake.sleeps == [1, 1]
+
+
+def test_a_retry_after_beyond_the_limit_is_not_waited_out():
+    script = Script(answer(429, problem(429, "busy"), {"Retry-After": "3600"}))
+    client, fake = make_client(script)
+    with pytest.raises(RateLimitedError) as caught:
+        client.submit(PNG, PNG)
+    assert caught.value.retry_after == 3600 and fake.sleeps == []
+
+
+def test_connection_failures_end_as_transport_error():
+    script = Script(*[httpx.ConnectError("refused")] * 3)
+    client, _ = make_client(script, max_retries=2)
+    with pytest.raises(TransportError, match="cannot reach the service"):
+        client.get("j1")
+
+
+@pytest.mark.parametrize(
+    "status,error_class",
+    [
+        (400, BadRequestError), (413, BadRequestError), (415, BadRequestError), (401, AuthError),
+        (403, AuthError), (404, NotFoundError), (410, NotFoundError), (409, ConflictError),
+        (422, ValidationError), (500, ServerError),
+    ],
+)  # fmt: skip
+def test_refusals_are_typed_and_carry_the_problem(status, error_class):
+    errors = [{"field": "steps", "message": "too big", "allowed": ">= 2"}] if status == 422 else None
+    script = Script(answer(status, problem(status, "what to change", "/problems/x", errors=errors)))
+    client, _ = make_client(script)
+    with pytest.raises(error_class) as caught:
+        client.get("j1")
+    error = caught.value
+    assert (error.status, error.type, error.title) == (status, "/problems/x", "T")
+    assert error.detail == "what to change"
+    assert isinstance(error, qalign_client.QAlignError) and len(script.requests) == 1
+    if errors:
+        assert error.errors[0].field == "steps" and error.errors[0].allowed == ">= 2"
+
+
+def test_a_refusal_that_is_not_problem_details_still_says_something():
+    script = Script(httpx.Response(502, text="<html>bad gateway</html>"))
+    client, _ = make_client(script)
+    with pytest.raises(ServerError) as caught:
+        client.get("j1")
+    assert caught.value.status == 502 and "bad gateway" in caught.value.detail
+
+
+# ---------------------------------------------------------------------------------------------- wait
+def test_wait_polls_with_growing_interval_and_honours_retry_after():
+    script = Script(
+        answer(200, job("queued")),
+        answer(200, job("running", progress=0.5), {"Retry-After": "4"}),
+        answer(200, job("running", progress=0.7)),
+        answer(200, job("succeeded", progress=1.0)),
+    )
+    client, fake = make_client(script)
+    seen = []
+    done = client.wait("j1", poll_interval=1.0, on_progress=lambda j: seen.append(j.progress))
+    assert done.status == "succeeded" and seen == [0.0, 0.5, 0.7, 1.0]
+    assert fake.sleeps == [1.0, 4.0, 2.25]
+
+
+def test_wait_on_a_finished_job_object_sends_nothing_and_times_out_with_the_last_state():
+    client, _ = make_client(Script())
+    finished = qalign_client.JobOut.model_validate(job("failed"))
+    assert client.wait(finished) is finished
+
+    script = Script(*[answer(200, job("running", progress=0.3))] * 10)
+    client, fake = make_client(script)
+    with pytest.raises(JobTimeoutError) as caught:
+        client.wait("j1", timeout=2.0, poll_interval=0.5)
+    assert caught.value.job.progress == 0.3 and sum(fake.sleeps) == pytest.approx(2.0)
+
+
+def test_run_raises_job_failed():
+    script = Script(answer(202, job()), answer(200, job("failed")))
+    client, _ = make_client(script)
+    with pytest.raises(JobFailedError, match="internal_error: boom") as caught:
+        client.run(PNG, PNG)
+    assert caught.value.job.status == "failed"
+
+
+# ---------------------------------------------------------------------------------------------- stream
+EVENT_STREAM = {"content-type": "text/event-stream"}
+
+
+def sse(event: str, event_id: int, body: dict) -> bytes:
+    return f"event: {event}\nid: {event_id}\ndata: {json.dumps(body)}\n\n".encode()
+
+
+def broken_stream(*chunks: bytes) -> Callable[[httpx.Request], httpx.Response]:
+    """An events answer that sends ``chunks`` and then loses the connection."""
+
+    def generate():
+        yield from chunks
+        raise httpx.ReadError("connection reset")
+
+    return lambda request: httpx.Response(200, headers=EVENT_STREAM, content=generate())
+
+
+def test_stream_resumes_after_a_break_with_last_event_id():
+    first = [
+        b": ping\n\n",
+        sse("progress", 1, job("running", progress=0.1, stage="inverting")),
+        b"event: progress\nid: 2\ndata: {\"id\": \"j1\", ",  # cut off mid-event
+    ]
+    second = sse("progress", 2, job("running", progress=0.5, stage="denoising")) + b"event: log\ndata: x\n\n"
+    second += sse("succeeded", 3, job("succeeded", progress=1.0))
+    script = Script(
+        broken_stream(*first),
+        answer(200, job("running", progress=0.1)),  # the client checks the job is still going
+        httpx.Response(200, headers=EVENT_STREAM, content=second),
+    )  # fmt: skip
+    client, fake = make_client(script)
+    events = list(client.stream("j1"))
+    assert [(e.event, e.id, e.job.progress) for e in events] == [
+        ("progress", "1", 0.1), ("progress", "2", 0.5), ("succeeded", "3", 1.0),
+    ]  # fmt: skip
+    assert events[-1].terminal and events[0].job.stage == "inverting"
+    opened = [r for r in script.requests if r.url.path.endswith("/events")]
+    assert "last-event-id" not in opened[0].headers and opened[1].headers["last-event-id"] == "1"
+    assert opened[0].headers["accept"] == "text/event-stream" and len(fake.sleeps) == 1
+
+
+def test_stream_of_a_job_that_ended_meanwhile_ends_with_its_terminal_state():
+    script = Script(
+        httpx.Response(200, headers=EVENT_STREAM, content=b": ping\n\n"),
+        answer(200, job("canceled")),
+    )
+    client, _ = make_client(script)
+    (event,) = list(client.stream(qalign_client.JobOut.model_validate(job("running"))))
+    assert event.event == "canceled" and event.terminal and event.id is None
+
+
+def test_stream_refusal_is_typed_and_endless_breaks_give_up():
+    client, _ = make_client(Script(answer(404, problem(404, "no job j1"))))
+    with pytest.raises(NotFoundError):
+        list(client.stream("j1"))
+
+    empty = httpx.Response(200, headers=EVENT_STREAM, content=b"")
+    script = Script(*[empty, answer(200, job("running"))] * 3)
+    client, _ = make_client(script)
+    with pytest.raises(TransportError, match="kept breaking"):
+        list(client.stream("j1", max_reconnects=2))
+
+
+# ---------------------------------------------------------------------------------------------- result
+def test_result_follows_the_redirect_without_the_api_key(tmp_path):
+    store = "http://store.test/bucket/results/j1.png?X-Amz-Signature=abc"
+    script = Script(
+        httpx.Response(307, headers={"location": store}),
+        httpx.Response(200, content=PNG, headers={"content-type": "image/png"}),
+        httpx.Response(307, headers={"location": store}),
+        httpx.Response(200, content=PNG, headers={"content-type": "image/png"}),
+    )
+    client, _ = make_client(script)
+    assert client.result("j1") == PNG
+    out = client.result("j1", tmp_path / "out.png")
+    assert out == tmp_path / "out.png" and out.read_bytes() == PNG
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary file left
+    api, s3 = script.requests[:2]
+    assert api.headers["authorization"] == "Bearer secret-key" and "authorization" not in s3.headers
+    assert str(s3.url) == store
+
+
+def test_result_not_ready_is_a_conflict_and_leaves_no_file(tmp_path):
+    client, _ = make_client(Script(answer(409, problem(409, "job j1 is running"))))
+    with pytest.raises(ConflictError, match="running"):
+        client.result("j1", tmp_path / "out.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- the rest
+def test_cancel_erase_and_list_pages():
+    pages = [
+        {"jobs": [job("succeeded", "a"), job("failed", "b")], "next_cursor": "c1"},
+        {"jobs": [job("succeeded", "c")], "next_cursor": None},
+    ]
+    script = Script(
+        answer(202, job("running")),
+        httpx.Response(204),
+        answer(200, pages[0]),
+        answer(200, pages[1]),
+        answer(200, pages[0]),
+    )
+    client, _ = make_client(script)
+    assert client.cancel("j1").status == "running"
+    assert client.erase("j1") is None
+    assert [j.id for j in client.list(status="succeeded", page_size=2)] == ["a", "b", "c"]
+    assert [j.id for j in client.list(limit=1)] == ["a"]
+    cancel, erase, page1, page2, limited = script.requests
+    assert cancel.method == "DELETE" and cancel.url.path == "/jobs/j1" and not cancel.url.query
+    assert erase.method == "DELETE" and erase.url.params["purge"] == "true"
+    assert dict(page1.url.params) == {"status": "succeeded", "limit": "2"}
+    assert dict(page2.url.params) == {"status": "succeeded", "limit": "2", "cursor": "c1"}
+    assert dict(limited.url.params) == {"limit": "1"}
+
+
+def test_job_ids_are_quoted_and_env_defaults(monkeypatch):
+    script = Script(answer(200, job()))
+    monkeypatch.setenv("QALIGN_SERVER", BASE + "/")
+    monkeypatch.setenv("QALIGN_API_KEY", "env-key")
+    client = Client(transport=httpx.MockTransport(script))
+    client.get("a/b")
+    assert client.base_url == BASE and script.requests[0].url.raw_path == b"/jobs/a%2Fb"
+    assert script.requests[0].headers["authorization"] == "Bearer env-key"
+
+
+# ---------------------------------------------------------------------------------------------- async
+def test_async_client_has_the_same_behaviour(tmp_path):
+    events = sse("progress", 1, job("running", progress=0.4)) + sse("succeeded", 2, job("succeeded"))
+    script = Script(
+        answer(503, problem(503, "not ready"), {"Retry-After": "2"}),
+        answer(202, job()),
+        httpx.Response(200, headers=EVENT_STREAM, content=events),
+        answer(200, job("running")),
+        answer(200, job("succeeded")),
+        httpx.Response(200, content=PNG),
+        answer(200, {"jobs": [job("succeeded")], "next_cursor": None}),
+        httpx.Response(204),
+        answer(404, problem(404, "gone")),
+    )
+
+    async def scenario():
+        client, fake = make_async(script)
+        async with client:
+            submitted = await client.submit(PNG, PNG, seed=2)
+            streamed = [e async for e in client.stream(submitted)]
+            done = await client.wait(submitted.id, poll_interval=0.25)
+            path = await client.result(done, tmp_path / "r.png")
+            listed = [j.id async for j in client.list()]
+            await client.erase(done)
+            with pytest.raises(NotFoundError):
+                await client.get(done)
+        return fake, streamed, done, path, listed
+
+    fake, streamed, done, path, listed = asyncio.run(scenario())
+    assert script.requests[0].headers["idempotency-key"] == script.requests[1].headers["idempotency-key"]
+    assert fake.sleeps == [2, 0.25]
+    assert [e.event for e in streamed] == ["progress", "succeeded"]
+    assert done.status == "succeeded" and path.read_bytes() == PNG and listed == ["j1"]
