@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from qalign_core.params import TransferParams
-from qalign_schema.jobs import ErrorOut, JobList, JobMetricsOut, JobOut, JobUrls, ResultOut
+from qalign_schema.jobs import ErrorOut, JobList, JobMetricsOut, JobOut, JobParams, JobUrls, ResultOut
 from qalign_schema.problems import FieldProblem, Problem
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "JobList",
     "JobMetricsOut",
     "JobOut",
+    "JobParams",
     "JobUrls",
     "Problem",
     "ResultOut",
@@ -53,7 +54,7 @@ def allowed_values(field: str) -> str | None:
     if annotation is bool:
         return "true or false"
     if field in TUPLE_FIELDS:
-        return "two integers start,end with 0 <= start <= end <= 1000"
+        return "two integers start,end with 0 <= start <= end <= 100"
     bounds = {}
     for meta in info.metadata:
         for name in ("ge", "gt", "le", "lt", "multiple_of", "min_length", "max_length"):
@@ -71,21 +72,62 @@ def allowed_values(field: str) -> str | None:
     return " and ".join(parts) or None
 
 
+#: A 1x1 PNG: the smallest image the request examples can carry (base64).
+EXAMPLE_PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+)
+#: One end of a step range in a form field: an integer 0 to 100.
+_STEP = r"(?:100|[1-9]?[0-9])"
+#: The header parameters of POST /transfer (checked by service.api.intake, not by FastAPI).
+TRANSFER_HEADERS = [
+    {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "Retry-safe submission: the same key with the same request returns the first job "
+        "(200); with another request, 409. 1 to 255 printable ASCII characters (a UUID is typical).",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+        "example": "6d1f2a3b-9c4e-4f5a-8b7c-1d2e3f4a5b6c",
+    },
+    {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "description": "wait=N (1 to 60): hold the request until the job ends or N seconds pass; 201 with "
+        "the finished job and Preference-Applied, else 202.",
+        "schema": {"type": "string", "pattern": "^wait=([1-9]|[1-5][0-9]|60)$"},
+        "example": "wait=30",
+    },
+]
+
+
 def multipart_openapi() -> dict:
-    """OpenAPI requestBody for POST /transfer: both accepted encodings, fields from TransferParams."""
+    """OpenAPI requestBody (both accepted encodings, fields from TransferParams, an example of each)
+    and the header parameters of POST /transfer."""
     params_schema = TransferParams.model_json_schema()
+    image_types = "image/png, image/jpeg, image/webp"
     form_properties: dict[str, dict] = {
         "structure": {"type": "string", "format": "binary", "description": "Structure image."},
         "appearance": {"type": "string", "format": "binary", "description": "Appearance image."},
-        "webhook_url": {"type": "string", "description": "Called on running and terminal status."},
+        "webhook_url": {
+            "type": "string",
+            "maxLength": 2000,
+            "pattern": "^https?://",
+            "description": "Called on running and terminal status.",
+        },
     }
     for name, schema in params_schema["properties"].items():
         if name in TUPLE_FIELDS:
-            schema = {"type": "string", "description": f"{schema.get('description', '')} As 'start,end'."}
+            schema = {
+                "type": "string",
+                "pattern": rf"^\s*{_STEP}\s*,\s*{_STEP}\s*$",
+                "description": f"{schema.get('description', '')} As 'start,end', 0 <= start <= end <= 100.",
+            }
         form_properties[name] = schema
     json_schema = TransferJSONRequest.model_json_schema()
     json_schema.pop("$defs", None)
     return {
+        "parameters": TRANSFER_HEADERS,
         "requestBody": {
             "required": True,
             "content": {
@@ -94,9 +136,29 @@ def multipart_openapi() -> dict:
                         "type": "object",
                         "properties": form_properties,
                         "required": list(IMAGE_FIELDS),
-                    }
+                        "additionalProperties": False,
+                    },
+                    "encoding": {field: {"contentType": image_types} for field in IMAGE_FIELDS},
+                    "example": {
+                        "structure": "(the structure image file)",
+                        "appearance": "(the appearance image file)",
+                        "steps": 50,
+                        "seed": 1,
+                        "method": "qalign",
+                        "align_steps_fine": "10,90",
+                    },
                 },
-                "application/json": {"schema": json_schema},
+                "application/json": {
+                    "schema": json_schema,
+                    "example": {
+                        "structure": EXAMPLE_PNG_BASE64,
+                        "appearance": "data:image/png;base64," + EXAMPLE_PNG_BASE64,
+                        "steps": 50,
+                        "seed": 1,
+                        "method": "qalign",
+                        "align_steps_fine": [10, 90],
+                    },
+                },
             },
-        }
+        },
     }
