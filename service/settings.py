@@ -103,6 +103,23 @@ class Settings(BaseSettings):
         description="On SIGTERM a worker lets its running job go on this long, then stops it at its next "
         "step and requeues it; keep it below the orchestrator's kill timeout (compose: stop_grace_period).",
     )
+    public_base_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s?#]+$",
+        description="Absolute base of the links in job objects and webhook bodies (e.g. "
+        "https://qalign.example.com); unset = the base URL of the submitting request.",
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Comma list of peer addresses or networks whose X-Forwarded-Proto/Host headers are "
+        "trusted when building links; * trusts every peer.",
+    )
+    events_poll_s: float = Field(
+        0.25, gt=0.0, le=5.0, description="How often an events stream or Prefer: wait reads the job (s)."
+    )
+    events_ping_s: float = Field(
+        15.0, gt=0.0, description="Seconds between keep-alive comments on an idle events stream."
+    )
     inversion_cache: bool = Field(True, description="Keep inversions in the store and reuse them.")
     log_level: str = Field("INFO", description="Log level of the JSON logs.")
 
@@ -116,6 +133,11 @@ class Settings(BaseSettings):
     @property
     def allowed_webhook_hosts(self) -> tuple[str, ...]:
         return tuple(h.strip().lower() for h in self.webhook_allow_hosts.split(",") if h.strip())
+
+    @property
+    def public_base(self) -> str | None:
+        """PUBLIC_BASE_URL without a trailing slash."""
+        return self.public_base_url.rstrip("/") if self.public_base_url else None
 
     @property
     def job_hard_time_limit(self) -> int:

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from service.api.intake import BodyLimitMiddleware
+from service.api.links import ForwardedHeadersMiddleware
 from service.api.metrics import MetricsMiddleware
 from service.api.openapi import install_openapi
 from service.api.problems import install_problem_handlers
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, *, pipeline_factory=None) -> Fa
     install_openapi(app, settings)
     app.add_middleware(BodyLimitMiddleware, limit=settings.request_limit)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    app.add_middleware(ForwardedHeadersMiddleware, trusted=settings.forwarded_allow_ips)
     return app
 
 

@@ -78,7 +78,8 @@ EXAMPLE_PNG_BASE64 = (
 )
 #: One end of a step range in a form field: an integer 0 to 100.
 _STEP = r"(?:100|[1-9]?[0-9])"
-#: The header parameters of POST /transfer (checked by service.api.intake, not by FastAPI).
+#: Header parameters of POST /transfer checked by service.api.intake, not by FastAPI (Prefer is a
+#: FastAPI header parameter of the route).
 TRANSFER_HEADERS = [
     {
         "name": "Idempotency-Key",
@@ -88,15 +89,6 @@ TRANSFER_HEADERS = [
         "(200); with another request, 409. 1 to 255 printable ASCII characters (a UUID is typical).",
         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
         "example": "6d1f2a3b-9c4e-4f5a-8b7c-1d2e3f4a5b6c",
-    },
-    {
-        "name": "Prefer",
-        "in": "header",
-        "required": False,
-        "description": "wait=N (1 to 60): hold the request until the job ends or N seconds pass; 201 with "
-        "the finished job and Preference-Applied, else 202.",
-        "schema": {"type": "string", "pattern": "^wait=([1-9]|[1-5][0-9]|60)$"},
-        "example": "wait=30",
     },
 ]
 

@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from service.api.access import JobAccess
 from service.api.admission import Capacity, Readiness
 from service.api.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
+from service.api.listing import JobListing
 from service.api.metrics import ServiceMetrics
 from service.api.submit import Submitter
+from service.api.views import JobViews
+from service.api.watch import JobFollower
 from service.auth import KeyRing
 from service.cleanup import Sweeper
 from service.jobs import JobStores, open_job_stores
@@ -34,6 +37,9 @@ class Services:
     submitter: Submitter
     jobs: JobAccess
     webhooks: JobWebhooks
+    views: JobViews
+    follower: JobFollower
+    listing: JobListing
     sweeper: Sweeper | None = None
 
     @classmethod
@@ -49,6 +55,7 @@ class Services:
         metrics = ServiceMetrics(stores)
         readiness = Readiness(settings, stores, store, dispatcher)
         capacity = Capacity(settings, stores)
+        jobs = JobAccess(settings, stores, store, webhooks)
         return cls(
             settings=settings,
             stores=stores,
@@ -58,8 +65,11 @@ class Services:
             keys=KeyRing.from_settings(settings.api_keys, settings.revoked_api_keys),
             readiness=readiness,
             submitter=Submitter(settings, stores, store, dispatcher, readiness, capacity, metrics),
-            jobs=JobAccess(settings, stores, store, webhooks),
+            jobs=jobs,
             webhooks=webhooks,
+            views=JobViews(settings, stores, store),
+            follower=JobFollower(settings, jobs),
+            listing=JobListing(stores),
             sweeper=Sweeper(stores, store, settings),
         )
 

@@ -76,6 +76,11 @@ class EmbeddedRunner:
         return self._thread is not None and self._thread.is_alive() and self.load_error is None
 
     @property
+    def loading(self) -> bool:
+        """The thread runs but the model is not loaded yet (nor failed to load)."""
+        return self.alive and self.pipeline is None
+
+    @property
     def state(self) -> str:
         if self.load_error:
             return f"model failed to load: {self.load_error}"

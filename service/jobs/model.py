@@ -52,6 +52,8 @@ class Job(BaseModel):
     owner: str | None = None
     webhook_url: str | None = None
     idempotency_key: str | None = None
+    base_url: str | None = None  # absolute base of the job's links, fixed at submission
+    revision: int = 1  # bumped by the store on every write: the events stream's event ids
 
     @property
     def finished(self) -> bool:

@@ -80,13 +80,9 @@ def encode(image: Image.Image, fmt: str) -> bytes:
 
 def new_job(stores: JobStores, **fields) -> Job:
     """A queued record, created in ``stores``."""
-    job = Job(
-        id=new_job_id(),
-        created_at=utcnow(),
-        structure_key="inputs/" + "a" * 64,
-        appearance_key="inputs/" + "b" * 64,
-        **fields,
-    )
+    defaults = {"created_at": utcnow(), "structure_key": "inputs/" + "a" * 64}
+    defaults["appearance_key"] = "inputs/" + "b" * 64
+    job = Job(id=new_job_id(), **{**defaults, **fields})
     stores.records.create(job)
     return job
 
@@ -106,3 +102,39 @@ KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key", "old": "revoked-ke
 
 def bearer(name: str) -> dict:
     return {"Authorization": f"Bearer {KEYS[name]}"}
+
+
+@dataclass
+class LiveServer:
+    """The app served by a real uvicorn on a loopback port (``url``), in a thread of the test."""
+
+    url: str
+    app: object
+    server: object
+
+
+@dataclass
+class SseEvent:
+    event: str | None
+    id: str | None
+    data: str
+
+
+def read_sse(lines, comments: list | None = None):
+    """Yield the events of a text/event-stream given its lines; ``comments`` collects ':' lines."""
+    event = {"event": None, "id": None, "data": []}
+    for line in lines:
+        if line == "":
+            if event["data"] or event["event"]:
+                yield SseEvent(event["event"], event["id"], "\n".join(event["data"]))
+            event = {"event": None, "id": None, "data": []}
+        elif line.startswith(":"):
+            if comments is not None:
+                comments.append(line)
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                event["data"].append(value)
+            elif name in ("event", "id"):
+                event[name] = value

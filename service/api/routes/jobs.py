@@ -1,16 +1,69 @@
-"""GET and DELETE /jobs/{id}, GET /jobs/{id}/result."""
+"""GET /jobs, GET and DELETE /jobs/{id}, GET /jobs/{id}/result, GET /jobs/{id}/events."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
-from fastapi.responses import FileResponse, RedirectResponse
+from typing import Annotated
 
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import FileResponse, RedirectResponse
+from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+
+from qalign_schema.jobs import JobStatus
 from service.api.deps import Owner, ServicesDep
-from service.api.routes.common import EXAMPLE_ID, JOB_ERRORS, header, job_response, problem
-from service.api.schemas import JobOut
-from service.jobs.public import job_out
+from service.api.links import request_base
+from service.api.listing import DEFAULT_LIMIT, MAX_LIMIT
+from service.api.routes.common import (
+    AUTH,
+    EXAMPLE_ID,
+    INVALID_QUERY,
+    JOB_ERRORS,
+    JOB_EXAMPLES,
+    UNAVAILABLE,
+    header,
+    job_response,
+    problem,
+)
+from service.api.schemas import JobList, JobOut
 
 router = APIRouter()
+
+_IMAGE = {"schema": {"type": "string", "format": "binary"}}
+_EVENTS_EXAMPLE = (
+    f'event: progress\nid: 3\ndata: {{"id": "{EXAMPLE_ID}", "status": "running", ...}}\n\n'
+    f'event: succeeded\nid: 9\ndata: {{"id": "{EXAMPLE_ID}", "status": "succeeded", ...}}\n\n'
+)
+
+
+@router.get(
+    "/jobs",
+    response_model=JobList,
+    summary="The caller's jobs",
+    responses={
+        200: {
+            "description": "One page, newest first.",
+            "content": {
+                "application/json": {
+                    "example": {"jobs": [JOB_EXAMPLES["succeeded"]], "next_cursor": "MTc2NzYwNzIwMC4wfDNm"}
+                }
+            },
+        },
+        **AUTH,
+        **INVALID_QUERY,
+        **UNAVAILABLE,
+    },
+)
+def list_jobs(
+    request: Request,
+    svc: ServicesDep,
+    owner: Owner,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Jobs per page.")] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+) -> JobList:
+    """The caller's jobs (those of its API key), newest first."""
+    jobs, next_cursor = svc.listing.page(owner, status=status, limit=limit, cursor=cursor)
+    return JobList(jobs=svc.views.many(jobs, request_base(request, svc.settings)), next_cursor=next_cursor)
 
 
 @router.get(
@@ -19,8 +72,8 @@ router = APIRouter()
     summary="The job object",
     responses={200: job_response("The job.", "succeeded"), **JOB_ERRORS},
 )
-def get_job(job_id: str, svc: ServicesDep, owner: Owner) -> JobOut:
-    return job_out(svc.jobs.get(job_id, owner), svc.store, svc.settings)
+def get_job(job_id: str, request: Request, svc: ServicesDep, owner: Owner) -> JobOut:
+    return svc.views.one(svc.jobs.get(job_id, owner), request_base(request, svc.settings))
 
 
 @router.delete(
@@ -33,15 +86,57 @@ def get_job(job_id: str, svc: ServicesDep, owner: Owner) -> JobOut:
         **JOB_ERRORS,
     },
 )
-def cancel_job(job_id: str, response: Response, svc: ServicesDep, owner: Owner) -> JobOut:
+def cancel_job(job_id: str, request: Request, response: Response, svc: ServicesDep, owner: Owner) -> JobOut:
     """Queued: canceled at once (200). Running: stops at its next step (202). Finished: unchanged (200)."""
     job = svc.jobs.cancel(job_id, owner)
     if job.status == "running":
         response.status_code = 202
-    return job_out(job, svc.store, svc.settings)
+    return svc.views.one(job, request_base(request, svc.settings))
 
 
-_IMAGE = {"schema": {"type": "string", "format": "binary"}}
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=EventSourceResponse,
+    summary="Progress events of a job (Server-Sent Events)",
+    responses={
+        200: {
+            "description": "`progress` events, then one `succeeded`, `failed` or `canceled` event; each "
+            "`data` is the job object, each `id` an increasing integer.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}, "example": _EVENTS_EXAMPLE}},
+        },
+        204: {"description": "Last-Event-ID is the terminal event: nothing more will come."},
+        **JOB_ERRORS,
+        422: problem(
+            422,
+            "invalid-parameters",
+            "header.last-event-id: Input should be a valid integer",
+            title="Unprocessable Content",
+            description="Last-Event-ID is not a whole number >= 0.",
+            instance=f"/jobs/{EXAMPLE_ID}/events",
+        ),
+    },
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    svc: ServicesDep,
+    owner: Owner,
+    last_event_id: Annotated[
+        int | None, Header(ge=0, description="Resume after this event id (sent back by EventSource).")
+    ] = None,
+) -> Response:
+    """Server-Sent Events: `progress` on every status, stage or progress change, then one event named
+    `succeeded`, `failed` or `canceled`; each carries the job object; the stream then ends."""
+    job = await run_in_threadpool(svc.jobs.get, job_id, owner)
+    if svc.follower.nothing_after(job, last_event_id):
+        return Response(status_code=204)
+    base = request_base(request, svc.settings)
+
+    def render(current) -> str:
+        return svc.views.one(current, base).model_dump_json()
+
+    stream = svc.follower.events(job, owner, last_event_id, render)
+    return EventSourceResponse(stream, ping=svc.settings.events_ping_s)
 
 
 @router.get(

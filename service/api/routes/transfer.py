@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Owner, ServicesDep
 from service.api.intake import read_submission
+from service.api.links import request_base
 from service.api.routes.common import (
     AUTH,
     LOCATION,
@@ -17,7 +20,7 @@ from service.api.routes.common import (
     problem,
 )
 from service.api.schemas import FieldProblem, JobOut, multipart_openapi
-from service.jobs.public import job_out
+from service.api.watch import prefer_wait
 
 router = APIRouter()
 
@@ -96,7 +99,7 @@ _REFUSALS = {
             headers={"Location": LOCATION},
         ),
         201: job_response(
-            "Prefer: wait=N and the job finished in time: the finished job.",
+            "Prefer: wait=N and the job ended within N seconds: the finished job.",
             "succeeded",
             headers={"Location": LOCATION, "Preference-Applied": PREFERENCE_APPLIED},
         ),
@@ -105,14 +108,30 @@ _REFUSALS = {
         **UNAVAILABLE,
     },
 )
-async def submit_transfer(request: Request, response: Response, svc: ServicesDep, owner: Owner) -> JobOut:
+async def submit_transfer(
+    request: Request,
+    response: Response,
+    svc: ServicesDep,
+    owner: Owner,
+    prefer: Annotated[
+        str | None, Header(description="wait=N (1-60): hold the answer until the job ends or N s pass")
+    ] = None,
+) -> JobOut:
     """Multipart (files `structure`, `appearance` + parameter fields) or JSON with base64 images.
 
     Header `Idempotency-Key`: the same key with the same request returns the first job (200).
+    Header `Prefer: wait=N`: answer once the job has ended (201) or after N seconds (202).
     """
+    wait = prefer_wait(prefer)
     submission = await read_submission(request, svc.settings)
-    job, created = await run_in_threadpool(svc.submitter.submit, submission, owner)
+    base = request_base(request, svc.settings)
+    job, created = await run_in_threadpool(svc.submitter.submit, submission, owner, base)
     response.headers["Location"] = f"/jobs/{job.id}"
+    if wait is not None:
+        job = await svc.follower.wait(job, owner, wait, request.is_disconnected)
+        response.headers["Preference-Applied"] = f"wait={wait}"
     if not created:
         response.status_code = 200
-    return job_out(job, svc.store, svc.settings)
+    elif job.finished and wait is not None:
+        response.status_code = 201
+    return await run_in_threadpool(svc.views.one, job, base)

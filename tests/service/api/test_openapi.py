@@ -72,7 +72,12 @@ def test_a_real_jobs_responses_match_the_published_schema(api_schema, live_servi
         job = testkit.submit(client, photo_bytes, steps=4, skip_steps=0, size=64).json()
         done = testkit.poll(client, job["id"], headers=AUTH, timeout=180)
     assert done["status"] == "succeeded", done
-    routes = (("GET", "/jobs/{job_id}"), ("GET", "/jobs/{job_id}/result"), ("DELETE", "/jobs/{job_id}"))
+    routes = (
+        ("GET", "/jobs/{job_id}"),
+        ("GET", "/jobs/{job_id}/events"),
+        ("GET", "/jobs/{job_id}/result"),
+        ("DELETE", "/jobs/{job_id}"),
+    )
     for method, path in routes:
         case = api_schema[path][method].Case(path_parameters={"job_id": job["id"]}, headers=AUTH)
         response = case.call_and_validate()

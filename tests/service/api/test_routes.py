@@ -25,7 +25,7 @@ def test_multipart_submit_poll_download(client, small_images, fake_pipeline):
     assert done["status"] == "succeeded" and done["stage"] == "done" and done["progress"] == 1.0
     assert done["params"]["size"] == 64, "effective params carry the resolved size"
     assert done["result"] == {
-        "url": f"/jobs/{job['id']}/result",
+        "url": f"http://testserver/jobs/{job['id']}/result",
         "content_type": "image/png",
         "width": 64,
         "height": 64,
