@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -29,10 +30,23 @@ from service.api.schemas import JobList, JobOut
 router = APIRouter()
 
 _IMAGE = {"schema": {"type": "string", "format": "binary"}}
-_EVENTS_EXAMPLE = (
-    f'event: progress\nid: 3\ndata: {{"id": "{EXAMPLE_ID}", "status": "running", ...}}\n\n'
-    f'event: succeeded\nid: 9\ndata: {{"id": "{EXAMPLE_ID}", "status": "succeeded", ...}}\n\n'
-)
+#: One event of the stream (OpenAPI 3.1: the schema of a text/event-stream describes each event).
+_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data", "id"],
+    "properties": {
+        "event": {"type": "string", "enum": ["progress", "succeeded", "failed", "canceled"]},
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "Increasing; send as Last-Event-ID."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/JobOut"},
+            "description": "The job object.",
+        },
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+_EVENT_EXAMPLE = {"event": "succeeded", "id": "9", "data": json.dumps(JOB_EXAMPLES["succeeded"])}
 
 
 @router.get(
@@ -102,7 +116,7 @@ def cancel_job(job_id: str, request: Request, response: Response, svc: ServicesD
         200: {
             "description": "`progress` events, then one `succeeded`, `failed` or `canceled` event; each "
             "`data` is the job object, each `id` an increasing integer.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}, "example": _EVENTS_EXAMPLE}},
+            "content": {"text/event-stream": {"schema": _EVENT_SCHEMA, "example": _EVENT_EXAMPLE}},
         },
         204: {"description": "Last-Event-ID is the terminal event: nothing more will come."},
         **JOB_ERRORS,
