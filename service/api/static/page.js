@@ -67,6 +67,7 @@ function wireDrop(name) {
     preview.alt = file.name;
     preview.hidden = false;
   };
+  preview.addEventListener("error", () => { preview.hidden = true; });  // not an image: the server says why
   input.addEventListener("change", show);
   zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
