@@ -19,6 +19,7 @@ from service.auth import hash_key
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 KEY = "page-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -106,8 +107,9 @@ def test_two_photos_give_a_rendered_result_with_live_progress(page, live_service
         assert run.get_attribute("data-status") == "succeeded"
         size = run.locator(".result").evaluate("img => [img.naturalWidth, img.naturalHeight]")
         job_id = run.locator(".download").get_attribute("download").rsplit("-", 1)[1].split(".")[0]
-        job = httpx.get(f"{live_service.url}/jobs/{job_id}", headers={"Authorization": f"Bearer {KEY}"}).json()
-        assert job["params"]["method"] == method and job["params"]["steps"] == 6 and job["params"]["seed"] == 3
+        job = httpx.get(f"{live_service.url}/jobs/{job_id}", headers=AUTH).json()
+        params = job["params"]
+        assert params["method"] == method and params["steps"] == 6 and params["seed"] == 3
         assert size == [job["result"]["width"], job["result"]["height"]] and size[0] > 0
         assert run.locator(".size").inner_text() == f"{size[0]} × {size[1]}"
         assert run.locator(".download").get_attribute("href").startswith("blob:")
@@ -140,3 +142,24 @@ def test_refusals_are_shown_as_readable_problem_details(page, photo_files, tmp_p
     assert problem.locator(".kind").inner_text() == "/problems/not-an-image"
     assert "{" not in problem.inner_text(), "shown as text, not raw JSON"
     page.screenshot(path=str(tmp_path / "problem.png"), full_page=True)
+
+
+def test_api_reference_pages_render_from_the_service_alone(browser, live_service):
+    """Swagger UI and ReDoc render the operations from the service's own assets; nothing is loaded from
+    elsewhere (ReDoc's footer logo on its CDN is blocked by the pages' Content-Security-Policy)."""
+    context = browser.new_context()
+    loaded: list[str] = []
+    context.on("response", lambda response: loaded.append(response.url))
+    page = context.new_page()
+    try:
+        page.goto(live_service.url + "/docs")
+        page.wait_for_selector("#operations-default-submit_transfer_transfer_post", timeout=60_000)
+        assert page.locator(".opblock").count() >= 6
+        page.goto(live_service.url + "/redoc")
+        page.get_by_text("Submit a transfer job").first.wait_for(timeout=60_000)
+    finally:
+        context.close()
+    assert any(url.endswith("/docs/assets/swagger-ui-bundle.js") for url in loaded)
+    assert any(url.endswith("/docs/assets/redoc.standalone.js") for url in loaded)
+    outside = [url for url in loaded if not url.startswith((live_service.url, "data:", "blob:"))]
+    assert not outside, outside

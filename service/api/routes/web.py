@@ -18,6 +18,11 @@ DOCS_ASSETS_DIR = Path(str(files("fastapi_offline") / "static"))
 PAGE_ASSETS = "/static"
 DOCS_ASSETS = "/docs/assets"
 TITLE = "Q-Align appearance transfer"
+#: The reference pages load nothing from elsewhere (ReDoc's footer would fetch a logo from its CDN).
+SAME_ORIGIN_ONLY = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self' 'unsafe-inline'; worker-src 'self' blob:; connect-src 'self'"
+}
 
 router = APIRouter(include_in_schema=False)
 
@@ -30,7 +35,7 @@ def page() -> FileResponse:
 @router.get("/docs")
 def swagger_ui(request: Request) -> HTMLResponse:
     root = request.scope.get("root_path", "")
-    return get_swagger_ui_html(
+    page = get_swagger_ui_html(
         openapi_url=f"{root}/openapi.json",
         title=f"{TITLE} - Swagger UI",
         swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
@@ -38,15 +43,19 @@ def swagger_ui(request: Request) -> HTMLResponse:
         swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
         swagger_ui_parameters={"persistAuthorization": True},
     )
+    page.headers.update(SAME_ORIGIN_ONLY)
+    return page
 
 
 @router.get("/redoc")
 def redoc(request: Request) -> HTMLResponse:
     root = request.scope.get("root_path", "")
-    return get_redoc_html(
+    page = get_redoc_html(
         openapi_url=f"{root}/openapi.json",
         title=f"{TITLE} - ReDoc",
         redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
         redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
         with_google_fonts=False,
     )
+    page.headers.update(SAME_ORIGIN_ONLY)
+    return page
