@@ -48,7 +48,7 @@ def test_embedded_flow_survives_api_restart(tiny_model_dir, photo_bytes, tmp_pat
                 wait_for(lambda: _up(client), timeout=60)
                 done = poll(client, job["id"])
                 assert done["status"] == "succeeded", (done, log_path.read_text()[-3000:])
-                assert done["result"]["url"] == f"/jobs/{job['id']}/result"
+                assert done["result"]["url"] == f"{base}/jobs/{job['id']}/result"
                 # Masked AdaIN is the default: the metrics say what ran and whether masks were found.
                 assert done["params"]["adain"] == "masked"
                 metrics = done["metrics"]

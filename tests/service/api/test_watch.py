@@ -84,7 +84,8 @@ def test_client_disconnect_ends_the_stream(make_server, gated, small_images):
         with httpx.Client(base_url=live.url, timeout=60) as http:
             job_id = submit(http, small_images).json()["id"]
             with http.stream("GET", f"/jobs/{job_id}/events") as response:
-                next(read_sse(response.iter_lines()))
+                events = read_sse(response.iter_lines())  # kept: closing the iterator closes the response
+                next(events)
                 assert follower.open_streams == 1
         wait_for(lambda: follower.open_streams == 0, timeout=30)
     finally:
@@ -98,9 +99,9 @@ def test_idle_stream_sends_keep_alive_comments(make_server, embedded_settings, g
         with httpx.Client(base_url=live.url, timeout=60) as http:
             job_id = submit(http, small_images).json()["id"]
             with http.stream("GET", f"/jobs/{job_id}/events") as response:
-                lines = response.iter_lines()
-                for _ in read_sse(lines, comments):
-                    if comments:
+                for line in response.iter_lines():  # the job is held: nothing but pings will come
+                    if line.startswith(":"):
+                        comments.append(line)
                         break
     finally:
         gated.gate.set()
