@@ -7,6 +7,7 @@ the page's key field and its fetch()-based events reader (EventSource cannot sen
 
 from __future__ import annotations
 
+import base64
 import shutil
 from pathlib import Path
 
@@ -85,9 +86,24 @@ def photo_files(photo_bytes, tmp_path_factory) -> tuple[Path, Path]:
     return structure, appearance
 
 
+def drop_file(page, zone: str, path: Path, content_type: str) -> None:
+    """Drop ``path`` on ``zone`` as a user dragging a file from the desktop would."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    transfer = page.evaluate_handle(
+        """([data, name, type]) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type }));
+            return transfer;
+        }""",
+        [data, path.name, content_type],
+    )
+    page.dispatch_event(zone, "drop", {"dataTransfer": transfer})
+
+
 def test_two_photos_give_a_rendered_result_with_live_progress(page, live_service, photo_files, tmp_path):
-    page.set_input_files("#structure", str(photo_files[0]))
-    page.set_input_files("#appearance", str(photo_files[1]))
+    drop_file(page, "#structure-drop", photo_files[0], "image/png")  # dropped
+    page.set_input_files("#appearance", str(photo_files[1]))  # chosen
     page.fill("#steps", "6")
     page.fill("#seed", "3")
     page.fill("#api-key", KEY)
