@@ -2,7 +2,7 @@
 Python client: transfer parameters, the job object, problem details. Pydantic only (no torch, no web
 framework), so ``qalign-client`` installs with httpx and pydantic alone."""
 
-from qalign_schema.jobs import ErrorOut, JobList, JobMetricsOut, JobOut, JobUrls, ResultOut
+from qalign_schema.jobs import ErrorOut, JobList, JobMetricsOut, JobOut, JobParams, JobUrls, ResultOut
 from qalign_schema.params import TransferParams
 from qalign_schema.problems import FieldProblem, Problem
 
@@ -12,6 +12,7 @@ __all__ = [
     "JobList",
     "JobMetricsOut",
     "JobOut",
+    "JobParams",
     "JobUrls",
     "Problem",
     "ResultOut",

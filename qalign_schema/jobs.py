@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from qalign_schema.params import TransferParams
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 JobStage = Literal["queued", "loading", "inverting", "denoising", "decoding", "uploading", "done"]
 
@@ -42,6 +44,14 @@ class JobMetricsOut(BaseModel):
     )
 
 
+class JobParams(TransferParams):
+    """The effective parameters of a job: what the caller sent, defaults filled in. ``size`` is null
+    until a worker has resolved it to the model's native size. Unknown fields are ignored (not refused
+    as on submission), so a client keeps parsing job objects of a newer server."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
 class JobUrls(BaseModel):
     """Absolute links of one job."""
 
@@ -59,7 +69,9 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    params: dict = Field(description="The effective parameters (size is filled in once the job has run).")
+    params: JobParams = Field(
+        description="The effective parameters (size is filled in once the job has run)."
+    )
     result: ResultOut | None
     error: ErrorOut | None
     metrics: JobMetricsOut

@@ -15,6 +15,12 @@ StepRange = tuple[int, int]
 #: The most DDPM steps: SD 1.5's scheduler (1000 training steps, steps_offset 1) supports up to 999.
 MAX_STEPS = 999
 
+def _step_range_schema(schema: dict) -> None:
+    """Publish the per-item bounds the range validator enforces, so schema-driven generators and clients
+    know them (start <= end is checked by the validator; JSON Schema cannot say it)."""
+    schema["prefixItems"] = [{"type": "integer", "minimum": 0, "maximum": 100} for _ in range(2)]
+
+
 SCHEDULE_UNITS = (
     "In CIA's units: steps of a 100-step run counted from the first denoising step, scaled by "
     "steps/100 (at steps=100 exactly Cross-Image Attention's schedule)."
@@ -64,11 +70,13 @@ class TransferParams(BaseModel):
         (10, 90),
         description="Steps [start, end) aligned at the finest token grid (64x64 for SD 1.5). "
         + SCHEDULE_UNITS,
+        json_schema_extra=_step_range_schema,
     )
     align_steps_coarse: StepRange = Field(
         (10, 70),
         description="Steps [start, end) aligned at the second-finest grid (32x32 for SD 1.5). "
         + SCHEDULE_UNITS,
+        json_schema_extra=_step_range_schema,
     )
     adain: Literal["masked", "plain", "none"] = Field(
         "masked",
@@ -76,7 +84,9 @@ class TransferParams(BaseModel):
         "(CIA's default; plain when no object is found), over the whole latent, or none.",
     )
     adain_steps: StepRange = Field(
-        (20, 100), description="Steps [start, end) after which AdaIN is applied. " + SCHEDULE_UNITS
+        (20, 100),
+        description="Steps [start, end) after which AdaIN is applied. " + SCHEDULE_UNITS,
+        json_schema_extra=_step_range_schema,
     )
     size: int | None = Field(
         None,

@@ -13,5 +13,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
     exit 1
   fi
 fi
+# The web page's test drives Debian's Chromium (Playwright cannot download its own browsers here).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium not found: the web page test will be skipped (install it: apt-get install chromium)" >&2
+  fi
+fi
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"

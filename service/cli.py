@@ -14,7 +14,7 @@ class ReadyAnnouncer:
     embedded model loaded; distributed: stores, broker and a live worker), and before that one line
     saying what it still waits for. uvicorn's "running on" comes earlier, while the model loads."""
 
-    def __init__(self, server, readiness, host: str, interval: float = 0.5) -> None:
+    def __init__(self, server, readiness, host: str, interval: float = 1.0) -> None:
         self.server, self.readiness, self.host, self.interval = server, readiness, host, interval
 
     def start(self) -> ReadyAnnouncer:

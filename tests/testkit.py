@@ -127,3 +127,33 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class LiveService:
+    """An app (the service's, from create_app) served by uvicorn on a free loopback port, in a thread of
+    this process; ``with LiveService(app) as live: live.url``. Stops within bounded time."""
+
+    def __init__(self, app, start_timeout: float = 120.0) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.start_timeout = start_timeout
+        self.thread = None
+
+    def __enter__(self) -> LiveService:
+        import threading
+
+        self.thread = threading.Thread(target=self.server.run, name="live-service", daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.server.started or not self.thread.is_alive(), self.start_timeout)
+        if not self.server.started:
+            raise RuntimeError("the service did not start (see the log above)")
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(60)

@@ -11,12 +11,14 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from service.api.intake import BodyLimitMiddleware
 from service.api.links import ForwardedHeadersMiddleware
 from service.api.metrics import MetricsMiddleware
+from service.api.openapi import install_openapi
 from service.api.problems import install_problem_handlers
-from service.api.routes import router
+from service.api.routes import router, web
 from service.api.services import Services
 from service.logs import configure_logging
 from service.settings import Settings
@@ -45,10 +47,15 @@ def create_app(settings: Settings | None = None, *, pipeline_factory=None) -> Fa
         version="1",
         description="Submit a structure and an appearance image, poll the job, download the result.",
         lifespan=lifespan,
+        docs_url=None,  # served by routes.web from local assets (no CDN)
+        redoc_url=None,
     )
     app.state.services = services
     install_problem_handlers(app)
     app.include_router(router)
+    app.mount(web.PAGE_ASSETS, StaticFiles(directory=web.PAGE_DIR), name="page-assets")
+    app.mount(web.DOCS_ASSETS, StaticFiles(directory=web.DOCS_ASSETS_DIR), name="docs-assets")
+    install_openapi(app, settings)
     app.add_middleware(BodyLimitMiddleware, limit=settings.request_limit)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     app.add_middleware(ForwardedHeadersMiddleware, trusted=settings.forwarded_allow_ips)

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from qalign_core.params import TransferParams
-from qalign_schema.jobs import ErrorOut, JobList, JobMetricsOut, JobOut, JobUrls, ResultOut
+from qalign_schema.jobs import ErrorOut, JobList, JobMetricsOut, JobOut, JobParams, JobUrls, ResultOut
 from qalign_schema.problems import FieldProblem, Problem
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "JobList",
     "JobMetricsOut",
     "JobOut",
+    "JobParams",
     "JobUrls",
     "Problem",
     "ResultOut",
@@ -62,7 +63,7 @@ def allowed_values(field: str) -> str | None:
     if annotation is bool:
         return "true or false"
     if field in TUPLE_FIELDS:
-        return "two integers start,end with 0 <= start <= end <= 1000"
+        return "two integers start,end with 0 <= start <= end <= 100"
     bounds = {}
     for meta in info.metadata:
         for name in ("ge", "gt", "le", "lt", "multiple_of", "min_length", "max_length"):
@@ -80,9 +81,32 @@ def allowed_values(field: str) -> str | None:
     return " and ".join(parts) or None
 
 
+#: A 1x1 PNG: the smallest image the request examples can carry (base64).
+EXAMPLE_PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+)
+#: One end of a step range in a form field: an integer 0 to 100.
+_STEP = r"(?:100|[1-9]?[0-9])"
+#: Header parameters of POST /transfer checked by service.api.intake, not by FastAPI (Prefer is a
+#: FastAPI header parameter of the route).
+TRANSFER_HEADERS = [
+    {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "Retry-safe submission: the same key with the same request returns the first job "
+        "(200); with another request, 409. 1 to 255 printable ASCII characters (a UUID is typical).",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+        "example": "6d1f2a3b-9c4e-4f5a-8b7c-1d2e3f4a5b6c",
+    },
+]
+
+
 def multipart_openapi() -> dict:
-    """OpenAPI requestBody for POST /transfer: both accepted encodings, fields from TransferParams."""
+    """OpenAPI requestBody (both accepted encodings, fields from TransferParams, an example of each)
+    and the header parameters of POST /transfer."""
     params_schema = TransferParams.model_json_schema()
+    image_types = "image/png, image/jpeg, image/webp"
     form_properties: dict[str, dict] = {
         "structure": {
             "type": "string",
@@ -94,7 +118,12 @@ def multipart_openapi() -> dict:
             "format": "binary",
             "description": "Appearance image, or an https:// URL.",
         },
-        "webhook_url": {"type": "string", "description": "Called on running and terminal status."},
+        "webhook_url": {
+            "type": "string",
+            "maxLength": 2000,
+            "pattern": "^https?://",
+            "description": "Called on running and terminal status.",
+        },
         "webhook_events_filter": {
             "type": "array",
             "items": {"type": "string", "enum": ["start", "completed"]},
@@ -103,11 +132,16 @@ def multipart_openapi() -> dict:
     }
     for name, schema in params_schema["properties"].items():
         if name in TUPLE_FIELDS:
-            schema = {"type": "string", "description": f"{schema.get('description', '')} As 'start,end'."}
+            schema = {
+                "type": "string",
+                "pattern": rf"^\s*{_STEP}\s*,\s*{_STEP}\s*$",
+                "description": f"{schema.get('description', '')} As 'start,end', 0 <= start <= end <= 100.",
+            }
         form_properties[name] = schema
     json_schema = TransferJSONRequest.model_json_schema()
     json_schema.pop("$defs", None)
     return {
+        "parameters": TRANSFER_HEADERS,
         "requestBody": {
             "required": True,
             "content": {
@@ -116,9 +150,29 @@ def multipart_openapi() -> dict:
                         "type": "object",
                         "properties": form_properties,
                         "required": list(IMAGE_FIELDS),
-                    }
+                        "additionalProperties": False,
+                    },
+                    "encoding": {field: {"contentType": image_types} for field in IMAGE_FIELDS},
+                    "example": {
+                        "structure": "(the structure image file)",
+                        "appearance": "(the appearance image file)",
+                        "steps": 50,
+                        "seed": 1,
+                        "method": "qalign",
+                        "align_steps_fine": "10,90",
+                    },
                 },
-                "application/json": {"schema": json_schema},
+                "application/json": {
+                    "schema": json_schema,
+                    "example": {
+                        "structure": EXAMPLE_PNG_BASE64,
+                        "appearance": "data:image/png;base64," + EXAMPLE_PNG_BASE64,
+                        "steps": 50,
+                        "seed": 1,
+                        "method": "qalign",
+                        "align_steps_fine": [10, 90],
+                    },
+                },
             },
-        }
+        },
     }

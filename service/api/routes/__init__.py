@@ -2,9 +2,10 @@
 
 from fastapi import APIRouter
 
-from service.api.routes import jobs, ops, transfer
+from service.api.routes import jobs, ops, transfer, web
 
 router = APIRouter()
 router.include_router(transfer.router)
 router.include_router(jobs.router)
 router.include_router(ops.router)
+router.include_router(web.router)

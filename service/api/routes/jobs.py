@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -14,13 +15,59 @@ from qalign_schema.jobs import JobStatus
 from service.api.deps import Owner, ServicesDep
 from service.api.links import request_base
 from service.api.listing import DEFAULT_LIMIT, MAX_LIMIT
-from service.api.routes.common import AUTH, PROBLEM
+from service.api.routes.common import (
+    AUTH,
+    EXAMPLE_ID,
+    INVALID_QUERY,
+    JOB_ERRORS,
+    JOB_EXAMPLES,
+    UNAVAILABLE,
+    header,
+    job_response,
+    problem,
+)
 from service.api.schemas import JobList, JobOut
 
 router = APIRouter()
 
+_IMAGE = {"schema": {"type": "string", "format": "binary"}}
+#: One event of the stream (OpenAPI 3.1: the schema of a text/event-stream describes each event).
+_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data", "id"],
+    "properties": {
+        "event": {"type": "string", "enum": ["progress", "succeeded", "failed", "canceled"]},
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "Increasing; send as Last-Event-ID."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/JobOut"},
+            "description": "The job object.",
+        },
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+_EVENT_EXAMPLE = {"event": "succeeded", "id": "9", "data": json.dumps(JOB_EXAMPLES["succeeded"])}
 
-@router.get("/jobs", response_model=JobList, responses={**AUTH, 422: PROBLEM, 503: PROBLEM})
+
+@router.get(
+    "/jobs",
+    response_model=JobList,
+    summary="The caller's jobs",
+    responses={
+        200: {
+            "description": "One page, newest first.",
+            "content": {
+                "application/json": {
+                    "example": {"jobs": [JOB_EXAMPLES["succeeded"]], "next_cursor": "MTc2NzYwNzIwMC4wfDNm"}
+                }
+            },
+        },
+        **AUTH,
+        **INVALID_QUERY,
+        **UNAVAILABLE,
+    },
+)
 def list_jobs(
     request: Request,
     svc: ServicesDep,
@@ -34,7 +81,12 @@ def list_jobs(
     return JobList(jobs=svc.views.many(jobs, request_base(request, svc.settings)), next_cursor=next_cursor)
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, responses={**AUTH, 404: PROBLEM, 503: PROBLEM})
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobOut,
+    summary="The job object",
+    responses={200: job_response("The job.", "succeeded"), **JOB_ERRORS},
+)
 def get_job(job_id: str, request: Request, svc: ServicesDep, owner: Owner) -> JobOut:
     return svc.views.one(svc.jobs.get(job_id, owner), request_base(request, svc.settings))
 
@@ -42,12 +94,13 @@ def get_job(job_id: str, request: Request, svc: ServicesDep, owner: Owner) -> Jo
 @router.delete(
     "/jobs/{job_id}",
     response_model=JobOut,
+    summary="Cancel a job",
     responses={
-        202: {"model": JobOut, "description": "Running job: it stops at its next step"},
+        200: job_response("Queued: canceled at once. Finished: unchanged.", "canceled"),
+        202: job_response("Running: the cancel is flagged; it stops at its next step.", "running"),
         204: {"description": "purge=true: the job and its data were erased"},
-        **AUTH,
-        404: PROBLEM,
-        503: PROBLEM,
+        **JOB_ERRORS,
+        **INVALID_QUERY,
     },
 )
 def cancel_job(
@@ -71,13 +124,23 @@ def cancel_job(
 @router.get(
     "/jobs/{job_id}/events",
     response_class=EventSourceResponse,
+    summary="Progress events of a job (Server-Sent Events)",
     responses={
-        200: {"content": {"text/event-stream": {}}, "description": "progress events, then the terminal one"},
-        204: {"description": "Last-Event-ID is the terminal event: nothing more will come"},
-        **AUTH,
-        404: PROBLEM,
-        422: PROBLEM,
-        503: PROBLEM,
+        200: {
+            "description": "`progress` events, then one `succeeded`, `failed` or `canceled` event; each "
+            "`data` is the job object, each `id` an increasing integer.",
+            "content": {"text/event-stream": {"schema": _EVENT_SCHEMA, "example": _EVENT_EXAMPLE}},
+        },
+        204: {"description": "Last-Event-ID is the terminal event: nothing more will come."},
+        **JOB_ERRORS,
+        422: problem(
+            422,
+            "invalid-parameters",
+            "header.last-event-id: Input should be a valid integer",
+            title="Unprocessable Content",
+            description="Last-Event-ID is not a whole number >= 0.",
+            instance=f"/jobs/{EXAMPLE_ID}/events",
+        ),
     },
 )
 async def job_events(
@@ -107,7 +170,8 @@ async def job_events(
     "/jobs/{job_id}/data",
     status_code=204,
     response_class=Response,
-    responses={204: {"description": "The job and its data were erased"}, **AUTH, 404: PROBLEM, 503: PROBLEM},
+    summary="Erase a job and its data",
+    responses={204: {"description": "The job and its data were erased"}, **JOB_ERRORS},
 )
 def erase_job_data(job_id: str, svc: ServicesDep, owner: Owner) -> Response:
     """Erase the job: record, inputs, result and cached inversions no other job uses; a running job
@@ -119,14 +183,32 @@ def erase_job_data(job_id: str, svc: ServicesDep, owner: Owner) -> Response:
 @router.get(
     "/jobs/{job_id}/result",
     response_class=Response,
+    summary="The result image",
     responses={
-        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
-        307: {"description": "Redirect to the presigned store URL"},
-        **AUTH,
-        404: PROBLEM,
-        409: PROBLEM,
-        410: PROBLEM,
-        503: PROBLEM,
+        200: {
+            "description": "The image, in the job's output_format.",
+            "content": {"image/png": _IMAGE, "image/jpeg": _IMAGE, "image/webp": _IMAGE},
+        },
+        307: {
+            "description": "Redirect to a fresh presigned URL of the object store.",
+            "headers": {"Location": header("The presigned URL.")},
+        },
+        409: problem(
+            409,
+            "result-not-ready",
+            f"job {EXAMPLE_ID} is running; the result exists once it has succeeded",
+            title="Conflict",
+            description="The job has no result (yet, or ever: failed or canceled).",
+            instance=f"/jobs/{EXAMPLE_ID}/result",
+        ),
+        410: problem(
+            410,
+            "result-gone",
+            f"the result of job {EXAMPLE_ID} has expired from the store",
+            title="Gone",
+            instance=f"/jobs/{EXAMPLE_ID}/result",
+        ),
+        **JOB_ERRORS,
     },
 )
 def get_result(job_id: str, svc: ServicesDep, owner: Owner) -> Response:

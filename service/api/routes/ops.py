@@ -7,23 +7,84 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import ServicesDep, metrics_caller
+from service.api.routes.common import AUTH
 
 router = APIRouter()
 
+_READINESS_SCHEMA = {
+    "type": "object",
+    "required": ["ready", "mode", "checks"],
+    "properties": {
+        "ready": {"type": "boolean"},
+        "mode": {"type": "string", "enum": ["embedded", "distributed"]},
+        "checks": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["ok"],
+                "properties": {"ok": {"type": "boolean"}, "detail": {"type": "string"}},
+            },
+        },
+    },
+}
+_READY = {"ready": True, "mode": "embedded", "checks": {"jobs": {"ok": True}, "store": {"ok": True}}}
+_NOT_READY = {
+    "ready": False,
+    "mode": "distributed",
+    "checks": {
+        "jobs": {"ok": True},
+        "store": {"ok": True},
+        "workers": {"ok": False, "detail": "no live worker"},
+    },
+}
 
-@router.get("/healthz", summary="Process is alive")
-def healthz() -> dict:
+
+@router.get(
+    "/healthz",
+    summary="Process is alive",
+    responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+)
+def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Job store, object store, broker and a live worker are reachable")
+@router.get(
+    "/readyz",
+    summary="Job store, object store, broker and a live worker are reachable",
+    response_class=JSONResponse,
+    responses={
+        200: {
+            "description": "Every check passes.",
+            "content": {"application/json": {"schema": _READINESS_SCHEMA, "example": _READY}},
+        },
+        503: {
+            "description": "A check fails; the body names it.",
+            "content": {"application/json": {"schema": _READINESS_SCHEMA, "example": _NOT_READY}},
+        },
+    },
+)
 def readyz(svc: ServicesDep) -> JSONResponse:
     verdict = svc.readiness.verdict(fresh=True)
     return JSONResponse(verdict, status_code=200 if verdict["ready"] else 503)
 
 
 @router.get(
-    "/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[Depends(metrics_caller)]
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    dependencies=[Depends(metrics_caller)],
+    responses={
+        200: {
+            "description": "Prometheus text format.",
+            "content": {
+                CONTENT_TYPE_LATEST: {
+                    "schema": {"type": "string"},
+                    "example": 'qalign_jobs{status="queued"} 0.0\n',
+                }
+            },
+        },
+        **AUTH,
+    },
 )
 def metrics(svc: ServicesDep) -> Response:
     return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -10,11 +10,79 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import Owner, ServicesDep
 from service.api.intake import read_submission
 from service.api.links import request_base
-from service.api.routes.common import AUTH, PROBLEM
-from service.api.schemas import JobOut, multipart_openapi
+from service.api.routes.common import (
+    AUTH,
+    LOCATION,
+    PREFERENCE_APPLIED,
+    RETRY_AFTER,
+    UNAVAILABLE,
+    job_response,
+    problem,
+)
+from service.api.schemas import FieldProblem, JobOut, multipart_openapi
 from service.api.watch import prefer_wait
 
 router = APIRouter()
+
+_REFUSALS = {
+    400: problem(
+        400,
+        "not-an-image",
+        "appearance: not an image (send a PNG, JPEG or WebP file)",
+        title="Bad Request",
+        description="Not an image, a corrupt image, invalid JSON or base64, or a bad Idempotency-Key.",
+        instance="/transfer",
+    ),
+    409: problem(
+        409,
+        "idempotency-key-reused",
+        "this Idempotency-Key was used with a different request",
+        title="Conflict",
+        description="Idempotency-Key reused with another request, or its first request is still being "
+        "processed (then with Retry-After).",
+        headers={"Retry-After": {**RETRY_AFTER, "required": False}},
+        instance="/transfer",
+    ),
+    413: problem(
+        413,
+        "too-large",
+        "structure: the file is over the limit of 10485760 bytes",
+        title="Content Too Large",
+        description="A body, a file or an image's pixel count over the limits.",
+        instance="/transfer",
+    ),
+    415: problem(
+        415,
+        "unsupported-media-type",
+        "appearance: unsupported image type (gif); allowed: PNG, JPEG, WebP",
+        title="Unsupported Media Type",
+        description="A recognised but unsupported image type, or a body that is neither multipart nor JSON.",
+        instance="/transfer",
+    ),
+    422: problem(
+        422,
+        "invalid-parameters",
+        "steps: Input should be less than or equal to 999 (allowed: >= 2 and <= 999)",
+        title="Unprocessable Content",
+        description="A parameter out of range, unknown or inconsistent, a missing file part, or a refused "
+        "webhook_url: each field is named with what is allowed.",
+        errors=[
+            FieldProblem(
+                field="steps", message="Input should be less than or equal to 999", allowed=">= 2 and <= 999"
+            )
+        ],
+        instance="/transfer",
+    ),
+    429: problem(
+        429,
+        "queue-full",
+        "100 jobs are queued; try again later",
+        title="Too Many Requests",
+        description="The queue is full, or this key has too many unfinished jobs.",
+        headers={"Retry-After": RETRY_AFTER},
+        instance="/transfer",
+    ),
+}
 
 
 @router.post(
@@ -24,10 +92,20 @@ router = APIRouter()
     summary="Submit a transfer job",
     openapi_extra=multipart_openapi(),
     responses={
-        200: {"model": JobOut, "description": "Idempotency-Key replay: the job the first request made"},
-        201: {"model": JobOut, "description": "Prefer: wait=N and the job ended within N seconds"},
+        202: job_response("Accepted: the job is queued.", "queued", headers={"Location": LOCATION}),
+        200: job_response(
+            "Idempotency-Key replay: the job the first request made.",
+            "running",
+            headers={"Location": LOCATION},
+        ),
+        201: job_response(
+            "Prefer: wait=N and the job ended within N seconds: the finished job.",
+            "succeeded",
+            headers={"Location": LOCATION, "Preference-Applied": PREFERENCE_APPLIED},
+        ),
         **AUTH,
-        **{code: PROBLEM for code in (400, 409, 413, 415, 422, 429, 503)},
+        **_REFUSALS,
+        **UNAVAILABLE,
     },
 )
 async def submit_transfer(
