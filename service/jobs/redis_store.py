@@ -114,12 +114,14 @@ class RedisJobRecords:
                         if not raw:
                             pipe.unwatch()
                             return None
+                        job = Job.model_validate_json(raw)
                         pipe.multi()
                         pipe.delete(key)
                         for status in STATUSES:
                             pipe.zrem(self._status_key(status), job_id)
+                        pipe.zrem(self._owner_key(job.owner), job_id)
                         pipe.execute()
-                        return Job.model_validate_json(raw)
+                        return job
                     except redis.WatchError:
                         continue
 

@@ -222,3 +222,4 @@ def test_delete_returns_the_last_record_and_later_writes_find_nothing(stores):
     assert job.id not in stores.records.ids_by_status("running")
     assert stores.records.count_by_status()["running"] == 0
     assert job.id not in {j.id for j in stores.records.all_jobs()}
+    assert job.id not in {j.id for j in stores.records.owned(job.owner, status=None, limit=100, before=None)}
