@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -26,6 +26,7 @@ from service.settings import Settings
 from service.storage import ObjectNotFound, ObjectStore, StorageUnavailable, StoreInversionCache, result_key
 
 logger = logging.getLogger("qalign.job")
+T = TypeVar("T")
 
 
 class JobEvents(Protocol):
@@ -61,13 +62,33 @@ class JobContext:
 class JobTracker:
     """Turns pipeline callbacks into throttled job-record writes, stage timings and cancel checks."""
 
-    def __init__(self, ctx: JobContext, job_id: str) -> None:
-        self.ctx, self.job_id = ctx, job_id
+    def __init__(self, ctx: JobContext, job: Job) -> None:
+        self.ctx, self.job_id = ctx, job.id
+        #: This run's claim; every write is guarded by it (transitions.as_holder).
+        self.worker, self.attempt = job.worker or "", job.attempts
         self.stage: str | None = None
         self.stage_started = time.monotonic()
         self.last_write = 0.0
         self.last_check = 0.0
         self.cancel_seen = False
+        self.taken_over = False
+
+    def held(self, change: transitions.Mutation) -> transitions.Mutation:
+        return transitions.as_holder(change, self.worker, self.attempt)
+
+    def write(self, change: transitions.Mutation, *, wait: bool = True) -> Job | None:
+        """A final write of this run, waited through a job-store outage (up to the deadline) if ``wait``."""
+
+        def modify() -> Job | None:
+            return self.ctx.stores.records.modify(self.job_id, self.held(change))
+
+        return through_outage(self.ctx, "record the outcome", modify) if wait else modify()
+
+    def still_holder(self) -> bool:
+        """Read the record: False (and the run stops) once another worker has taken the job over."""
+        job = through_outage(self.ctx, "read the record", lambda: self.ctx.stores.records.get(self.job_id))
+        self.taken_over = self.taken_over or transitions.superseded(job, self.worker, self.attempt)
+        return not self.taken_over
 
     def progress(self, stage: str, fraction: float) -> None:
         now = time.monotonic()
@@ -81,7 +102,7 @@ class JobTracker:
         self.last_write = now
         try:
             self.ctx.stores.records.modify(
-                self.job_id, lambda job: transitions.progress(job, stage, fraction)
+                self.job_id, self.held(lambda job: transitions.progress(job, stage, fraction))
             )
         except StoreUnavailable:  # progress is best effort: a Redis blip must not cost the run
             logger.warning("could not record progress: job store unreachable")
@@ -106,7 +127,8 @@ class JobTracker:
             job = self.ctx.stores.records.get(self.job_id)
         except StoreUnavailable:  # cannot read the cancel flag now: keep going, look again later
             return False
-        self.cancel_seen = job is None or job.cancel_requested or job.status != "running"
+        self.taken_over = transitions.superseded(job, self.worker, self.attempt)
+        self.cancel_seen = job is None or job.cancel_requested or job.status != "running" or self.taken_over
         return self.cancel_seen
 
 
@@ -146,18 +168,24 @@ def execute_job(ctx: JobContext, job_id: str) -> Job | None:
 
 
 def _attempt(ctx: JobContext, job: Job) -> Job | None:
-    """One run of a claimed job, ending in a terminal record (or back in the queue on shutdown)."""
-    records, tracker = ctx.stores.records, JobTracker(ctx, job.id)
+    """One run of a claimed job, ending in a terminal record (or back in the queue on shutdown).
+
+    None when another worker took the job over meanwhile (this run's holder was presumed lost): the
+    run stops, and its record and result are the new attempt's to write.
+    """
+    tracker = JobTracker(ctx, job)
     try:
         return _run(ctx, job, tracker)
     except TransferCanceled:
         tracker.end_stage()
+        if tracker.taken_over:
+            return _taken_over(tracker)
         if ctx.interrupted is not None and ctx.interrupted() and not tracker.cancel_seen:
             logger.info("job interrupted by shutdown; requeued")
             reason, limit = "the worker stopped during the run", ctx.settings.max_attempts
-            return records.modify(job.id, lambda j: transitions.requeue(j, reason, limit, refund=True))
+            return tracker.write(lambda j: transitions.requeue(j, reason, limit, refund=True))
         logger.info("job canceled")
-        return records.modify(job.id, transitions.canceled)
+        return tracker.write(transitions.canceled)
     except Exception as exc:  # every failure must end in a record, never a crashed worker
         tracker.end_stage()
         kind, detail = classify(exc, ctx.time_limit_errors)
@@ -165,13 +193,27 @@ def _attempt(ctx: JobContext, job: Job) -> Job | None:
             logger.exception("job failed")
         else:
             logger.warning("job failed: %s", detail, extra={"error_type": kind})
-        return records.modify(job.id, lambda j: transitions.fail(j, kind, detail))
+        # The job store itself gave up after the deadline: one more try, then the message is requeued.
+        wait = not isinstance(exc, StoreUnavailable)
+        final = tracker.write(lambda j: transitions.fail(j, kind, detail), wait=wait)
+        if tracker.taken_over or transitions.superseded(final, tracker.worker, tracker.attempt):
+            return _taken_over(tracker)
+        return final
+
+
+def _taken_over(tracker: JobTracker) -> None:
+    logger.warning(
+        "job taken over by another worker; this run stopped without writing",
+        extra={"attempt": tracker.attempt, "worker": tracker.worker},
+    )
+    return None
 
 
 def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
     params = TransferParams.model_validate(job.params)
     store = ctx.store
-    structure, appearance = store.get(job.structure_key), store.get(job.appearance_key)
+    structure = through_outage(ctx, "read the inputs", lambda: store.get(job.structure_key), tracker)
+    appearance = through_outage(ctx, "read the inputs", lambda: store.get(job.appearance_key), tracker)
     result = ctx.pipeline.transfer(
         structure,
         appearance,
@@ -181,9 +223,13 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
         inversion_cache=StoreInversionCache(store) if ctx.settings.inversion_cache else None,
     )
     tracker.progress("uploading", 0.0)
+    if not tracker.still_holder():  # taken over meanwhile: no upload, no record write
+        raise TransferCanceled("taken over by another worker")
     upload_started = time.perf_counter()
-    key = result_key(job.id, result.content_type)
-    store.put(key, result.encode(), result.content_type)
+    # One object per attempt: a superseded run that uploads late never replaces the new attempt's result.
+    key = result_key(job.id, result.content_type, attempt=job.attempts)
+    data = result.encode()
+    through_outage(ctx, "upload the result", lambda: store.put(key, data, result.content_type), tracker)
     tracker.end_stage()
     queue_s = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
     metrics = {
@@ -197,11 +243,64 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
         key=key, content_type=result.content_type, width=result.image.width, height=result.image.height
     )
     params_used = result.params.model_dump(mode="json")
-    final = ctx.stores.records.modify(
-        job.id, lambda j: transitions.succeed(j, result=stored, params=params_used, metrics=metrics)
+    final = tracker.write(
+        lambda j: transitions.succeed(j, result=stored, params=params_used, metrics=metrics)
     )
+    if transitions.superseded(final, tracker.worker, tracker.attempt):
+        tracker.taken_over = True
+        raise TransferCanceled("taken over by another worker")
     logger.info("job succeeded", extra={"metrics": metrics})
     return final
+
+
+#: First pause and longest pause between tries while storage is unreachable (doubling in between).
+OUTAGE_FIRST_DELAY_S = 0.5
+OUTAGE_MAX_DELAY_S = 5.0
+_OUTAGE_ERRORS = (StorageUnavailable, StoreUnavailable)
+
+
+def through_outage(ctx: JobContext, what: str, call: Callable[[], T], tracker: JobTracker | None = None) -> T:
+    """``call()``, tried again with backoff while the object or job store is unreachable.
+
+    A storage outage is waited out up to QALIGN_STORAGE_OUTAGE_DEADLINE seconds (the worker's
+    heartbeat goes on meanwhile, so nobody takes the job over); only then does the error reach the
+    caller (the job fails with storage_unavailable). A cancel request or a shutdown ends the wait.
+    """
+    deadline = time.monotonic() + ctx.settings.storage_outage_deadline
+    delay, tries = OUTAGE_FIRST_DELAY_S, 0
+    while True:
+        try:
+            result = call()
+        except _OUTAGE_ERRORS as exc:
+            tries += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.error("storage still unavailable after %s tries; giving up: %s", tries, exc)
+                raise
+            logger.warning(
+                "storage unavailable (%s); retrying in %.1f s: %s",
+                what,
+                min(delay, remaining),
+                exc,
+                extra={"outage_tries": tries},
+            )
+            _pause(ctx, min(delay, remaining), tracker)
+            delay = min(delay * 2, OUTAGE_MAX_DELAY_S)
+            continue
+        if tries:
+            logger.info("storage reachable again (%s) after %s tries", what, tries)
+        return result
+
+
+def _pause(ctx: JobContext, seconds: float, tracker: JobTracker | None) -> None:
+    """Sleep ``seconds`` in short steps; a shutdown or a cancel request ends it (TransferCanceled)."""
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0:
+        if tracker is not None and tracker.should_cancel():
+            raise TransferCanceled("canceled while waiting for storage")
+        if tracker is None and ctx.interrupted is not None and ctx.interrupted():
+            return  # a final write: one more try, then the message goes back to the queue
+        time.sleep(min(left, 0.25))
 
 
 def classify(exc: BaseException, time_limit_errors: tuple[type[BaseException], ...] = ()) -> tuple[str, str]:
