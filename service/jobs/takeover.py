@@ -103,17 +103,20 @@ class TakeoverWatch:
             # was lost on its way (broker down) is published again by a later scan.
             lease = f"takeover:{job_id}:{attempt}"
             try:
-                if not self.workers.try_lock(lease, max(self.heartbeat_ttl * 2, 30.0)):
+                if not self.workers.try_lock(lease, max(self.heartbeat_ttl * 4, 60.0)):
                     continue
-                self.publish(job_id)
-            except Exception:
-                logger.warning("could not republish job %s of lost worker %s", job_id, holder, exc_info=True)
-                continue
+            except StoreUnavailable:
+                return republished
             logger.warning(
-                "job %s republished: its worker %s stopped heartbeating",
+                "republishing job %s: its worker %s stopped heartbeating",
                 job_id,
                 holder,
                 extra={"job_id": job_id, "lost_worker": holder, "attempt": attempt},
             )
+            try:
+                self.publish(job_id)
+            except Exception:  # broker away: the lease expires and a later scan publishes it again
+                logger.warning("could not republish job %s", job_id, exc_info=True)
+                continue
             republished.append(job_id)
         return republished
