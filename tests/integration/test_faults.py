@@ -123,7 +123,7 @@ class Fleet:
         self.workers.append(worker)
         return worker
 
-    def wait_live(self, *workers: Worker, timeout: float = 120) -> None:
+    def wait_live(self, *workers: Worker, timeout: float = 180) -> None:
         for worker in workers:
             wait_for(lambda w=worker: w.live(self.stores) or w.proc.poll() is not None, timeout=timeout)
             assert worker.proc.poll() is None, worker.log.read_text()[-3000:]
@@ -200,7 +200,7 @@ def api(deps, fleet):
         **{k.removeprefix("QALIGN_").lower(): v for k, v in deps["env"].items() if "QALIGN_" in k},
     )
     with TestClient(create_app(settings)) as client:
-        wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60)
+        wait_for(lambda: client.get("/readyz").status_code == 200, timeout=180)
         yield client
 
 
@@ -226,7 +226,7 @@ def submit(client, images, **fields) -> str:
     return response.json()["id"]
 
 
-def wait_running(fleet: Fleet, job_id: str, timeout: float = 60):
+def wait_running(fleet: Fleet, job_id: str, timeout: float = 180):
     """The record once it is running in a live worker's pool child, past the model's first step."""
 
     def check():
