@@ -274,7 +274,9 @@ def through_outage(ctx: JobContext, what: str, call: Callable[[], T], tracker: J
         except _OUTAGE_ERRORS as exc:
             tries += 1
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            stopping = ctx.interrupted is not None and ctx.interrupted()
+            if remaining <= 0 or (stopping and tracker is None):
+                # Past the deadline, or shutting down during a final write (the job goes back to the queue).
                 logger.error("storage still unavailable after %s tries; giving up: %s", tries, exc)
                 raise
             logger.warning(
@@ -299,7 +301,7 @@ def _pause(ctx: JobContext, seconds: float, tracker: JobTracker | None) -> None:
         if tracker is not None and tracker.should_cancel():
             raise TransferCanceled("canceled while waiting for storage")
         if tracker is None and ctx.interrupted is not None and ctx.interrupted():
-            return  # a final write: one more try, then the message goes back to the queue
+            return  # a final write: one more try, then the error goes up (see through_outage)
         time.sleep(min(left, 0.25))
 
 

@@ -502,6 +502,8 @@ def test_s3_down_for_20_s_mid_run_is_waited_out(api, fleet, deps, images):
 
 #: The burst: logical submissions, client threads, and the queue limit that makes most of them wait.
 BURST, BURST_CLIENTS, BURST_QUEUE = 1000, 8, 20
+#: The cheapest valid run: the burst tests the plumbing (admission, queue, claims), not the images.
+BURST_PARAMS = {**TINY, "swap_guidance_scale": 1.0, "adain": "none"}
 
 
 @pytest.mark.timeout(1800)
@@ -531,7 +533,7 @@ def test_burst_with_small_queue_limit_loses_nothing(deps, fleet, images):
     def client_thread(client, mine) -> None:
         for seed in mine:
             while True:
-                response = post_keyed(client, images, keys[seed], seed=seed, **TINY)
+                response = post_keyed(client, images, keys[seed], seed=seed, **BURST_PARAMS)
                 if response.status_code in (200, 202):
                     with lock:
                         accepted[seed].add(response.json()["id"])
@@ -554,15 +556,20 @@ def test_burst_with_small_queue_limit_loses_nothing(deps, fleet, images):
         ]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join(1500)
+        # No fixed deadline for 1000 jobs on a machine of unknown speed: the burst must keep moving
+        # (another submission accepted within BURST_STALL_S), and it must end.
+        wait_progressing(
+            lambda: sum(len(ids) for ids in accepted.values()),
+            lambda: not any(t.is_alive() for t in threads) or bool(unexpected),
+        )
         submitted_s = time.monotonic() - started
     assert not unexpected, unexpected[:5]
-    assert all(not t.is_alive() for t in threads), "every client finished submitting"
     assert all(len(ids) == 1 for ids in accepted.values()), "each submission is exactly one job"
     job_ids = [next(iter(ids)) for ids in accepted.values()]
     assert len(set(job_ids)) == BURST and refusals[0] > 0
-    done = wait_terminal(fleet, job_ids, timeout=600)
+    finished = lambda: sum(1 for j in fleet.jobs.get_many(job_ids) if j.status in TERMINAL)  # noqa: E731
+    wait_progressing(finished, lambda: finished() == BURST)
+    done = fleet.jobs.get_many(job_ids)
     total_s = time.monotonic() - started
     assert {j.status for j in done} == {"succeeded"}, [(j.id, j.status, j.error) for j in done][:5]
     # No job record beyond the 1000: one record per seed of the burst.
@@ -572,6 +579,22 @@ def test_burst_with_small_queue_limit_loses_nothing(deps, fleet, images):
         f"\nburst: {BURST} submissions ({refusals[0]} answers 429, retried) in {submitted_s:.0f} s, "
         f"all {BURST} succeeded {total_s:.0f} s after the first"
     )
+
+
+#: Longest pause in the burst's progress (one more job accepted or finished) that the test accepts:
+#: a job of the burst takes about a second here, so a minute of nothing means something is stuck.
+BURST_STALL_S = 120.0
+
+
+def wait_progressing(measure, finished, stall_s: float = BURST_STALL_S) -> None:
+    """Wait until ``finished()``, as long as ``measure()`` keeps growing at least every ``stall_s``."""
+    last, moved = measure(), time.monotonic()
+    while not finished():
+        now, value = time.monotonic(), measure()
+        if value > last:
+            last, moved = value, now
+        assert now - moved < stall_s, f"no progress for {stall_s} s (stuck at {value})"
+        time.sleep(0.5)
 
 
 def post_keyed(client, images: tuple[bytes, bytes], key: str, **fields):
