@@ -1,9 +1,56 @@
-"""``qalign serve``: uvicorn with our JSON logging."""
+"""``qalign serve``: uvicorn with our JSON logging, and one "ready on http://HOST:PORT" line."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+
+logger = logging.getLogger("qalign.api")
+
+
+class ReadyAnnouncer:
+    """Logs "ready on http://HOST:PORT" once the server listens and the readiness checks pass (the
+    embedded model loaded; distributed: stores, broker and a live worker), and before that one line
+    saying what it still waits for. uvicorn's "running on" comes earlier, while the model loads."""
+
+    def __init__(self, server, readiness, host: str, interval: float = 0.5) -> None:
+        self.server, self.readiness, self.host, self.interval = server, readiness, host, interval
+
+    def start(self) -> ReadyAnnouncer:
+        threading.Thread(target=self._run, name="qalign-ready", daemon=True).start()
+        return self
+
+    def url(self) -> str:
+        port = self.server.config.port
+        for server in getattr(self.server, "servers", []):  # the bound port, also when asked for 0
+            for sock in server.sockets:
+                port = sock.getsockname()[1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{port}"
+
+    def _run(self) -> None:
+        while not self.server.started:
+            if self.server.should_exit:
+                return
+            time.sleep(0.05)
+        waiting_said = False
+        while not self.server.should_exit:
+            verdict = self.readiness.verdict(fresh=True)
+            if verdict["ready"]:
+                logger.info("ready on %s", self.url())
+                return
+            if not waiting_said:
+                checks = verdict["checks"].items()
+                failing = [f"{name}: {c.get('detail', 'down')}" for name, c in checks if not c["ok"]]
+                logger.info("listening on %s; not ready yet (%s)", self.url(), "; ".join(failing))
+                waiting_said = True
+            time.sleep(self.interval)
+
 
 def serve(host: str, port: int) -> None:
+    """Run the API; in embedded mode, refuse at once (one log line, exit 1) when another process
+    holds the data directory, before uvicorn starts or the port is bound."""
     import uvicorn
 
     from service.logs import configure_logging
@@ -11,12 +58,27 @@ def serve(host: str, port: int) -> None:
 
     settings = Settings()
     configure_logging(settings.log_level)
-    # One process: the embedded mode's worker thread and SQLite store are per process.
-    uvicorn.run(
-        "service.app:app",
+    if settings.embedded:
+        from service.jobs.single_writer import DataDirLocked, hold_data_dir
+
+        try:
+            hold_data_dir(settings.data_dir)  # held for the process's life; the app shares it
+        except DataDirLocked as exc:
+            logger.error("not started: %s", exc)
+            raise SystemExit(1) from None
+    from service.app import app
+
+    # One process: the embedded mode's worker thread and SQLite store are per process. uvicorn's
+    # proxy handling is off: the app's ForwardedHeadersMiddleware (QALIGN_FORWARDED_ALLOW_IPS) does it.
+    config = uvicorn.Config(
+        app,
         host=host,
         port=port,
         log_config=None,
         timeout_graceful_shutdown=30,
         log_level=settings.log_level.lower(),
+        proxy_headers=False,
     )
+    server = uvicorn.Server(config)
+    ReadyAnnouncer(server, app.state.services.readiness, host).start()
+    server.run()

@@ -7,6 +7,8 @@ instance role), so they never pass through our code or logs.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -67,13 +69,30 @@ class Settings(BaseSettings):
         None, description="HMAC-SHA256 key of webhook signatures; unset = webhook_url is refused (422)."
     )
     webhook_allow_hosts: str = Field(
-        "", description="Comma list of webhook hosts allowed even if they resolve to private addresses."
+        "",
+        description="Comma list of webhook hosts, IPs or CIDR networks allowed although not public.",
     )
     webhook_attempts: int = Field(5, ge=1, le=20, description="Deliveries tried per webhook event.")
     webhook_backoff_s: float = Field(1.0, ge=0.0, description="First retry delay; doubles per attempt.")
     webhook_timeout_s: float = Field(5.0, gt=0.0, description="Timeout of one webhook POST (s).")
     webhook_workers: int = Field(
         4, ge=1, le=64, description="Threads delivering webhooks per process (one bounded pool)."
+    )
+    webhook_queue_size: int = Field(
+        1000,
+        ge=1,
+        description="Webhook events waiting per process; past it an event is recorded as undelivered.",
+    )
+    outbound_ca_bundle: Path | None = Field(
+        None,
+        description="PEM file of the CAs trusted for outbound HTTPS (webhooks, URL inputs); unset = certifi.",
+    )
+    input_url_allow_hosts: str = Field(
+        "",
+        description="Comma list of URL-input hosts, IPs or CIDR networks allowed although not public.",
+    )
+    input_url_timeout_s: float = Field(
+        20.0, gt=0.0, description="Time limit of fetching one URL input, redirects included (s)."
     )
     s3_max_attempts: int = Field(4, ge=1, le=10, description="S3 calls tried (with backoff) before failing.")
     storage_outage_deadline: float = Field(
@@ -116,6 +135,23 @@ class Settings(BaseSettings):
         description="On SIGTERM a worker lets its running job go on this long, then stops it at its next "
         "step and requeues it; keep it below the orchestrator's kill timeout (compose: stop_grace_period).",
     )
+    public_base_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s?#]+$",
+        description="Absolute base of the links in job objects and webhook bodies (e.g. "
+        "https://qalign.example.com); unset = the base URL of the submitting request.",
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Comma list of peer addresses or networks whose X-Forwarded-Proto/Host headers are "
+        "trusted when building links; * trusts every peer.",
+    )
+    events_poll_s: float = Field(
+        0.25, gt=0.0, le=5.0, description="How often an events stream or Prefer: wait reads the job (s)."
+    )
+    events_ping_s: float = Field(
+        15.0, gt=0.0, description="Seconds between keep-alive comments on an idle events stream."
+    )
     inversion_cache: bool = Field(True, description="Keep inversions in the store and reuse them.")
     log_level: str = Field("INFO", description="Log level of the JSON logs.")
 
@@ -127,8 +163,17 @@ class Settings(BaseSettings):
         return (2 * self.max_upload_bytes * 4) // 3 + 4 + 1024 * 1024
 
     @property
+    def allowed_input_url_hosts(self) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in self.input_url_allow_hosts.split(",") if h.strip())
+
+    @property
     def allowed_webhook_hosts(self) -> tuple[str, ...]:
         return tuple(h.strip().lower() for h in self.webhook_allow_hosts.split(",") if h.strip())
+
+    @property
+    def public_base(self) -> str | None:
+        """PUBLIC_BASE_URL without a trailing slash."""
+        return self.public_base_url.rstrip("/") if self.public_base_url else None
 
     @property
     def job_hard_time_limit(self) -> int:
@@ -150,6 +195,18 @@ class Settings(BaseSettings):
                 f"QALIGN_VISIBILITY_TIMEOUT ({self.visibility_timeout} s) must exceed the hard job time "
                 f"limit ({self.job_hard_time_limit} s = QALIGN_JOB_TIME_LIMIT {self.job_time_limit} + grace)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_secret_decodes(self) -> Settings:
+        """A ``whsec_`` secret is base64 (Standard Webhooks): fail at start, not at the first delivery."""
+        secret = self.webhook_secret or ""
+        if secret.startswith("whsec_"):
+            try:
+                base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+            except (binascii.Error, ValueError) as exc:
+                message = "QALIGN_WEBHOOK_SECRET starts with whsec_ but is not base64 after it"
+                raise ValueError(message) from exc
         return self
 
     @property

@@ -96,6 +96,14 @@ class ObjectStore(ABC):
     def age(self, key: str) -> float | None:
         """Seconds since the object was written, or None when it does not exist."""
 
+    def delete_input(self, key: str) -> None:
+        """Delete an input and forget that this process saw it fresh, so that the same image
+        submitted again is written again rather than assumed present (erasure)."""
+        self.delete(key)
+        recent = self.__dict__.get("_recent_inputs")
+        if recent is not None:
+            recent.forget(key)
+
     def put_input(self, data: bytes, content_type: str) -> str:
         """Store an input under its digest, unless it is there and fresh (see INPUT_REFRESH_S).
 
@@ -147,6 +155,10 @@ class RecentInputs:
     def fresh(self, key: str) -> bool:
         written = self._written.get(key)
         return written is not None and time.monotonic() - written < RECENT_INPUT_S
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._written.pop(key, None)
 
     def remember(self, key: str, age: float) -> None:
         with self._lock:

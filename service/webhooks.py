@@ -1,92 +1,136 @@
-"""Webhook delivery: HMAC-signed POSTs of the job object, retried with backoff, SSRF-guarded.
+"""Webhook delivery: Standard Webhooks-signed POSTs of the job object, retried with backoff, SSRF-guarded.
 
-A receiver that keeps failing never fails the job: delivery returns False and logs, nothing raises.
-URLs are refused when any address their host resolves to is loopback, private, link-local (cloud
-metadata lives there), multicast, reserved or unspecified, unless the host is on the allow-list.
-The check runs at submission (a clear 422) and again before every delivery (DNS can change).
+A receiver that keeps failing never fails the job: delivery logs, records the event as undelivered
+on the job record, counts it, and nothing raises. URLs are checked by ``service.netguard``: every
+address the host resolves to must be public unless QALIGN_WEBHOOK_ALLOW_HOSTS exempts it, and the
+POST goes to exactly the checked address (no second resolution, so no DNS rebinding). The check
+runs at submission (a clear 422) and again before every delivery attempt (DNS can change).
+
+Signing follows Standard Webhooks (https://www.standardwebhooks.com): ``webhook-id`` (the same for
+every retry of one event), ``webhook-timestamp`` (unix seconds of the attempt) and
+``webhook-signature: v1,<base64 HMAC-SHA256 over "{id}.{timestamp}.{body}">``. The older
+``X-QAlign-Signature`` header (HMAC of the body alone, replayable) is still sent but deprecated.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
-import ipaddress
 import logging
 import queue
-import socket
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
-from urllib.parse import urlsplit
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import httpx
 
-from service.jobs.model import Job
+from service.jobs.model import TERMINAL, Job, UndeliveredWebhook, utcnow
 from service.jobs.public import job_json
+from service.jobs.store import JobRecords
+from service.netguard import (
+    HostNotResolved,
+    NetPolicy,
+    PinnedUrl,
+    Resolver,
+    UrlRefused,
+    describe,
+    open_pinned,
+    pin,
+    resolve,
+)
 from service.settings import Settings
 from service.storage import ObjectStore
 
 log = logging.getLogger("qalign.webhooks")
 
+#: Deprecated: ``sha256=<hex HMAC-SHA256 of the body>``; no id or timestamp, so it can be replayed.
 SIGNATURE_HEADER = "X-QAlign-Signature"
-Resolver = Callable[[str, int], list[str]]
+#: The events a job sends and a ``webhook_events_filter`` may name: running, then the terminal status.
+EVENTS = ("start", "completed")
+#: How far a receiver lets ``webhook-timestamp`` be off its clock (Standard Webhooks' default).
+TOLERANCE_S = 300
+WebhookRefused = UrlRefused
 
 
-class WebhookRefused(ValueError):
-    """The webhook URL may not be called; the message says why and what is allowed."""
+def signing_key(secret: str) -> bytes:
+    """``whsec_<base64>`` secrets are the decoded bytes (Standard Webhooks); others their UTF-8 bytes."""
+    if secret.startswith("whsec_"):
+        try:
+            return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("a whsec_ webhook secret must be base64 after the prefix") from exc
+    return secret.encode()
 
 
-def sign(body: bytes, secret: str) -> str:
-    """``sha256=<hex HMAC-SHA256 of the exact body bytes under the secret>``."""
+def sign(msg_id: str, timestamp: int, body: bytes, secret: str) -> str:
+    """The ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}." + body>``."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(signing_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def verify(
+    body: bytes, headers: Mapping[str, str], secret: str, *, tolerance_s: int = TOLERANCE_S, now=None
+) -> bool:
+    """What a receiver does: timestamp within ``tolerance_s`` of now, and one v1 signature matching
+    in constant time. ``headers`` must be looked up case-insensitively (httpx/Starlette headers are)."""
+    msg_id, stamp = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "")
+    if not msg_id or not stamp.isdigit():
+        return False
+    current = time.time() if now is None else now
+    if abs(current - int(stamp)) > tolerance_s:
+        return False
+    expected = sign(msg_id, int(stamp), body, secret)
+    offered = headers.get("webhook-signature", "").split()
+    return any(hmac.compare_digest(expected, candidate) for candidate in offered)
+
+
+def legacy_sign(body: bytes, secret: str) -> str:
+    """Deprecated ``X-QAlign-Signature``: ``sha256=<hex HMAC-SHA256 of the body under the secret>``."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def verify(body: bytes, secret: str, signature: str) -> bool:
-    """What a receiver does: recompute and compare in constant time."""
-    return hmac.compare_digest(sign(body, secret), signature)
+def legacy_verify(body: bytes, secret: str, signature: str) -> bool:
+    return hmac.compare_digest(legacy_sign(body, secret), signature)
 
 
-def resolve(host: str, port: int) -> list[str]:
-    return sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+def event_of(status: str) -> str | None:
+    """The filterable event a status change is: ``start`` (running) or ``completed`` (terminal)."""
+    if status == "running":
+        return "start"
+    return "completed" if status in TERMINAL else None
 
 
-def _forbidden(address: str) -> str | None:
-    ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    for attribute in ("unspecified", "loopback", "link_local", "multicast", "reserved", "private"):
-        if getattr(ip, f"is_{attribute}"):
-            return attribute.replace("_", "-")
-    return None
+def webhook_id(job_id: str, status: str) -> str:
+    """One id per job and status: retries (and a redelivered duplicate) carry the same id."""
+    return f"job_{job_id}_{status}"
 
 
-def check_webhook_url(url: str, allow_hosts: Iterable[str] = (), resolver: Resolver = resolve) -> None:
-    """Raise WebhookRefused unless ``url`` is http(s) to a host with only public addresses."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise WebhookRefused(f"webhook_url must use http or https; got {parts.scheme or 'no scheme'!r}")
-    if not parts.hostname:
-        raise WebhookRefused("webhook_url has no host")
-    if parts.username or parts.password:
-        raise WebhookRefused("webhook_url must not carry credentials")
-    host = parts.hostname.lower()
-    if host in {h.lower() for h in allow_hosts}:
-        return
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        addresses = resolver(host, port)
-    except (OSError, ValueError) as exc:
-        raise WebhookRefused(f"webhook_url host {host!r} does not resolve: {exc}") from exc
-    if not addresses:
-        raise WebhookRefused(f"webhook_url host {host!r} does not resolve")
-    for address in addresses:
-        reason = _forbidden(address)
-        if reason:
-            raise WebhookRefused(
-                f"webhook_url host {host!r} resolves to {reason} address {address}; only public addresses "
-                "are allowed (operators can allow hosts with QALIGN_WEBHOOK_ALLOW_HOSTS)"
-            )
+def webhook_policy(
+    allow_hosts: Iterable[str] = (), resolver: Resolver = resolve, ca_bundle: str | None = None
+) -> NetPolicy:
+    return NetPolicy(
+        schemes=("http", "https"),
+        allow=tuple(allow_hosts),
+        allow_setting="QALIGN_WEBHOOK_ALLOW_HOSTS",
+        ca_bundle=str(ca_bundle) if ca_bundle else None,
+        resolver=resolver,
+    )
+
+
+def check_webhook_url(url: str, allow_hosts: Iterable[str] = (), resolver: Resolver = resolve) -> PinnedUrl:
+    """The pinned URL, or WebhookRefused unless ``url`` is http(s) to a host with allowed addresses."""
+    return pin(url, webhook_policy(allow_hosts, resolver), name="webhook_url")
+
+
+class Outcome(NamedTuple):
+    delivered: bool
+    detail: str  # "HTTP 204", or why it was not delivered
 
 
 def deliver(
@@ -94,41 +138,92 @@ def deliver(
     body: bytes,
     secret: str,
     *,
+    msg_id: str,
     allow_hosts: Iterable[str] = (),
     attempts: int = 5,
     backoff_s: float = 0.5,
     timeout_s: float = 5.0,
+    ca_bundle: str | None = None,
     resolver: Resolver = resolve,
     sleep: Callable[[float], None] = time.sleep,
-) -> bool:
-    """POST ``body`` to ``url`` until a 2xx answer, at most ``attempts`` times; True on success."""
-    headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, secret)}
+    clock: Callable[[], float] = time.time,
+) -> Outcome:
+    """POST ``body`` to ``url`` until a 2xx answer, at most ``attempts`` times; never raises.
+
+    Every attempt re-checks and re-pins the URL and signs with its own timestamp (a receiver
+    checks the timestamp, so a retry minutes later still verifies); the id stays ``msg_id``.
+    """
+    policy = webhook_policy(allow_hosts, resolver, ca_bundle)
+    outcome = "not attempted"
     for attempt in range(1, attempts + 1):
         try:
-            check_webhook_url(url, allow_hosts, resolver)
-        except WebhookRefused as exc:
+            pinned = pin(url, policy, name="webhook_url")
+        except HostNotResolved as exc:  # DNS trouble may pass: retried like a failed POST
+            pinned, outcome = None, str(exc)
+        except UrlRefused as exc:
             log.warning("webhook refused", extra={"url": url, "reason": str(exc)})
-            return False
-        try:
-            with httpx.Client(timeout=timeout_s, follow_redirects=False) as client:
-                response = client.post(url, content=body, headers=headers)
-            if 200 <= response.status_code < 300:
-                return True
-            outcome = f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
-            outcome = type(exc).__name__
+            return Outcome(False, f"refused: {exc}")
+        if pinned is not None:
+            status, outcome = _post(pinned, policy, body, secret, msg_id, int(clock()), timeout_s)
+            if status is not None and 200 <= status < 300:
+                return Outcome(True, outcome)
         log.warning("webhook attempt failed", extra={"url": url, "attempt": attempt, "outcome": outcome})
         if attempt < attempts:
             sleep(backoff_s * 2 ** (attempt - 1))
-    return False
+    return Outcome(False, f"{attempts} attempt(s) failed, last: {outcome}")
+
+
+def _post(
+    pinned: PinnedUrl,
+    policy: NetPolicy,
+    body: bytes,
+    secret: str,
+    msg_id: str,
+    timestamp: int,
+    timeout_s: float,
+) -> tuple[int | None, str]:
+    """One signed POST to the pinned address: (status, "HTTP <status>"), or (None, why it failed)."""
+    headers = {
+        "Content-Type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(msg_id, timestamp, body, secret),
+        SIGNATURE_HEADER: legacy_sign(body, secret),
+    }
+    try:
+        with open_pinned(
+            pinned, "POST", policy, timeout=timeout_s, content=body, headers=headers
+        ) as answer:
+            return answer.status_code, f"HTTP {answer.status_code}"
+    except httpx.HTTPError as exc:
+        return None, describe(exc)
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    """One event of one job, as queued: the body is built once, so every retry sends the same bytes."""
+
+    job_id: str
+    status: str
+    url: str
+    body: bytes
+
+    @property
+    def msg_id(self) -> str:
+        return webhook_id(self.job_id, self.status)
+
+
+#: Called with an event that will never be delivered and why (queue full, refused, attempts spent).
+Undelivered = Callable[[WebhookEvent, str, str], None]
 
 
 class WebhookDelivery:
     """One bounded executor for every webhook of this process: at most ``max_workers`` threads and
-    ``max_pending`` queued events; the events of one URL and job go out in order.
+    ``max_pending`` queued events; the events of one job go out in order.
 
-    ``post(key, url, body)`` never blocks and never raises: a full queue drops the event with a
-    warning (a receiver that keeps failing costs delivery threads their retries, nothing else).
+    ``post(event)`` never blocks and never raises. An event past the bound, refused by the SSRF
+    check or failing every attempt is *undelivered*: logged, counted in ``undelivered`` (by reason:
+    queue_full, refused, failed) and handed to ``on_undelivered`` (which records it on the job).
     """
 
     def __init__(
@@ -141,34 +236,42 @@ class WebhookDelivery:
         timeout_s: float = 5.0,
         max_workers: int = 4,
         max_pending: int = 1000,
+        ca_bundle: str | None = None,
+        resolver: Resolver = resolve,
+        on_undelivered: Undelivered | None = None,
     ) -> None:
         self.secret, self.allow_hosts = secret, tuple(allow_hosts)
         self.attempts, self.backoff_s, self.timeout_s = attempts, backoff_s, timeout_s
         self.max_pending, self.max_workers = max_pending, max_workers
+        self.ca_bundle, self.resolver, self.on_undelivered = ca_bundle, resolver, on_undelivered
+        self.undelivered: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._chains: dict[str, deque[tuple[str, bytes]]] = {}
+        self._chains: dict[str, deque[WebhookEvent]] = {}
         self._ready: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._pending = 0
 
-    def post(self, key: str, url: str, body: bytes) -> None:
-        """Queue ``body`` for ``url``; events with the same ``key`` (a job id) keep their order."""
+    def post(self, event: WebhookEvent) -> None:
+        """Queue ``event``; the events of one job keep their order."""
         with self._lock:
-            if self._pending >= self.max_pending:
-                log.warning("webhook dropped: delivery queue full", extra={"url": url})
-                return
-            self._pending += 1
-            chain = self._chains.get(key)
-            if chain is not None:  # a drain of this key is running: it will take this one too
-                chain.append((url, body))
-                return
-            self._chains[key] = deque([(url, body)])
-            if len(self._threads) < self.max_workers:  # threads start on demand, up to the bound
-                # Daemon threads: a receiver that keeps failing must not hold the process at exit.
-                thread = threading.Thread(target=self._work, name="qalign-webhook", daemon=True)
-                self._threads.append(thread)
-                thread.start()
-        self._ready.put(key)
+            full = self._pending >= self.max_pending
+            if not full:
+                self._pending += 1
+                chain = self._chains.get(event.job_id)
+                if chain is not None:  # a drain of this job is running: it will take this one too
+                    chain.append(event)
+                    return
+                self._chains[event.job_id] = deque([event])
+                if len(self._threads) < self.max_workers:  # threads start on demand, up to the bound
+                    # Daemon threads: a receiver that keeps failing must not hold the process at exit.
+                    thread = threading.Thread(target=self._work, name="qalign-webhook", daemon=True)
+                    self._threads.append(thread)
+                    thread.start()
+        if full:
+            detail = f"the delivery queue is full ({self.max_pending} events waiting)"
+            self.give_up(event, "queue_full", detail)
+            return
+        self._ready.put(event.job_id)
 
     def _work(self) -> None:
         while (key := self._ready.get()) is not None:
@@ -181,25 +284,45 @@ class WebhookDelivery:
                 if not chain:
                     del self._chains[key]
                     return
-                url, body = chain.popleft()
+                event = chain.popleft()
             try:
-                ok = deliver(
-                    url,
-                    body,
+                outcome = deliver(
+                    event.url,
+                    event.body,
                     self.secret,
+                    msg_id=event.msg_id,
                     allow_hosts=self.allow_hosts,
                     attempts=self.attempts,
                     backoff_s=self.backoff_s,
                     timeout_s=self.timeout_s,
+                    ca_bundle=self.ca_bundle,
+                    resolver=self.resolver,
                 )
-            except Exception:  # deliver never raises by design; belt and braces for the pool
-                log.exception("webhook delivery crashed", extra={"url": url})
-                ok = False
+            except Exception as exc:  # deliver never raises by design; belt and braces for the pool
+                log.exception("webhook delivery crashed", extra={"url": event.url})
+                outcome = Outcome(False, describe(exc))
+            try:
+                if not outcome.delivered:
+                    reason = "refused" if outcome.detail.startswith("refused") else "failed"
+                    self.give_up(event, reason, outcome.detail)
             finally:
                 with self._lock:
                     self._pending -= 1
-            if not ok:
-                log.warning("webhook not delivered", extra={"url": url})
+
+    def give_up(self, event: WebhookEvent, reason: str, detail: str) -> None:
+        """The one place an event is abandoned: a log line, the counter, the job record."""
+        with self._lock:
+            self.undelivered[reason] += 1
+        log.warning(
+            "webhook undelivered: %s",
+            detail,
+            extra={"job_id": event.job_id, "url": event.url, "webhook_id": event.msg_id, "reason": reason},
+        )
+        if self.on_undelivered is not None:
+            try:
+                self.on_undelivered(event, reason, detail)
+            except Exception:  # recording is best effort; the log line and the counter stand
+                log.warning("could not record the undelivered webhook", exc_info=True)
 
     def idle(self) -> bool:
         """No event queued or being delivered."""
@@ -217,14 +340,20 @@ class WebhookDelivery:
 class JobWebhooks:
     """The ``JobEvents`` publisher of the job runtime: a job's status changes as signed webhooks.
 
-    Building the body presigns the result URL, which can fail (store down): that is logged and the
-    event skipped, never raised into the caller (a cancel or a run must not fail because of it).
+    Only the events the job's ``webhook_events`` filter names are sent (both when unset). Building
+    the body presigns the result URL, which can fail (store down): that is logged and the event
+    recorded as undelivered, never raised into the caller (a cancel or a run must not fail on it).
+    With ``records``, undelivered events are written to the job record (``webhook_undelivered``).
     """
 
     def __init__(
-        self, settings: Settings, store: ObjectStore, delivery: WebhookDelivery | None = None
+        self,
+        settings: Settings,
+        store: ObjectStore,
+        delivery: WebhookDelivery | None = None,
+        records: JobRecords | None = None,
     ) -> None:
-        self.settings, self.store = settings, store
+        self.settings, self.store, self.records = settings, store, records
         self.delivery = delivery
         if delivery is None and settings.webhook_secret:
             self.delivery = WebhookDelivery(
@@ -234,20 +363,45 @@ class JobWebhooks:
                 backoff_s=settings.webhook_backoff_s,
                 timeout_s=settings.webhook_timeout_s,
                 max_workers=settings.webhook_workers,
+                max_pending=settings.webhook_queue_size,
+                ca_bundle=str(settings.outbound_ca_bundle) if settings.outbound_ca_bundle else None,
             )
+        if self.delivery is not None and self.delivery.on_undelivered is None:
+            self.delivery.on_undelivered = self.record_undelivered
 
     def publish(self, job: Job) -> None:
         if not job.webhook_url:
+            return
+        event = event_of(job.status)
+        if event is None or event not in (job.webhook_events or EVENTS):
             return
         if self.delivery is None:
             log.warning("job has a webhook_url but QALIGN_WEBHOOK_SECRET is unset; not delivered")
             return
         try:
             body = job_json(job, self.store, self.settings)
-        except Exception:  # e.g. presigning failed: the job's outcome stands regardless
+        except Exception as exc:  # e.g. presigning failed: the job's outcome stands regardless
             log.warning("could not build the webhook body", exc_info=True, extra={"job_id": job.id})
+            failed = WebhookEvent(job.id, job.status, job.webhook_url, b"")
+            self.delivery.give_up(failed, "failed", f"the body could not be built: {describe(exc)}")
             return
-        self.delivery.post(job.id, job.webhook_url, body)
+        self.delivery.post(WebhookEvent(job.id, job.status, job.webhook_url, body))
+
+    def record_undelivered(self, event: WebhookEvent, reason: str, detail: str) -> None:
+        """Append the event to its job record, where operators (and support) can read it."""
+        if self.records is None:
+            return
+        entry = UndeliveredWebhook(
+            webhook_id=event.msg_id, status=event.status, reason=reason, detail=detail[:500], at=utcnow()
+        )
+
+        def append(job: Job) -> Job:
+            return job.model_copy(update={"webhook_undelivered": [*job.webhook_undelivered, entry]})
+
+        self.records.modify(event.job_id, append)
+
+    def undelivered_counts(self) -> dict[str, int]:
+        return dict(self.delivery.undelivered) if self.delivery is not None else {}
 
     def close(self) -> None:
         if self.delivery is not None:

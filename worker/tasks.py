@@ -50,7 +50,7 @@ class WorkerState:
             self.store,
             self.settings,
             self.pipeline,
-            events=self.events or JobWebhooks(self.settings, self.store),
+            events=self.events or JobWebhooks(self.settings, self.store, records=self.stores.records),
             worker=self.name,
             interrupted=interrupt.is_set,
             time_limit_errors=(SoftTimeLimitExceeded,),
@@ -80,9 +80,8 @@ def worker_state() -> WorkerState:
             stores, store = open_job_stores(settings), make_object_store(settings)
             name = worker_name()
             heartbeat = Heartbeat(stores.workers, name, settings, pipeline)
-            _state = WorkerState(
-                settings, pipeline, stores, store, name, heartbeat, JobWebhooks(settings, store)
-            )
+            events = JobWebhooks(settings, store, records=stores.records)
+            _state = WorkerState(settings, pipeline, stores, store, name, heartbeat, events)
             heartbeat.start()
             _state.takeover = TakeoverWatch(
                 stores.records,

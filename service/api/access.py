@@ -1,5 +1,5 @@
-"""Reading and cancelling a caller's jobs, and locating a result. A job belongs to the API key that
-made it: another key's job is JobNotFound, exactly like a job that does not exist."""
+"""Reading, cancelling and erasing a caller's jobs, and locating a result. A job belongs to the API
+key that made it: another key's job is JobNotFound, exactly like a job that does not exist."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.api.errors import JobNotFound, ResultGone, ResultNotReady
+from service.api.submit import idempotency_scope
+from service.erasure import erase_job
 from service.jobs import Job, JobStores, transitions
 from service.jobs.runner import JobEvents
 from service.logs import job_context
@@ -49,6 +51,29 @@ class JobAccess:
             if before.status == "queued" and job.status == "canceled":
                 self.events.publish(job)  # it never reaches a worker, so its terminal event goes from here
         return job
+
+    def erase(self, job_id: str, owner: str | None) -> None:
+        """Erase the job and its data (service.erasure), and forget its Idempotency-Key: the key
+        then submits a new job instead of answering with the erased one."""
+        self.get(job_id, owner)
+        with job_context(job_id):
+            erased = erase_job(self.stores, self.store, job_id)
+            if erased is None:
+                raise JobNotFound(f"no job with id {job_id!r}")
+            if erased.job.idempotency_key is not None:
+                scope = idempotency_scope(owner, erased.job.idempotency_key)
+                self.stores.idempotency.release(scope, job_id)
+            logger.info(
+                "job erased",
+                extra={
+                    "erased": {
+                        "results": erased.results,
+                        "inputs": erased.inputs,
+                        "inversions": erased.inversions,
+                        "kept_shared": len(erased.kept_shared),
+                    }
+                },
+            )
 
     def result(self, job_id: str, owner: str | None) -> ResultLocation:
         job = self.get(job_id, owner)

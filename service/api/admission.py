@@ -59,10 +59,12 @@ class Readiness:
         return verdict
 
     def require(self) -> None:
-        """Raise NotReady naming every failing dependency."""
+        """Raise NotReady naming every failing dependency; a model still loading does not refuse jobs
+        (they wait in the queue and start once it is loaded)."""
         verdict = self.verdict()
-        if not verdict["ready"]:
-            failing = {name: c.get("detail", "down") for name, c in verdict["checks"].items() if not c["ok"]}
+        checks = [(name, c) for name, c in verdict["checks"].items() if not c["ok"] and not c.get("loading")]
+        failing = {name: c.get("detail", "down") for name, c in checks}
+        if failing:
             raise NotReady("the service is not ready: " + "; ".join(f"{k}: {v}" for k, v in failing.items()))
 
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from service.api.intake import BodyLimitMiddleware
+from service.api.links import ForwardedHeadersMiddleware
 from service.api.metrics import MetricsMiddleware
 from service.api.problems import install_problem_handlers
 from service.api.routes import router
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, *, pipeline_factory=None) -> Fa
     app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.request_limit)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    app.add_middleware(ForwardedHeadersMiddleware, trusted=settings.forwarded_allow_ips)
     return app
 
 

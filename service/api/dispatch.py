@@ -72,5 +72,8 @@ class EmbeddedDispatcher:
         self.runner.stop()
 
     def check(self) -> dict[str, dict]:
-        alive = self.runner.alive
-        return {"workers": {"ok": alive, "live": int(alive), "detail": self.runner.state}}
+        """Ready once the model is loaded; while it loads ``loading`` is true: not ready (GET /readyz
+        answers 503), but POST /transfer still queues jobs, which start once the model is in."""
+        alive, loading = self.runner.alive, self.runner.loading
+        ready = alive and not loading
+        return {"workers": {"ok": ready, "live": int(ready), "loading": loading, "detail": self.runner.state}}

@@ -45,3 +45,11 @@ class ResultNotReady(DomainError):
 
 class ResultGone(DomainError):
     """The job succeeded but its result is no longer in the store."""
+
+
+class InvalidInput(DomainError):
+    """A header or query value the caller sent is malformed (422 naming it and what is allowed)."""
+
+    def __init__(self, field: str, message: str, allowed: str) -> None:
+        super().__init__(f"{field}: {message} (allowed: {allowed})")
+        self.field, self.message, self.allowed = field, message, allowed

@@ -1,7 +1,8 @@
 """Turning a POST /transfer request into validated parameters and image bytes.
 
 Every refusal names what to change: 400 not an image/corrupt/bomb, 413 too large, 415 unsupported
-type, 422 parameter out of range or part missing. Decoding runs in a thread (CPU work off the loop).
+type, 422 parameter out of range, part missing or URL input refused or not fetchable. Decoding and
+URL fetches run in threads (off the event loop).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import io
 import json
 import warnings
@@ -24,9 +26,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from qalign_core.images import sniff_format
 from qalign_core.params import TransferParams
 from service.api.problems import ApiProblem, problem_response, validation_problem
+from service.api.remote_inputs import check_input_url, fetch_input, looks_like_url
 from service.api.schemas import IMAGE_FIELDS, TUPLE_FIELDS, FieldProblem, TransferJSONRequest
 from service.settings import Settings
-from service.webhooks import WebhookRefused, check_webhook_url
+from service.webhooks import EVENTS, WebhookRefused, check_webhook_url
 
 #: Signatures of image formats we recognise but do not accept (answer 415, not 400).
 OTHER_IMAGE_SIGNATURES = {
@@ -53,6 +56,19 @@ class Submission:
     images: dict[str, tuple[bytes, str]]  # field -> (bytes, content type)
     webhook_url: str | None
     idempotency_key: str | None = None
+    webhook_events: list[str] | None = None  # webhook_events_filter; None = every event
+
+
+@dataclass
+class _Parsed:
+    """One request body, either encoding, before the images are checked."""
+
+    raw: dict[str, bytes]
+    declared: dict[str, str | None]
+    params: TransferParams
+    webhook: str | None = None
+    events: list[str] | None = None
+    urls: dict[str, str] = dataclasses.field(default_factory=dict)  # image field -> https URL to fetch
 
 
 class BodyLimitMiddleware:
@@ -135,27 +151,58 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     key = idempotency_key(request)
     if content_type == "multipart/form-data":
-        raw, declared_types, webhook = await _read_form(request, settings)
+        parsed = await _read_form(request, settings)
     elif content_type == "application/json":
-        raw, declared_types, webhook = await _read_json(request)
+        parsed = await _read_json(request)
     else:
         raise ApiProblem(
             415,
             f"send multipart/form-data or application/json, not {content_type or 'no content type'}",
             kind="unsupported-media-type",
         )
+    # Resolves the host (off the event loop); before any image URL is fetched, which costs more.
+    await run_in_threadpool(check_webhook, parsed.webhook, settings)
+    if parsed.urls:  # both fetched at once; the first field's refusal wins
+        names = list(parsed.urls)
+        fetched = await _all([run_in_threadpool(fetch_input, n, parsed.urls[n], settings) for n in names])
+        for name, (data, ctype) in zip(names, fetched, strict=True):
+            parsed.raw[name], parsed.declared[name] = data, ctype
     # Both images decode at once (Pillow releases the GIL while decoding); the first field's refusal wins.
     checks = [
-        run_in_threadpool(check_image, field, raw[field], declared_types.get(field), settings)
-        for field in IMAGE_FIELDS
+        run_in_threadpool(check_image, name, parsed.raw[name], parsed.declared.get(name), settings)
+        for name in IMAGE_FIELDS
     ]
-    outcomes = await asyncio.gather(*checks, return_exceptions=True)
+    images = dict(zip(IMAGE_FIELDS, await _all(checks), strict=True))
+    return Submission(
+        params=parsed.params,
+        images=images,
+        webhook_url=parsed.webhook,
+        idempotency_key=key,
+        webhook_events=parsed.events,
+    )
+
+
+async def _all(awaitables: list) -> list:
+    """Run concurrently; raise the first (in order) failure once all have ended."""
+    outcomes = await asyncio.gather(*awaitables, return_exceptions=True)
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
-    images = dict(zip(IMAGE_FIELDS, outcomes, strict=True))
-    await run_in_threadpool(check_webhook, webhook, settings)  # resolves the host: off the event loop
-    return Submission(params=raw["params"], images=images, webhook_url=webhook, idempotency_key=key)
+    return outcomes
+
+
+def events_filter(values: list[str] | None) -> list[str] | None:
+    """The validated webhook_events_filter in canonical order, or a 422 naming the field."""
+    if values is None:
+        return None
+    unknown = sorted({v for v in values if v not in EVENTS})
+    if unknown or not values:
+        allowed = "a non-empty list of: " + ", ".join(EVENTS)
+        why = f"unknown event(s) {', '.join(unknown)}" if unknown else "empty (omit it for every event)"
+        problem = FieldProblem(field="webhook_events_filter", message=why, allowed=allowed)
+        detail = f"webhook_events_filter: {why} (allowed: {allowed})"
+        raise ApiProblem(422, detail, kind="invalid-parameters", errors=[problem])
+    return [event for event in EVENTS if event in values]
 
 
 async def _read_form(request: Request, settings: Settings):
@@ -165,24 +212,34 @@ async def _read_form(request: Request, settings: Settings):
         raise
     except Exception as exc:  # malformed multipart is the caller's error
         raise ApiProblem(400, f"cannot parse the multipart body: {exc}", kind="bad-request") from exc
-    missing = [f for f in IMAGE_FIELDS if not isinstance(form.get(f), UploadFile)]
+    missing = [f for f in IMAGE_FIELDS if not isinstance(form.get(f), UploadFile) and not form.get(f)]
     if missing:
         problems = [
-            FieldProblem(field=f, message="this file part is required (PNG, JPEG or WebP)") for f in missing
+            FieldProblem(field=f, message="required: a file part (PNG, JPEG or WebP) or an https:// URL")
+            for f in missing
         ]
         raise ApiProblem(
             422, "; ".join(f"{p.field}: {p.message}" for p in problems), kind="missing-part", errors=problems
         )
     raw: dict = {}
     declared: dict[str, str | None] = {}
-    for field in IMAGE_FIELDS:
-        upload: UploadFile = form[field]  # type: ignore[assignment]
-        data = await upload.read(settings.max_upload_bytes + 1)
-        _check_size(field, len(data), settings)
-        raw[field], declared[field] = data, upload.content_type
+    urls: dict[str, str] = {}
+    for name in IMAGE_FIELDS:
+        part = form[name]
+        if isinstance(part, str):  # a form field, not a file: an image URL
+            urls[name] = part.strip()
+            check_input_url(name, urls[name], "form")
+            continue
+        data = await part.read(settings.max_upload_bytes + 1)
+        _check_size(name, len(data), settings)
+        raw[name], declared[name] = data, part.content_type
     fields: dict[str, object] = {}
+    events: list[str] | None = None
     for name, value in form.multi_items():
         if name in IMAGE_FIELDS:
+            continue
+        if name == "webhook_events_filter" and isinstance(value, str):  # repeated or comma-separated
+            events = (events or []) + [v.strip() for v in value.split(",") if v.strip()]
             continue
         if not isinstance(value, str):
             raise ApiProblem(
@@ -195,8 +252,7 @@ async def _read_form(request: Request, settings: Settings):
             continue
         fields[name] = [p.strip() for p in value.split(",")] if name in TUPLE_FIELDS else value
     webhook = fields.pop("webhook_url", None)
-    raw["params"] = _params(fields)
-    return raw, declared, webhook
+    return _Parsed(raw, declared, _params(fields), webhook, events_filter(events), urls)  # type: ignore[arg-type]
 
 
 async def _read_json(request: Request):
@@ -215,11 +271,18 @@ async def _read_json(request: Request):
         raise validation_problem(exc) from exc
     raw: dict = {}
     declared: dict[str, str | None] = {}
-    for field in IMAGE_FIELDS:
-        raw[field], declared[field] = _decode_base64(field, getattr(parsed, field))
-    params = parsed.model_dump(exclude={"structure", "appearance", "webhook_url"}, exclude_unset=True)
-    raw["params"] = _params(params)
-    return raw, declared, parsed.webhook_url
+    urls: dict[str, str] = {}
+    for name in IMAGE_FIELDS:
+        value = getattr(parsed, name).strip()
+        if looks_like_url(value):
+            check_input_url(name, value, "json")
+            urls[name] = value
+        else:
+            raw[name], declared[name] = _decode_base64(name, value)
+    exclude = {"structure", "appearance", "webhook_url", "webhook_events_filter"}
+    params = _params(parsed.model_dump(exclude=exclude, exclude_unset=True))
+    events = events_filter(parsed.webhook_events_filter)
+    return _Parsed(raw, declared, params, parsed.webhook_url, events, urls)
 
 
 def _params(fields: dict) -> TransferParams:

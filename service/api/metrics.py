@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.jobs.store import STAGE_BUCKETS, JobStores, StoreUnavailable
@@ -83,6 +84,28 @@ class ServiceMetrics:
         )
         ProcessCollector(registry=self.registry)
         self.registry.register(JobStoreCollector(stores))
+
+    def watch_webhooks(self, counts: Callable[[], dict[str, int]]) -> None:
+        """Expose the webhook events this process gave up on, by reason (queue_full, refused, failed)."""
+        self.registry.register(UndeliveredWebhookCollector(counts))
+
+
+class UndeliveredWebhookCollector:
+    """``qalign_webhooks_undelivered_total{reason}`` from the delivery pool's counters, per scrape."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self):
+        family = CounterMetricFamily(
+            "qalign_webhooks_undelivered",
+            "Webhook events given up on by this process (also recorded on the job)",
+            labels=["reason"],
+        )
+        counts = self.counts()
+        for reason in ("queue_full", "refused", "failed"):
+            family.add_metric([reason], counts.get(reason, 0))
+        yield family
 
 
 class MetricsMiddleware:

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.api.errors import (
     DomainError,
     IdempotencyConflict,
+    InvalidInput,
     JobNotFound,
     NotReady,
     QueueFull,
@@ -127,6 +128,9 @@ def domain_problem(exc: Exception) -> ApiProblem:
     if isinstance(exc, IdempotencyConflict):
         kind = "idempotency-key-in-progress" if exc.in_progress else "idempotency-key-reused"
         return ApiProblem(409, exc.detail, kind=kind, headers=retry)
+    if isinstance(exc, InvalidInput):
+        problem = FieldProblem(field=exc.field, message=exc.message, allowed=exc.allowed)
+        return ApiProblem(422, exc.detail, kind="invalid-parameters", errors=[problem])
     status, kind = _STATUS[type(exc)]
     return ApiProblem(status, exc.detail, kind=kind, headers=retry)
 

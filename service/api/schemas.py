@@ -29,10 +29,19 @@ __all__ = [
 class TransferJSONRequest(TransferParams):
     """JSON body of POST /transfer: the two images as base64 (plain or data: URL) plus parameters."""
 
-    structure: str = Field(description="Structure image, base64 or a data: URL (PNG, JPEG, WebP).")
-    appearance: str = Field(description="Appearance image, base64 or a data: URL (PNG, JPEG, WebP).")
+    structure: str = Field(
+        description="Structure image (PNG, JPEG, WebP): base64, a data: URL or an https:// URL to fetch."
+    )
+    appearance: str = Field(
+        description="Appearance image (PNG, JPEG, WebP): base64, a data: URL or an https:// URL to fetch."
+    )
     webhook_url: str | None = Field(
         None, max_length=2000, pattern=r"^https?://", description="Called on running and terminal status."
+    )
+    webhook_events_filter: list[Literal["start", "completed"]] | None = Field(
+        None,
+        min_length=1,
+        description="Which webhooks to send: start (running), completed (terminal status); default both.",
     )
 
 
@@ -75,9 +84,22 @@ def multipart_openapi() -> dict:
     """OpenAPI requestBody for POST /transfer: both accepted encodings, fields from TransferParams."""
     params_schema = TransferParams.model_json_schema()
     form_properties: dict[str, dict] = {
-        "structure": {"type": "string", "format": "binary", "description": "Structure image."},
-        "appearance": {"type": "string", "format": "binary", "description": "Appearance image."},
+        "structure": {
+            "type": "string",
+            "format": "binary",
+            "description": "Structure image, or an https:// URL.",
+        },
+        "appearance": {
+            "type": "string",
+            "format": "binary",
+            "description": "Appearance image, or an https:// URL.",
+        },
         "webhook_url": {"type": "string", "description": "Called on running and terminal status."},
+        "webhook_events_filter": {
+            "type": "array",
+            "items": {"type": "string", "enum": ["start", "completed"]},
+            "description": "Repeated field or comma-separated: start, completed (default both).",
+        },
     }
     for name, schema in params_schema["properties"].items():
         if name in TUPLE_FIELDS:

@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from service.api.access import JobAccess
 from service.api.admission import Capacity, Readiness
 from service.api.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
+from service.api.listing import JobListing
 from service.api.metrics import ServiceMetrics
 from service.api.submit import Submitter
+from service.api.views import JobViews
+from service.api.watch import JobFollower
 from service.auth import KeyRing
 from service.cleanup import Sweeper
 from service.jobs import JobStores, open_job_stores
@@ -34,12 +37,15 @@ class Services:
     submitter: Submitter
     jobs: JobAccess
     webhooks: JobWebhooks
+    views: JobViews
+    follower: JobFollower
+    listing: JobListing
     sweeper: Sweeper | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, pipeline_factory=None) -> Services:
         stores, store = open_job_stores(settings), make_object_store(settings)
-        webhooks = JobWebhooks(settings, store)
+        webhooks = JobWebhooks(settings, store, records=stores.records)
         if settings.embedded:
             kwargs = {"pipeline_factory": pipeline_factory} if pipeline_factory else {}
             runner = EmbeddedRunner(settings, stores, store, events=webhooks, **kwargs)
@@ -47,8 +53,10 @@ class Services:
         else:
             dispatcher = CeleryDispatcher(settings, stores)
         metrics = ServiceMetrics(stores)
+        metrics.watch_webhooks(webhooks.undelivered_counts)
         readiness = Readiness(settings, stores, store, dispatcher)
         capacity = Capacity(settings, stores)
+        jobs = JobAccess(settings, stores, store, webhooks)
         return cls(
             settings=settings,
             stores=stores,
@@ -58,8 +66,11 @@ class Services:
             keys=KeyRing.from_settings(settings.api_keys, settings.revoked_api_keys),
             readiness=readiness,
             submitter=Submitter(settings, stores, store, dispatcher, readiness, capacity, metrics),
-            jobs=JobAccess(settings, stores, store, webhooks),
+            jobs=jobs,
             webhooks=webhooks,
+            views=JobViews(settings, stores, store),
+            follower=JobFollower(settings, jobs),
+            listing=JobListing(stores),
             sweeper=Sweeper(stores, store, settings),
         )
 

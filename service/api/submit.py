@@ -39,6 +39,8 @@ def request_fingerprint(submission: Submission) -> str:
         "inputs": {name: hashlib.sha256(data).hexdigest() for name, (data, _) in submission.images.items()},
         "webhook_url": submission.webhook_url,
     }
+    if submission.webhook_events is not None:  # absent when unset: fingerprints of older keys still match
+        canonical["webhook_events"] = submission.webhook_events
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
@@ -58,9 +60,12 @@ class Submitter:
         self.settings, self.stores, self.store, self.dispatcher = settings, stores, store, dispatcher
         self.readiness, self.capacity, self.metrics = readiness, capacity, metrics
 
-    def submit(self, submission: Submission, owner: str | None = None) -> tuple[Job, bool]:
+    def submit(
+        self, submission: Submission, owner: str | None = None, base_url: str | None = None
+    ) -> tuple[Job, bool]:
         """(job, created): with an Idempotency-Key already used by this owner, the earlier job
-        (created False) when the request is the same, IdempotencyConflict when it differs."""
+        (created False) when the request is the same, IdempotencyConflict when it differs.
+        ``base_url`` is stored on the job: the absolute base of its links (webhooks included)."""
         scope = fingerprint = None
         if submission.idempotency_key is not None:
             scope = idempotency_scope(owner, submission.idempotency_key)
@@ -78,8 +83,10 @@ class Submitter:
             structure_key=keys["structure"],
             appearance_key=keys["appearance"],
             webhook_url=submission.webhook_url,
+            webhook_events=submission.webhook_events,
             owner=owner,
             idempotency_key=submission.idempotency_key,
+            base_url=base_url,
         )
         if scope is not None:
             record = {"job_id": job.id, "fingerprint": fingerprint}

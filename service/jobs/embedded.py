@@ -1,9 +1,11 @@
 """The in-process worker of the embedded mode: one thread runs queued jobs one at a time.
 
 Jobs survive restarts because the queue is the SQLite job table, not this thread's memory: on
-start, jobs left ``running`` by a process that died are re-queued (or failed once out of attempts)
-and every queued job is scheduled again, oldest first. On a clean stop the running job is
-interrupted at its next step and put back in the queue, not lost and not marked canceled.
+start, the runner takes the data directory's lock (service.jobs.single_writer: a second process on
+the same directory is refused), so every job left ``running`` by another process belongs to a
+process that is gone: those are re-queued (or failed once out of attempts) and every queued job is
+scheduled again, oldest first. On a clean stop the running job is interrupted at its next step and
+put back in the queue, not lost and not marked canceled.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from service.jobs import model, transitions
 from service.jobs.heartbeat import Heartbeat
 from service.jobs.runner import JobContext, JobEvents, NoEvents, execute_job, load_pipeline
+from service.jobs.single_writer import hold_data_dir, let_go
 from service.jobs.store import JobStores
 from service.logs import job_context
 from service.settings import Settings
@@ -42,18 +45,30 @@ class EmbeddedRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._heartbeat: Heartbeat | None = None
+        self._data_dir_key = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        """Take the data directory (DataDirLocked when another process has it), recover, run."""
+        self._data_dir_key = hold_data_dir(self.settings.data_dir)
         self.recover()
         self._thread = threading.Thread(target=self._loop, name="qalign-embedded-worker", daemon=True)
         self._thread.start()
 
     def recover(self) -> None:
-        """Requeue jobs a dead process left running, then schedule every queued job again."""
+        """Requeue jobs a gone process left running, then schedule every queued job again.
+
+        Only called with the data directory's lock held: no other process can be running a job of
+        this directory, so a ``running`` record names a gone process, unless it names this one (a
+        runner of this process puts its job back itself when it stops).
+        """
         reason, limit = "the service stopped during the run", self.settings.max_attempts
         for job_id in self.stores.records.ids_by_status("running"):
             with job_context(job_id):
+                current = self.stores.records.get(job_id)
+                if current is not None and current.worker == self.name:
+                    logger.info("job left running by this process: not recovered")
+                    continue
                 job = self.stores.records.modify(job_id, lambda j: transitions.requeue(j, reason, limit))
                 logger.info("recovered job left running: now %s", job.status if job else "gone")
         for job_id in self.stores.records.ids_by_status("queued"):
@@ -67,6 +82,9 @@ class EmbeddedRunner:
             self._thread.join(timeout if self.pipeline is not None else 1.0)
         if self._heartbeat is not None:
             self._heartbeat.stop()
+        if self._data_dir_key is not None:
+            let_go(self._data_dir_key)
+            self._data_dir_key = None
 
     def submit(self, job_id: str) -> None:
         self._queue.put(job_id)
@@ -74,6 +92,11 @@ class EmbeddedRunner:
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self.load_error is None
+
+    @property
+    def loading(self) -> bool:
+        """The thread runs but the model is not loaded yet (nor failed to load)."""
+        return self.alive and self.pipeline is None
 
     @property
     def state(self) -> str:

@@ -29,6 +29,17 @@ class JobResult(BaseModel):
     height: int
 
 
+class UndeliveredWebhook(BaseModel):
+    """A webhook event given up on (queue full, URL refused, every attempt failed): kept on the job
+    record so an operator can see what a receiver missed, and why."""
+
+    webhook_id: str
+    status: str
+    reason: str
+    detail: str
+    at: datetime
+
+
 class Job(BaseModel):
     """One transfer request and everything known about its run (internals included: store keys,
     worker, attempts; the public shape is service.api.schemas.JobOut)."""
@@ -51,7 +62,14 @@ class Job(BaseModel):
     worker: str | None = None
     owner: str | None = None
     webhook_url: str | None = None
+    webhook_events: list[str] | None = None  # the webhook_events_filter; None = every event
+    webhook_undelivered: list[UndeliveredWebhook] = Field(default_factory=list)
     idempotency_key: str | None = None
+    base_url: str | None = None  # absolute base of the job's links, fixed at submission
+    revision: int = 1  # bumped by the store on every write: the events stream's event ids
+    #: Store keys of the cached inversions this job's runs read or wrote (erasure removes those
+    #: no other live job lists).
+    inversion_keys: list[str] = Field(default_factory=list)
 
     @property
     def finished(self) -> bool:

@@ -1,6 +1,7 @@
 """Redis implementations of the job-runtime stores (distributed mode: shared by every process).
 
-Records are JSON strings with a TTL; one sorted set per status (score = time entered) indexes them.
+Records are JSON strings with a TTL; one sorted set per status (score = time entered) indexes them,
+and one per owner (score = created_at) lists an API key's jobs newest first.
 """
 
 from __future__ import annotations
@@ -46,11 +47,18 @@ class RedisJobRecords:
     def _status_key(self, status: str) -> str:
         return f"{self.conn.prefix}status:{status}"
 
+    def _owner_key(self, owner: str | None) -> str:
+        return f"{self.conn.prefix}owner:{json.dumps(owner)}"  # "alice" or null: no name can collide
+
     def create(self, job: Job) -> None:
         def run() -> None:
             pipe = self.client.pipeline()
             pipe.set(self._key(job.id), job.model_dump_json(), ex=self.ttl)
             pipe.zadd(self._status_key(job.status), {job.id: time.time()})
+            owner_key = self._owner_key(job.owner)
+            pipe.zadd(owner_key, {job.id: job.created_at.timestamp()})
+            # The index outlives the owner's newest record by a TTL; older entries are pruned.
+            pipe.expire(owner_key, 2 * self.ttl)
             pipe.execute()
 
         self.conn.call(run)
@@ -81,6 +89,7 @@ class RedisJobRecords:
                         if new is None:
                             pipe.unwatch()
                             return job
+                        new = new.model_copy(update={"revision": job.revision + 1})
                         pipe.multi()
                         pipe.set(key, new.model_dump_json(), ex=self.ttl)
                         if new.status != job.status:
@@ -88,6 +97,29 @@ class RedisJobRecords:
                             pipe.zadd(self._status_key(new.status), {job_id: time.time()})
                         pipe.execute()
                         return new
+                    except redis.WatchError:
+                        continue
+
+        return self.conn.call(run)
+
+    def delete(self, job_id: str) -> Job | None:
+        key = self._key(job_id)
+
+        def run() -> Job | None:
+            with self.client.pipeline() as pipe:
+                while True:  # retried when a writer changed the record between read and delete
+                    try:
+                        pipe.watch(key)
+                        raw = pipe.get(key)
+                        if not raw:
+                            pipe.unwatch()
+                            return None
+                        pipe.multi()
+                        pipe.delete(key)
+                        for status in STATUSES:
+                            pipe.zrem(self._status_key(status), job_id)
+                        pipe.execute()
+                        return Job.model_validate_json(raw)
                     except redis.WatchError:
                         continue
 
@@ -117,6 +149,42 @@ class RedisJobRecords:
 
         return self.conn.call(run)
 
+    def owned(
+        self, owner: str | None, *, status: str | None, limit: int, before: tuple[float, str] | None
+    ) -> list[Job]:
+        found: list[Job] = []
+        for chunk in self._owned_ids(self._owner_key(owner), before):
+            for job in self.get_many(chunk):  # records expired or erased are skipped
+                if status is None or job.status == status:
+                    found.append(job)
+                    if len(found) >= limit:
+                        return found
+        return found
+
+    def _owned_ids(self, key: str, before: tuple[float, str] | None, chunk: int = 100) -> Iterator[list[str]]:
+        """Ids of the owner index in (score, id) descending order after ``before``, in chunks.
+
+        Members with equal scores come in descending id order from ZREVRANGEBYSCORE; a chunk that
+        ends inside a group of equal scores is completed by reading that group alone, so paging by
+        score never skips or repeats a member.
+        """
+        top = "+inf"
+        if before is not None:
+            ties = self.conn.call(self.client.zrangebyscore, key, before[0], before[0])
+            yield sorted((i for i in ties if i < before[1]), reverse=True)
+            top = f"({before[0]!r}"
+        while True:
+            rows = self.conn.call(
+                self.client.zrevrangebyscore, key, top, "-inf", start=0, num=chunk, withscores=True
+            )
+            if not rows:
+                return
+            yield [member for member, _ in rows]
+            last_id, last_score = rows[-1]
+            ties = self.conn.call(self.client.zrangebyscore, key, last_score, last_score)
+            yield sorted((i for i in ties if i < last_id), reverse=True)
+            top = f"({last_score!r}"
+
     def all_jobs(self) -> Iterator[Job]:
         pattern = f"{self.conn.prefix}job:*"
         keys = self.conn.call(lambda: list(self.client.scan_iter(match=pattern, count=500)))
@@ -136,6 +204,9 @@ class RedisJobRecords:
                 gone = [i for i, raw in zip(chunk, exists, strict=True) if not raw]
                 if gone:
                     dropped += int(self.conn.call(self.client.zrem, self._status_key(status), *gone))
+        owner_keys = self.conn.call(lambda: list(self.client.scan_iter(match=f"{self.conn.prefix}owner:*")))
+        for key in owner_keys:  # owner indexes: entries older than any live record could be
+            self.conn.call(self.client.zremrangebyscore, key, "-inf", time.time() - 2 * self.ttl)
         return dropped
 
     def ping(self) -> None:

@@ -23,7 +23,14 @@ from service.jobs.model import Job, JobResult, worker_name
 from service.jobs.store import JobStores, StoreUnavailable
 from service.logs import job_context
 from service.settings import Settings
-from service.storage import ObjectNotFound, ObjectStore, StorageUnavailable, StoreInversionCache, result_key
+from service.storage import (
+    ObjectNotFound,
+    ObjectStore,
+    StorageUnavailable,
+    StoreInversionCache,
+    inversion_store_key,
+    result_key,
+)
 
 logger = logging.getLogger("qalign.job")
 T = TypeVar("T")
@@ -59,36 +66,53 @@ class JobContext:
     time_limit_errors: tuple[type[BaseException], ...] = ()
 
 
+class TrackedInversionCache(StoreInversionCache):
+    """The store's inversion cache, remembering which entries this run read and which it wrote:
+    the record lists them for erasure, and a run whose job was erased meanwhile deletes its own."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        super().__init__(store)
+        self.used: list[str] = []
+        self.written: list[str] = []
+
+    def get(self, key: str) -> bytes | None:
+        data = super().get(key)
+        if data is not None:
+            self.used.append(inversion_store_key(key))
+        return data
+
+    def put(self, key: str, data: bytes) -> None:
+        super().put(key, data)
+        self.used.append(inversion_store_key(key))
+        self.written.append(inversion_store_key(key))
+
+
 class JobTracker:
-    """Turns pipeline callbacks into throttled job-record writes, stage timings and cancel checks."""
+    """Turns pipeline callbacks into throttled job-record writes, stage timings and cancel checks.
+
+    The run stops (``should_cancel``) for one of three reasons, kept in ``stop_reason``: the record
+    carries a cancel request ("canceled"), the record is gone because the job was erased
+    ("erased"), or the record no longer names this run (taken over or re-queued elsewhere: "lost").
+    Only the first ends the job ``canceled``: a job nobody canceled never becomes canceled.
+    """
 
     def __init__(self, ctx: JobContext, job: Job) -> None:
         self.ctx, self.job_id = ctx, job.id
-        #: This run's claim; every write is guarded by it (transitions.as_holder).
-        self.worker, self.attempt = job.worker or "", job.attempts
+        self.claimed_by, self.attempt = job.worker, job.attempts
         self.stage: str | None = None
         self.stage_started = time.monotonic()
         self.last_write = 0.0
         self.last_check = 0.0
-        self.cancel_seen = False
-        self.taken_over = False
+        self.stop_reason: str | None = None
+        self.cache = TrackedInversionCache(ctx.store) if ctx.settings.inversion_cache else None
+
+    @property
+    def cancel_seen(self) -> bool:
+        return self.stop_reason == "canceled"
 
     def held(self, change: transitions.Mutation) -> transitions.Mutation:
-        return transitions.as_holder(change, self.worker, self.attempt)
-
-    def write(self, change: transitions.Mutation, *, wait: bool = True) -> Job | None:
-        """A final write of this run, waited through a job-store outage (up to the deadline) if ``wait``."""
-
-        def modify() -> Job | None:
-            return self.ctx.stores.records.modify(self.job_id, self.held(change))
-
-        return through_outage(self.ctx, "record the outcome", modify) if wait else modify()
-
-    def still_holder(self) -> bool:
-        """Read the record: False (and the run stops) once another worker has taken the job over."""
-        job = through_outage(self.ctx, "read the record", lambda: self.ctx.stores.records.get(self.job_id))
-        self.taken_over = self.taken_over or transitions.superseded(job, self.worker, self.attempt)
-        return not self.taken_over
+        """``change`` applied only while the record still names this run (transitions.as_holder)."""
+        return transitions.as_holder(change, self.claimed_by or "", self.attempt)
 
     def progress(self, stage: str, fraction: float) -> None:
         now = time.monotonic()
@@ -120,16 +144,26 @@ class JobTracker:
         if self.ctx.interrupted is not None and self.ctx.interrupted():
             return True
         now = time.monotonic()
-        if self.cancel_seen or now - self.last_check < self.ctx.settings.cancel_check_interval:
-            return self.cancel_seen
+        if self.stop_reason or now - self.last_check < self.ctx.settings.cancel_check_interval:
+            return self.stop_reason is not None
         self.last_check = now
         try:
             job = self.ctx.stores.records.get(self.job_id)
         except StoreUnavailable:  # cannot read the cancel flag now: keep going, look again later
             return False
-        self.taken_over = transitions.superseded(job, self.worker, self.attempt)
-        self.cancel_seen = job is None or job.cancel_requested or job.status != "running" or self.taken_over
-        return self.cancel_seen
+        self.stop_reason = stop_reason(job, self.claimed_by, self.attempt)
+        return self.stop_reason is not None
+
+
+def stop_reason(job: Job | None, worker: str | None, attempt: int) -> str | None:
+    """Why a run of ``job`` by ``worker`` (its ``attempt``-th) must stop, or None to go on."""
+    if job is None:
+        return "erased"
+    if job.cancel_requested:
+        return "canceled"
+    if job.status != "running" or job.worker != worker or job.attempts != attempt:
+        return "lost"
+    return None
 
 
 def claim_job(ctx: JobContext, job_id: str) -> tuple[Job | None, Job | None]:
@@ -170,22 +204,33 @@ def execute_job(ctx: JobContext, job_id: str) -> Job | None:
 def _attempt(ctx: JobContext, job: Job) -> Job | None:
     """One run of a claimed job, ending in a terminal record (or back in the queue on shutdown).
 
-    None when another worker took the job over meanwhile (this run's holder was presumed lost): the
-    run stops, and its record and result are the new attempt's to write.
+    None when the record is gone: the job was erased during the run, and what the run wrote (its
+    result, the inversions it cached) is deleted again, so erasure is not undone by a late write.
     """
     tracker = JobTracker(ctx, job)
+    final = _outcome(ctx, job, tracker)
+    if final is None:
+        _discard_writes(ctx, job, tracker)
+    return final
+
+
+def _outcome(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
+    records = ctx.stores.records
     try:
         return _run(ctx, job, tracker)
     except TransferCanceled:
         tracker.end_stage()
-        if tracker.taken_over:
-            return _taken_over(tracker)
-        if ctx.interrupted is not None and ctx.interrupted() and not tracker.cancel_seen:
+        if tracker.stop_reason is None and ctx.interrupted is not None and ctx.interrupted():
             logger.info("job interrupted by shutdown; requeued")
             reason, limit = "the worker stopped during the run", ctx.settings.max_attempts
-            return tracker.write(lambda j: transitions.requeue(j, reason, limit, refund=True))
-        logger.info("job canceled")
-        return tracker.write(transitions.canceled)
+            return _noting(ctx, tracker, lambda j: transitions.requeue(j, reason, limit, refund=True))
+        if tracker.stop_reason == "canceled":
+            logger.info("job canceled")
+            return _noting(ctx, tracker, transitions.canceled)
+        if tracker.stop_reason == "erased":
+            logger.info("job erased during the run; stopped")
+            return None
+        return _lost(records.get(job.id))
     except Exception as exc:  # every failure must end in a record, never a crashed worker
         tracker.end_stage()
         kind, detail = classify(exc, ctx.time_limit_errors)
@@ -195,18 +240,47 @@ def _attempt(ctx: JobContext, job: Job) -> Job | None:
             logger.warning("job failed: %s", detail, extra={"error_type": kind})
         # The job store itself gave up after the deadline: one more try, then the message is requeued.
         wait = not isinstance(exc, StoreUnavailable)
-        final = tracker.write(lambda j: transitions.fail(j, kind, detail), wait=wait)
-        if tracker.taken_over or transitions.superseded(final, tracker.worker, tracker.attempt):
-            return _taken_over(tracker)
+        final = _noting(ctx, tracker, lambda j: transitions.fail(j, kind, detail), wait=wait)
+        if final is not None and stop_reason(final, tracker.claimed_by, tracker.attempt) == "lost":
+            return _lost(final)
         return final
 
 
-def _taken_over(tracker: JobTracker) -> None:
-    logger.warning(
-        "job taken over by another worker; this run stopped without writing",
-        extra={"attempt": tracker.attempt, "worker": tracker.worker},
-    )
-    return None
+def _lost(current: Job | None) -> Job | None:
+    logger.warning("job no longer held by this run (taken over or re-queued); stopped without writing")
+    return current
+
+
+def _noting(
+    ctx: JobContext, tracker: JobTracker, change: Callable[[Job], Job | None], *, wait: bool = True
+) -> Job | None:
+    """``change`` applied with the inversion keys this run used added to the record, only while the
+    record still names this run (a run whose job was taken over writes nothing), and waited through
+    a job-store outage (up to STORAGE_OUTAGE_DEADLINE) if ``wait``."""
+    used = tracker.cache.used if tracker.cache is not None else []
+
+    def apply(job: Job) -> Job | None:
+        new = change(job)
+        missing = [key for key in dict.fromkeys(used) if key not in job.inversion_keys]
+        if not missing:
+            return new
+        return (new or job).model_copy(update={"inversion_keys": [*job.inversion_keys, *missing]})
+
+    def modify() -> Job | None:
+        return ctx.stores.records.modify(tracker.job_id, tracker.held(apply))
+
+    return through_outage(ctx, "record the outcome", modify) if wait else modify()
+
+
+def _discard_writes(ctx: JobContext, job: Job, tracker: JobTracker) -> None:
+    """The job was erased during this run: delete the result and inversions this run wrote."""
+    keys = [result_key(job.id, ctype, job.attempts) for ctype in ("image/png", "image/jpeg", "image/webp")]
+    keys += tracker.cache.written if tracker.cache is not None else []
+    for key in keys:
+        try:
+            ctx.store.delete(key)
+        except (StorageUnavailable, ObjectNotFound):
+            logger.warning("could not delete %s written for an erased job; the expiry sweep will", key)
 
 
 def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
@@ -220,11 +294,17 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
         params,
         progress=tracker.progress,
         should_cancel=tracker.should_cancel,
-        inversion_cache=StoreInversionCache(store) if ctx.settings.inversion_cache else None,
+        inversion_cache=tracker.cache,
     )
+    current = _noting(ctx, tracker, lambda j: None)
+    if current is None:
+        tracker.end_stage()
+        logger.info("job erased during the run; its result is not uploaded")
+        return None
+    if stop_reason(current, tracker.claimed_by, tracker.attempt) == "lost":  # taken over: no upload
+        tracker.stop_reason = "lost"
+        raise TransferCanceled("the job is no longer held by this run")
     tracker.progress("uploading", 0.0)
-    if not tracker.still_holder():  # taken over meanwhile: no upload, no record write
-        raise TransferCanceled("taken over by another worker")
     upload_started = time.perf_counter()
     # One object per attempt: a superseded run that uploads late never replaces the new attempt's result.
     key = result_key(job.id, result.content_type, attempt=job.attempts)
@@ -243,13 +323,16 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
         key=key, content_type=result.content_type, width=result.image.width, height=result.image.height
     )
     params_used = result.params.model_dump(mode="json")
-    final = tracker.write(
-        lambda j: transitions.succeed(j, result=stored, params=params_used, metrics=metrics)
+    final = _noting(
+        ctx, tracker, lambda j: transitions.succeed(j, result=stored, params=params_used, metrics=metrics)
     )
-    if transitions.superseded(final, tracker.worker, tracker.attempt):
-        tracker.taken_over = True
-        raise TransferCanceled("taken over by another worker")
-    logger.info("job succeeded", extra={"metrics": metrics})
+    if final is None:
+        logger.info("job erased during the upload; its result is deleted again")
+    elif stop_reason(final, tracker.claimed_by, tracker.attempt) == "lost":
+        tracker.stop_reason = "lost"
+        raise TransferCanceled("the job is no longer held by this run")
+    else:
+        logger.info("job succeeded", extra={"metrics": metrics})
     return final
 
 
@@ -299,7 +382,7 @@ def _pause(ctx: JobContext, seconds: float, tracker: JobTracker | None) -> None:
     until = time.monotonic() + seconds
     while (left := until - time.monotonic()) > 0:
         if tracker is not None and tracker.should_cancel():
-            raise TransferCanceled("canceled while waiting for storage")
+            raise TransferCanceled("stopped while waiting for storage")
         if tracker is None and ctx.interrupted is not None and ctx.interrupted():
             return  # a final write: one more try, then the error goes up (see through_outage)
         time.sleep(min(left, 0.25))

@@ -26,6 +26,8 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, "
     "created REAL NOT NULL, data TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created)",
+    # GET /jobs: an owner's jobs newest first (the owner lives in the JSON: no column to migrate).
+    "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (json_extract(data, '$.owner'), created, id)",
     "CREATE TABLE IF NOT EXISTS idempotency (scope TEXT PRIMARY KEY, data TEXT NOT NULL, "
     "expires REAL NOT NULL)",
 )
@@ -46,6 +48,8 @@ class SqliteDatabase:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10, isolation_level=None)
                 conn.execute("PRAGMA journal_mode=WAL")
+                # Erased and expired rows are overwritten, not left readable in free pages.
+                conn.execute("PRAGMA secure_delete=ON")
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 self.prune(conn)
@@ -123,11 +127,22 @@ class SqliteJobRecords:
             new = change(job)
             if new is None:
                 return job
+            new = new.model_copy(update={"revision": job.revision + 1})
             db.execute(
                 "UPDATE jobs SET status = ?, data = ? WHERE id = ?",
                 (new.status, new.model_dump_json(), job_id),
             )
             return new
+
+        return self.db.transaction(run)
+
+    def delete(self, job_id: str) -> Job | None:
+        def run(db: sqlite3.Connection) -> Job | None:
+            row = db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            return Job.model_validate_json(row[0])
 
         return self.db.transaction(run)
 
@@ -144,6 +159,19 @@ class SqliteJobRecords:
         counts = dict.fromkeys(STATUSES, 0)
         counts.update(dict(self.db.run(lambda db: db.execute(query).fetchall())))
         return counts
+
+    def owned(
+        self, owner: str | None, *, status: str | None, limit: int, before: tuple[float, str] | None
+    ) -> list[Job]:
+        query, args = "SELECT data FROM jobs WHERE json_extract(data, '$.owner') IS ?", [owner]
+        if status is not None:
+            query, args = query + " AND status = ?", [*args, status]
+        if before is not None:
+            query += " AND (created < ? OR (created = ? AND id < ?))"
+            args += [before[0], before[0], before[1]]
+        query, args = query + " ORDER BY created DESC, id DESC LIMIT ?", [*args, limit]
+        rows = self.db.run(lambda db: db.execute(query, args).fetchall())
+        return [Job.model_validate_json(row[0]) for row in rows]
 
     def all_jobs(self) -> Iterator[Job]:
         rows = self.db.run(lambda db: db.execute("SELECT data FROM jobs").fetchall())

@@ -38,10 +38,17 @@ class JobRecords(Protocol):
         ...
 
     def modify(self, job_id: str, change: Mutation) -> Job | None:
-        """Apply ``change`` atomically (it returns the new job, or None to leave the record alone).
+        """Apply ``change`` atomically (it returns the new job, or None to leave the record alone);
+        every write bumps ``Job.revision``, so readers can tell that a record changed.
 
         Returns the record after the call (changed or not), or None for an unknown id.
         """
+        ...
+
+    def delete(self, job_id: str) -> Job | None:
+        """Remove the record and its index entries atomically (erasure); the record as it was at
+        removal, or None for an unknown id. Later ``modify`` calls find nothing, so no late write
+        can bring it back."""
         ...
 
     def ids_by_status(self, status: str) -> list[str]:
@@ -53,6 +60,13 @@ class JobRecords(Protocol):
         ...
 
     def count_by_status(self) -> dict[str, int]: ...
+
+    def owned(
+        self, owner: str | None, *, status: str | None, limit: int, before: tuple[float, str] | None
+    ) -> list[Job]:
+        """Up to ``limit`` records of ``owner`` (None: open mode), newest first by (created_at, id),
+        optionally in ``status``; ``before`` = (created_at timestamp, id) of the last one seen."""
+        ...
 
     def all_jobs(self) -> Iterator[Job]:
         """Every stored record (the expiry sweep reads which inputs are still referenced)."""

@@ -130,8 +130,9 @@ def cancel_now(job: Job) -> Job:
 
 
 def canceled(job: Job) -> Job | None:
-    """The runner stopped at a cancel request: terminal unless it already is."""
-    return None if job.finished else cancel_now(job)
+    """The runner stopped at a cancel request: terminal unless it already is. Without a cancel
+    request on the record nothing changes: a job is never ``canceled`` that nobody canceled."""
+    return None if job.finished or not job.cancel_requested else cancel_now(job)
 
 
 def cancel(job: Job) -> Job | None:

@@ -10,7 +10,16 @@ import subprocess
 import time
 
 import pytest
-from int_helpers import AWS_ENV, REPO, MotoS3, RedisServer, celery_worker_args, stop_process, worker_env
+from int_helpers import (
+    AWS_ENV,
+    REPO,
+    WEBHOOK_SECRET,
+    MotoS3,
+    RedisServer,
+    celery_worker_args,
+    stop_process,
+    worker_env,
+)
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +52,11 @@ def distributed_env(redis_server, s3_server, tiny_model_dir) -> dict[str, str]:
         "QALIGN_PROGRESS_INTERVAL": "0.2",
         "QALIGN_CANCEL_CHECK_INTERVAL": "0.1",
         "QALIGN_READINESS_CACHE_S": "0",
+        # Webhooks to receivers the tests run on loopback (test_webhooks_distributed.py).
+        "QALIGN_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "QALIGN_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
+        "QALIGN_WEBHOOK_ATTEMPTS": "2",
+        "QALIGN_WEBHOOK_BACKOFF_S": "0.05",
         **AWS_ENV,
     }
 

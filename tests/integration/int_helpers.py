@@ -39,6 +39,8 @@ def decode(data: bytes) -> Image.Image:
 
 
 #: A short run of the tiny model (a few seconds on CPU).
+#: The webhook secret of the distributed deployment the tests start (Standard Webhooks whsec_ form).
+WEBHOOK_SECRET = "whsec_aW50ZWdyYXRpb24tdGVzdC1zZWNyZXQ="
 FAST = {"steps": 10, "skip_steps": 3}
 #: A run long enough to be caught while running (hundreds of steps), for cancel tests.
 SLOW = {"steps": 400, "skip_steps": 0}

@@ -361,7 +361,7 @@ def test_a_frozen_worker_that_wakes_up_after_the_takeover_writes_nothing(api, fl
     finally:
         sleeper.thaw()
     # The woken run reads the record at its next step, sees another holder, and stops without writing.
-    wait_for(lambda: "job taken over by another worker" in sleeper.log.read_text(), timeout=120)
+    wait_for(lambda: "stopped without writing" in sleeper.log.read_text(), timeout=120)
     fleet.wait_live(sleeper, timeout=120)
     after = fleet.jobs.get(job_id)
     assert after == done, "the woken run's late writes did not touch the record"

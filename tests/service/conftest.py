@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
-from svc_helpers import KEYS, FakePipeline, encode
+from svc_helpers import KEYS, FakePipeline, LiveServer, encode, free_port, wait_for
 from testkit import RedisServer
 
 from service.auth import hash_key
@@ -54,6 +54,38 @@ def make_client(embedded_settings, fake_pipeline):
     yield make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def make_server(embedded_settings, fake_pipeline):
+    """Factory of the embedded app served by a real uvicorn in a thread (streaming, disconnects and
+    proxy peers as in production); every server is stopped at teardown."""
+    import threading
+
+    import uvicorn
+
+    from service.app import create_app
+
+    started = []
+
+    def make(settings: Settings | None = None, pipeline=None, pipeline_factory=None) -> LiveServer:
+        pipe = pipeline or fake_pipeline
+        factory = pipeline_factory or (lambda _settings: pipe)
+        app = create_app(settings or embedded_settings, pipeline_factory=factory)
+        port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, proxy_headers=False)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
+        thread.start()
+        started.append((server, thread))
+        wait_for(lambda: server.started or not thread.is_alive(), timeout=60)
+        assert server.started, "uvicorn did not start"
+        return LiveServer(f"http://127.0.0.1:{port}", app, server)
+
+    yield make
+    for server, thread in started:
+        server.should_exit = True
+        thread.join(60)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from dataclasses import dataclass, field
@@ -37,7 +38,9 @@ class FakePipeline:
     """Stands in for QAlignPipeline in unit tests: same call shape, reports stages, honours cancel.
 
     ``gate`` (when set) blocks the run in the denoising stage until released, so tests can observe
-    a job while it is running.
+    a job while it is running; with ``honour_cancel`` False it then runs on whatever the record says
+    (a run that finishes after its job was canceled or erased). With an ``inversion_cache`` it
+    reads and writes one entry per input image, keyed like the real one (image bytes and seed).
     """
 
     native_size: int = 64
@@ -46,6 +49,7 @@ class FakePipeline:
     fail_with: Exception | None = None
     calls: list = field(default_factory=list)
     running: threading.Event = field(default_factory=threading.Event)
+    honour_cancel: bool = True
 
     def transfer(
         self, structure, appearance, params=None, progress=None, should_cancel=None, inversion_cache=None
@@ -55,6 +59,13 @@ class FakePipeline:
             params = params.model_copy(update={"size": self.native_size})
         self.calls.append((structure, appearance, params))
         progress = progress or (lambda stage, fraction: None)
+        hits = 0
+        for image in (structure, appearance) if inversion_cache is not None else ():
+            key = "inv-" + hashlib.sha256(image + params.seed.to_bytes(8, "little")).hexdigest()
+            if inversion_cache.get(key) is not None:
+                hits += 1
+            else:
+                inversion_cache.put(key, b"inversion of " + key.encode())
         for stage in ("loading", "inverting", "denoising"):
             progress(stage, 0.0)
             if should_cancel and should_cancel():
@@ -63,13 +74,13 @@ class FakePipeline:
         if self.fail_with is not None:
             raise self.fail_with
         while self.gate is not None and not self.gate.wait(0.02):
-            if should_cancel and should_cancel():
+            if self.honour_cancel and should_cancel and should_cancel():
                 raise TransferCanceled("canceled during denoising")
         progress("denoising", 1.0)
         progress("decoding", 0.0)
         image = Image.new("RGB", (params.size, params.size), (200, 100, 50))
         timings = {"inversion_s": 0.01, "denoise_s": 0.02, "decode_s": 0.01, "total_s": 0.04}
-        return FakeResult(image=image, params=params, timings=timings)
+        return FakeResult(image=image, params=params, timings=timings, inversion_cache_hits=hits)
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
@@ -80,13 +91,9 @@ def encode(image: Image.Image, fmt: str) -> bytes:
 
 def new_job(stores: JobStores, **fields) -> Job:
     """A queued record, created in ``stores``."""
-    job = Job(
-        id=new_job_id(),
-        created_at=utcnow(),
-        structure_key="inputs/" + "a" * 64,
-        appearance_key="inputs/" + "b" * 64,
-        **fields,
-    )
+    defaults = {"created_at": utcnow(), "structure_key": "inputs/" + "a" * 64}
+    defaults["appearance_key"] = "inputs/" + "b" * 64
+    job = Job(id=new_job_id(), **{**defaults, **fields})
     stores.records.create(job)
     return job
 
@@ -106,3 +113,39 @@ KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key", "old": "revoked-ke
 
 def bearer(name: str) -> dict:
     return {"Authorization": f"Bearer {KEYS[name]}"}
+
+
+@dataclass
+class LiveServer:
+    """The app served by a real uvicorn on a loopback port (``url``), in a thread of the test."""
+
+    url: str
+    app: object
+    server: object
+
+
+@dataclass
+class SseEvent:
+    event: str | None
+    id: str | None
+    data: str
+
+
+def read_sse(lines, comments: list | None = None):
+    """Yield the events of a text/event-stream given its lines; ``comments`` collects ':' lines."""
+    event = {"event": None, "id": None, "data": []}
+    for line in lines:
+        if line == "":
+            if event["data"] or event["event"]:
+                yield SseEvent(event["event"], event["id"], "\n".join(event["data"]))
+            event = {"event": None, "id": None, "data": []}
+        elif line.startswith(":"):
+            if comments is not None:
+                comments.append(line)
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                event["data"].append(value)
+            elif name in ("event", "id"):
+                event[name] = value

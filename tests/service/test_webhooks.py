@@ -4,11 +4,24 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
+from net_helpers import LocalServer, Reply, make_tls_files, pinned_resolver
 from svc_helpers import FakePipeline
 from testkit import assert_problem, poll, submit, wait_for
 
-from service.webhooks import SIGNATURE_HEADER, WebhookRefused, check_webhook_url, deliver, sign, verify
+from service.webhooks import (
+    SIGNATURE_HEADER,
+    WebhookDelivery,
+    WebhookEvent,
+    WebhookRefused,
+    check_webhook_url,
+    deliver,
+    legacy_sign,
+    legacy_verify,
+    sign,
+    verify,
+)
 
 
 def public(host, port):
@@ -48,11 +61,45 @@ def test_unresolvable_host_is_refused():
         check_webhook_url("http://nope.invalid/", resolver=fail)
 
 
-def test_signature_round_trip():
-    body = b'{"id": "abc", "status": "succeeded"}'
-    signature = sign(body, "s3cret")
-    assert signature.startswith("sha256=") and verify(body, "s3cret", signature)
-    assert not verify(body + b" ", "s3cret", signature) and not verify(body, "other", signature)
+def standard_headers(msg_id, timestamp, body, secret):
+    return httpx.Headers(
+        {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(msg_id, timestamp, body, secret),
+        }
+    )
+
+
+def test_standard_webhooks_signature_round_trip():
+    body, now = b'{"id": "abc", "status": "succeeded"}', 1_700_000_000
+    headers = standard_headers("job_abc_succeeded", now, body, "s3cret")
+    assert headers["webhook-signature"].startswith("v1,")
+    assert verify(body, headers, "s3cret", now=now)
+    assert not verify(body + b" ", headers, "s3cret", now=now), "the body is covered"
+    assert not verify(body, headers, "other", now=now), "the key is covered"
+    replayed = httpx.Headers({**headers, "webhook-id": "job_abc_running"})
+    assert not verify(body, replayed, "s3cret", now=now), "the id is covered"
+    assert verify(body, headers, "s3cret", now=now + 299), "within the 5-minute tolerance"
+    assert not verify(body, headers, "s3cret", now=now + 301), "too old"
+    assert not verify(body, headers, "s3cret", now=now - 301), "too far in the future"
+    several = httpx.Headers({**headers, "webhook-signature": "v1,bm9wZQ== " + headers["webhook-signature"]})
+    assert verify(body, several, "s3cret", now=now), "a space-separated list: any one may match"
+
+
+def test_whsec_secrets_sign_with_the_decoded_key():
+    """Standard Webhooks' reference vector (whsec_ secret, base64 HMAC over id.timestamp.body)."""
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    body = b'{"test": 2432232314}'
+    expected = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body, secret) == expected
+
+
+def test_deprecated_signature_still_verifies():
+    body = b'{"id": "abc"}'
+    signature = legacy_sign(body, "s3cret")
+    assert signature.startswith("sha256=") and legacy_verify(body, "s3cret", signature)
+    assert not legacy_verify(body + b" ", "s3cret", signature)
 
 
 def test_failing_receiver_is_retried_with_backoff_and_never_raises():
@@ -66,24 +113,50 @@ def test_failing_receiver_is_retried_with_backoff_and_never_raises():
         backoff_s=0.1,
         timeout_s=0.5,
         sleep=sleeps.append,
+        msg_id="m",
     )
-    assert delivered is False and sleeps == [0.1, 0.2]
+    assert not delivered.delivered and "3 attempt(s) failed" in delivered.detail and sleeps == [0.1, 0.2]
 
 
 def test_refused_url_is_not_posted():
-    assert deliver("http://localhost/x", b"{}", "k", resolver=lambda h, p: ["127.0.0.1"]) is False
+    outcome = deliver("http://localhost/x", b"{}", "k", msg_id="m", resolver=lambda h, p: ["127.0.0.1"])
+    assert not outcome.delivered and outcome.detail.startswith("refused") and "loopback" in outcome.detail
+
+
+def test_webhook_id_is_stable_across_retries_and_https_is_verified(tmp_path):
+    """A receiver failing once: the retry carries the same webhook-id and a fresh valid signature,
+    over HTTPS to a host name pinned to the checked address (certificate checked for that name)."""
+    tls = make_tls_files(tmp_path, names=("hook.test",))
+    answers = iter([500, 204])
+    server = LocalServer(lambda seen, handler: Reply(next(answers)), tls=tls)
+    resolver = pinned_resolver({"hook.test": ["127.0.0.1"]})
+    try:
+        outcome = deliver(
+            server.url("hook.test", "/hook"),
+            b'{"id": "j"}',
+            "whsec_c2VjcmV0LWtleS1ieXRlcw==",
+            msg_id="job_j_succeeded",
+            allow_hosts=["127.0.0.1"],
+            attempts=3,
+            backoff_s=0,
+            ca_bundle=str(tls.ca),
+            resolver=resolver,
+        )
+        assert outcome == (True, "HTTP 204")
+        first, second = server.seen
+        assert first.headers["webhook-id"] == second.headers["webhook-id"] == "job_j_succeeded"
+        for seen in (first, second):
+            headers = httpx.Headers(seen.headers)
+            assert verify(seen.body, headers, "whsec_c2VjcmV0LWtleS1ieXRlcw==")
+            assert headers["host"] == f"hook.test:{server.port}"
+            assert legacy_verify(seen.body, "whsec_c2VjcmV0LWtleS1ieXRlcw==", headers[SIGNATURE_HEADER])
+        assert resolver.calls == ["hook.test", "hook.test"], "one look-up per attempt, at its check"
+    finally:
+        server.close()
 
 
 def test_delivery_uses_a_bounded_pool_and_keeps_each_jobs_order():
     """Regression: one unbounded thread was started per webhook; now at most max_workers deliver."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from testkit import wait_for
-
-    from service.webhooks import WebhookDelivery
-
     release, received, lock = threading.Event(), [], threading.Lock()
     in_flight = []
 
@@ -109,7 +182,8 @@ def test_delivery_uses_a_bounded_pool_and_keeps_each_jobs_order():
     try:
         for n in range(2):
             for job in range(10):
-                delivery.post(f"job{job}", url, json.dumps({"job": job, "n": n}).encode())
+                body = json.dumps({"job": job, "n": n}).encode()
+                delivery.post(WebhookEvent(f"job{job}", ("running", "succeeded")[n], url, body))
         wait_for(lambda: len(in_flight) == 2, timeout=10)
         threads = {t for t in threading.enumerate() if t.name == "qalign-webhook"} - before
         assert len(threads) == 2, "20 events, 10 jobs, and only the pool's 2 threads"
@@ -124,14 +198,18 @@ def test_delivery_uses_a_bounded_pool_and_keeps_each_jobs_order():
         server.server_close()
 
 
-def test_full_delivery_queue_drops_instead_of_blocking(caplog):
-    from service.webhooks import WebhookDelivery
-
-    delivery = WebhookDelivery("s", attempts=1, max_workers=1, max_pending=1)
+def test_full_delivery_queue_records_the_event_as_undelivered(caplog):
+    given_up = []
+    delivery = WebhookDelivery(
+        "s", attempts=1, max_workers=1, max_pending=1, on_undelivered=lambda *a: given_up.append(a)
+    )
     delivery._threads.append(object())  # a busy pool: nothing drains during the test
-    delivery.post("a", "http://192.0.2.1/h", b"{}")
-    delivery.post("b", "http://192.0.2.1/h", b"{}")
-    assert delivery._pending == 1 and "queue full" in caplog.text
+    delivery.post(WebhookEvent("a", "running", "http://192.0.2.1/h", b"{}"))
+    delivery.post(WebhookEvent("b", "running", "http://192.0.2.1/h", b"{}"))
+    assert delivery._pending == 1, "the post returned at once, the second event was not queued"
+    assert [(event.job_id, reason) for event, reason, _ in given_up] == [("b", "queue_full")]
+    assert delivery.undelivered == {"queue_full": 1}
+    assert "webhook undelivered: the delivery queue is full" in caplog.text
 
 
 # ------------------------------------------------------------- through the API (a real receiver)
@@ -142,13 +220,15 @@ class Receiver:
         self.events: list[dict] = []
         self.raw: list[bytes] = []
         self.attempts = 0
+        self.headers: list[httpx.Headers] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server API
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.attempts += 1
-                if fail or not verify(body, secret, self.headers.get(SIGNATURE_HEADER, "")):
+                outer.headers.append(httpx.Headers(dict(self.headers.items())))
+                if fail or not verify(body, httpx.Headers(dict(self.headers.items())), secret):
                     self.send_response(500 if fail else 401)
                 else:
                     outer.raw.append(body)
@@ -257,3 +337,185 @@ def test_ssrf_refusals_through_the_api(make_client, embedded_settings, small_ima
 def test_webhooks_need_a_secret(client, small_images):
     body = assert_problem(submit(client, small_images, webhook_url="https://example.com/hook"), 422)
     assert "QALIGN_WEBHOOK_SECRET" in body["detail"]
+
+
+def test_webhook_ids_name_the_job_and_event(make_client, hooked, small_images):
+    receiver = Receiver("hook-secret")
+    try:
+        client = make_client(hooked)
+        job_id = submit(client, small_images, webhook_url=receiver.url).json()["id"]
+        poll(client, job_id)
+        wait_for(lambda: len(receiver.events) >= 2, timeout=10)
+        ids = [h["webhook-id"] for h in receiver.headers]
+        assert ids == [f"job_{job_id}_running", f"job_{job_id}_succeeded"]
+    finally:
+        receiver.close()
+
+
+@pytest.mark.parametrize("encoding", ["multipart-repeated", "multipart-comma", "json"])
+def test_events_filter_sends_only_the_chosen_events(make_client, hooked, small_images, encoding):
+    import base64
+
+    receiver = Receiver("hook-secret")
+    try:
+        client = make_client(hooked)
+        if encoding == "json":
+            body = {
+                "structure": base64.b64encode(small_images[0]).decode(),
+                "appearance": base64.b64encode(small_images[1]).decode(),
+                "webhook_url": receiver.url,
+                "webhook_events_filter": ["completed"],
+            }
+            response = client.post("/transfer", json=body)
+        else:
+            files = {"structure": ("s.png", small_images[0]), "appearance": ("a.jpg", small_images[1])}
+            events = ["completed"] if encoding == "multipart-comma" else ["completed", "completed"]
+            data = {"webhook_url": receiver.url, "webhook_events_filter": events}
+            response = client.post("/transfer", files=files, data=data)
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        poll(client, job_id)
+        wait_for(lambda: receiver.events and client.app.state.services.webhooks.delivery.idle(), timeout=10)
+        assert [e["status"] for e in receiver.events] == ["succeeded"], "no start event"
+        record = client.app.state.services.stores.records.get(job_id)
+        assert record.webhook_events == ["completed"]
+    finally:
+        receiver.close()
+
+
+def test_start_only_filter_and_both_in_one_field(make_client, hooked, small_images):
+    receiver = Receiver("hook-secret")
+    try:
+        client = make_client(hooked)
+        hook = {"webhook_url": receiver.url}
+        start_only = submit(client, small_images, **hook, webhook_events_filter="start").json()
+        poll(client, start_only["id"])
+        both = submit(client, small_images, seed=3, **hook, webhook_events_filter="start, completed")
+        poll(client, both.json()["id"])
+        delivery = client.app.state.services.webhooks.delivery
+        wait_for(lambda: len(receiver.events) >= 3 and delivery.idle(), timeout=10)
+        by_job = {}
+        for event in receiver.events:
+            by_job.setdefault(event["id"], []).append(event["status"])
+        assert by_job == {start_only["id"]: ["running"], both.json()["id"]: ["running", "succeeded"]}
+    finally:
+        receiver.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [("finished", "unknown event(s) finished"), ("start,bogus", "unknown event(s) bogus"), (",", "empty")],
+)
+def test_invalid_events_filter_is_a_422_naming_the_field(make_client, hooked, small_images, value, fragment):
+    client = make_client(hooked)
+    body = assert_problem(
+        submit(client, small_images, webhook_url="https://example.com/h", webhook_events_filter=value), 422
+    )
+    assert body["errors"][0]["field"] == "webhook_events_filter" and fragment in body["detail"]
+    assert "start, completed" in body["errors"][0]["allowed"]
+
+
+def test_invalid_events_filter_in_json_is_a_422(make_client, hooked, small_images):
+    import base64
+
+    client = make_client(hooked)
+    body = {
+        "structure": base64.b64encode(small_images[0]).decode(),
+        "appearance": base64.b64encode(small_images[1]).decode(),
+        "webhook_events_filter": ["done"],
+    }
+    problem = assert_problem(client.post("/transfer", json=body), 422)
+    assert problem["errors"][0]["field"].startswith("webhook_events_filter")
+
+
+def test_undelivered_events_are_on_the_job_record_and_counted(make_client, hooked, small_images):
+    receiver = Receiver("hook-secret", fail=True)
+    try:
+        client = make_client(hooked)
+        job_id = submit(client, small_images, webhook_url=receiver.url).json()["id"]
+        poll(client, job_id)
+        records = client.app.state.services.stores.records
+        wait_for(lambda: len(records.get(job_id).webhook_undelivered) == 2, timeout=20)
+        entries = records.get(job_id).webhook_undelivered
+        assert [(e.webhook_id, e.reason) for e in entries] == [
+            (f"job_{job_id}_running", "failed"),
+            (f"job_{job_id}_succeeded", "failed"),
+        ]
+        assert "HTTP 500" in entries[0].detail
+        metrics = client.get("/metrics").text
+        assert 'qalign_webhooks_undelivered_total{reason="failed"} 2.0' in metrics
+        assert client.get(f"/jobs/{job_id}").json()["status"] == "succeeded"
+    finally:
+        receiver.close()
+
+
+def test_events_past_the_queue_bound_are_recorded_on_their_jobs(make_client, hooked, small_images):
+    """A bound of one event (queued or in delivery), held by the first job's event while its slow
+    receiver stalls: the next jobs' events are recorded as undelivered on their records, counted,
+    and nothing blocks."""
+    release = threading.Event()
+    slow = LocalServer(lambda seen, handler: release.wait(30) and Reply(204))
+    bound = {"webhook_workers": 1, "webhook_queue_size": 1, "webhook_attempts": 1}
+    hook = {"webhook_url": slow.url(path="/h"), "webhook_events_filter": "completed"}
+    settings = hooked.model_copy(update=bound)
+    try:
+        client = make_client(settings)
+        ids = [
+            submit(client, small_images, seed=n, **hook)
+            .json()["id"]
+            for n in range(4)
+        ]
+        for job_id in ids:
+            poll(client, job_id)
+        records = client.app.state.services.stores.records
+        wait_for(lambda: sum(len(records.get(j).webhook_undelivered) for j in ids) >= 3, timeout=20)
+        dropped = [j for j in ids if records.get(j).webhook_undelivered]
+        assert dropped == ids[1:], "the jobs run in order; the first one's event holds the bound"
+        assert all(records.get(j).webhook_undelivered[0].reason == "queue_full" for j in dropped)
+        assert 'qalign_webhooks_undelivered_total{reason="queue_full"} 3.0' in client.get("/metrics").text
+        release.set()
+        delivery = client.app.state.services.webhooks.delivery
+        wait_for(delivery.idle, timeout=20)
+        assert [seen.headers["webhook-id"] for seen in slow.seen] == [f"job_{ids[0]}_succeeded"]
+    finally:
+        release.set()
+        slow.close()
+
+
+def test_a_malformed_whsec_secret_is_refused_at_start():
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    with pytest.raises(ValidationError, match="not base64"):
+        Settings(_env_file=None, webhook_secret="whsec_not base64!")
+    assert Settings(_env_file=None, webhook_secret="whsec_c2VjcmV0").webhook_secret
+
+
+def test_a_host_that_does_not_resolve_yet_is_retried():
+    """DNS trouble at delivery time may pass: retried like a failed POST, then delivered."""
+    server = LocalServer(lambda seen, handler: Reply(204))
+    answers = iter([OSError("Temporary failure in name resolution"), ["127.0.0.1"]])
+
+    def flaky(host, port):
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    sleeps = []
+    try:
+        outcome = deliver(
+            server.url("hooks.test", "/h"),
+            b"{}",
+            "k",
+            msg_id="m",
+            allow_hosts=["127.0.0.1"],
+            attempts=2,
+            backoff_s=0.01,
+            resolver=flaky,
+            sleep=sleeps.append,
+        )
+        assert outcome == (True, "HTTP 204") and sleeps == [0.01] and len(server.seen) == 1
+    finally:
+        server.close()

@@ -23,7 +23,7 @@ def test_presign_failure_never_turns_get_or_delete_into_a_500(client, small_imag
     monkeypatch.setattr(store, "presigned_url", _presign_fails)
     for response in (client.get(f"/jobs/{job_id}"), client.delete(f"/jobs/{job_id}")):
         assert response.status_code == 200, response.text
-        assert response.json()["result"]["url"] == f"/jobs/{job_id}/result"
+        assert response.json()["result"]["url"] == f"http://testserver/jobs/{job_id}/result"
 
 
 def test_cancel_of_a_queued_job_with_a_webhook_survives_a_body_failure(

@@ -25,7 +25,7 @@ def test_multipart_submit_poll_download(client, small_images, fake_pipeline):
     assert done["status"] == "succeeded" and done["stage"] == "done" and done["progress"] == 1.0
     assert done["params"]["size"] == 64, "effective params carry the resolved size"
     assert done["result"] == {
-        "url": f"/jobs/{job['id']}/result",
+        "url": f"http://testserver/jobs/{job['id']}/result",
         "content_type": "image/png",
         "width": 64,
         "height": 64,
@@ -105,7 +105,7 @@ def test_missing_part_is_422(client, small_images):
     response = client.post("/transfer", files={"structure": ("s.png", small_images[0], "image/png")})
     body = assert_problem(response, 422)
     assert body["errors"] == [
-        {"field": "appearance", "message": "this file part is required (PNG, JPEG or WebP)"}
+        {"field": "appearance", "message": "required: a file part (PNG, JPEG or WebP) or an https:// URL"}
     ]
 
 

@@ -209,3 +209,16 @@ def test_redis_prune_forgets_expired_records_in_the_queue_index(redis_url):
         assert records.count_by_status()["queued"] == 0
     finally:
         stores.close()
+
+
+def test_delete_returns_the_last_record_and_later_writes_find_nothing(stores):
+    job = new_job(stores)
+    claimed = claim(stores, job.id, "w:1")
+    gone = stores.records.delete(job.id)
+    assert gone is not None and gone.id == job.id and gone.status == "running" == claimed.status
+    assert stores.records.get(job.id) is None and stores.records.delete(job.id) is None
+    assert stores.records.modify(job.id, lambda j: transitions.progress(j, "denoising", 0.5)) is None
+    assert stores.records.get(job.id) is None, "a late write does not bring the record back"
+    assert job.id not in stores.records.ids_by_status("running")
+    assert stores.records.count_by_status()["running"] == 0
+    assert job.id not in {j.id for j in stores.records.all_jobs()}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from svc_helpers import FakePipeline
 
 from qalign_core.errors import InvalidImageError, QAlignError
-from service.jobs import Job, new_job_id, utcnow
-from service.jobs.runner import JobContext, classify, execute_job
+from service.erasure import erase_job
+from service.jobs import Job, new_job_id, transitions, utcnow
+from service.jobs.runner import JobContext, classify, execute_job, stop_reason
 from service.jobs.sqlite_store import open_sqlite_stores
 from service.settings import Settings
 from service.storage import LocalStore, ObjectNotFound, StorageUnavailable
@@ -165,8 +168,8 @@ def test_a_run_whose_job_was_taken_over_stops_and_writes_nothing(context, small_
     taken = context.stores.records.modify(job.id, lambda j: j.model_copy(update=takeover))
     context.pipeline.gate.set()
     runner.join(10)
-    assert outcome == [None], "the superseded run reports nothing to ack"
     after = context.stores.records.get(job.id)
+    assert outcome == [after], "the superseded run reports the record as the new holder has it"
     assert after == taken, "no late write of the old run reached the record"
     assert after.status == "running" and after.worker == "other:2" and after.result is None
     assert transitions.as_holder(transitions.canceled, "w:1", 1)(after) is None
@@ -176,3 +179,68 @@ def test_a_later_attempt_writes_its_own_result_object(context, small_images):
     job = queued(context, small_images, attempts=1)
     done = execute_job(context, job.id)
     assert done.attempts == 2 and done.result.key == f"results/{job.id}-a2.png"
+
+
+def _run_in_thread(ctx: JobContext, job_id: str):
+    done: list = []
+    thread = threading.Thread(target=lambda: done.append(execute_job(ctx, job_id)), daemon=True)
+    thread.start()
+    return thread, done
+
+
+def test_a_run_whose_record_was_requeued_elsewhere_stops_and_does_not_cancel(context, small_images):
+    """Regression: a second embedded process re-queued a live run's job and the run, reading "not
+    running", marked the job canceled although nobody asked."""
+    context.pipeline = FakePipeline(gate=threading.Event())
+    job = queued(context, small_images)
+    thread, done = _run_in_thread(context, job.id)
+    assert context.pipeline.running.wait(10)
+    context.stores.records.modify(job.id, lambda j: transitions.requeue(j, "other process", 3))
+    thread.join(30)
+    assert not thread.is_alive()
+    record = context.stores.records.get(job.id)
+    assert record.status == "queued" and not record.cancel_requested
+    assert done == [record] and (job.id, "canceled") not in context.events.events
+
+
+def test_only_a_cancel_request_cancels_a_run(context, small_images):
+    context.pipeline = FakePipeline(gate=threading.Event())
+    job = queued(context, small_images)
+    thread, done = _run_in_thread(context, job.id)
+    assert context.pipeline.running.wait(10)
+    context.stores.records.modify(job.id, transitions.cancel)
+    thread.join(30)
+    assert done[0].status == "canceled" and done[0].cancel_requested
+
+
+def test_stop_reasons():
+    job = Job(id=new_job_id(), created_at=utcnow(), structure_key="k", appearance_key="k")
+    running = transitions.claim(job, worker="w", live_workers={}, max_attempts=3)
+    assert stop_reason(running, "w", 1) is None
+    assert stop_reason(None, "w", 1) == "erased"
+    assert stop_reason(transitions.cancel(running), "w", 1) == "canceled"
+    assert stop_reason(running, "other", 1) == "lost" and stop_reason(running, "w", 2) == "lost"
+    assert stop_reason(transitions.requeue(running, "x", 3), "w", 1) == "lost"
+
+
+class ErasingStore(LocalStore):
+    """Erases the job the moment its result is uploaded: the runner finishing after an erasure."""
+
+    stores = None
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        super().put(key, data, content_type)
+        if key.startswith("results/"):
+            erase_job(self.stores, self, key.split("/")[1].split(".")[0])
+
+
+def test_a_result_uploaded_after_erasure_is_deleted_again(context, small_images, tmp_path):
+    store = ErasingStore(tmp_path / "erasing")
+    store.stores = context.stores
+    context.store = store
+    job = queued(context, small_images)
+    assert execute_job(context, job.id) is None
+    assert context.stores.records.get(job.id) is None
+    left = [key for folder in ("inputs", "results", "inversions") for key, _ in store.list_objects(folder)]
+    assert left == [], "result and cached inversions of the erased run are deleted"
+    assert context.events.events == [(job.id, "running")], "no terminal event for an erased job"

@@ -76,3 +76,17 @@ def test_requeue_until_attempts_run_out_and_refund_on_shutdown():
     assert refunded.status == "queued" and refunded.attempts == 0
     assert transitions.requeue(job(), "crash", max_attempts=2) is None
     assert transitions.requeue(transitions.cancel(claimed(job())), "x", 2).status == "canceled"
+
+
+def test_nothing_becomes_canceled_without_a_cancel_request():
+    """Regression: the runner read "not running" as a cancel; a stop without a request is no cancel."""
+    running = claimed(job())
+    assert transitions.canceled(running) is None
+    assert transitions.canceled(job()) is None
+    every_end = [
+        transitions.cancel(job()),
+        transitions.canceled(transitions.cancel(running)),
+        transitions.requeue(transitions.cancel(running), "shutdown", max_attempts=2),
+        transitions.claim(job(cancel_requested=True), worker="w", live_workers={}, max_attempts=2),
+    ]
+    assert all(end.status == "canceled" and end.cancel_requested for end in every_end)

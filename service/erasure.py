@@ -1,0 +1,86 @@
+"""Erasure: removing one job and its data before JOB_TTL (``DELETE /jobs/{id}?purge=true``).
+
+Removed: the job record, its result, its inputs and the cached inversions its runs used, except
+inputs and inversions that another stored job still lists (inputs are shared by content digest).
+A running job is flagged canceled first; its runner stops at its next check, finds the record gone
+and deletes what it wrote meanwhile (service.jobs.runner), so no late write brings anything back.
+
+Order: objects first, then the record, then the objects of the record's last state once more.
+When the store cannot delete, StorageUnavailable is raised before the record is touched, so the
+caller can retry and nothing is left unreachable but undeleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from service.jobs import Job, JobStores, transitions
+from service.storage import EXTENSIONS, ObjectStore, StorageUnavailable, result_key
+
+logger = logging.getLogger("qalign.erasure")
+
+
+@dataclass
+class Erasure:
+    """What one erasure removed (for the log line), and the record as it was when removed."""
+
+    job: Job
+    results: int = 0
+    inputs: int = 0
+    inversions: int = 0
+    kept_shared: list[str] = field(default_factory=list)
+
+
+def erase_job(stores: JobStores, store: ObjectStore, job_id: str) -> Erasure | None:
+    """Erase job ``job_id`` (ownership is the caller's check); None when it does not exist (any more)."""
+    job = stores.records.modify(job_id, transitions.cancel)  # a queued job never runs now
+    if job is None:
+        return None
+    erasure = Erasure(job=job)
+    _delete_objects(stores, store, job, erasure)  # may raise StorageUnavailable: record still there
+    last = stores.records.delete(job_id)
+    if last is None:  # erased concurrently by another request
+        return None
+    erasure.job = last
+    try:  # what the runner added between the first pass and the removal (result, inversions)
+        _delete_objects(stores, store, last, erasure, count=False)
+    except StorageUnavailable as exc:
+        logger.warning("erased job %s: some objects are left for the expiry sweep: %s", job_id, exc)
+    return erasure
+
+
+def _delete_objects(
+    stores: JobStores, store: ObjectStore, job: Job, erasure: Erasure, *, count: bool = True
+) -> None:
+    shared_inputs, shared_inversions = _used_by_others(stores, job.id)
+    for attempt in range(1, max(job.attempts, 1) + 1):  # each attempt uploads its own object
+        for content_type in EXTENSIONS:
+            store.delete(result_key(job.id, content_type, attempt))
+    if count and job.result is not None:
+        erasure.results += 1
+    for key in dict.fromkeys((job.structure_key, job.appearance_key)):
+        if key in shared_inputs:
+            if count:
+                erasure.kept_shared.append(key)
+            continue
+        store.delete_input(key)
+        erasure.inputs += int(count)
+    for key in dict.fromkeys(job.inversion_keys):
+        if key in shared_inversions:
+            if count:
+                erasure.kept_shared.append(key)
+            continue
+        store.delete(key)
+        erasure.inversions += int(count)
+
+
+def _used_by_others(stores: JobStores, job_id: str) -> tuple[set[str], set[str]]:
+    """Inputs and inversion keys that stored jobs other than ``job_id`` list (one scan of the records)."""
+    inputs: set[str] = set()
+    inversions: set[str] = set()
+    for other in stores.records.all_jobs():
+        if other.id != job_id:
+            inputs.update((other.structure_key, other.appearance_key))
+            inversions.update(other.inversion_keys)
+    return inputs, inversions

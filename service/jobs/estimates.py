@@ -1,0 +1,77 @@
+"""Where an unfinished job stands: its place in the queue and an estimate of when it ends.
+
+Estimated from the stage statistics every worker records (mean duration of each stage over the jobs
+that ran), not from the job's own parameters: a rough figure, null while no job has run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.jobs.model import Job
+from service.jobs.store import JobStores
+from service.jobs.transitions import STAGE_SPANS
+
+#: The stages of one run, in order (the keys of the progress bar).
+RUN_STAGES: tuple[str, ...] = tuple(STAGE_SPANS)
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """The queue as read once (per request): queued ids oldest first, running jobs, the mean
+    duration of each stage and the number of live workers."""
+
+    queued: list[str]
+    running: list[Job]
+    stage_means: dict[str, float]
+    workers: int
+
+    @classmethod
+    def read(cls, stores: JobStores) -> QueueSnapshot:
+        records = stores.records
+        queued = records.ids_by_status("queued")
+        running = records.get_many(records.ids_by_status("running"))
+        means = {stage: s["sum"] / s["count"] for stage, s in stores.stages.snapshot().items() if s["count"]}
+        return cls(queued, running, means, max(len(stores.workers.live()), 1))
+
+    def position(self, job: Job) -> int | None:
+        """Jobs queued ahead of this one; 0 when it runs or runs next; None once finished."""
+        if job.status == "running":
+            return 0
+        if job.status != "queued":
+            return None
+        try:
+            return self.queued.index(job.id)
+        except ValueError:  # queued after this snapshot was read: behind everything in it
+            return len(self.queued)
+
+    def job_s(self) -> float | None:
+        """Mean duration of one whole run; None until a job has been denoised."""
+        if "denoising" not in self.stage_means:
+            return None
+        return sum(self.stage_means.get(stage, 0.0) for stage in RUN_STAGES)
+
+    def remaining_s(self, job: Job) -> float | None:
+        """Seconds a running job still needs: the rest of its stage and the stages after it."""
+        if self.job_s() is None:
+            return None
+        if job.stage not in STAGE_SPANS:
+            return self.job_s()
+        low, high = STAGE_SPANS[job.stage]
+        done = min(max((job.progress - low) / (high - low), 0.0), 1.0)
+        later = RUN_STAGES[RUN_STAGES.index(job.stage) + 1 :]
+        return self.stage_means.get(job.stage, 0.0) * (1.0 - done) + sum(
+            self.stage_means.get(stage, 0.0) for stage in later
+        )
+
+    def eta_s(self, job: Job) -> float | None:
+        """Seconds until the job should end: for a queued job, the work ahead of it shared by the
+        live workers plus its own run; None when finished or nothing has run yet."""
+        per_job = self.job_s()
+        if per_job is None or job.status not in ("queued", "running"):
+            return None
+        if job.status == "running":
+            return round(self.remaining_s(job) or 0.0, 1)
+        ahead = sum(self.remaining_s(other) or 0.0 for other in self.running)
+        ahead += (self.position(job) or 0) * per_job
+        return round(ahead / self.workers + per_job, 1)

@@ -1,0 +1,190 @@
+"""Outbound HTTP to URLs a caller chose (webhooks, URL inputs), guarded against SSRF and DNS rebinding.
+
+``pin`` resolves the host once and checks every address it resolves to: loopback, private,
+link-local (cloud metadata lives there), multicast, reserved and unspecified addresses are refused
+unless an allow-list entry (a host name, an IP address or a CIDR network) exempts them. ``open_pinned``
+then connects to exactly those checked addresses, never resolving the name again: the request URL
+carries the pinned IP, while the ``Host`` header and the TLS server name (SNI, and so the certificate
+check) stay the original host name. Nothing here follows redirects; callers re-pin every hop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from urllib.parse import urlsplit
+
+import httpx
+
+#: ``resolver(host, port)`` -> the addresses to try, in order (tests inject one).
+Resolver = Callable[[str, int], list[str]]
+_FORBIDDEN = ("unspecified", "loopback", "link_local", "multicast", "reserved", "private")
+
+
+class UrlRefused(ValueError):
+    """The URL may not be fetched or called; the message says why and what is allowed."""
+
+
+class HostNotResolved(UrlRefused):
+    """The host name did not resolve (now): refused, but a later attempt may succeed."""
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """Every address of ``host`` in the resolver's order of preference, without duplicates."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+@dataclass(frozen=True)
+class NetPolicy:
+    """Who may be reached. ``allow`` entries are host names (exact), IP addresses or CIDR networks
+    exempt from the public-address rule; ``allow_setting`` is named in refusals so callers and
+    operators know where the exemption lives; ``ca_bundle`` replaces the default trust store."""
+
+    schemes: tuple[str, ...] = ("http", "https")
+    allow: tuple[str, ...] = ()
+    allow_setting: str = ""
+    ca_bundle: str | None = None
+    resolver: Resolver = resolve
+
+    def allows_host(self, host: str) -> bool:
+        return host.lower() in {entry.lower() for entry in self.allow}
+
+    def allows_address(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        for entry in self.allow:
+            try:
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:  # a host name entry
+                continue
+        return False
+
+
+@dataclass(frozen=True)
+class PinnedUrl:
+    """A URL whose host resolved to ``addresses``, all checked; connections go to these only."""
+
+    url: httpx.URL
+    host: str
+    port: int
+    addresses: tuple[str, ...]
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.url.scheme == "https" else 80
+        name = f"[{self.host}]" if ":" in self.host else self.host
+        return name if self.port == default else f"{name}:{self.port}"
+
+    def via(self, address: str) -> httpx.URL:
+        """The URL with the host replaced by ``address`` (the path, query and port unchanged)."""
+        return self.url.copy_with(host=address)
+
+
+def forbidden_kind(address: str) -> str | None:
+    """Why ``address`` is not public ("loopback", "private", ...), or None when it is."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    for attribute in _FORBIDDEN:
+        if getattr(ip, f"is_{attribute}"):
+            return attribute.replace("_", "-")
+    return None
+
+
+def pin(url: str, policy: NetPolicy, *, name: str) -> PinnedUrl:
+    """Check ``url`` (named ``name`` in messages) and resolve its host once; raise UrlRefused."""
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise UrlRefused(f"{name} is not a valid URL: {exc}") from exc
+    if parts.scheme not in policy.schemes:
+        allowed = " or ".join(policy.schemes)
+        raise UrlRefused(f"{name} must use {allowed}; got {parts.scheme or 'no scheme'!r}")
+    if not hostname:
+        raise UrlRefused(f"{name} has no host")
+    if parts.username or parts.password:
+        raise UrlRefused(f"{name} must not carry credentials")
+    try:
+        parsed = httpx.URL(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise UrlRefused(f"{name} is not a valid URL: {exc}") from exc
+    host = hostname.lower()
+    try:
+        addresses = policy.resolver(host, port)
+    except (OSError, UnicodeError, ValueError) as exc:
+        raise HostNotResolved(f"{name} host {host!r} does not resolve: {exc}") from exc
+    if not addresses:
+        raise HostNotResolved(f"{name} host {host!r} does not resolve")
+    if not policy.allows_host(host):
+        for address in addresses:
+            kind = forbidden_kind(address)
+            if kind and not policy.allows_address(ipaddress.ip_address(address.split("%")[0])):
+                setting = policy.allow_setting
+                hint = f" (operators can allow hosts with {setting})" if setting else ""
+                raise UrlRefused(
+                    f"{name} host {host!r} resolves to {kind} address {address}; only public addresses "
+                    f"are allowed{hint}"
+                )
+    return PinnedUrl(url=parsed, host=host, port=port, addresses=tuple(addresses))
+
+
+@cache
+def _ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """Certificate and host name verification on; the CA bundle given, else certifi's."""
+    if ca_bundle is None:
+        import certifi
+
+        ca_bundle = certifi.where()
+    return ssl.create_default_context(cafile=ca_bundle)
+
+
+@contextmanager
+def open_pinned(
+    pinned: PinnedUrl,
+    method: str,
+    policy: NetPolicy,
+    *,
+    timeout: float,
+    content: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Iterator[httpx.Response]:
+    """Send one request to the pinned addresses (the next one only when connecting fails) and yield
+    the streaming response. Proxies from the environment are ignored: they would resolve again."""
+    verify = _ssl_context(policy.ca_bundle) if pinned.url.scheme == "https" else True
+    all_headers = {**(headers or {}), "Host": pinned.host_header}
+    with httpx.Client(timeout=timeout, verify=verify, trust_env=False, follow_redirects=False) as client:
+        failure: httpx.ConnectError | None = None
+        for address in pinned.addresses:
+            request = client.build_request(
+                method,
+                pinned.via(address),
+                content=content,
+                headers=all_headers,
+                extensions={"sni_hostname": pinned.host},
+            )
+            try:
+                response = client.send(request, stream=True)
+            except httpx.ConnectError as exc:  # this address is unreachable: try the next checked one
+                failure = exc
+                continue
+            try:
+                yield response
+            finally:
+                response.close()
+            return
+        assert failure is not None
+        raise failure
+
+
+def describe(exc: BaseException) -> str:
+    """A short reason for a failed request: the exception class and its message."""
+    message = str(exc).strip()
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+

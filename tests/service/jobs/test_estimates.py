@@ -1,0 +1,56 @@
+"""Queue position and ETA of unfinished jobs, from the records and the stage statistics."""
+
+from __future__ import annotations
+
+import pytest
+from svc_helpers import claim, new_job
+
+from service.jobs import transitions
+from service.jobs.estimates import QueueSnapshot
+
+
+def _observe_runs(stores, runs: int = 2) -> None:
+    for _ in range(runs):
+        for stage, seconds in (("loading", 1.0), ("inverting", 3.0), ("denoising", 5.0), ("decoding", 1.0)):
+            stores.stages.observe(stage, seconds)
+
+
+def test_positions_count_the_jobs_queued_ahead(stores):
+    stores.workers.heartbeat("w1", {}, ttl=30)
+    running, first, second = new_job(stores), new_job(stores), new_job(stores)
+    claim(stores, running.id, "w1")
+    finished = stores.records.modify(first.id, lambda j: None)
+    queue = QueueSnapshot.read(stores)
+    assert queue.position(stores.records.get(running.id)) == 0
+    assert queue.position(finished) == 0, "the oldest queued job runs next"
+    assert queue.position(second) == 1
+    canceled = stores.records.modify(second.id, transitions.cancel)
+    assert queue.position(canceled) is None and queue.eta_s(canceled) is None
+
+
+def test_eta_is_unknown_until_a_job_has_run(stores):
+    job = new_job(stores)
+    assert QueueSnapshot.read(stores).eta_s(job) is None
+
+
+def test_eta_from_mean_stage_durations(stores):
+    _observe_runs(stores)  # one run = 1 + 3 + 5 + 1 = 10 s
+    stores.workers.heartbeat("w1", {}, ttl=30)
+    running, queued = new_job(stores), new_job(stores)
+    claimed = claim(stores, running.id, "w1")
+    halfway = stores.records.modify(claimed.id, lambda j: transitions.progress(j, "denoising", 0.5))
+    queue = QueueSnapshot.read(stores)
+    # Half of denoising (2.5 s) and decoding (1 s) are left.
+    assert queue.eta_s(halfway) == pytest.approx(3.5)
+    # The running job's remainder, then its own run.
+    assert queue.eta_s(queued) == pytest.approx(3.5 + 10.0)
+
+
+def test_more_workers_share_the_work_ahead(stores):
+    _observe_runs(stores)
+    for name in ("w1", "w2"):
+        stores.workers.heartbeat(name, {}, ttl=30)
+    jobs = [new_job(stores) for _ in range(3)]
+    queue = QueueSnapshot.read(stores)
+    assert [queue.position(job) for job in jobs] == [0, 1, 2]
+    assert queue.eta_s(jobs[2]) == pytest.approx(2 * 10.0 / 2 + 10.0)

@@ -1,0 +1,66 @@
+"""service.erasure on both job stores (SQLite, Redis) with a local object store."""
+
+from __future__ import annotations
+
+from svc_helpers import claim
+
+from service.erasure import erase_job
+from service.jobs import Job, JobResult, new_job_id, transitions, utcnow
+from service.storage import LocalStore, inversion_store_key, result_key
+
+
+def stored_job(stores, store, images: tuple[bytes, bytes], inversions: list[str], **fields) -> Job:
+    keys = [store.put_input(data, "image/png") for data in images]
+    job = Job(
+        id=new_job_id(),
+        created_at=utcnow(),
+        structure_key=keys[0],
+        appearance_key=keys[1],
+        inversion_keys=[inversion_store_key(name) for name in inversions],
+        **fields,
+    )
+    for key in job.inversion_keys:
+        store.put(key, b"inversion")
+    stores.records.create(job)
+    return job
+
+
+def finish(stores, store, job: Job) -> Job:
+    key = result_key(job.id, "image/png")
+    store.put(key, b"result", "image/png")
+    result = JobResult(key=key, content_type="image/png", width=8, height=8)
+    assert claim(stores, job.id, "w") is not None
+
+    def succeed(record: Job) -> Job | None:
+        return transitions.succeed(record, result=result, params={}, metrics={})
+
+    return stores.records.modify(job.id, succeed)
+
+
+def keys_in(store: LocalStore) -> set[str]:
+    return {key for folder in ("inputs", "results", "inversions") for key, _ in store.list_objects(folder)}
+
+
+def test_erasure_keeps_what_another_stored_job_lists(stores, tmp_path):
+    store = LocalStore(tmp_path / "objects")
+    mine = finish(stores, store, stored_job(stores, store, (b"cat", b"cup"), ["inv-cat", "inv-cup"]))
+    other = stored_job(stores, store, (b"cat", b"tea"), ["inv-cat"])  # shares the cat and its inversion
+
+    erased = erase_job(stores, store, mine.id)
+    assert erased.job.id == mine.id and erased.job.status == "succeeded"
+    assert (erased.results, erased.inputs, erased.inversions) == (1, 1, 1)
+    assert set(erased.kept_shared) == {mine.structure_key, inversion_store_key("inv-cat")}
+    assert stores.records.get(mine.id) is None and erase_job(stores, store, mine.id) is None
+    assert keys_in(store) == {other.structure_key, other.appearance_key, inversion_store_key("inv-cat")}
+
+    assert erase_job(stores, store, other.id).inputs == 2
+    assert keys_in(store) == set()
+
+
+def test_erasing_a_running_job_flags_the_cancel_first(stores, tmp_path):
+    store = LocalStore(tmp_path / "objects")
+    job = stored_job(stores, store, (b"a", b"b"), [])
+    assert claim(stores, job.id, "w") is not None
+    erased = erase_job(stores, store, job.id)
+    assert erased.job.status == "running" and erased.job.cancel_requested
+    assert stores.records.get(job.id) is None and keys_in(store) == set()
