@@ -241,7 +241,7 @@ def _outcome(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
         # The job store itself gave up after the deadline: one more try, then the message is requeued.
         wait = not isinstance(exc, StoreUnavailable)
         final = _noting(ctx, tracker, lambda j: transitions.fail(j, kind, detail), wait=wait)
-        if final is not None and stop_reason(final, tracker.claimed_by, tracker.attempt) == "lost":
+        if final is not None and transitions.superseded(final, tracker.claimed_by or "", tracker.attempt):
             return _lost(final)
         return final
 
@@ -301,7 +301,7 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
         tracker.end_stage()
         logger.info("job erased during the run; its result is not uploaded")
         return None
-    if stop_reason(current, tracker.claimed_by, tracker.attempt) == "lost":  # taken over: no upload
+    if transitions.superseded(current, tracker.claimed_by or "", tracker.attempt):  # taken over
         tracker.stop_reason = "lost"
         raise TransferCanceled("the job is no longer held by this run")
     tracker.progress("uploading", 0.0)
@@ -328,7 +328,7 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
     )
     if final is None:
         logger.info("job erased during the upload; its result is deleted again")
-    elif stop_reason(final, tracker.claimed_by, tracker.attempt) == "lost":
+    elif transitions.superseded(final, tracker.claimed_by or "", tracker.attempt):
         tracker.stop_reason = "lost"
         raise TransferCanceled("the job is no longer held by this run")
     else:

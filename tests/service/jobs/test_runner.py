@@ -244,3 +244,11 @@ def test_a_result_uploaded_after_erasure_is_deleted_again(context, small_images,
     left = [key for folder in ("inputs", "results", "inversions") for key, _ in store.list_objects(folder)]
     assert left == [], "result and cached inversions of the erased run are deleted"
     assert context.events.events == [(job.id, "running")], "no terminal event for an erased job"
+
+
+def test_a_run_that_holds_its_job_to_the_end_is_logged_as_succeeded(context, small_images, caplog):
+    """Regression: the final record (no longer running) was mistaken for a takeover."""
+    with caplog.at_level("INFO", logger="qalign.job"):
+        assert execute_job(context, queued(context, small_images).id).status == "succeeded"
+    messages = [record.getMessage() for record in caplog.records]
+    assert "job succeeded" in messages and not any("no longer held" in m for m in messages)
