@@ -18,7 +18,7 @@ import time
 
 from service.jobs import JobStores, StoreUnavailable
 from service.settings import Settings
-from service.storage import KEY_PATTERN, ObjectStore, StorageUnavailable
+from service.storage import KEY_PATTERN, ObjectStore, StorageUnavailable, result_job_id
 
 logger = logging.getLogger("qalign.cleanup")
 
@@ -56,12 +56,14 @@ def sweep(
                     remove(key, folder)
                 continue
             if folder == "results":
-                job = live.get(key.split("/")[-1].split(".")[0])
+                job = live.get(result_job_id(key))
                 if job is None:
                     if age > RESULT_GRACE_S:
                         remove(key, folder)
                 elif job.finished_at is not None and job.finished_at.timestamp() < expired_before:
                     remove(key, folder)
+                elif job.finished and (job.result is None or job.result.key != key) and age > RESULT_GRACE_S:
+                    remove(key, folder)  # a superseded attempt's late upload (see storage.result_key)
             elif folder == "inputs":
                 if key not in referenced and age > INPUT_GRACE_S:
                     remove(key, folder)

@@ -54,8 +54,9 @@ def _delete_objects(
     stores: JobStores, store: ObjectStore, job: Job, erasure: Erasure, *, count: bool = True
 ) -> None:
     shared_inputs, shared_inversions = _used_by_others(stores, job.id)
-    for content_type in EXTENSIONS:
-        store.delete(result_key(job.id, content_type))
+    for attempt in range(1, max(job.attempts, 1) + 1):  # each attempt uploads its own object
+        for content_type in EXTENSIONS:
+            store.delete(result_key(job.id, content_type, attempt))
     if count and job.result is not None:
         erasure.results += 1
     for key in dict.fromkeys((job.structure_key, job.appearance_key)):

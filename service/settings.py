@@ -95,11 +95,24 @@ class Settings(BaseSettings):
         20.0, gt=0.0, description="Time limit of fetching one URL input, redirects included (s)."
     )
     s3_max_attempts: int = Field(4, ge=1, le=10, description="S3 calls tried (with backoff) before failing.")
+    storage_outage_deadline: float = Field(
+        300.0,
+        ge=0.0,
+        description="A worker waits out an object-store or job-store outage (input download, result "
+        "upload, final record write) this long, retrying with backoff, before the job fails with "
+        "storage_unavailable.",
+    )
     max_attempts: int = Field(2, ge=1, description="Runs of one job before an interrupted job is failed.")
     progress_interval: float = Field(0.5, ge=0.0, description="Least seconds between progress writes.")
     cancel_check_interval: float = Field(0.25, ge=0.0, description="Least seconds between cancel checks.")
     heartbeat_interval: float = Field(5.0, gt=0.0, description="Worker heartbeat period (s).")
     heartbeat_ttl: float = Field(15.0, gt=0.0, description="A worker without heartbeat this long is dead.")
+    takeover_check_interval: float | None = Field(
+        None,
+        gt=0.0,
+        description="Seconds between a worker's scans for running jobs whose worker stopped heartbeating "
+        "(they are republished and taken over); default HEARTBEAT_INTERVAL.",
+    )
     readiness_cache_s: float = Field(2.0, ge=0.0, description="How long a readiness verdict is reused.")
     job_time_limit: int = Field(
         3600,

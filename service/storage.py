@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
-KEY_PATTERN = re.compile(r"^(inputs|results|inversions)/[0-9a-f]{32,64}(\.(png|jpeg|webp))?$")
+KEY_PATTERN = re.compile(r"^(inputs|results|inversions)/[0-9a-f]{32,64}(-a[0-9]{1,4})?(\.(png|jpeg|webp))?$")
 #: An input reused after this many seconds is rewritten (S3) or touched (local), so that expiry,
 #: which goes by the object's age, never removes an input a new job has just started to use.
 INPUT_REFRESH_S = 600.0
@@ -41,8 +41,16 @@ def input_key(data: bytes) -> str:
     return f"inputs/{hashlib.sha256(data).hexdigest()}"
 
 
-def result_key(job_id: str, content_type: str) -> str:
-    return f"results/{job_id}.{EXTENSIONS[content_type]}"
+def result_key(job_id: str, content_type: str, attempt: int = 1) -> str:
+    """``results/<id>.<ext>``; a later attempt of the same job (a takeover) writes its own object,
+    ``results/<id>-a<attempt>.<ext>``, so a superseded run's late upload never replaces it."""
+    suffix = f"-a{attempt}" if attempt > 1 else ""
+    return f"results/{job_id}{suffix}.{EXTENSIONS[content_type]}"
+
+
+def result_job_id(key: str) -> str:
+    """The job id a result key belongs to (any attempt)."""
+    return key.split("/")[-1].split(".")[0].split("-")[0]
 
 
 def inversion_store_key(cache_key: str) -> str:

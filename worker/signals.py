@@ -66,6 +66,8 @@ def _stop_heartbeat(**_: object) -> None:
     state = tasks._state
     if state is not None and state.heartbeat is not None:
         state.heartbeat.stop()
+    if state is not None and state.takeover is not None:
+        state.takeover.stop()
 
 
 @signals.worker_shutting_down.connect

@@ -21,6 +21,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from service.jobs import JobStores, StoreUnavailable, open_job_stores, worker_name
 from service.jobs.heartbeat import Heartbeat
 from service.jobs.runner import JobContext, execute_job, load_pipeline
+from service.jobs.takeover import TakeoverWatch
 from service.logs import configure_logging
 from service.settings import Settings
 from service.storage import ObjectStore, make_object_store
@@ -41,6 +42,7 @@ class WorkerState:
     name: str
     heartbeat: Heartbeat | None
     events: JobWebhooks | None = None
+    takeover: TakeoverWatch | None = None
 
     def context(self) -> JobContext:
         return JobContext(
@@ -81,8 +83,20 @@ def worker_state() -> WorkerState:
             events = JobWebhooks(settings, store, records=stores.records)
             _state = WorkerState(settings, pipeline, stores, store, name, heartbeat, events)
             heartbeat.start()
+            _state.takeover = TakeoverWatch(
+                stores.records,
+                stores.workers,
+                republish,
+                interval=settings.takeover_check_interval or settings.heartbeat_interval,
+                heartbeat_ttl=settings.heartbeat_ttl,
+            ).start()
             logger.info("worker ready", extra={"worker": name, "model": settings.model})
         return _state
+
+
+def republish(job_id: str) -> None:
+    """Publish job ``job_id`` again (its worker was lost); the claim decides who runs it."""
+    transfer.apply_async(args=[job_id])
 
 
 @app.task(name=TASK_NAME, ignore_result=True, bind=True)
@@ -105,7 +119,7 @@ def transfer(self, job_id: str) -> str | None:
     finally:
         if state.heartbeat is not None:
             state.heartbeat.current_job = None
-    if job is None:
+    if job is None:  # unknown id, or another worker took the job over from this run
         return None
     if job.status == "queued":  # stopped by the shutdown grace and put back in the queue
         raise Reject("worker shutting down; job requeued", requeue=True)

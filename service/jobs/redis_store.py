@@ -279,6 +279,9 @@ class RedisWorkerRegistry:
         key = f"{self.conn.prefix}lock:{name}"
         return bool(self.conn.call(self.client.set, key, worker_name(), nx=True, px=int(ttl * 1000)))
 
+    def uptime(self) -> float | None:
+        return float(self.conn.call(self.client.info, "server")["uptime_in_seconds"])
+
 
 class RedisStageStatistics:
     def __init__(self, conn: RedisConnection) -> None:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -33,6 +33,7 @@ from service.storage import (
 )
 
 logger = logging.getLogger("qalign.job")
+T = TypeVar("T")
 
 
 class JobEvents(Protocol):
@@ -109,6 +110,10 @@ class JobTracker:
     def cancel_seen(self) -> bool:
         return self.stop_reason == "canceled"
 
+    def held(self, change: transitions.Mutation) -> transitions.Mutation:
+        """``change`` applied only while the record still names this run (transitions.as_holder)."""
+        return transitions.as_holder(change, self.claimed_by or "", self.attempt)
+
     def progress(self, stage: str, fraction: float) -> None:
         now = time.monotonic()
         changed = stage != self.stage
@@ -121,7 +126,7 @@ class JobTracker:
         self.last_write = now
         try:
             self.ctx.stores.records.modify(
-                self.job_id, lambda job: transitions.progress(job, stage, fraction)
+                self.job_id, self.held(lambda job: transitions.progress(job, stage, fraction))
             )
         except StoreUnavailable:  # progress is best effort: a Redis blip must not cost the run
             logger.warning("could not record progress: job store unreachable")
@@ -225,8 +230,7 @@ def _outcome(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
         if tracker.stop_reason == "erased":
             logger.info("job erased during the run; stopped")
             return None
-        logger.warning("job no longer held by this run (taken over or re-queued); stopped without writing")
-        return records.get(job.id)
+        return _lost(records.get(job.id))
     except Exception as exc:  # every failure must end in a record, never a crashed worker
         tracker.end_stage()
         kind, detail = classify(exc, ctx.time_limit_errors)
@@ -234,11 +238,25 @@ def _outcome(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
             logger.exception("job failed")
         else:
             logger.warning("job failed: %s", detail, extra={"error_type": kind})
-        return _noting(ctx, tracker, lambda j: transitions.fail(j, kind, detail))
+        # The job store itself gave up after the deadline: one more try, then the message is requeued.
+        wait = not isinstance(exc, StoreUnavailable)
+        final = _noting(ctx, tracker, lambda j: transitions.fail(j, kind, detail), wait=wait)
+        if final is not None and transitions.superseded(final, tracker.claimed_by or "", tracker.attempt):
+            return _lost(final)
+        return final
 
 
-def _noting(ctx: JobContext, tracker: JobTracker, change: Callable[[Job], Job | None]) -> Job | None:
-    """``change`` applied with the inversion keys this run used added to the record."""
+def _lost(current: Job | None) -> Job | None:
+    logger.warning("job no longer held by this run (taken over or re-queued); stopped without writing")
+    return current
+
+
+def _noting(
+    ctx: JobContext, tracker: JobTracker, change: Callable[[Job], Job | None], *, wait: bool = True
+) -> Job | None:
+    """``change`` applied with the inversion keys this run used added to the record, only while the
+    record still names this run (a run whose job was taken over writes nothing), and waited through
+    a job-store outage (up to STORAGE_OUTAGE_DEADLINE) if ``wait``."""
     used = tracker.cache.used if tracker.cache is not None else []
 
     def apply(job: Job) -> Job | None:
@@ -248,12 +266,15 @@ def _noting(ctx: JobContext, tracker: JobTracker, change: Callable[[Job], Job | 
             return new
         return (new or job).model_copy(update={"inversion_keys": [*job.inversion_keys, *missing]})
 
-    return ctx.stores.records.modify(tracker.job_id, apply)
+    def modify() -> Job | None:
+        return ctx.stores.records.modify(tracker.job_id, tracker.held(apply))
+
+    return through_outage(ctx, "record the outcome", modify) if wait else modify()
 
 
 def _discard_writes(ctx: JobContext, job: Job, tracker: JobTracker) -> None:
     """The job was erased during this run: delete the result and inversions this run wrote."""
-    keys = [result_key(job.id, ctype) for ctype in ("image/png", "image/jpeg", "image/webp")]
+    keys = [result_key(job.id, ctype, job.attempts) for ctype in ("image/png", "image/jpeg", "image/webp")]
     keys += tracker.cache.written if tracker.cache is not None else []
     for key in keys:
         try:
@@ -265,7 +286,8 @@ def _discard_writes(ctx: JobContext, job: Job, tracker: JobTracker) -> None:
 def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
     params = TransferParams.model_validate(job.params)
     store = ctx.store
-    structure, appearance = store.get(job.structure_key), store.get(job.appearance_key)
+    structure = through_outage(ctx, "read the inputs", lambda: store.get(job.structure_key), tracker)
+    appearance = through_outage(ctx, "read the inputs", lambda: store.get(job.appearance_key), tracker)
     result = ctx.pipeline.transfer(
         structure,
         appearance,
@@ -274,14 +296,20 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
         should_cancel=tracker.should_cancel,
         inversion_cache=tracker.cache,
     )
-    if _noting(ctx, tracker, lambda j: None) is None:
+    current = _noting(ctx, tracker, lambda j: None)
+    if current is None:
         tracker.end_stage()
         logger.info("job erased during the run; its result is not uploaded")
         return None
+    if transitions.superseded(current, tracker.claimed_by or "", tracker.attempt):  # taken over
+        tracker.stop_reason = "lost"
+        raise TransferCanceled("the job is no longer held by this run")
     tracker.progress("uploading", 0.0)
     upload_started = time.perf_counter()
-    key = result_key(job.id, result.content_type)
-    store.put(key, result.encode(), result.content_type)
+    # One object per attempt: a superseded run that uploads late never replaces the new attempt's result.
+    key = result_key(job.id, result.content_type, attempt=job.attempts)
+    data = result.encode()
+    through_outage(ctx, "upload the result", lambda: store.put(key, data, result.content_type), tracker)
     tracker.end_stage()
     queue_s = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
     metrics = {
@@ -300,9 +328,64 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
     )
     if final is None:
         logger.info("job erased during the upload; its result is deleted again")
+    elif transitions.superseded(final, tracker.claimed_by or "", tracker.attempt):
+        tracker.stop_reason = "lost"
+        raise TransferCanceled("the job is no longer held by this run")
     else:
         logger.info("job succeeded", extra={"metrics": metrics})
     return final
+
+
+#: First pause and longest pause between tries while storage is unreachable (doubling in between).
+OUTAGE_FIRST_DELAY_S = 0.5
+OUTAGE_MAX_DELAY_S = 5.0
+_OUTAGE_ERRORS = (StorageUnavailable, StoreUnavailable)
+
+
+def through_outage(ctx: JobContext, what: str, call: Callable[[], T], tracker: JobTracker | None = None) -> T:
+    """``call()``, tried again with backoff while the object or job store is unreachable.
+
+    A storage outage is waited out up to QALIGN_STORAGE_OUTAGE_DEADLINE seconds (the worker's
+    heartbeat goes on meanwhile, so nobody takes the job over); only then does the error reach the
+    caller (the job fails with storage_unavailable). A cancel request or a shutdown ends the wait.
+    """
+    deadline = time.monotonic() + ctx.settings.storage_outage_deadline
+    delay, tries = OUTAGE_FIRST_DELAY_S, 0
+    while True:
+        try:
+            result = call()
+        except _OUTAGE_ERRORS as exc:
+            tries += 1
+            remaining = deadline - time.monotonic()
+            stopping = ctx.interrupted is not None and ctx.interrupted()
+            if remaining <= 0 or (stopping and tracker is None):
+                # Past the deadline, or shutting down during a final write (the job goes back to the queue).
+                logger.error("storage still unavailable after %s tries; giving up: %s", tries, exc)
+                raise
+            logger.warning(
+                "storage unavailable (%s); retrying in %.1f s: %s",
+                what,
+                min(delay, remaining),
+                exc,
+                extra={"outage_tries": tries},
+            )
+            _pause(ctx, min(delay, remaining), tracker)
+            delay = min(delay * 2, OUTAGE_MAX_DELAY_S)
+            continue
+        if tries:
+            logger.info("storage reachable again (%s) after %s tries", what, tries)
+        return result
+
+
+def _pause(ctx: JobContext, seconds: float, tracker: JobTracker | None) -> None:
+    """Sleep ``seconds`` in short steps; a shutdown or a cancel request ends it (TransferCanceled)."""
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0:
+        if tracker is not None and tracker.should_cancel():
+            raise TransferCanceled("stopped while waiting for storage")
+        if tracker is None and ctx.interrupted is not None and ctx.interrupted():
+            return  # a final write: one more try, then the error goes up (see through_outage)
+        time.sleep(min(left, 0.25))
 
 
 def classify(exc: BaseException, time_limit_errors: tuple[type[BaseException], ...] = ()) -> tuple[str, str]:

@@ -239,6 +239,9 @@ class MemoryWorkerRegistry:
     def try_lock(self, name: str, ttl: float) -> bool:
         return True  # one process: nobody to share the lease with
 
+    def uptime(self) -> float | None:
+        return None  # heartbeats live as long as this process
+
 
 class MemoryStageStatistics:
     def __init__(self) -> None:

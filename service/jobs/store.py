@@ -111,6 +111,11 @@ class WorkerRegistry(Protocol):
         """A lease held for ``ttl`` seconds (one expiry sweep per interval across replicas)."""
         ...
 
+    def uptime(self) -> float | None:
+        """Seconds the shared store has been up (heartbeats older than that were lost), or None
+        when it cannot forget heartbeats (process memory)."""
+        ...
+
 
 class StageStatistics(Protocol):
     def observe(self, stage: str, seconds: float) -> None: ...

@@ -6,9 +6,11 @@ Stores apply them atomically through ``JobRecords.modify``; unit tests call them
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from service.jobs.model import Job, JobError, JobResult, utcnow
+
+Mutation = Callable[[Job], Job | None]
 
 #: Share of the overall progress bar each pipeline stage covers.
 STAGE_SPANS: dict[str, tuple[float, float]] = {
@@ -66,6 +68,26 @@ def holder_lost(job: Job, live_workers: Mapping[str, dict], claimer: str) -> boo
     if info is None:
         return True
     return "job" in info and info["job"] != job.id
+
+
+def as_holder(change: Mutation, worker: str, attempt: int) -> Mutation:
+    """``change`` applied only while the record is still this run's: same worker, same attempt.
+
+    A run whose job was taken over (its worker stopped heartbeating: a lost host, a partition, a
+    frozen process) may wake up and write late; its writes then leave the new attempt's record alone.
+    """
+
+    def guarded(job: Job) -> Job | None:
+        if job.worker != worker or job.attempts != attempt:
+            return None
+        return change(job)
+
+    return guarded
+
+
+def superseded(job: Job | None, worker: str, attempt: int) -> bool:
+    """Whether the record no longer belongs to the run (worker, attempt): another run took it over."""
+    return job is not None and (job.worker != worker or job.attempts != attempt)
 
 
 def progress(job: Job, stage: str, fraction: float) -> Job | None:

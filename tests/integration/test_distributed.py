@@ -118,7 +118,7 @@ def test_readiness_reports_each_dependency(s3_server, tmp_path):
 
             redis_server.start()
             body = wait_for(
-                lambda: (b := client.get("/readyz").json())["checks"]["jobs"]["ok"] and b, timeout=15
+                lambda: (b := client.get("/readyz").json())["checks"]["jobs"]["ok"] and b, timeout=60
             )
             assert body["checks"]["broker"]["ok"]
         bad = settings.model_copy(update={"s3_bucket": "no-such-bucket"})

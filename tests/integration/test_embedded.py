@@ -37,7 +37,7 @@ def test_embedded_flow_survives_api_restart(tiny_model_dir, photo_bytes, tmp_pat
         first = start_server(port, data_dir, tiny_model_dir, log)
         try:
             with httpx.Client(base_url=base, timeout=30) as client:
-                wait_for(lambda: _up(client), timeout=60)
+                wait_for(lambda: _up(client), timeout=180)
                 job = submit(client, photo_bytes, **FAST, output_format="jpeg")
         finally:
             stop_process(first, 30)  # the job is queued or running: it must survive the restart
@@ -45,7 +45,7 @@ def test_embedded_flow_survives_api_restart(tiny_model_dir, photo_bytes, tmp_pat
         second = start_server(port, data_dir, tiny_model_dir, log)
         try:
             with httpx.Client(base_url=base, timeout=30) as client:
-                wait_for(lambda: _up(client), timeout=60)
+                wait_for(lambda: _up(client), timeout=180)
                 done = poll(client, job["id"])
                 assert done["status"] == "succeeded", (done, log_path.read_text()[-3000:])
                 assert done["result"]["url"] == f"{base}/jobs/{job['id']}/result"

@@ -56,3 +56,29 @@ def test_sweep_removes_expired_records_results_and_unreferenced_inputs(tmp_path,
     os.utime(store.local_path(input_key(kept_input)), (old, old))
     LocalStore(tmp_path / "objects").put_input(kept_input, "image/png")
     assert time.time() - store.local_path(input_key(kept_input)).stat().st_mtime < 60
+
+
+def test_sweep_removes_a_superseded_attempts_late_result_but_keeps_the_named_one(tmp_path, embedded_settings):
+    """After a takeover each attempt uploads its own object; the one the record does not name goes."""
+    from service.cleanup import sweep
+    from service.storage import result_key
+
+    stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
+    store = LocalStore(tmp_path / "objects")
+    job_id = new_job_id()
+    named, stray = result_key(job_id, "image/png", attempt=2), result_key(job_id, "image/png")
+    assert (named, stray) == (f"results/{job_id}-a2.png", f"results/{job_id}.png")
+    stores.records.create(
+        Job(
+            id=job_id, created_at=utcnow(), structure_key=input_key(b"s"), appearance_key=input_key(b"a"),
+            status="succeeded", finished_at=utcnow(), attempts=2,
+            result=JobResult(key=named, content_type="image/png", width=1, height=1),
+        )
+    )  # fmt: skip
+    old = time.time() - 7200
+    for key in (named, stray):
+        store.put(key, b"png")
+        os.utime(store.local_path(key), (old, old))
+    assert sweep(stores, store, embedded_settings)["results"] == 1
+    assert store.age(named) is not None and store.age(stray) is None
+    stores.close()

@@ -132,3 +132,15 @@ def test_concurrent_requests_with_the_same_input_write_it_once(tmp_path, monkeyp
     with ThreadPoolExecutor(8) as pool:
         keys = set(pool.map(submit, range(8)))
     assert keys == {input_key(b"same")} and len(writes) == 1
+
+
+def test_each_attempt_has_its_own_result_key_within_the_key_pattern():
+    from service.storage import check_key, result_job_id
+
+    job_id = "e" * 32
+    assert result_key(job_id, "image/png", attempt=1) == f"results/{job_id}.png"
+    assert check_key(result_key(job_id, "image/png", attempt=3)) == f"results/{job_id}-a3.png"
+    assert result_job_id(f"results/{job_id}-a3.png") == result_job_id(f"results/{job_id}.png") == job_id
+    for bad in (f"results/{job_id}-b3.png", f"results/{job_id}-a.png", f"results/{job_id}-a3/../x"):
+        with pytest.raises(ValueError):
+            check_key(bad)

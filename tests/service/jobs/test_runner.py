@@ -93,6 +93,94 @@ def test_claim_that_ends_the_job_announces_it(context, small_images):
     assert context.events.events == [(job.id, "canceled")] and not context.pipeline.calls
 
 
+class FlakyStore:
+    """A LocalStore whose first ``failures`` calls of ``method`` raise StorageUnavailable (an outage)."""
+
+    def __init__(self, store: LocalStore, method: str, failures: int) -> None:
+        self.store, self.method, self.failures, self.calls = store, method, failures, 0
+
+    def __getattr__(self, name):
+        real = getattr(self.store, name)
+        if name != self.method:
+            return real
+
+        def flaky(*args, **kwargs):
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise StorageUnavailable(f"S3 {name}: connection refused")
+            return real(*args, **kwargs)
+
+        return flaky
+
+
+@pytest.mark.parametrize("method", ["get", "put"])
+def test_a_storage_outage_shorter_than_the_deadline_is_waited_out(context, small_images, method, monkeypatch):
+    monkeypatch.setattr("service.jobs.runner.OUTAGE_FIRST_DELAY_S", 0.01)
+    monkeypatch.setattr("service.jobs.runner.OUTAGE_MAX_DELAY_S", 0.02)
+    job = queued(context, small_images)
+    context.store = FlakyStore(context.store, method, failures=3)
+    done = execute_job(context, job.id)
+    assert done.status == "succeeded", done.error
+    assert context.store.calls >= 4 and context.store.store.get(done.result.key)
+
+
+def test_a_storage_outage_past_the_deadline_fails_with_storage_unavailable(context, small_images):
+    context.settings = context.settings.model_copy(update={"storage_outage_deadline": 0.0})
+    job = queued(context, small_images)
+    context.store = FlakyStore(context.store, "put", failures=100)
+    failed = execute_job(context, job.id)
+    assert failed.status == "failed" and failed.error.type == "storage_unavailable"
+
+
+def test_a_job_store_outage_at_the_final_write_is_waited_out(context, small_images, monkeypatch):
+    """Redis away when the result is recorded: the write is tried again, the job still succeeds."""
+    from service.jobs.store import StoreUnavailable
+
+    monkeypatch.setattr("service.jobs.runner.OUTAGE_FIRST_DELAY_S", 0.01)
+    job = queued(context, small_images)
+    records, real_modify, failures = context.stores.records, context.stores.records.modify, []
+
+    def modify(job_id, change):
+        probe = change(records.get(job_id))
+        if probe is not None and probe.status == "succeeded" and len(failures) < 2:
+            failures.append(1)
+            raise StoreUnavailable("Redis is unreachable")
+        return real_modify(job_id, change)
+
+    monkeypatch.setattr(records, "modify", modify)
+    assert execute_job(context, job.id).status == "succeeded" and len(failures) == 2
+
+
+def test_a_run_whose_job_was_taken_over_stops_and_writes_nothing(context, small_images):
+    """The holder was presumed lost and another worker claimed attempt 2: the old run's late writes
+    (progress, result, final record) leave the new attempt alone."""
+    import threading
+
+    from service.jobs import transitions
+
+    job = queued(context, small_images)
+    context.pipeline.gate = threading.Event()
+    outcome = []
+    runner = threading.Thread(target=lambda: outcome.append(execute_job(context, job.id)))
+    runner.start()
+    assert context.pipeline.running.wait(10)
+    takeover = {"worker": "other:2", "attempts": 2, "progress": 0.0}
+    taken = context.stores.records.modify(job.id, lambda j: j.model_copy(update=takeover))
+    context.pipeline.gate.set()
+    runner.join(10)
+    after = context.stores.records.get(job.id)
+    assert outcome == [after], "the superseded run reports the record as the new holder has it"
+    assert after == taken, "no late write of the old run reached the record"
+    assert after.status == "running" and after.worker == "other:2" and after.result is None
+    assert transitions.as_holder(transitions.canceled, "w:1", 1)(after) is None
+
+
+def test_a_later_attempt_writes_its_own_result_object(context, small_images):
+    job = queued(context, small_images, attempts=1)
+    done = execute_job(context, job.id)
+    assert done.attempts == 2 and done.result.key == f"results/{job.id}-a2.png"
+
+
 def _run_in_thread(ctx: JobContext, job_id: str):
     done: list = []
     thread = threading.Thread(target=lambda: done.append(execute_job(ctx, job_id)), daemon=True)
@@ -156,3 +244,11 @@ def test_a_result_uploaded_after_erasure_is_deleted_again(context, small_images,
     left = [key for folder in ("inputs", "results", "inversions") for key, _ in store.list_objects(folder)]
     assert left == [], "result and cached inversions of the erased run are deleted"
     assert context.events.events == [(job.id, "running")], "no terminal event for an erased job"
+
+
+def test_a_run_that_holds_its_job_to_the_end_is_logged_as_succeeded(context, small_images, caplog):
+    """Regression: the final record (no longer running) was mistaken for a takeover."""
+    with caplog.at_level("INFO", logger="qalign.job"):
+        assert execute_job(context, queued(context, small_images).id).status == "succeeded"
+    messages = [record.getMessage() for record in caplog.records]
+    assert "job succeeded" in messages and not any("no longer held" in m for m in messages)
