@@ -240,7 +240,7 @@ def _transfer_on_server(
     total = job.metrics.total_s
     took = f", {total:.1f} s" if total is not None else ""
     click.echo(f"wrote {output} ({job.result.width}x{job.result.height}{took}; job {job.id})")
-    if job.params.get("adain") == "masked" and job.metrics.adain_applied == "plain":
+    if job.params.adain == "masked" and job.metrics.adain_applied == "plain":
         click.echo("masked AdaIN fell back to plain AdaIN: no object found")
 
 

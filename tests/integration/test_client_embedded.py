@@ -76,7 +76,7 @@ def test_run_submit_wait_and_result(client, files, photos, tmp_path):
     assert isinstance(job, qalign_client.JobOut) and job.status in ("queued", "running", "succeeded")
     done = client.wait(job, timeout=JOB_TIMEOUT)
     assert done.status == "succeeded" and done.result.content_type == "image/webp"
-    assert done.params["output_format"] == "webp" and done.metrics.total_s > 0
+    assert done.params.output_format == "webp" and done.metrics.total_s > 0
     image = decode(client.result(done))
     assert image.format == "WEBP" and image.size == (done.result.width, done.result.height)
 
