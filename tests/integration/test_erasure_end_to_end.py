@@ -16,13 +16,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 
 def unique_photos(photo_bytes: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
-    """The test photos with a corner block recoloured: inputs and inversions no other test's job
-    shares (a single pixel can vanish in the resize to the model's size, and with it the difference)."""
+    """The test photos with a central block recoloured: inputs and inversions no other test's job
+    shares (the preparation crops the borders and resizes, so an edge pixel would change nothing)."""
     marker = uuid.uuid4().bytes[:3]
     out = []
     for data in photo_bytes:
         image = Image.open(io.BytesIO(data)).convert("RGB")
-        image.paste(tuple(marker), (0, 0, 48, 48))
+        cx, cy = image.width // 2, image.height // 2
+        image.paste(tuple(marker), (cx - 24, cy - 24, cx + 24, cy + 24))
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         out.append(buffer.getvalue())
