@@ -15,10 +15,6 @@ timestamp is within ``tolerance`` seconds of now (replays of old deliveries are 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import time
 from collections.abc import Mapping
 
@@ -26,29 +22,12 @@ from pydantic import ValidationError as PydanticValidationError
 
 from qalign_client.errors import WebhookVerificationError
 from qalign_schema.jobs import JobOut
+from qalign_schema.signing import SECRET_PREFIX, TOLERANCE_S, sign, signature_matches, signing_key
+
+__all__ = ["DEFAULT_TOLERANCE_S", "SECRET_PREFIX", "sign", "signing_key", "verify"]
 
 #: Receivers reject timestamps further than this from their clock (seconds).
-DEFAULT_TOLERANCE_S = 300
-SECRET_PREFIX = "whsec_"
-
-
-def signing_key(secret: str | bytes) -> bytes:
-    """The HMAC key of a secret: base64-decoded after ``whsec_``, else the secret's bytes."""
-    if isinstance(secret, bytes):
-        return secret
-    if secret.startswith(SECRET_PREFIX):
-        try:
-            return base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError("a whsec_ secret must be followed by base64") from exc
-    return secret.encode("utf-8")
-
-
-def sign(secret: str | bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
-    """The ``webhook-signature`` value of a delivery (``v1,<base64>``)."""
-    message = f"{webhook_id}.{timestamp}.".encode() + body
-    digest = hmac.new(signing_key(secret), message, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode("ascii")
+DEFAULT_TOLERANCE_S = TOLERANCE_S
 
 
 def verify(
@@ -80,9 +59,7 @@ def verify(
         raise WebhookVerificationError(
             f"webhook-timestamp is {clock - timestamp:+.0f} s off this clock (tolerance {tolerance:g} s)"
         )
-    expected = sign(secret, found["webhook-id"], timestamp, raw).encode()
-    candidates = [c.encode() for c in found["webhook-signature"].split() if c.startswith("v1,")]
-    if not any(hmac.compare_digest(expected, candidate) for candidate in candidates):
+    if not signature_matches(secret, found["webhook-id"], timestamp, raw, found["webhook-signature"]):
         raise WebhookVerificationError("no webhook-signature matches the body under this secret")
     try:
         return JobOut.model_validate_json(raw)

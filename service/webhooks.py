@@ -8,14 +8,13 @@ runs at submission (a clear 422) and again before every delivery attempt (DNS ca
 
 Signing follows Standard Webhooks (https://www.standardwebhooks.com): ``webhook-id`` (the same for
 every retry of one event), ``webhook-timestamp`` (unix seconds of the attempt) and
-``webhook-signature: v1,<base64 HMAC-SHA256 over "{id}.{timestamp}.{body}">``. The older
+``webhook-signature: v1,<base64 HMAC-SHA256 over "{id}.{timestamp}.{body}">`` (qalign_schema.signing,
+which receivers' ``qalign_client.webhooks.verify`` shares). The older
 ``X-QAlign-Signature`` header (HMAC of the body alone, replayable) is still sent but deprecated.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import logging
@@ -23,12 +22,13 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import httpx
 
+from qalign_schema.signing import sign
 from service.jobs.model import TERMINAL, Job, UndeliveredWebhook, utcnow
 from service.jobs.public import job_json
 from service.jobs.store import JobRecords
@@ -52,42 +52,7 @@ log = logging.getLogger("qalign.webhooks")
 SIGNATURE_HEADER = "X-QAlign-Signature"
 #: The events a job sends and a ``webhook_events_filter`` may name: running, then the terminal status.
 EVENTS = ("start", "completed")
-#: How far a receiver lets ``webhook-timestamp`` be off its clock (Standard Webhooks' default).
-TOLERANCE_S = 300
 WebhookRefused = UrlRefused
-
-
-def signing_key(secret: str) -> bytes:
-    """``whsec_<base64>`` secrets are the decoded bytes (Standard Webhooks); others their UTF-8 bytes."""
-    if secret.startswith("whsec_"):
-        try:
-            return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError("a whsec_ webhook secret must be base64 after the prefix") from exc
-    return secret.encode()
-
-
-def sign(msg_id: str, timestamp: int, body: bytes, secret: str) -> str:
-    """The ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}." + body>``."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(signing_key(secret), signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
-
-
-def verify(
-    body: bytes, headers: Mapping[str, str], secret: str, *, tolerance_s: int = TOLERANCE_S, now=None
-) -> bool:
-    """What a receiver does: timestamp within ``tolerance_s`` of now, and one v1 signature matching
-    in constant time. ``headers`` must be looked up case-insensitively (httpx/Starlette headers are)."""
-    msg_id, stamp = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "")
-    if not msg_id or not stamp.isdigit():
-        return False
-    current = time.time() if now is None else now
-    if abs(current - int(stamp)) > tolerance_s:
-        return False
-    expected = sign(msg_id, int(stamp), body, secret)
-    offered = headers.get("webhook-signature", "").split()
-    return any(hmac.compare_digest(expected, candidate) for candidate in offered)
 
 
 def legacy_sign(body: bytes, secret: str) -> str:
@@ -187,7 +152,7 @@ def _post(
         "Content-Type": "application/json",
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(msg_id, timestamp, body, secret),
+        "webhook-signature": sign(secret, msg_id, timestamp, body),
         SIGNATURE_HEADER: legacy_sign(body, secret),
     }
     try:

@@ -8,7 +8,7 @@ import pytest
 from int_helpers import FAST, WEBHOOK_SECRET, poll, submit, wait_for
 from net_helpers import LocalServer, Reply
 
-from service.webhooks import verify
+from qalign_client.webhooks import verify
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -22,7 +22,8 @@ def test_worker_sends_only_the_chosen_event_signed(distributed_client, photo_byt
         wait_for(lambda: receiver.seen, timeout=60)
         (seen,) = receiver.seen
         headers = httpx.Headers(seen.headers)
-        assert verify(seen.body, headers, WEBHOOK_SECRET), "a valid Standard Webhooks signature"
+        delivered = verify(WEBHOOK_SECRET, headers, seen.body)  # a valid Standard Webhooks signature
+        assert delivered.id == job["id"]
         assert headers["webhook-id"] == f"job_{job['id']}_succeeded"
         record = distributed_client.app.state.services.stores.records.get(job["id"])
         assert record.webhook_events == ["completed"] and record.webhook_undelivered == []
