@@ -130,28 +130,42 @@ class FakeClock:
 
 
 class LiveService:
-    """An app (the service's, from create_app) served by uvicorn on a free loopback port, in a thread of
-    this process; ``with LiveService(app) as live: live.url``. Stops within bounded time."""
+    """An app (the service's, from create_app) served by a real uvicorn on a free loopback port, in a
+    thread of this process, so HTTP clients, the Python client, the CLI and a browser talk to it over
+    TCP: ``with LiveService(app) as live: live.url``. ``ready=True`` also waits until /readyz says
+    ready (model loaded, a worker live). Stops within bounded time."""
 
-    def __init__(self, app, start_timeout: float = 120.0) -> None:
+    def __init__(self, app, start_timeout: float = 180.0, ready: bool = False, **uvicorn_options) -> None:
         import uvicorn
 
+        self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on")
-        self.server = uvicorn.Server(config)
+        options = {"log_config": None, "lifespan": "on", "timeout_graceful_shutdown": 5, **uvicorn_options}
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, **options))
         self.start_timeout = start_timeout
+        self.wait_ready = ready
         self.thread = None
 
     def __enter__(self) -> LiveService:
         import threading
 
-        self.thread = threading.Thread(target=self.server.run, name="live-service", daemon=True)
+        self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
         self.thread.start()
         wait_for(lambda: self.server.started or not self.thread.is_alive(), self.start_timeout)
         if not self.server.started:
             raise RuntimeError("the service did not start (see the log above)")
+        if self.wait_ready:
+            wait_for(self._ready, self.start_timeout)
         return self
+
+    def _ready(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
 
     def __exit__(self, *exc_info) -> None:
         self.server.should_exit = True

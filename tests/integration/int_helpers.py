@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import sys
-import threading
 from pathlib import Path
 
 import testkit
@@ -88,40 +87,3 @@ def worker_env(settings_env: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, **settings_env, "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
-
-
-class ServedApp:
-    """An API app served by real uvicorn on a free loopback port, in a thread of the test process
-    (so HTTP clients, the Python client and the CLI talk to it over TCP)."""
-
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_config=None, timeout_graceful_shutdown=5
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
-
-    def start(self, ready_timeout: float = 180.0) -> ServedApp:
-        """Serve, and wait until /readyz says ready (the model is loaded, a worker is live)."""
-        import httpx
-
-        self.thread.start()
-
-        def ready() -> bool:
-            if not self.thread.is_alive():
-                raise RuntimeError("uvicorn stopped while starting")
-            try:
-                return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, timeout=ready_timeout, interval=0.2)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(60)

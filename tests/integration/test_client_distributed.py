@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from int_helpers import FAST, SLOW, ServedApp, decode, wait_for
+from int_helpers import FAST, SLOW, decode, wait_for
+from testkit import LiveService
 
 import qalign_client
 from qalign_client import AsyncClient, Client
@@ -24,9 +25,8 @@ def server(distributed_env, celery_worker):
         _env_file=None,
         **{k.removeprefix("QALIGN_").lower(): v for k, v in distributed_env.items() if "QALIGN_" in k},
     )
-    served = ServedApp(create_app(settings)).start()
-    yield served
-    served.stop()
+    with LiveService(create_app(settings), ready=True) as served:
+        yield served
 
 
 @pytest.fixture

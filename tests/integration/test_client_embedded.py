@@ -16,7 +16,8 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from int_helpers import FAST, REPO, SLOW, ServedApp, decode, free_port, wait_for
+from int_helpers import FAST, REPO, SLOW, decode, free_port, wait_for
+from testkit import LiveService
 
 import qalign_client
 from qalign_cli.main import cli
@@ -46,9 +47,8 @@ def server(tiny_model_dir, tmp_path_factory):
         webhook_secret=WEBHOOK_SECRET,
         webhook_allow_hosts="127.0.0.1",
     )
-    served = ServedApp(create_app(settings)).start()
-    yield served
-    served.stop()
+    with LiveService(create_app(settings), ready=True) as served:
+        yield served
 
 
 @pytest.fixture

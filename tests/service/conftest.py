@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from PIL import Image
-from svc_helpers import KEYS, FakePipeline, LiveServer, encode, free_port, wait_for
-from testkit import RedisServer
+from svc_helpers import KEYS, FakePipeline, encode
+from testkit import LiveService, RedisServer
 
 from service.auth import hash_key
 from service.jobs import JobStores, new_job_id
@@ -60,32 +62,17 @@ def make_client(embedded_settings, fake_pipeline):
 def make_server(embedded_settings, fake_pipeline):
     """Factory of the embedded app served by a real uvicorn in a thread (streaming, disconnects and
     proxy peers as in production); every server is stopped at teardown."""
-    import threading
-
-    import uvicorn
-
     from service.app import create_app
 
-    started = []
+    with contextlib.ExitStack() as running:
 
-    def make(settings: Settings | None = None, pipeline=None, pipeline_factory=None) -> LiveServer:
-        pipe = pipeline or fake_pipeline
-        factory = pipeline_factory or (lambda _settings: pipe)
-        app = create_app(settings or embedded_settings, pipeline_factory=factory)
-        port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, proxy_headers=False)
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
-        thread.start()
-        started.append((server, thread))
-        wait_for(lambda: server.started or not thread.is_alive(), timeout=60)
-        assert server.started, "uvicorn did not start"
-        return LiveServer(f"http://127.0.0.1:{port}", app, server)
+        def make(settings: Settings | None = None, pipeline=None, pipeline_factory=None) -> LiveService:
+            pipe = pipeline or fake_pipeline
+            factory = pipeline_factory or (lambda _settings: pipe)
+            app = create_app(settings or embedded_settings, pipeline_factory=factory)
+            return running.enter_context(LiveService(app, proxy_headers=False))
 
-    yield make
-    for server, thread in started:
-        server.should_exit = True
-        thread.join(60)
+        yield make
 
 
 @pytest.fixture

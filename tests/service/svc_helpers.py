@@ -116,15 +116,6 @@ def bearer(name: str) -> dict:
 
 
 @dataclass
-class LiveServer:
-    """The app served by a real uvicorn on a loopback port (``url``), in a thread of the test."""
-
-    url: str
-    app: object
-    server: object
-
-
-@dataclass
 class SseEvent:
     event: str | None
     id: str | None
