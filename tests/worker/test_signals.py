@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 
 
@@ -37,7 +42,9 @@ def test_signal_handlers_do_not_reread_the_environment(fresh_settings, monkeypat
     assert started == [7.0]
 
 
-def test_hard_time_limit_fails_the_running_job(fresh_settings, monkeypatch, tmp_path):
+@pytest.fixture
+def running_job_store(fresh_settings, monkeypatch, tmp_path):
+    """A running job in the embedded store the handler opens, and a way to call the handler."""
     from celery.exceptions import TimeLimitExceeded
 
     import worker.signals as signals
@@ -47,10 +54,43 @@ def test_hard_time_limit_fails_the_running_job(fresh_settings, monkeypatch, tmp_
     monkeypatch.setenv("QALIGN_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("QALIGN_REDIS_URL", raising=False)
     stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
-    job = Job(id=new_job_id(), created_at=utcnow(), structure_key="s", appearance_key="a", status="running")
-    stores.records.create(job)
-    task = type("Task", (), {"name": signals.TASK_NAME})()
-    signals._hard_time_limit(sender=task, exception=TimeLimitExceeded(), args=[job.id])
-    failed = stores.records.get(job.id)
-    assert failed.status == "failed" and failed.error.type == "time_limit"
+
+    def hard_limit_hits(holder: str) -> Job:
+        job = Job(
+            id=new_job_id(),
+            created_at=utcnow(),
+            structure_key="s",
+            appearance_key="a",
+            status="running",
+            worker=holder,
+            attempts=1,
+        )
+        stores.records.create(job)
+        task = type("Task", (), {"name": signals.TASK_NAME})()
+        signals._hard_time_limit(sender=task, exception=TimeLimitExceeded(), args=[job.id])
+        return stores.records.get(job.id)
+
+    yield hard_limit_hits
     stores.close()
+
+
+def test_hard_time_limit_fails_the_job_its_killed_child_held(running_job_store):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        alive = running_job_store(f"{socket.gethostname()}:{child.pid}")
+        assert alive.status == "failed" and alive.error.type == "time_limit"
+    finally:
+        child.kill()
+        child.wait()
+    gone = running_job_store(f"{socket.gethostname()}:{child.pid}")  # reaped, as the pool does
+    assert gone.status == "failed" and gone.error.type == "time_limit"
+
+
+@pytest.mark.parametrize("holder", ["another-host:4242", "parent"])
+def test_hard_time_limit_leaves_a_job_taken_over_by_another_worker(running_job_store, holder):
+    """Regression: the handler failed the job whatever the record said, so a worker that froze and
+    woke up failed the run of the worker that had taken its job over."""
+    if holder == "parent":  # a live process on this host that is not one of ours
+        holder = f"{socket.gethostname()}:{os.getppid()}"
+    job = running_job_store(holder)
+    assert job.status == "running" and job.error is None and job.worker == holder
