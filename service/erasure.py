@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass, field
 
 from service.jobs import Job, JobStores, transitions
+from service.jobs.store import listed_keys
 from service.storage import EXTENSIONS, ObjectStore, StorageUnavailable, result_key
 
 logger = logging.getLogger("qalign.erasure")
@@ -53,34 +54,23 @@ def erase_job(stores: JobStores, store: ObjectStore, job_id: str) -> Erasure | N
 def _delete_objects(
     stores: JobStores, store: ObjectStore, job: Job, erasure: Erasure, *, count: bool = True
 ) -> None:
-    shared_inputs, shared_inversions = _used_by_others(stores, job.id)
+    shared = stores.records.listed_by_others(listed_keys(job), job.id)
     for attempt in range(1, max(job.attempts, 1) + 1):  # each attempt uploads its own object
         for content_type in EXTENSIONS:
             store.delete(result_key(job.id, content_type, attempt))
     if count and job.result is not None:
         erasure.results += 1
     for key in dict.fromkeys((job.structure_key, job.appearance_key)):
-        if key in shared_inputs:
+        if key in shared:
             if count:
                 erasure.kept_shared.append(key)
             continue
         store.delete_input(key)
         erasure.inputs += int(count)
     for key in dict.fromkeys(job.inversion_keys):
-        if key in shared_inversions:
+        if key in shared:
             if count:
                 erasure.kept_shared.append(key)
             continue
         store.delete(key)
         erasure.inversions += int(count)
-
-
-def _used_by_others(stores: JobStores, job_id: str) -> tuple[set[str], set[str]]:
-    """Inputs and inversion keys that stored jobs other than ``job_id`` list (one scan of the records)."""
-    inputs: set[str] = set()
-    inversions: set[str] = set()
-    for other in stores.records.all_jobs():
-        if other.id != job_id:
-            inputs.update((other.structure_key, other.appearance_key))
-            inversions.update(other.inversion_keys)
-    return inputs, inversions

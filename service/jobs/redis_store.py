@@ -1,19 +1,27 @@
 """Redis implementations of the job-runtime stores (distributed mode: shared by every process).
 
 Records are JSON strings with a TTL; one sorted set per status (score = time entered) indexes them,
-and one per owner (score = created_at) lists an API key's jobs newest first.
+and one per owner (score = created_at) lists an API key's jobs newest first. One set per shared
+object (an input or a cached inversion) holds the ids of the jobs that list it, for erasure.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 import redis
 
 from service.jobs.model import STATUSES, TERMINAL, Job, worker_name
-from service.jobs.store import STAGE_BUCKETS, JobStores, Mutation, StoreUnavailable, empty_stats
+from service.jobs.store import (
+    STAGE_BUCKETS,
+    JobStores,
+    Mutation,
+    StoreUnavailable,
+    empty_stats,
+    listed_keys,
+)
 
 _ERRORS = (redis.RedisError, OSError)
 
@@ -50,6 +58,17 @@ class RedisJobRecords:
     def _owner_key(self, owner: str | None) -> str:
         return f"{self.conn.prefix}owner:{json.dumps(owner)}"  # "alice" or null: no name can collide
 
+    def _listers_key(self, object_key: str) -> str:
+        return f"{self.conn.prefix}listed-by:{object_key}"
+
+    def _add_listers(self, pipe, job_id: str, object_keys: set[str]) -> None:
+        """Record that ``job_id`` lists ``object_keys``. The sets outlive their newest member's
+        record (it lives a TTL from its last change, and a job ends well within a TTL of its
+        creation); ids of expired records are dropped when read."""
+        for object_key in object_keys:
+            pipe.sadd(self._listers_key(object_key), job_id)
+            pipe.expire(self._listers_key(object_key), 2 * self.ttl)
+
     def create(self, job: Job) -> None:
         def run() -> None:
             pipe = self.client.pipeline()
@@ -59,6 +78,7 @@ class RedisJobRecords:
             pipe.zadd(owner_key, {job.id: job.created_at.timestamp()})
             # The index outlives the owner's newest record by a TTL; older entries are pruned.
             pipe.expire(owner_key, 2 * self.ttl)
+            self._add_listers(pipe, job.id, listed_keys(job))
             pipe.execute()
 
         self.conn.call(run)
@@ -95,6 +115,7 @@ class RedisJobRecords:
                         if new.status != job.status:
                             pipe.zrem(self._status_key(job.status), job_id)
                             pipe.zadd(self._status_key(new.status), {job_id: time.time()})
+                        self._add_listers(pipe, job_id, listed_keys(new) - listed_keys(job))
                         pipe.execute()
                         return new
                     except redis.WatchError:
@@ -120,6 +141,8 @@ class RedisJobRecords:
                         for status in STATUSES:
                             pipe.zrem(self._status_key(status), job_id)
                         pipe.zrem(self._owner_key(job.owner), job_id)
+                        for object_key in listed_keys(job):
+                            pipe.srem(self._listers_key(object_key), job_id)
                         pipe.execute()
                         return job
                     except redis.WatchError:
@@ -194,6 +217,44 @@ class RedisJobRecords:
             for raw in self.conn.call(self.client.mget, keys[start : start + 200]):
                 if raw:
                     yield Job.model_validate_json(raw)
+
+    def listed_by_others(self, keys: Collection[str], job_id: str) -> set[str]:
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return set()
+        self._index_listers_once()
+
+        def run() -> set[str]:
+            pipe = self.client.pipeline(transaction=False)
+            for object_key in keys:
+                pipe.smembers(self._listers_key(object_key))
+            listers = {key: set(ids) - {job_id} for key, ids in zip(keys, pipe.execute(), strict=True)}
+            candidates = sorted(set().union(*listers.values()))
+            for candidate in candidates:
+                pipe.exists(self._key(candidate))
+            alive = {cid for cid, found in zip(candidates, pipe.execute(), strict=True) if found}
+            for object_key, ids in listers.items():  # ids whose record expired: forget them
+                if ids - alive:
+                    pipe.srem(self._listers_key(object_key), *(ids - alive))
+            pipe.execute()
+            return {key for key, ids in listers.items() if ids & alive}
+
+        return self.conn.call(run)
+
+    def _index_listers_once(self) -> None:
+        """Records written before the listers index existed are added to it once per Redis
+        database (a marker key says it was done); until then every lookup runs this first."""
+        marker = f"{self.conn.prefix}listed-by-indexed"
+        if self.conn.call(self.client.exists, marker):
+            return
+        for job in self.all_jobs():  # idempotent: concurrent indexers add the same members
+            self.conn.call(self._add_listers_now, job)
+        self.conn.call(self.client.set, marker, str(time.time()))
+
+    def _add_listers_now(self, job: Job) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        self._add_listers(pipe, job.id, listed_keys(job))
+        pipe.execute()
 
     def prune(self) -> int:
         """Record keys expire by TTL; drop index entries whose record has expired."""

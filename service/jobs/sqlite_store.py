@@ -9,7 +9,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from service.jobs.model import STATUSES, Job
@@ -176,6 +176,22 @@ class SqliteJobRecords:
     def all_jobs(self) -> Iterator[Job]:
         rows = self.db.run(lambda db: db.execute("SELECT data FROM jobs").fetchall())
         return (Job.model_validate_json(row[0]) for row in rows)
+
+    def listed_by_others(self, keys: Collection[str], job_id: str) -> set[str]:
+        # One pass over the rows inside SQLite (no index needed for an embedded store's jobs).
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return set()
+        wanted = ", ".join("?" * len(keys))
+        query = (
+            "SELECT DISTINCT listed FROM ("
+            " SELECT json_extract(data, '$.structure_key') AS listed, id FROM jobs"
+            " UNION ALL SELECT json_extract(data, '$.appearance_key'), id FROM jobs"
+            " UNION ALL SELECT inv.value, jobs.id FROM jobs, json_each(jobs.data, '$.inversion_keys') AS inv"
+            f") WHERE id != ? AND listed IN ({wanted})"
+        )
+        rows = self.db.run(lambda db: db.execute(query, (job_id, *keys)).fetchall())
+        return {row[0] for row in rows}
 
     def prune(self) -> int:
         return self.db.run(self.db.prune)

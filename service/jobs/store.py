@@ -8,7 +8,7 @@ leases) and stage statistics.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -70,6 +70,11 @@ class JobRecords(Protocol):
 
     def all_jobs(self) -> Iterator[Job]:
         """Every stored record (the expiry sweep reads which inputs are still referenced)."""
+        ...
+
+    def listed_by_others(self, keys: Collection[str], job_id: str) -> set[str]:
+        """Those of ``keys`` (input and inversion store keys) that a stored job other than
+        ``job_id`` lists: what erasing ``job_id`` must keep. Indexed, not a scan of every record."""
         ...
 
     def prune(self) -> int:
@@ -134,6 +139,11 @@ class JobStores:
     workers: WorkerRegistry
     stages: StageStatistics
     close: Callable[[], None] = lambda: None
+
+
+def listed_keys(job: Job) -> set[str]:
+    """The shared objects a job lists: its two inputs and the cached inversions its runs used."""
+    return {job.structure_key, job.appearance_key, *job.inversion_keys}
 
 
 def empty_stats() -> dict:

@@ -223,3 +223,43 @@ def test_delete_returns_the_last_record_and_later_writes_find_nothing(stores):
     assert stores.records.count_by_status()["running"] == 0
     assert job.id not in {j.id for j in stores.records.all_jobs()}
     assert job.id not in {j.id for j in stores.records.owned(job.owner, status=None, limit=100, before=None)}
+
+
+def test_listed_by_others_names_the_objects_another_stored_job_lists(stores):
+    """What erasure keeps: inputs and inversions listed by another job, found through the index."""
+    shared_input, own_input = "inputs/" + "c" * 64, "inputs/" + "d" * 64
+    inversion = "inversions/" + "e" * 64
+    erased = new_job(stores, structure_key=shared_input, appearance_key=own_input)
+    other = new_job(stores, structure_key=shared_input)
+    records = stores.records
+    candidates = {shared_input, own_input, inversion}
+    assert records.listed_by_others(candidates, erased.id) == {shared_input}
+    assert records.listed_by_others(candidates, other.id) == {shared_input, own_input}
+    assert records.listed_by_others([], erased.id) == set()
+
+    # Inversions a run records later count too, and a deleted job lists nothing any more.
+    records.modify(other.id, lambda job: job.model_copy(update={"inversion_keys": [inversion]}))
+    assert records.listed_by_others(candidates, erased.id) == {shared_input, inversion}
+    records.delete(other.id)
+    assert records.listed_by_others(candidates, erased.id) == set()
+
+
+def test_redis_listers_index_covers_older_records_and_forgets_expired_ones(redis_url):
+    """Records stored before the index existed are indexed on the first lookup; ids of records that
+    expired (key TTL) are dropped from it."""
+    stores = open_redis_stores(redis_url, ttl=3600, prefix=f"t{new_job_id()}:")
+    records = stores.records
+    try:
+        shared = "inputs/" + "f" * 64
+        old, new, expired = (new_job(stores, structure_key=shared) for _ in range(3))
+        # As an older version left them: no index at all.
+        for key in records.client.scan_iter(match=f"{records.conn.prefix}listed-by*"):
+            records.client.delete(key)
+        assert records.listed_by_others([shared], new.id) == {shared}
+        assert records.client.exists(f"{records.conn.prefix}listed-by-indexed")
+        records.client.delete(records._key(expired.id))  # what the key TTL does after JOB_TTL
+        records.client.delete(records._key(old.id))
+        assert records.listed_by_others([shared], new.id) == set()
+        assert records.client.smembers(records._listers_key(shared)) == {new.id}
+    finally:
+        stores.close()
