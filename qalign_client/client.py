@@ -315,4 +315,3 @@ def _write_atomically(path: Path, chunks: Iterator[bytes]) -> Path:
         temp.unlink(missing_ok=True)
         raise
     return path
-

@@ -15,6 +15,7 @@ StepRange = tuple[int, int]
 #: The most DDPM steps: SD 1.5's scheduler (1000 training steps, steps_offset 1) supports up to 999.
 MAX_STEPS = 999
 
+
 def _step_range_schema(schema: dict) -> None:
     """Publish the per-item bounds the range validator enforces, so schema-driven generators and clients
     know them (start <= end is checked by the validator; JSON Schema cannot say it)."""

@@ -187,4 +187,3 @@ def describe(exc: BaseException) -> str:
     """A short reason for a failed request: the exception class and its message."""
     message = str(exc).strip()
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-

@@ -156,9 +156,7 @@ def _post(
         SIGNATURE_HEADER: legacy_sign(body, secret),
     }
     try:
-        with open_pinned(
-            pinned, "POST", policy, timeout=timeout_s, content=body, headers=headers
-        ) as answer:
+        with open_pinned(pinned, "POST", policy, timeout=timeout_s, content=body, headers=headers) as answer:
             return answer.status_code, f"HTTP {answer.status_code}"
     except httpx.HTTPError as exc:
         return None, describe(exc)

@@ -96,4 +96,3 @@ def _references(node: Any, ref: str) -> bool:
     if isinstance(node, list):
         return any(_references(v, ref) for v in node)
     return False
-

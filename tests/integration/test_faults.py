@@ -276,8 +276,6 @@ def logged(fleet: Fleet, *needles: str) -> int:
     return sum(1 for line in fleet.logs().splitlines() if all(n in line for n in needles))
 
 
-
-
 # ---------------------------------------------------------------------------------------------- tests
 @pytest.mark.timeout(300)
 def test_sigkilled_workers_jobs_are_redelivered_and_finish_once(api, fleet, deps, images):

@@ -14,7 +14,6 @@ from int_helpers import FAST, REPO, free_port, poll, stop_process, submit, wait_
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 
-
 def serve_command(port: int) -> list[str]:
     return [sys.executable, "-m", "qalign_cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)]
 

@@ -63,9 +63,7 @@ def problem(status: int, detail: str = "nope", kind: str = "about:blank", **extr
 
 def answer(status: int, body: dict | None = None, headers: dict | None = None) -> httpx.Response:
     content_type = "application/problem+json" if status >= 400 else "application/json"
-    return httpx.Response(
-        status, json=body, headers={"content-type": content_type, **(headers or {})}
-    )
+    return httpx.Response(status, json=body, headers={"content-type": content_type, **(headers or {})})
 
 
 class Script:
@@ -289,7 +287,7 @@ def test_stream_resumes_after_a_break_with_last_event_id():
     first = [
         b": ping\n\n",
         sse("progress", 1, job("running", progress=0.1, stage="inverting")),
-        b"event: progress\nid: 2\ndata: {\"id\": \"j1\", ",  # cut off mid-event
+        b'event: progress\nid: 2\ndata: {"id": "j1", ',  # cut off mid-event
     ]
     second = sse("progress", 2, job("running", progress=0.5, stage="denoising")) + b"event: log\ndata: x\n\n"
     second += sse("succeeded", 3, job("succeeded", progress=1.0))

@@ -12,7 +12,7 @@ def decode(text: str, decoder: SSEDecoder | None = None) -> list[ServerSentEvent
 
 
 def test_events_with_names_ids_and_multiline_data():
-    text = "event: progress\nid: 1\ndata: {\"a\":\ndata:  1}\n\nevent: succeeded\nid: 2\ndata: x\n\n"
+    text = 'event: progress\nid: 1\ndata: {"a":\ndata:  1}\n\nevent: succeeded\nid: 2\ndata: x\n\n'
     assert decode(text) == [
         ServerSentEvent(event="progress", data='{"a":\n 1}', id="1"),
         ServerSentEvent(event="succeeded", data="x", id="2"),

@@ -466,11 +466,7 @@ def test_events_past_the_queue_bound_are_recorded_on_their_jobs(make_client, hoo
     settings = hooked.model_copy(update=bound)
     try:
         client = make_client(settings)
-        ids = [
-            submit(client, small_images, seed=n, **hook)
-            .json()["id"]
-            for n in range(4)
-        ]
+        ids = [submit(client, small_images, seed=n, **hook).json()["id"] for n in range(4)]
         for job_id in ids:
             poll(client, job_id)
         records = client.app.state.services.stores.records

@@ -50,6 +50,7 @@ def test_a_model_that_fails_to_load_is_not_ready_and_refuses_jobs(make_server, s
 
     live = make_server(pipeline_factory=broken)
     with httpx.Client(base_url=live.url, timeout=30) as http:
+
         def load_failed():
             response = http.get("/readyz")
             return response if response.json()["checks"]["workers"]["loading"] is False else None

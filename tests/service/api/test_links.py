@@ -33,7 +33,9 @@ def test_configured_public_base_wins_over_request_and_proxy(make_client, embedde
     proxied = {"X-Forwarded-Proto": "http", "X-Forwarded-Host": "internal:9000"}
     job = submit(client, small_images, headers=proxied).json()
     assert job["urls"] == _links("https://qalign.example.com/api", job["id"])
-    assert poll(client, job["id"])["result"]["url"] == f"https://qalign.example.com/api/jobs/{job['id']}/result"
+    assert (
+        poll(client, job["id"])["result"]["url"] == f"https://qalign.example.com/api/jobs/{job['id']}/result"
+    )
 
 
 def test_links_are_fixed_at_submission(make_client, embedded_settings, small_images):
