@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -31,7 +31,7 @@ import httpx
 from qalign_schema.signing import sign
 from service.jobs.model import TERMINAL, Job, UndeliveredWebhook, utcnow
 from service.jobs.public import job_json
-from service.jobs.store import JobRecords
+from service.jobs.store import WEBHOOKS_UNDELIVERED, JobStores, StoreUnavailable
 from service.netguard import (
     HostNotResolved,
     NetPolicy,
@@ -185,8 +185,8 @@ class WebhookDelivery:
     ``max_pending`` queued events; the events of one job go out in order.
 
     ``post(event)`` never blocks and never raises. An event past the bound, refused by the SSRF
-    check or failing every attempt is *undelivered*: logged, counted in ``undelivered`` (by reason:
-    queue_full, refused, failed) and handed to ``on_undelivered`` (which records it on the job).
+    check or failing every attempt is *undelivered*: logged and handed to ``on_undelivered`` with
+    its reason (queue_full, refused, failed), which counts it and records it on the job.
     """
 
     def __init__(
@@ -207,7 +207,6 @@ class WebhookDelivery:
         self.attempts, self.backoff_s, self.timeout_s = attempts, backoff_s, timeout_s
         self.max_pending, self.max_workers = max_pending, max_workers
         self.ca_bundle, self.resolver, self.on_undelivered = ca_bundle, resolver, on_undelivered
-        self.undelivered: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._chains: dict[str, deque[WebhookEvent]] = {}
         self._ready: queue.SimpleQueue[str | None] = queue.SimpleQueue()
@@ -273,9 +272,7 @@ class WebhookDelivery:
                     self._pending -= 1
 
     def give_up(self, event: WebhookEvent, reason: str, detail: str) -> None:
-        """The one place an event is abandoned: a log line, the counter, the job record."""
-        with self._lock:
-            self.undelivered[reason] += 1
+        """The one place an event is abandoned: a log line, then ``on_undelivered``."""
         log.warning(
             "webhook undelivered: %s",
             detail,
@@ -284,7 +281,7 @@ class WebhookDelivery:
         if self.on_undelivered is not None:
             try:
                 self.on_undelivered(event, reason, detail)
-            except Exception:  # recording is best effort; the log line and the counter stand
+            except Exception:  # recording is best effort; the log line stands
                 log.warning("could not record the undelivered webhook", exc_info=True)
 
     def idle(self) -> bool:
@@ -306,7 +303,8 @@ class JobWebhooks:
     Only the events the job's ``webhook_events`` filter names are sent (both when unset). Building
     the body presigns the result URL, which can fail (store down): that is logged and the event
     recorded as undelivered, never raised into the caller (a cancel or a run must not fail on it).
-    With ``records``, undelivered events are written to the job record (``webhook_undelivered``).
+    With ``stores``, undelivered events are written to the job record (``webhook_undelivered``) and
+    counted in the shared event counters, which every API replica reports to Prometheus.
     """
 
     def __init__(
@@ -314,9 +312,9 @@ class JobWebhooks:
         settings: Settings,
         store: ObjectStore,
         delivery: WebhookDelivery | None = None,
-        records: JobRecords | None = None,
+        stores: JobStores | None = None,
     ) -> None:
-        self.settings, self.store, self.records = settings, store, records
+        self.settings, self.store, self.stores = settings, store, stores
         self.delivery = delivery
         if delivery is None and settings.webhook_secret:
             self.delivery = WebhookDelivery(
@@ -351,9 +349,13 @@ class JobWebhooks:
         self.delivery.post(WebhookEvent(job.id, job.status, job.webhook_url, body))
 
     def record_undelivered(self, event: WebhookEvent, reason: str, detail: str) -> None:
-        """Append the event to its job record, where operators (and support) can read it."""
-        if self.records is None:
+        """Count the event and append it to its job record, where operators (and support) read it."""
+        if self.stores is None:
             return
+        try:
+            self.stores.counters.add(WEBHOOKS_UNDELIVERED, reason)
+        except StoreUnavailable:  # the log line and the record still say it
+            log.warning("could not count the undelivered webhook", exc_info=True)
         entry = UndeliveredWebhook(
             webhook_id=event.msg_id, status=event.status, reason=reason, detail=detail[:500], at=utcnow()
         )
@@ -361,10 +363,7 @@ class JobWebhooks:
         def append(job: Job) -> Job:
             return job.model_copy(update={"webhook_undelivered": [*job.webhook_undelivered, entry]})
 
-        self.records.modify(event.job_id, append)
-
-    def undelivered_counts(self) -> dict[str, int]:
-        return dict(self.delivery.undelivered) if self.delivery is not None else {}
+        self.stores.records.modify(event.job_id, append)
 
     def close(self) -> None:
         if self.delivery is not None:

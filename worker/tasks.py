@@ -50,7 +50,7 @@ class WorkerState:
             self.store,
             self.settings,
             self.pipeline,
-            events=self.events or JobWebhooks(self.settings, self.store, records=self.stores.records),
+            events=self.events or JobWebhooks(self.settings, self.store, stores=self.stores),
             worker=self.name,
             interrupted=interrupt.is_set,
             time_limit_errors=(SoftTimeLimitExceeded,),
@@ -80,7 +80,7 @@ def worker_state() -> WorkerState:
             stores, store = open_job_stores(settings), make_object_store(settings)
             name = worker_name()
             heartbeat = Heartbeat(stores.workers, name, settings, pipeline)
-            events = JobWebhooks(settings, store, records=stores.records)
+            events = JobWebhooks(settings, store, stores=stores)
             _state = WorkerState(settings, pipeline, stores, store, name, heartbeat, events)
             heartbeat.start()
             _state.takeover = TakeoverWatch(

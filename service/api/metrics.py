@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.jobs.store import STAGE_BUCKETS, JobStores, StoreUnavailable
+from service.jobs.store import STAGE_BUCKETS, WEBHOOKS_UNDELIVERED, EventCounters, JobStores, StoreUnavailable
 
 logger = logging.getLogger("qalign.metrics")
 
@@ -84,25 +83,26 @@ class ServiceMetrics:
         )
         ProcessCollector(registry=self.registry)
         self.registry.register(JobStoreCollector(stores))
-
-    def watch_webhooks(self, counts: Callable[[], dict[str, int]]) -> None:
-        """Expose the webhook events this process gave up on, by reason (queue_full, refused, failed)."""
-        self.registry.register(UndeliveredWebhookCollector(counts))
+        self.registry.register(UndeliveredWebhookCollector(stores.counters))
 
 
 class UndeliveredWebhookCollector:
-    """``qalign_webhooks_undelivered_total{reason}`` from the delivery pool's counters, per scrape."""
+    """``qalign_webhooks_undelivered_total{reason}`` from the shared event counters, per scrape:
+    the events every process of the deployment gave up on (workers included)."""
 
-    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
-        self.counts = counts
+    def __init__(self, counters: EventCounters) -> None:
+        self.counters = counters
 
     def collect(self):
+        try:
+            counts = self.counters.snapshot(WEBHOOKS_UNDELIVERED)
+        except StoreUnavailable:  # qalign_job_store_up says so; a counter must not drop to zero
+            return
         family = CounterMetricFamily(
             "qalign_webhooks_undelivered",
-            "Webhook events given up on by this process (also recorded on the job)",
+            "Webhook events given up on by any process of the service (also recorded on the job)",
             labels=["reason"],
         )
-        counts = self.counts()
         for reason in ("queue_full", "refused", "failed"):
             family.add_metric([reason], counts.get(reason, 0))
         yield family

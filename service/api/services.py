@@ -45,7 +45,7 @@ class Services:
     @classmethod
     def from_settings(cls, settings: Settings, pipeline_factory=None) -> Services:
         stores, store = open_job_stores(settings), make_object_store(settings)
-        webhooks = JobWebhooks(settings, store, records=stores.records)
+        webhooks = JobWebhooks(settings, store, stores=stores)
         if settings.embedded:
             kwargs = {"pipeline_factory": pipeline_factory} if pipeline_factory else {}
             runner = EmbeddedRunner(settings, stores, store, events=webhooks, **kwargs)
@@ -53,7 +53,6 @@ class Services:
         else:
             dispatcher = CeleryDispatcher(settings, stores)
         metrics = ServiceMetrics(stores)
-        metrics.watch_webhooks(webhooks.undelivered_counts)
         readiness = Readiness(settings, stores, store, dispatcher)
         capacity = Capacity(settings, stores)
         jobs = JobAccess(settings, stores, store, webhooks)

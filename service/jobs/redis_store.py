@@ -376,13 +376,28 @@ class RedisStageStatistics:
         return self.conn.call(run)
 
 
+class RedisEventCounters:
+    def __init__(self, conn: RedisConnection) -> None:
+        self.conn, self.client = conn, conn.client
+
+    def _key(self, name: str) -> str:
+        return f"{self.conn.prefix}count:{name}"
+
+    def add(self, name: str, label: str) -> None:
+        self.conn.call(self.client.hincrby, self._key(name), label, 1)
+
+    def snapshot(self, name: str) -> dict[str, int]:
+        return {label: int(n) for label, n in self.conn.call(self.client.hgetall, self._key(name)).items()}
+
+
 def open_redis_stores(url: str, *, ttl: int, prefix: str = "qalign:") -> JobStores:
-    """The four stores over one connection pool (nothing connects until the first call)."""
+    """The stores over one connection pool (nothing connects until the first call)."""
     conn = RedisConnection(url, prefix=prefix)
     return JobStores(
         records=RedisJobRecords(conn, ttl=ttl),
         idempotency=RedisIdempotencyKeys(conn),
         workers=RedisWorkerRegistry(conn),
         stages=RedisStageStatistics(conn),
+        counters=RedisEventCounters(conn),
         close=conn.close,
     )

@@ -9,6 +9,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
@@ -273,6 +274,22 @@ class MemoryStageStatistics:
             return json.loads(json.dumps(self._stages))
 
 
+class MemoryEventCounters:
+    """Embedded mode: the only process that counts is the one that reports."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, Counter[str]] = {}
+
+    def add(self, name: str, label: str) -> None:
+        with self._lock:
+            self._counts.setdefault(name, Counter())[label] += 1
+
+    def snapshot(self, name: str) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts.get(name, {}))
+
+
 def open_sqlite_stores(path: Path, *, ttl: int, clock: Clock = time.time) -> JobStores:
     db = SqliteDatabase(path, ttl=ttl, clock=clock)
     return JobStores(
@@ -280,5 +297,6 @@ def open_sqlite_stores(path: Path, *, ttl: int, clock: Clock = time.time) -> Job
         idempotency=SqliteIdempotencyKeys(db),
         workers=MemoryWorkerRegistry(),
         stages=MemoryStageStatistics(),
+        counters=MemoryEventCounters(),
         close=db.close,
     )

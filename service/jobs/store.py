@@ -1,9 +1,9 @@
 """Narrow store protocols of the job runtime, and the bundle one process opens.
 
-Four concerns with different lifetimes and sharing needs, each with a Redis implementation
+Concerns with different lifetimes and sharing needs, each with a Redis implementation
 (distributed mode, shared by every process) and an embedded one (SQLite file, or process memory for
 what only one process reads): job records, idempotency keys, the worker registry (heartbeats and
-leases) and stage statistics.
+leases), stage statistics and event counters.
 """
 
 from __future__ import annotations
@@ -130,14 +130,30 @@ class StageStatistics(Protocol):
         ...
 
 
+class EventCounters(Protocol):
+    """Counts of events that any process records and every API replica reports (Prometheus
+    counters without an open port on the workers), e.g. webhooks given up on, by reason."""
+
+    def add(self, name: str, label: str) -> None: ...
+
+    def snapshot(self, name: str) -> dict[str, int]:
+        """label -> count, for counter ``name``."""
+        ...
+
+
+#: EventCounters name of the webhook events given up on (labels: queue_full, refused, failed).
+WEBHOOKS_UNDELIVERED = "webhooks_undelivered"
+
+
 @dataclass
 class JobStores:
-    """The four stores of one backend, opened together; closing closes the shared connection."""
+    """The stores of one backend, opened together; closing closes the shared connection."""
 
     records: JobRecords
     idempotency: IdempotencyKeys
     workers: WorkerRegistry
     stages: StageStatistics
+    counters: EventCounters
     close: Callable[[], None] = lambda: None
 
 

@@ -263,3 +263,12 @@ def test_redis_listers_index_covers_older_records_and_forgets_expired_ones(redis
         assert records.client.smembers(records._listers_key(shared)) == {new.id}
     finally:
         stores.close()
+
+
+def test_event_counters_add_up_by_label(stores):
+    counters = stores.counters
+    assert counters.snapshot("webhooks_undelivered") == {}
+    for reason in ("failed", "queue_full", "failed"):
+        counters.add("webhooks_undelivered", reason)
+    assert counters.snapshot("webhooks_undelivered") == {"failed": 2, "queue_full": 1}
+    assert counters.snapshot("other") == {}
