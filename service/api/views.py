@@ -24,12 +24,12 @@ class JobViews:
 
     def many(self, jobs: list[Job], base_url: str | None) -> list[JobOut]:
         """``base_url`` (the request's) is used only for records stored before links were."""
-        queue = self._queue() if any(not job.finished for job in jobs) else None
+        queue = self._queue(jobs) if any(not job.finished for job in jobs) else None
         return [job_out(job, self.store, self.settings, base_url=base_url, queue=queue) for job in jobs]
 
-    def _queue(self) -> QueueSnapshot | None:
+    def _queue(self, jobs: list[Job]) -> QueueSnapshot | None:
         try:
-            return QueueSnapshot.read(self.stores)
+            return QueueSnapshot.read(self.stores, jobs)
         except StoreUnavailable:  # the record was read; positions are a nicety, not worth a 503
             logger.warning("could not read the queue for queue_position/eta_s", exc_info=True)
             return None

@@ -6,6 +6,7 @@ that ran), not from the job's own parameters: a rough figure, null while no job 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from service.jobs.model import Job
@@ -18,21 +19,22 @@ RUN_STAGES: tuple[str, ...] = tuple(STAGE_SPANS)
 
 @dataclass(frozen=True)
 class QueueSnapshot:
-    """The queue as read once (per request): queued ids oldest first, running jobs, the mean
-    duration of each stage and the number of live workers."""
+    """The queue as read once (per request) for the jobs a response shows: how many jobs are
+    queued ahead of each of its queued ones, the running jobs, the mean duration of each stage and
+    the number of live workers. Polls come by the thousand: nothing here grows with the queue."""
 
-    queued: list[str]
+    ahead: dict[str, int]
     running: list[Job]
     stage_means: dict[str, float]
     workers: int
 
     @classmethod
-    def read(cls, stores: JobStores) -> QueueSnapshot:
+    def read(cls, stores: JobStores, jobs: Iterable[Job]) -> QueueSnapshot:
         records = stores.records
-        queued = records.ids_by_status("queued")
-        running = records.get_many(records.ids_by_status("running"))
+        ahead = records.ranks("queued", [job.id for job in jobs if job.status == "queued"])
+        running = records.get_many(records.ids_by_status("running"))  # at most one per worker
         means = {stage: s["sum"] / s["count"] for stage, s in stores.stages.snapshot().items() if s["count"]}
-        return cls(queued, running, means, max(len(stores.workers.live()), 1))
+        return cls(ahead, running, means, max(len(stores.workers.live()), 1))
 
     def position(self, job: Job) -> int | None:
         """Jobs queued ahead of this one; 0 when it runs or runs next; None once finished."""
@@ -40,10 +42,7 @@ class QueueSnapshot:
             return 0
         if job.status != "queued":
             return None
-        try:
-            return self.queued.index(job.id)
-        except ValueError:  # queued after this snapshot was read: behind everything in it
-            return len(self.queued)
+        return self.ahead.get(job.id, 0)  # not queued any more when the queue was read: it runs
 
     def job_s(self) -> float | None:
         """Mean duration of one whole run; None until a job has been denoised."""

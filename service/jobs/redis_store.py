@@ -153,6 +153,20 @@ class RedisJobRecords:
     def ids_by_status(self, status: str) -> list[str]:
         return list(self.conn.call(self.client.zrange, self._status_key(status), 0, -1))
 
+    def ranks(self, status: str, job_ids: Collection[str]) -> dict[str, int]:
+        job_ids = list(job_ids)
+        if not job_ids:
+            return {}
+
+        def run() -> list[int | None]:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.zrank(self._status_key(status), job_id)
+            return pipe.execute()
+
+        ranks = self.conn.call(run)
+        return {job_id: rank for job_id, rank in zip(job_ids, ranks, strict=True) if rank is not None}
+
     def recent_ids(self, status: str, limit: int) -> list[str]:
         return list(self.conn.call(self.client.zrevrange, self._status_key(status), 0, max(limit - 1, 0)))
 
@@ -318,23 +332,45 @@ class RedisIdempotencyKeys:
         self.conn.call(run)
 
 
+#: The live workers and their heartbeats in one atomic step: every name in the set (KEYS[1]) whose
+#: heartbeat key (ARGV[1] .. name) still exists, with its info; names whose key expired are removed.
+_LIVE_WORKERS = """
+local found = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local info = redis.call('GET', ARGV[1] .. name)
+  if info then
+    table.insert(found, name)
+    table.insert(found, info)
+  else
+    redis.call('SREM', KEYS[1], name)
+  end
+end
+return found
+"""
+
+
 class RedisWorkerRegistry:
+    """Heartbeats are keys with a TTL (``worker:<name>``); a set of the names that heartbeated
+    indexes them, so finding the live workers never scans the keyspace (which holds every job
+    record: a SCAN per poll would grow with them)."""
+
     def __init__(self, conn: RedisConnection) -> None:
         self.conn, self.client = conn, conn.client
+        self._names_key = f"{conn.prefix}workers"
+        self._live = self.client.register_script(_LIVE_WORKERS)
 
     def heartbeat(self, name: str, info: dict, ttl: float) -> None:
-        key = f"{self.conn.prefix}worker:{name}"
-        self.conn.call(self.client.set, key, json.dumps(info), px=int(ttl * 1000))
+        def run() -> None:
+            pipe = self.client.pipeline()  # atomic: a heartbeat key always has its name in the set
+            pipe.set(f"{self.conn.prefix}worker:{name}", json.dumps(info), px=int(ttl * 1000))
+            pipe.sadd(self._names_key, name)
+            pipe.execute()
+
+        self.conn.call(run)
 
     def live(self) -> dict[str, dict]:
-        prefix = f"{self.conn.prefix}worker:"
-
-        def run() -> dict[str, dict]:
-            keys = list(self.client.scan_iter(match=prefix + "*", count=100))
-            values = self.client.mget(keys) if keys else []
-            return {k[len(prefix) :]: json.loads(v) for k, v in zip(keys, values, strict=True) if v}
-
-        return self.conn.call(run)
+        flat = self.conn.call(self._live, keys=[self._names_key], args=[f"{self.conn.prefix}worker:"])
+        return {name: json.loads(info) for name, info in zip(flat[::2], flat[1::2], strict=True)}
 
     def try_lock(self, name: str, ttl: float) -> bool:
         key = f"{self.conn.prefix}lock:{name}"

@@ -151,6 +151,19 @@ class SqliteJobRecords:
         query = "SELECT id FROM jobs WHERE status = ? ORDER BY created"
         return [r[0] for r in self.db.run(lambda db: db.execute(query, (status,)).fetchall())]
 
+    def ranks(self, status: str, job_ids: Collection[str]) -> dict[str, int]:
+        # Counted on the (status, created) index, from the row's own creation time.
+        query = (
+            "SELECT (SELECT COUNT(*) FROM jobs AS ahead WHERE ahead.status = me.status"
+            " AND ahead.created < me.created) FROM jobs AS me WHERE me.id = ? AND me.status = ?"
+        )
+
+        def run(db: sqlite3.Connection) -> dict[str, int]:
+            found = ((job_id, db.execute(query, (job_id, status)).fetchone()) for job_id in job_ids)
+            return {job_id: row[0] for job_id, row in found if row is not None}
+
+        return self.db.run(run)
+
     def recent_ids(self, status: str, limit: int) -> list[str]:
         query = "SELECT id FROM jobs WHERE status = ? ORDER BY created DESC LIMIT ?"
         return [r[0] for r in self.db.run(lambda db: db.execute(query, (status, limit)).fetchall())]

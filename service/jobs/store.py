@@ -55,6 +55,11 @@ class JobRecords(Protocol):
         """Ids in ``status``, oldest first."""
         ...
 
+    def ranks(self, status: str, job_ids: Collection[str]) -> dict[str, int]:
+        """For each of ``job_ids`` in ``status``: how many ids in ``status`` come before it (the
+        order of ``ids_by_status``); ids not in ``status`` are left out. Indexed, not a scan."""
+        ...
+
     def recent_ids(self, status: str, limit: int) -> list[str]:
         """Up to ``limit`` ids in ``status``, newest first."""
         ...

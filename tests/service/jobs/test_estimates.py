@@ -19,10 +19,10 @@ def test_positions_count_the_jobs_queued_ahead(stores):
     stores.workers.heartbeat("w1", {}, ttl=30)
     running, first, second = new_job(stores), new_job(stores), new_job(stores)
     claim(stores, running.id, "w1")
-    finished = stores.records.modify(first.id, lambda j: None)
-    queue = QueueSnapshot.read(stores)
+    first = stores.records.get(first.id)
+    queue = QueueSnapshot.read(stores, [running, first, second])
     assert queue.position(stores.records.get(running.id)) == 0
-    assert queue.position(finished) == 0, "the oldest queued job runs next"
+    assert queue.position(first) == 0, "the oldest queued job runs next"
     assert queue.position(second) == 1
     canceled = stores.records.modify(second.id, transitions.cancel)
     assert queue.position(canceled) is None and queue.eta_s(canceled) is None
@@ -30,7 +30,7 @@ def test_positions_count_the_jobs_queued_ahead(stores):
 
 def test_eta_is_unknown_until_a_job_has_run(stores):
     job = new_job(stores)
-    assert QueueSnapshot.read(stores).eta_s(job) is None
+    assert QueueSnapshot.read(stores, [job]).eta_s(job) is None
 
 
 def test_eta_from_mean_stage_durations(stores):
@@ -39,7 +39,7 @@ def test_eta_from_mean_stage_durations(stores):
     running, queued = new_job(stores), new_job(stores)
     claimed = claim(stores, running.id, "w1")
     halfway = stores.records.modify(claimed.id, lambda j: transitions.progress(j, "denoising", 0.5))
-    queue = QueueSnapshot.read(stores)
+    queue = QueueSnapshot.read(stores, [halfway, queued])
     # Half of denoising (2.5 s) and decoding (1 s) are left.
     assert queue.eta_s(halfway) == pytest.approx(3.5)
     # The running job's remainder, then its own run.
@@ -51,6 +51,22 @@ def test_more_workers_share_the_work_ahead(stores):
     for name in ("w1", "w2"):
         stores.workers.heartbeat(name, {}, ttl=30)
     jobs = [new_job(stores) for _ in range(3)]
-    queue = QueueSnapshot.read(stores)
+    queue = QueueSnapshot.read(stores, jobs)
     assert [queue.position(job) for job in jobs] == [0, 1, 2]
     assert queue.eta_s(jobs[2]) == pytest.approx(2 * 10.0 / 2 + 10.0)
+
+
+def test_a_job_that_left_the_queue_after_it_was_read_counts_as_running_next(stores):
+    job = new_job(stores)
+    stores.workers.heartbeat("w1", {}, ttl=30)
+    claim(stores, job.id, "w1")
+    assert QueueSnapshot.read(stores, [job]).position(job) == 0
+
+
+def test_ranks_follow_the_queue_order_and_skip_other_statuses(stores):
+    jobs = [new_job(stores) for _ in range(4)]
+    stores.records.modify(jobs[1].id, transitions.cancel)
+    ids = [job.id for job in jobs]
+    assert stores.records.ranks("queued", ids) == {ids[0]: 0, ids[2]: 1, ids[3]: 2}
+    assert stores.records.ranks("queued", []) == {}
+    assert stores.records.ranks("canceled", ids) == {ids[1]: 0}

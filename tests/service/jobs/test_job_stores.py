@@ -272,3 +272,26 @@ def test_event_counters_add_up_by_label(stores):
         counters.add("webhooks_undelivered", reason)
     assert counters.snapshot("webhooks_undelivered") == {"failed": 2, "queue_full": 1}
     assert counters.snapshot("other") == {}
+
+
+def test_live_workers_are_the_heartbeats_that_have_not_expired(stores):
+    stores.workers.heartbeat("w1", {"model": "m"}, ttl=60)
+    stores.workers.heartbeat("w2", {}, ttl=60)
+    stores.workers.heartbeat("w1", {"model": "m2"}, ttl=60)  # the newest info wins
+    assert stores.workers.live() == {"w1": {"model": "m2"}, "w2": {}}
+
+
+def test_redis_live_workers_come_from_the_name_set_not_a_keyspace_scan(redis_url):
+    """An expired heartbeat leaves the set when read; the name comes back with its next beat."""
+    stores = open_redis_stores(redis_url, ttl=3600, prefix=f"t{new_job_id()}:")
+    workers = stores.workers
+    try:
+        workers.heartbeat("gone", {}, ttl=60)
+        workers.heartbeat("alive", {}, ttl=60)
+        workers.client.delete(f"{workers.conn.prefix}worker:gone")  # what the key's TTL does
+        assert set(workers.live()) == {"alive"}
+        assert workers.client.smembers(f"{workers.conn.prefix}workers") == {"alive"}
+        workers.heartbeat("gone", {}, ttl=60)
+        assert set(workers.live()) == {"alive", "gone"}
+    finally:
+        stores.close()
