@@ -48,3 +48,19 @@ def test_row_prediction_matches_the_spec_defaults() -> None:
     params = TransferParams()  # 68 iterations, 57 of them with a mixing layer and swap guidance (11..67)
     assert predicted_rows(params, fused=True) == {"inversion": 268, "denoising": 4 * 57 + 3 * 11}
     assert predicted_rows(params, fused=False) == {"inversion": 268, "denoising": 6 * 57 + 3 * 11}
+
+
+def test_queue_position_benchmark_runs_and_prints_its_ratios() -> None:
+    """The standalone store benchmark (its own redis-server) agrees with the reference and reports."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.queue_position", "--depths", "5,20", "--polls", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    rows = [line for line in run.stdout.splitlines() if line.startswith(("| 5 |", "| 20 |"))]
+    assert len(rows) == 2 and all(row.rstrip().endswith("x |") for row in rows)
