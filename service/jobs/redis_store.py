@@ -61,7 +61,7 @@ class RedisJobRecords:
     def _listers_key(self, object_key: str) -> str:
         return f"{self.conn.prefix}listed-by:{object_key}"
 
-    def _add_listers(self, pipe, job_id: str, object_keys: set[str]) -> None:
+    def _add_listers(self, pipe: redis.client.Pipeline, job_id: str, object_keys: set[str]) -> None:
         """Record that ``job_id`` lists ``object_keys``. The sets outlive their newest member's
         record (it lives a TTL from its last change, and a job ends well within a TTL of its
         creation); ids of expired records are dropped when read."""
