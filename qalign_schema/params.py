@@ -14,6 +14,11 @@ StepRange = tuple[int, int]
 
 #: The most DDPM steps: SD 1.5's scheduler (1000 training steps, steps_offset 1) supports up to 999.
 MAX_STEPS = 999
+#: The most appearance images one job may carry (one structure, one result per appearance).
+MAX_APPEARANCES = 8
+#: The most elongated output ``aspect=structure`` keeps (longer side : shorter side); a structure
+#: image beyond it is centre-cropped to this ratio, and the result says it was clamped.
+MAX_ASPECT_RATIO = 2.0
 
 
 def _step_range_schema(schema: dict) -> None:
@@ -94,7 +99,15 @@ class TransferParams(BaseModel):
         ge=64,
         le=1024,
         multiple_of=64,
-        description="Output side in pixels; default the model's native size.",
+        description="The output's longer side in pixels; default the model's native size. The shorter "
+        "side follows `aspect`.",
+    )
+    aspect: Literal["structure", "square"] = Field(
+        "structure",
+        description="Output shape: `structure` keeps the structure image's aspect ratio (between 1:2 "
+        "and 2:1; beyond, it is centre-cropped to 2:1 and the result says so), the shorter side "
+        "rounded to the model's unit (64 px for SD 1.5); `square` centre-crops to a square, as "
+        "Cross-Image Attention does.",
     )
     output_format: Literal["png", "jpeg", "webp"] = Field("png", description="Encoding of the result image.")
 
