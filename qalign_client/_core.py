@@ -8,7 +8,7 @@ import io
 import os
 import random
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,18 +23,24 @@ from qalign_client.errors import (
     QAlignError,
     TransportError,
     error_from_response,
+    local_field_error,
     local_validation_error,
     parse_retry_after,
 )
 from qalign_client.sse import ServerSentEvent
-from qalign_schema.jobs import JobOut
-from qalign_schema.params import TransferParams
+from qalign_schema.jobs import JobOut, ResultOut
+from qalign_schema.params import MAX_APPEARANCES, TransferParams
 
 #: An image input: a path, raw bytes, a binary file object, a PIL image, or an https:// URL (fetched
 #: by the service).
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Any
+#: The appearance of a submit: one image, or a list (or tuple) of 1 to MAX_APPEARANCES images, one
+#: result per image, in order.
+Appearances = ImageInput | Sequence[ImageInput]
 #: A job: its id or its job object.
 JobRef = str | JobOut
+#: Where ``results`` writes: a directory (files named ``<job id>-<k>.<ext>``) or one path per result.
+ResultTargets = str | os.PathLike | Sequence[str | os.PathLike]
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -151,9 +157,31 @@ def merge_params(params: TransferParams | Mapping[str, Any] | None, overrides: M
     return checked.model_dump(mode="json", exclude_unset=True)
 
 
+def is_many(appearance: Appearances) -> bool:
+    """Whether the caller passed several appearances (a list or tuple), not one image. Bytes, paths
+    and file objects are one image even though some of them are sequences."""
+    return isinstance(appearance, (list, tuple))
+
+
+def appearance_values(appearance: Appearances) -> str | list[str]:
+    """The JSON value of ``appearance``: one encoded image, or a list of 1 to MAX_APPEARANCES (a list
+    of one is sent as one value, which every version of the service accepts)."""
+    if not is_many(appearance):
+        return encode_image(appearance, "appearance")
+    items = list(appearance)
+    if not 1 <= len(items) <= MAX_APPEARANCES:
+        raise local_field_error(
+            "appearance",
+            f"1 to {MAX_APPEARANCES} appearance images per job; got {len(items)}",
+            allowed=f"1 to {MAX_APPEARANCES} images",
+        )
+    encoded = [encode_image(item, f"appearance[{k}]") for k, item in enumerate(items)]
+    return encoded[0] if len(encoded) == 1 else encoded
+
+
 def submit_request(
     structure: ImageInput,
-    appearance: ImageInput,
+    appearance: Appearances,
     params: TransferParams | Mapping[str, Any] | None,
     overrides: Mapping[str, Any],
     *,
@@ -165,7 +193,7 @@ def submit_request(
     """The JSON body and headers of POST /transfer."""
     body: dict[str, Any] = merge_params(params, overrides)
     body["structure"] = encode_image(structure, "structure")
-    body["appearance"] = encode_image(appearance, "appearance")
+    body["appearance"] = appearance_values(appearance)
     if webhook_url is not None:
         body["webhook_url"] = webhook_url
     if webhook_events_filter is not None:
@@ -177,6 +205,47 @@ def submit_request(
             raise ValueError(f"wait must be 1 to {MAX_PREFER_WAIT} seconds; got {wait}")
         headers["Prefer"] = f"wait={seconds}"
     return body, headers
+
+
+def result_links(job: JobOut) -> list[ResultOut]:
+    """The job's results, in the appearances' order (``result`` alone from a service without the
+    ``results`` list); empty until the job has succeeded."""
+    results = list(getattr(job, "results", None) or [])
+    if not results and job.result is not None:
+        results = [job.result]
+    return results
+
+
+def result_path(job: JobRef, k: int) -> str:
+    """GET path of result ``k``: ``/result`` for the first (every version of the service has it),
+    ``/results/{k}`` for the others."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise ValueError(f"k must be a result index 0, 1, ...; got {k!r}")
+    return job_path(job, "/result" if k == 0 else f"/results/{k}")
+
+
+def extension_of(content_type: str) -> str:
+    subtype = content_type.split(";")[0].split("/")[-1].strip().lower() or "png"
+    return "jpg" if subtype == "jpeg" else subtype
+
+
+def result_targets(job: JobOut, target: ResultTargets | None) -> list[Path | None]:
+    """Where each of a succeeded job's results goes: nowhere (None: bytes for the caller), into a
+    directory (created when missing; files ``<job id>-<k>.<ext>``) or to exactly one path each.
+    ConflictError when the job has not succeeded (it has no results yet)."""
+    if job.status != "succeeded":
+        raise ConflictError(f"job {job.id} is {job.status}: it has no results (only a succeeded job has)")
+    links = result_links(job)
+    if target is None:
+        return [None] * len(links)
+    if isinstance(target, (str, os.PathLike)):
+        directory = Path(target)
+        directory.mkdir(parents=True, exist_ok=True)
+        return [directory / f"{job.id}-{k}.{extension_of(link.content_type)}" for k, link in enumerate(links)]
+    paths = [Path(item) for item in target]
+    if len(paths) != len(links):
+        raise ValueError(f"job {job.id} has {len(links)} results; got {len(paths)} paths")
+    return paths
 
 
 def retry_after_of(response: httpx.Response | None) -> float | None:

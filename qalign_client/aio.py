@@ -15,18 +15,23 @@ from typing import Any
 import httpx
 
 from qalign_client._core import (
+    Appearances,
     ImageInput,
     JobEvent,
     JobRef,
+    ResultTargets,
     RetryPolicy,
     check,
     default_headers,
+    is_many,
     job_event,
     job_id,
     job_path,
     next_poll_interval,
     parse_job,
     resolve_server,
+    result_path,
+    result_targets,
     retry_after_of,
     submit_request,
     transport_error,
@@ -78,7 +83,7 @@ class AsyncClient:
     async def submit(
         self,
         structure: ImageInput,
-        appearance: ImageInput,
+        appearance: Appearances,
         params: TransferParams | Mapping[str, Any] | None = None,
         *,
         webhook_url: str | None = None,
@@ -179,11 +184,11 @@ class AsyncClient:
             await self._sleep(delay)
             decoder = decoder.resumed()
 
-    async def result(self, job: JobRef, path: str | os.PathLike | None = None) -> bytes | Path:
+    async def result(self, job: JobRef, path: str | os.PathLike | None = None, k: int = 0) -> bytes | Path:
         """See ``Client.result``."""
         headers = {"Accept": "image/*, application/problem+json"}
         response = await self._send(
-            "GET", job_path(job, "/result"), stream=True, follow_redirects=True, headers=headers
+            "GET", result_path(job, k), stream=True, follow_redirects=True, headers=headers
         )
         try:
             if path is None:
@@ -193,6 +198,13 @@ class AsyncClient:
             raise transport_error(exc, "GET", str(response.url)) from exc
         finally:
             await response.aclose()
+
+    async def results(
+        self, job: JobRef, target: ResultTargets | None = None
+    ) -> builtins.list[bytes] | builtins.list[Path]:
+        """See ``Client.results`` (downloaded one after another, in order)."""
+        current = job if isinstance(job, JobOut) and job.status == "succeeded" else await self.get(job)
+        return [await self.result(current, path, k) for k, path in enumerate(result_targets(current, target))]
 
     async def cancel(self, job: JobRef) -> JobOut:
         return parse_job(await self._send("DELETE", job_path(job)))
@@ -226,19 +238,22 @@ class AsyncClient:
     async def run(
         self,
         structure: ImageInput,
-        appearance: ImageInput,
+        appearance: Appearances,
         params: TransferParams | Mapping[str, Any] | None = None,
         *,
-        path: str | os.PathLike | None = None,
+        path: str | os.PathLike | ResultTargets | None = None,
         timeout: float | None = None,
         poll_interval: float = 0.5,
         on_progress: ProgressCallback | None = None,
         **submit_kwargs: Any,
-    ) -> bytes | Path:
+    ) -> bytes | Path | builtins.list[bytes] | builtins.list[Path]:
+        """See ``Client.run``."""
         job = await self.submit(structure, appearance, params, **submit_kwargs)
         job = await self.wait(job, timeout=timeout, poll_interval=poll_interval, on_progress=on_progress)
         if job.status != "succeeded":
             raise JobFailedError(job)
+        if is_many(appearance):
+            return await self.results(job, path)
         return await self.result(job, path)
 
     # ---------------------------------------------------------------------------------- sending

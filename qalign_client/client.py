@@ -13,18 +13,23 @@ from typing import Any
 import httpx
 
 from qalign_client._core import (
+    Appearances,
     ImageInput,
     JobEvent,
     JobRef,
+    ResultTargets,
     RetryPolicy,
     check,
     default_headers,
+    is_many,
     job_event,
     job_id,
     job_path,
     next_poll_interval,
     parse_job,
     resolve_server,
+    result_path,
+    result_targets,
     retry_after_of,
     submit_request,
     transport_error,
@@ -86,7 +91,7 @@ class Client:
     def submit(
         self,
         structure: ImageInput,
-        appearance: ImageInput,
+        appearance: Appearances,
         params: TransferParams | Mapping[str, Any] | None = None,
         *,
         webhook_url: str | None = None,
@@ -98,8 +103,10 @@ class Client:
         """Submit a transfer; the job object (``queued``, or finished when ``prefer_wait`` seconds,
         1 to 60, were enough for the service to finish it).
 
-        Images: paths, bytes, binary files, PIL images or https:// URLs. ``params`` and keyword
-        overrides (``seed=1``) are checked against TransferParams before anything is sent.
+        Images: paths, bytes, binary files, PIL images or https:// URLs. ``appearance`` is one image
+        or a list of 1 to 8: one job, one result per appearance, in order (``results``). ``params``
+        and keyword overrides (``seed=1``, ``aspect="square"``, ``size=768``) are checked against
+        TransferParams before anything is sent.
         """
         body, headers = submit_request(
             structure,
@@ -201,15 +208,14 @@ class Client:
             self._sleep(delay)
             decoder = decoder.resumed()
 
-    def result(self, job: JobRef, path: str | os.PathLike | None = None) -> bytes | Path:
-        """The result image: its bytes, or, with ``path``, written there (atomically) and the path.
+    def result(self, job: JobRef, path: str | os.PathLike | None = None, k: int = 0) -> bytes | Path:
+        """Result ``k`` (0: the first; one per appearance, in order): its bytes, or, with ``path``,
+        written there (atomically) and the path.
 
         Follows the service's redirect to a presigned store URL (the API key is not sent there).
-        ConflictError while the job has not succeeded."""
+        ConflictError while the job has not succeeded; NotFoundError for a ``k`` beyond its results."""
         headers = {"Accept": "image/*, application/problem+json"}
-        response = self._send(
-            "GET", job_path(job, "/result"), stream=True, follow_redirects=True, headers=headers
-        )
+        response = self._send("GET", result_path(job, k), stream=True, follow_redirects=True, headers=headers)
         try:
             if path is None:
                 return response.read()
@@ -218,6 +224,16 @@ class Client:
             raise transport_error(exc, "GET", str(response.url)) from exc
         finally:
             response.close()
+
+    def results(
+        self, job: JobRef, target: ResultTargets | None = None
+    ) -> builtins.list[bytes] | builtins.list[Path]:
+        """All of a succeeded job's results, in the appearances' order: their bytes, or written to
+        ``target`` and their paths. ``target``: a directory (created when missing; files
+        ``<job id>-<k>.<ext>``) or a list of one path per result. ConflictError while the job has
+        not succeeded."""
+        current = job if isinstance(job, JobOut) and job.status == "succeeded" else self.get(job)
+        return [self.result(current, path, k) for k, path in enumerate(result_targets(current, target))]
 
     def cancel(self, job: JobRef) -> JobOut:
         """Cancel: a queued job never runs; a running one stops at its next step (the object still
@@ -257,21 +273,24 @@ class Client:
     def run(
         self,
         structure: ImageInput,
-        appearance: ImageInput,
+        appearance: Appearances,
         params: TransferParams | Mapping[str, Any] | None = None,
         *,
-        path: str | os.PathLike | None = None,
+        path: str | os.PathLike | ResultTargets | None = None,
         timeout: float | None = None,
         poll_interval: float = 0.5,
         on_progress: ProgressCallback | None = None,
         **submit_kwargs: Any,
-    ) -> bytes | Path:
-        """Submit, wait, download: the result's bytes (or the path it was written to).
-        JobFailedError when the job fails or is canceled."""
+    ) -> bytes | Path | builtins.list[bytes] | builtins.list[Path]:
+        """Submit, wait, download. One appearance: the result's bytes (or the ``path`` it was
+        written to). A list of appearances: a list, one per appearance (``path``: a directory or one
+        path each, as for ``results``). JobFailedError when the job fails or is canceled."""
         job = self.submit(structure, appearance, params, **submit_kwargs)
         job = self.wait(job, timeout=timeout, poll_interval=poll_interval, on_progress=on_progress)
         if job.status != "succeeded":
             raise JobFailedError(job)
+        if is_many(appearance):
+            return self.results(job, path)
         return self.result(job, path)
 
     # ---------------------------------------------------------------------------------- sending

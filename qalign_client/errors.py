@@ -195,6 +195,17 @@ def local_validation_error(exc: PydanticValidationError) -> ValidationError:
     return ValidationError(f"invalid parameters: {detail}", problem=problem)
 
 
+def local_field_error(field: str, message: str, allowed: str | None = None) -> ValidationError:
+    """One input refused before sending (e.g. too many appearances), shaped like the service's 422."""
+    problem = Problem(
+        title=_phrase(422),
+        status=422,
+        detail=f"{field}: {message}",
+        errors=[FieldProblem(field=field, message=message, allowed=allowed)],
+    )
+    return ValidationError(f"invalid input: {field}: {message}", problem=problem)
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
