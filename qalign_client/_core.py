@@ -210,7 +210,7 @@ def submit_request(
 def result_links(job: JobOut) -> list[ResultOut]:
     """The job's results, in the appearances' order (``result`` alone from a service without the
     ``results`` list); empty until the job has succeeded."""
-    results = list(getattr(job, "results", None) or [])
+    results = list(job.results)
     if not results and job.result is not None:
         results = [job.result]
     return results

@@ -38,9 +38,24 @@ BASE = "http://qalign.test"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
 
 
-def job(status: str = "queued", job_id: str = "j1", progress: float = 0.0, stage: str | None = None) -> dict:
+def job(
+    status: str = "queued",
+    job_id: str = "j1",
+    progress: float = 0.0,
+    stage: str | None = None,
+    results: int | None = None,
+) -> dict:
+    """A job object; ``results``: how many result links a succeeded job lists (None: only ``result``,
+    as a service before v1.2 answers)."""
     finished = status in ("succeeded", "failed", "canceled")
+    links = [
+        {"index": k, "url": f"{BASE}/jobs/{job_id}/results/{k}", "content_type": "image/webp",
+         "width": 12, "height": 8}
+        for k in range(results or 0)
+    ] if status == "succeeded" else []  # fmt: skip
     return {
+        "results": links,
+        "appearances": results or 1,
         "id": job_id,
         "status": status,
         "stage": stage or ("done" if finished else "queued"),
@@ -424,3 +439,121 @@ def test_async_client_has_the_same_behaviour(tmp_path):
     assert fake.sleeps == [2, 0.25]
     assert [e.event for e in streamed] == ["progress", "succeeded"]
     assert done.status == "succeeded" and path.read_bytes() == PNG and listed == ["j1"]
+
+
+# ------------------------------------------------------------------------------- several appearances
+def test_several_appearances_go_as_a_json_list_in_order_with_aspect():
+    script = Script(answer(202, job()), answer(202, job()))
+    client, _ = make_client(script)
+    client.submit(PNG, [b"a", "https://example.com/b.jpg", (b"c")], aspect="square", size=320)
+    client.submit(PNG, (b"only",))  # a list of one is one appearance: sent as a single value
+    first, second = (json.loads(r.content) for r in script.requests)
+    assert [first["appearance"][0], first["appearance"][2]] == [
+        base64.b64encode(v).decode() for v in (b"a", b"c")
+    ]
+    assert first["appearance"][1] == "https://example.com/b.jpg" and len(first["appearance"]) == 3
+    assert first["aspect"] == "square" and first["size"] == 320
+    assert second["appearance"] == base64.b64encode(b"only").decode() and "aspect" not in second
+
+
+@pytest.mark.parametrize("count", [0, 9])
+def test_too_few_or_too_many_appearances_fail_before_sending(count):
+    script = Script()
+    client, _ = make_client(script)
+    with pytest.raises(ValidationError) as caught:
+        client.submit(PNG, [PNG] * count)
+    error = caught.value
+    assert error.status == 422 and error.errors[0].field == "appearance"
+    assert f"1 to 8 appearance images per job; got {count}" in error.detail
+    assert error.errors[0].allowed == "1 to 8 images" and script.requests == []
+    with pytest.raises(ValidationError, match="aspect"):
+        client.submit(PNG, PNG, aspect="wide")
+    with pytest.raises(TypeError, match=r"appearance\[1\]: expected a path"):
+        client.submit(PNG, [PNG, 42])
+
+
+def test_result_k_and_results_to_bytes_a_directory_or_paths(tmp_path):
+    done = job("succeeded", results=3)
+    image = [
+        httpx.Response(200, content=bytes([k]) * 4, headers={"content-type": "image/webp"}) for k in range(3)
+    ]
+    script = Script(
+        image[2],  # result(k=2)
+        answer(200, done), *image,  # results("j1"): the job object, then each image in order
+        *image,  # results(job object, directory)
+        *image,  # results(job object, paths)
+    )  # fmt: skip
+    client, _ = make_client(script)
+    assert client.result("j1", k=2) == b"\x02" * 4
+    assert client.results("j1") == [bytes([k]) * 4 for k in range(3)]
+    finished = qalign_client.JobOut.model_validate(done)
+    written = client.results(finished, tmp_path / "new-dir")
+    assert [p.name for p in written] == ["j1-0.webp", "j1-1.webp", "j1-2.webp"]
+    assert [p.read_bytes() for p in written] == [bytes([k]) * 4 for k in range(3)]
+    named = [tmp_path / f"look-{k}.webp" for k in range(3)]
+    assert client.results(finished, named) == named and named[1].read_bytes() == b"\x01" * 4
+    paths = [r.url.path for r in script.requests]
+    assert paths == [
+        "/jobs/j1/results/2",
+        "/jobs/j1",
+        *(["/jobs/j1/result", "/jobs/j1/results/1", "/jobs/j1/results/2"] * 3),
+    ]
+    with pytest.raises(ValueError, match="has 3 results; got 2 paths"):
+        client.results(finished, named[:2])
+    with pytest.raises(ValueError, match="k must be a result index"):
+        client.result("j1", k=-1)
+
+
+def test_results_of_an_unfinished_job_is_a_conflict_and_an_old_service_gives_one(tmp_path):
+    old = job("succeeded")  # no results list: a service before v1.2
+    script = Script(answer(200, job("running")), answer(200, old), httpx.Response(200, content=PNG))
+    client, _ = make_client(script)
+    with pytest.raises(ConflictError, match="running"):
+        client.results("j1", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    assert client.results("j1") == [PNG]
+    assert [r.url.path for r in script.requests] == ["/jobs/j1", "/jobs/j1", "/jobs/j1/result"]
+
+
+def test_run_with_several_appearances_returns_one_result_each(tmp_path):
+    script = Script(
+        answer(202, job()),
+        answer(200, job("succeeded", results=2)),
+        httpx.Response(200, content=b"zero"),
+        httpx.Response(200, content=b"one"),
+    )
+    client, _ = make_client(script)
+    out = client.run(PNG, [PNG, PNG], path=tmp_path, aspect="structure")
+    assert [p.read_bytes() for p in out] == [b"zero", b"one"]
+    assert json.loads(script.requests[0].content)["aspect"] == "structure"
+
+
+def test_async_client_has_the_same_several_appearances_behaviour(tmp_path):
+    done = job("succeeded", results=2)
+    script = Script(
+        answer(202, job()),
+        answer(200, done),  # wait
+        httpx.Response(200, content=b"zero"),
+        httpx.Response(200, content=b"one"),
+        answer(200, done),  # results(id)
+        httpx.Response(200, content=b"zero"),
+        httpx.Response(200, content=b"one"),
+        httpx.Response(200, content=b"one"),  # result(k=1)
+    )
+
+    async def scenario():
+        client, _ = make_async(script)
+        async with client:
+            paths = await client.run(PNG, [PNG, "https://example.com/b.png"], path=tmp_path, aspect="square")
+            data = await client.results("j1")
+            one = await client.result("j1", k=1)
+            with pytest.raises(ValidationError, match="got 9"):
+                await client.submit(PNG, [PNG] * 9)
+        return paths, data, one
+
+    paths, data, one = asyncio.run(scenario())
+    body = json.loads(script.requests[0].content)
+    assert len(body["appearance"]) == 2 and body["aspect"] == "square"
+    assert [p.name for p in paths] == ["j1-0.webp", "j1-1.webp"] and paths[1].read_bytes() == b"one"
+    assert data == [b"zero", b"one"] and one == b"one"
+    assert script.requests[-1].url.path == "/jobs/j1/results/1" and len(script.requests) == 8
