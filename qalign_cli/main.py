@@ -15,7 +15,7 @@ import click
 from pydantic import ValidationError
 
 from qalign_core.errors import QAlignError
-from qalign_core.params import TransferParams
+from qalign_core.params import MAX_APPEARANCES, MAX_ASPECT_RATIO, TransferParams
 
 
 def fail(message: str, code: int = 2) -> typing.NoReturn:
@@ -142,10 +142,41 @@ def _progress_bar() -> Iterator[Callable[[str, float], None]]:
         yield progress
 
 
+def output_paths(output: Path, count: int, output_format: str) -> list[Path]:
+    """Where the results of ``count`` appearances go. One appearance: OUTPUT itself. Several:
+    OUTPUT's stem with -0, -1, ... before its suffix (out.png -> out-0.png, out-1.png). An existing
+    directory as OUTPUT: result-0.EXT, result-1.EXT, ... in it (EXT from --output-format)."""
+    if output.is_dir():
+        extension = "jpg" if output_format == "jpeg" else output_format
+        return [output / f"result-{k}.{extension}" for k in range(count)]
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{k}{output.suffix}") for k in range(count)]
+
+
+def _describe_outputs(paths: list[Path]) -> str:
+    return str(paths[0]) if len(paths) == 1 else f"{len(paths)} results: " + ", ".join(map(str, paths))
+
+
 @cli.command()
-@_image_option("structure", "Structure image.")
-@_image_option("appearance", "Appearance image.")
-@_image_option("output", "Result image path.")
+@_image_option("structure", "Structure image (its layout; the output keeps its shape, see --aspect).")
+@click.option(
+    "--appearance",
+    "appearances",
+    required=True,
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"Appearance image; repeat for several looks of one structure (1 to {MAX_APPEARANCES}, "
+    "one job, one result each, in order).",
+)
+@click.option(
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Result image path (its suffix sets the format). With several --appearance: out.png becomes "
+    "out-0.png, out-1.png, ... in the appearances' order; an existing directory gets result-0.png, "
+    "result-1.png, ...",
+)
 @click.option(
     "--save-masks",
     type=click.Path(file_okay=False, path_type=Path),
@@ -157,7 +188,7 @@ def _progress_bar() -> Iterator[Callable[[str, float], None]]:
 @_param_options
 def transfer(
     structure: Path,
-    appearance: Path,
+    appearances: tuple[Path, ...],
     output: Path,
     save_masks: Path | None,
     server: str | None,
@@ -167,35 +198,50 @@ def transfer(
     dtype,
     **given,
 ) -> None:
-    """Give STRUCTURE's layout the look of APPEARANCE and write the result to OUTPUT.
+    """Give STRUCTURE's layout the look of each APPEARANCE and write the results to OUTPUT.
 
-    Runs locally, or on a Q-Align service with --server (through the Python client)."""
+    Runs locally, or on a Q-Align service with --server (through the Python client). Several
+    --appearance make one job: the structure is inverted once, one result per appearance."""
+    if not 1 <= len(appearances) <= MAX_APPEARANCES:
+        fail(f"--appearance: 1 to {MAX_APPEARANCES} images per run; got {len(appearances)}")
     params = _params(given)
     if params.output_format == "png" and given.get("output_format") is None:
         suffix = output.suffix.lower().lstrip(".")
         if suffix in ("jpg", "jpeg", "webp"):
             params = params.model_copy(update={"output_format": "jpeg" if suffix == "jpg" else suffix})
-    if not output.parent.is_dir():
-        fail(f"output directory {str(output.parent)!r} does not exist")
+    target = output if output.is_dir() else output.parent
+    if not target.is_dir():
+        fail(f"output directory {str(target)!r} does not exist")
+    outputs = output_paths(output, len(appearances), params.output_format)
+    if save_masks is not None and len(appearances) > 1:
+        fail("--save-masks: only with one --appearance (the masks of one pair)")
     if server:
         local_only = {"--model": model, "--device": device, "--dtype": dtype, "--save-masks": save_masks}
         named = [flag for flag, value in local_only.items() if value is not None]
         if named:
             fail(f"{', '.join(named)}: only for local runs (the server uses its own model)")
-        _transfer_on_server(server, api_key, structure, appearance, output, params)
+        _transfer_on_server(server, api_key, structure, list(appearances), outputs, params)
         return
-    images = _images(structure, appearance)
+    images = _images(structure, *appearances)
     pipe = _pipeline(model, device, dtype)
 
+    looks = images[1] if len(images) == 2 else images[1:]  # one image, or the list of them
     try:
         with _progress_bar() as progress:
-            result = pipe.transfer(images[0], images[1], params, progress=progress)
+            result = pipe.transfer(images[0], looks, params, progress=progress)
     except (QAlignError, ValueError) as exc:
         fail(str(exc), code=1)
-    output.write_bytes(result.encode())
+    encoded = result.encode_all() if len(outputs) > 1 else [result.encode()]
+    try:
+        for path, data in zip(outputs, encoded, strict=True):
+            path.write_bytes(data)
+    except OSError as exc:
+        fail(f"cannot write {str(exc.filename or output)!r}: {exc.strerror or exc}", code=1)
     click.echo(
-        f"wrote {output} ({result.image.width}x{result.image.height}, {result.timings['total_s']:.1f} s)"
+        f"wrote {_describe_outputs(outputs)} ({result.image.width}x{result.image.height}, "
+        f"{result.timings['total_s']:.1f} s)"
     )
+    _say_aspect_clamped(result.diagnostics.get("aspect_clamped"))
     masks = result.object_masks
     if masks is not None and not masks.found:
         click.echo(f"masked AdaIN fell back to plain AdaIN: {masks.reason}")
@@ -203,24 +249,38 @@ def transfer(
         _write_masks(save_masks, masks, result.image.size)
 
 
+def _say_aspect_clamped(clamped: bool | None) -> None:
+    if clamped:
+        click.echo(
+            f"the structure image is more elongated than {MAX_ASPECT_RATIO:g}:1: it was centre-cropped "
+            "to that ratio first"
+        )
+
+
 def _transfer_on_server(
-    server: str, api_key: str | None, structure: Path, appearance: Path, output: Path, params: TransferParams
+    server: str,
+    api_key: str | None,
+    structure: Path,
+    appearances: list[Path],
+    outputs: list[Path],
+    params: TransferParams,
 ) -> None:
     """The same transfer through qalign_client: submit, follow the events stream with the progress
-    bar, download. Ctrl-C cancels the job on the server."""
+    bar, download each result. Ctrl-C cancels the job on the server."""
     import qalign_client
 
     inputs = []
-    for path in (structure, appearance):
+    for path in (structure, *appearances):
         try:
             inputs.append(path.read_bytes())
         except OSError as exc:
             fail(f"cannot read image file {str(path)!r}: {exc.strerror or exc}")
+    looks = inputs[1] if len(inputs) == 2 else inputs[1:]  # one image, or the list of them
     job = None
     try:
         with qalign_client.Client(server, api_key) as client:
             try:
-                job = client.submit(inputs[0], inputs[1], params)
+                job = client.submit(inputs[0], looks, params)
                 with _progress_bar() as progress:
                     job = _follow(client, job, progress)
             except KeyboardInterrupt:
@@ -231,17 +291,27 @@ def _transfer_on_server(
             if job.status != "succeeded":
                 reason = f": {job.error.type}: {job.error.detail}" if job.error else ""
                 fail(f"job {job.id} {job.status}{reason}", code=1)
-            client.result(job, output)
+            if len(outputs) == 1:
+                client.result(job, outputs[0])
+            else:
+                client.results(job, outputs)
     except qalign_client.QAlignError as exc:
         fail(_client_error_line(exc, server), code=1)
+    except ValueError as exc:  # the service listed another number of results than appearances sent
+        fail(str(exc), code=1)
     except OSError as exc:
-        fail(f"cannot write {str(output)!r}: {exc.strerror or exc}", code=1)
+        fail(f"cannot write {str(exc.filename or outputs[0])!r}: {exc.strerror or exc}", code=1)
     assert job is not None and job.result is not None
     total = job.metrics.total_s
     took = f", {total:.1f} s" if total is not None else ""
-    click.echo(f"wrote {output} ({job.result.width}x{job.result.height}{took}; job {job.id})")
-    if job.params.adain == "masked" and job.metrics.adain_applied == "plain":
-        click.echo("masked AdaIN fell back to plain AdaIN: no object found")
+    click.echo(
+        f"wrote {_describe_outputs(outputs)} ({job.result.width}x{job.result.height}{took}; job {job.id})"
+    )
+    _say_aspect_clamped(job.output.aspect_clamped if job.output is not None else None)
+    fell_back = [k for k, item in enumerate(job.results or [job.result]) if item.adain_applied == "plain"]
+    if job.params.adain == "masked" and (fell_back or job.metrics.adain_applied == "plain"):
+        which = f" for result {', '.join(map(str, fell_back))}" if len(outputs) > 1 and fell_back else ""
+        click.echo(f"masked AdaIN fell back to plain AdaIN{which}: no object found")
 
 
 def _follow(client, job, progress: Callable[[str, float], None]):

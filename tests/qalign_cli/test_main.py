@@ -128,3 +128,36 @@ def test_leakage_compares_both_methods(files, tiny_model_dir):
     lines = result.output.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == ["qalign", "cross_image"]
     assert all(0.0 <= float(line.split()[2]) <= 1.0 for line in lines)
+
+
+def test_output_paths_for_one_or_several_appearances(tmp_path):
+    from qalign_cli.main import output_paths
+
+    out = tmp_path / "out.png"
+    assert output_paths(out, 1, "png") == [out]  # one appearance: --output as given
+    assert output_paths(out, 3, "png") == [tmp_path / f"out-{k}.png" for k in range(3)]
+    assert output_paths(tmp_path / "look", 2, "png") == [tmp_path / "look-0", tmp_path / "look-1"]
+    assert output_paths(tmp_path, 2, "jpeg") == [tmp_path / "result-0.jpg", tmp_path / "result-1.jpg"]
+    assert output_paths(tmp_path, 1, "webp") == [tmp_path / "result-0.webp"]
+
+
+@pytest.mark.parametrize(
+    "appearances,extra,fragment",
+    [
+        (9, [], "--appearance: 1 to 8 images per run; got 9"),
+        (2, ["--save-masks", "masks"], "--save-masks: only with one --appearance"),
+        (1, ["--aspect", "wide"], "'wide' is not one of 'structure', 'square'"),
+    ],
+)
+def test_bad_appearances_and_aspect_are_one_clear_line(files, tiny_model_dir, appearances, extra, fragment):
+    args = ["transfer", "--structure", str(files / "cat.png"), "--output", str(files / "o.png")]
+    args += ["--model", tiny_model_dir, *extra]
+    for _ in range(appearances):
+        args += ["--appearance", str(files / "cup.jpg")]
+    result = _run(*args)
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert fragment in lines[-1], result.stderr
+    assert "Traceback" not in result.output
+    if appearances == 9:
+        assert len(lines) == 1 and lines[0].startswith("qalign: error: ")
