@@ -1,11 +1,18 @@
-// The try-it page: submit one job (or Q-Align and CIA side by side), follow its events stream, show the
-// result. Plain browser JavaScript, no build step. Paths are relative to the page, so the page works
-// behind a proxy prefix. EventSource cannot send an Authorization header, so the stream is read with
-// fetch() and a streaming body reader (one code path with or without an API key).
+// The try-it page: one structure image and 1 to 8 appearance images make one job (or two: Q-Align and
+// CIA side by side); its events stream drives the progress; its results fill a grid in the output's
+// own shape; every run is remembered in this browser (localStorage) and can be opened again.
+// Plain browser JavaScript, no build step. Paths are relative to the page, so the page works behind a
+// proxy prefix. EventSource cannot send an Authorization header, so the stream is read with fetch()
+// and a streaming body reader (one code path with or without an API key).
 "use strict";
 
 const TERMINAL = ["succeeded", "failed", "canceled"];
 const METHOD_NAMES = { qalign: "Q-Align", cross_image: "Cross-Image Attention (CIA)" };
+const MAX_APPEARANCES = 8;  // qalign_schema.params.MAX_APPEARANCES
+const MAX_ASPECT_RATIO = 2;  // qalign_schema.params.MAX_ASPECT_RATIO: beyond, the service crops to 2:1
+const HISTORY_KEY = "qalign.history.v1";
+const HISTORY_MAX = 24;
+const THUMB_SIDE = 96;
 const $ = (selector, root = document) => root.querySelector(selector);
 
 function authHeaders() {
@@ -17,6 +24,10 @@ function newKey() {
   if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
   return `${Date.now().toString(16)}-${Math.random().toString(16).slice(2)}`;
 }
+
+function sleep(ms) { return new Promise((resolve) => setTimeout(resolve, ms)); }
+
+function plural(count, word) { return `${count} ${word}${count === 1 ? "" : "s"}`; }
 
 // ---------------------------------------------------------------------------------------- problems
 async function readProblem(response) {
@@ -54,43 +65,130 @@ function showProblem(box, problem) {
   box.hidden = false;
 }
 
-// ---------------------------------------------------------------------------------------- images
-function wireDrop(name) {
-  const zone = $(`#${name}-drop`);
-  const input = $(`#${name}`);
-  const preview = $(`#${name}-preview`);
-  const show = () => {
-    const file = input.files[0];
-    if (!file) return;
-    if (preview.src) URL.revokeObjectURL(preview.src);
-    preview.src = URL.createObjectURL(file);
+// ---------------------------------------------------------------------------------------- inputs
+// The structure: one file, previewed inside its fixed square box (object-fit: contain shows its shape).
+const structure = { file: null, width: 0, height: 0 };
+
+function setStructure(file) {
+  if (!file) return;
+  const preview = $("#structure-preview");
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  structure.file = file;
+  structure.width = structure.height = 0;
+  preview.alt = file.name;
+  preview.src = URL.createObjectURL(file);
+  preview.hidden = false;
+  $("#structure-drop").classList.add("filled");
+}
+
+function ratioName(width, height) {
+  const ratio = width / height;
+  const known = [[1, 1], [4, 3], [3, 4], [3, 2], [2, 3], [16, 9], [9, 16], [2, 1], [1, 2]];
+  for (const [w, h] of known) if (Math.abs(ratio - w / h) < 0.02) return `${w}:${h}`;
+  return ratio >= 1 ? `${ratio.toFixed(2)}:1` : `1:${(1 / ratio).toFixed(2)}`;
+}
+
+function wireStructure() {
+  const zone = $("#structure-drop");
+  const input = $("#structure");
+  const preview = $("#structure-preview");
+  preview.addEventListener("load", () => {
+    structure.width = preview.naturalWidth;
+    structure.height = preview.naturalHeight;
+    const badge = $("#structure-size");
+    badge.textContent = `${structure.width} × ${structure.height} · ${ratioName(structure.width, structure.height)}`;
+    badge.hidden = false;
+  });
+  preview.addEventListener("error", () => {  // not an image: the server says why on submit
+    preview.hidden = true;
+    $("#structure-size").hidden = true;
+    zone.classList.remove("filled");
+  });
+  input.addEventListener("change", () => setStructure(input.files[0]));
+  wireDropZone(zone, (files) => setStructure(files[0]));
+}
+
+// The appearances: up to eight tiles in a fixed 4 x 2 grid; the "Add" tile takes the next free cell.
+const appearances = [];  // {file, url, node}
+
+function addAppearances(files) {
+  const refused = [];
+  for (const file of files) {
+    if (appearances.length >= MAX_APPEARANCES) { refused.push(file.name); continue; }
+    const node = $("#appearance-template").content.firstElementChild.cloneNode(true);
+    const entry = { file, url: URL.createObjectURL(file), node };
+    const preview = $(".preview", node);
     preview.alt = file.name;
-    preview.hidden = false;
-  };
-  preview.addEventListener("error", () => { preview.hidden = true; });  // not an image: the server says why
-  input.addEventListener("change", show);
-  zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
-  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+    preview.src = entry.url;
+    $(".remove", node).addEventListener("click", () => removeAppearance(entry));
+    appearances.push(entry);
+  }
+  renderAppearances();
+  if (refused.length) {
+    showProblem($("#form-problem"), {
+      status: "Too many appearance images", title: "",
+      detail: `A job takes 1 to ${MAX_APPEARANCES} appearance images; not added: ${refused.join(", ")}.`,
+    });
+  }
+}
+
+function removeAppearance(entry) {
+  const index = appearances.indexOf(entry);
+  if (index !== -1) appearances.splice(index, 1);
+  // The URL stays valid: a result card of an earlier run may still show it as its source.
+  renderAppearances();
+}
+
+function renderAppearances() {
+  const grid = $("#appearances");
+  const add = $("#appearance-drop");
+  appearances.forEach((entry, index) => { $(".tile-index", entry.node).textContent = String(index + 1); });
+  const free = Math.max(0, MAX_APPEARANCES - appearances.length - 1);
+  const slots = Array.from({ length: free }, () => Object.assign(document.createElement("span"), { className: "tile slot" }));
+  grid.replaceChildren(...appearances.map((entry) => entry.node), add, ...slots);
+  add.hidden = appearances.length >= MAX_APPEARANCES;
+  $("#appearance-count").textContent = `${appearances.length} / ${MAX_APPEARANCES}`;
+  const looks = appearances.length;
+  $("#submit").textContent = looks > 1 ? `Create ${looks} looks` : "Transfer";
+}
+
+function wireAppearances() {
+  const input = $("#appearance");
+  input.addEventListener("change", () => {
+    addAppearances([...input.files]);
+    input.value = "";  // choosing the same file again adds it again
+  });
+  wireDropZone($("#appearances"), (files) => addAppearances([...files]), $("#appearance-drop"));
+}
+
+function wireDropZone(zone, onFiles, highlight = zone) {
+  zone.addEventListener("dragover", (event) => { event.preventDefault(); highlight.classList.add("over"); });
+  zone.addEventListener("dragleave", () => highlight.classList.remove("over"));
   zone.addEventListener("drop", (event) => {
     event.preventDefault();
-    zone.classList.remove("over");
-    if (event.dataTransfer.files.length) {
-      input.files = event.dataTransfer.files;
-      show();
-    }
+    highlight.classList.remove("over");
+    if (event.dataTransfer.files.length) onFiles(event.dataTransfer.files);
   });
+}
+
+// The output's aspect ratio as the service will make it (the frames take it before any result arrives).
+function expectedShape(aspect) {
+  if (aspect === "square" || !structure.width) return 1;
+  return Math.min(MAX_ASPECT_RATIO, Math.max(1 / MAX_ASPECT_RATIO, structure.width / structure.height));
 }
 
 // ---------------------------------------------------------------------------------------- one run
 class Run {
-  constructor(method) {
+  constructor(method, sources = []) {
     this.method = method;
+    this.sources = sources;  // the appearances' preview URLs, shown beside each result
     this.node = $("#run-template").content.firstElementChild.cloneNode(true);
     this.node.dataset.method = method;
     $(".run-title", this.node).textContent = METHOD_NAMES[method] || method;
     $(".cancel", this.node).addEventListener("click", () => this.cancel());
     $("#runs").append(this.node);
     this.job = null;
+    this.cards = [];
   }
 
   status(text) { $(".status", this.node).textContent = text; }
@@ -100,9 +198,34 @@ class Run {
     showProblem($(".problem", this.node), problem);
   }
 
+  // One card per expected result, in the expected shape, so the grid does not jump when they load.
+  placeholders(count, shape) {
+    const grid = $(".results", this.node);
+    while (this.cards.length < count) {
+      const card = $("#result-template").content.firstElementChild.cloneNode(true);
+      const k = this.cards.length;
+      card.dataset.index = String(k);
+      $(".label", card).textContent = count > 1 || k > 0 ? `Look ${k + 1}` : "Result";
+      if (this.sources[k]) {
+        const source = $(".source", card);
+        source.src = this.sources[k];
+        source.hidden = false;
+      }
+      grid.append(card);
+      this.cards.push(card);
+    }
+    this.shape(shape);
+  }
+
+  shape(ratio) {
+    if (ratio == null || !Number.isFinite(ratio)) return;
+    for (const card of this.cards) $(".frame", card).style.setProperty("--shape", String(ratio));
+  }
+
   update(job) {
     this.job = job;
     this.node.dataset.status = job.status;
+    this.node.dataset.jobId = job.id;
     const parts = [job.status];
     if (!TERMINAL.includes(job.status)) {
       parts.push(job.stage, `${Math.round(job.progress * 100)} %`);
@@ -112,15 +235,26 @@ class Run {
     this.status(parts.join(" · "));
     $(".bar", this.node).value = job.progress;
     $(".cancel", this.node).hidden = TERMINAL.includes(job.status);
+    const count = job.appearances || 1;
+    if (job.output) this.placeholders(count, job.output.width / job.output.height);
+    else if (this.cards.length < count && job.status !== "failed" && job.status !== "canceled") {
+      this.placeholders(count, this.cards.length ? null : 1);
+    }
+    if (job.status === "failed" || job.status === "canceled") {
+      $(".results", this.node).replaceChildren();
+      this.cards = [];
+    }
   }
 
   async submit(form) {
     const body = new FormData();
     body.append("structure", form.structure);
-    body.append("appearance", form.appearance);
+    for (const file of form.appearances) body.append("appearance", file);
     body.append("method", this.method);
+    body.append("aspect", form.aspect);
     body.append("steps", form.steps);
     body.append("seed", form.seed);
+    this.placeholders(form.appearances.length, form.shape);
     let response;
     try {
       response = await fetch("transfer", {
@@ -130,16 +264,49 @@ class Run {
       });
     } catch (error) {
       this.status("not sent");
+      this.clearResults();
       this.problem({ status: 0, title: "Network error", detail: String(error) });
       return;
     }
     if (!response.ok) {
       this.status("refused");
+      this.clearResults();
       this.problem(await readProblem(response));
       return;
     }
     this.update(await response.json());
+    runHistory.remember(this.job);
     await this.follow();
+  }
+
+  clearResults() {
+    $(".results", this.node).replaceChildren();
+    this.cards = [];
+  }
+
+  // Show a job remembered in the history: its state now, then follow it if it is still going.
+  async open(id) {
+    this.status("loading…");
+    let response;
+    try {
+      response = await fetch(`jobs/${encodeURIComponent(id)}`, { headers: authHeaders(), cache: "no-store" });
+    } catch (error) {
+      this.problem({ status: 0, title: "Network error", detail: String(error) });
+      return;
+    }
+    if (!response.ok) {
+      const problem = await readProblem(response);
+      if (response.status === 404) {
+        problem.detail = `${problem.detail} It has expired or was erased (or it belongs to another API key).`;
+        runHistory.markGone(id);
+      }
+      this.status("not available");
+      this.problem(problem);
+      return;
+    }
+    this.update(await response.json());
+    if (TERMINAL.includes(this.job.status)) await this.finish();
+    else await this.follow();
   }
 
   async follow() {
@@ -167,7 +334,7 @@ class Run {
       }
       lastEventId = await readEvents(response, lastEventId, (event) => this.update(JSON.parse(event.data)));
     }
-    this.finish();
+    await this.finish();
   }
 
   async poll() {
@@ -182,34 +349,67 @@ class Run {
   async finish() {
     const job = this.job;
     if (job.status === "succeeded") {
-      await this.showResult();
+      await this.showResults();
     } else if (job.status === "failed") {
       const error = job.error || { type: "failed", detail: "the job failed" };
       this.problem({ status: "Job failed", title: "", detail: error.detail, type: error.type });
     }
+    runHistory.remember(job, job.status === "succeeded" ? this.thumbnails() : undefined);
   }
 
-  async showResult() {
+  async showResults() {
     const job = this.job;
-    const image = $(".result", this.node);
-    const link = $(".download", this.node);
-    const extension = (job.result.content_type.split("/")[1] || "png").replace("jpeg", "jpg");
+    const results = job.results && job.results.length ? job.results : [job.result];
+    this.placeholders(results.length, results[0].width / results[0].height);
+    const loaded = results.map((result, k) => this.showResult(result, k));
+    await Promise.all(loaded);
+    if (this.node.dataset.state !== "problem") this.node.dataset.state = "shown";
+  }
+
+  async showResult(result, k) {
+    const job = this.job;
+    const card = this.cards[k];
+    const image = $(".result", card);
+    const link = $(".download", card);
+    const extension = (result.content_type.split("/")[1] || "png").replace("jpeg", "jpg");
     let source;
     try {
-      const response = await fetch(`jobs/${job.id}/result`, { headers: authHeaders() });
+      const path = k === 0 ? "result" : `results/${k}`;  // /result: the first, on every service version
+      const response = await fetch(`jobs/${job.id}/${path}`, { headers: authHeaders() });
       if (!response.ok) { this.problem(await readProblem(response)); return; }
       source = URL.createObjectURL(await response.blob());
     } catch (_) {
-      source = job.result.url;  // a presigned URL on another origin: the browser loads it directly
+      source = result.url;  // a presigned URL on another origin: the browser loads it directly
     }
-    image.addEventListener("load", () => {
-      $(".size", this.node).textContent = `${image.naturalWidth} × ${image.naturalHeight}`;
-      this.node.dataset.state = "shown";
-    }, { once: true });
-    image.src = source;
+    await new Promise((resolve) => {
+      image.addEventListener("load", resolve, { once: true });
+      image.addEventListener("error", resolve, { once: true });
+      image.src = source;
+    });
+    $(".frame", card).style.setProperty("--shape", String(image.naturalWidth / image.naturalHeight || 1));
+    $(".size", card).textContent = `${image.naturalWidth} × ${image.naturalHeight}`;
+    image.alt = `result ${k + 1} of job ${job.id}`;
     link.href = source;
-    link.download = `qalign-${this.method}-${job.id}.${extension}`;
-    $(".output", this.node).hidden = false;
+    link.download = `qalign-${this.method}-${job.id}-${k}.${extension}`;
+    card.classList.add("loaded");
+  }
+
+  // Small JPEG data URLs of the first results, for the history (a cross-origin result cannot be read).
+  thumbnails() {
+    const thumbs = [];
+    for (const card of this.cards.slice(0, 4)) {
+      const image = $(".result", card);
+      if (!image.naturalWidth) continue;
+      const scale = THUMB_SIDE / Math.max(image.naturalWidth, image.naturalHeight);
+      const canvas = document.createElement("canvas");
+      canvas.width = Math.max(1, Math.round(image.naturalWidth * scale));
+      canvas.height = Math.max(1, Math.round(image.naturalHeight * scale));
+      try {
+        canvas.getContext("2d").drawImage(image, 0, 0, canvas.width, canvas.height);
+        thumbs.push(canvas.toDataURL("image/jpeg", 0.8));
+      } catch (_) { /* tainted by another origin: no thumbnail */ }
+    }
+    return thumbs;
   }
 
   async cancel() {
@@ -219,8 +419,6 @@ class Run {
     else this.problem(await readProblem(response));
   }
 }
-
-function sleep(ms) { return new Promise((resolve) => setTimeout(resolve, ms)); }
 
 // Server-Sent Events from a fetch() response: calls onEvent({event, data, id}) per event; returns the
 // last event id seen (to resume with Last-Event-ID if the stream ends before the terminal event).
@@ -256,30 +454,135 @@ async function readEvents(response, lastEventId, onEvent) {
   return lastEventId;
 }
 
+// ---------------------------------------------------------------------------------------- history
+// The page's earlier runs, newest first, in localStorage: job ids and what to show without asking the
+// service (method, count, size, small thumbnails). The images themselves stay on the service.
+const runHistory = {
+  load() {
+    try {
+      const list = JSON.parse(localStorage.getItem(HISTORY_KEY) || "[]");
+      return Array.isArray(list) ? list.filter((entry) => entry && typeof entry.id === "string") : [];
+    } catch (_) {
+      return [];
+    }
+  },
+
+  save(list) {
+    for (let keep = list.length; keep >= 0; keep--) {
+      try {
+        localStorage.setItem(HISTORY_KEY, JSON.stringify(list.slice(0, keep)));
+        return;
+      } catch (_) { /* over the storage quota: drop the oldest run and try again */ }
+    }
+  },
+
+  remember(job, thumbs) {
+    const list = this.load();
+    const old = list.find((entry) => entry.id === job.id) || {};
+    const entry = {
+      id: job.id,
+      method: job.params.method,
+      aspect: job.params.aspect || "structure",
+      appearances: job.appearances || 1,
+      status: job.status,
+      created_at: job.created_at,
+      width: job.output ? job.output.width : (job.result ? job.result.width : old.width),
+      height: job.output ? job.output.height : (job.result ? job.result.height : old.height),
+      thumbs: thumbs && thumbs.length ? thumbs : (old.thumbs || []),
+    };
+    this.save([entry, ...list.filter((item) => item.id !== job.id)].slice(0, HISTORY_MAX));
+    this.render();
+  },
+
+  markGone(id) {
+    const list = this.load();
+    for (const entry of list) if (entry.id === id) entry.gone = true;
+    this.save(list);
+    this.render();
+  },
+
+  forget(id) {
+    this.save(this.load().filter((entry) => entry.id !== id));
+    this.render();
+  },
+
+  render() {
+    const list = this.load();
+    const box = $("#history-list");
+    box.replaceChildren();
+    for (const entry of list) {
+      const item = $("#history-template").content.firstElementChild.cloneNode(true);
+      item.dataset.jobId = entry.id;
+      if ($("#runs").querySelector(`.run[data-job-id="${CSS.escape(entry.id)}"]`)) item.classList.add("active");
+      const thumbs = $(".thumbs", item);
+      for (const thumb of entry.thumbs.slice(0, 3)) {
+        const image = document.createElement("img");
+        image.src = thumb;
+        image.alt = "";
+        thumbs.append(image);
+      }
+      if (!entry.thumbs.length) {
+        const empty = document.createElement("span");
+        empty.className = "thumb-empty";
+        thumbs.append(empty);
+      }
+      $(".history-title", item).textContent =
+        `${entry.appearances > 1 ? plural(entry.appearances, "look") : "1 look"} · ${METHOD_NAMES[entry.method] || entry.method}`;
+      const when = entry.created_at ? new Date(entry.created_at) : null;
+      const meta = [];
+      if (entry.width && entry.height) meta.push(`${entry.width} × ${entry.height}`);
+      if (when && !Number.isNaN(when.getTime())) {
+        meta.push(when.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" }));
+      }
+      meta.push(entry.gone ? "no longer on the service" : entry.status);
+      $(".history-meta", item).textContent = meta.join(" · ");
+      $(".history-open", item).addEventListener("click", () => {
+        $("#runs").replaceChildren();
+        new Run(entry.method).open(entry.id).then(() => runHistory.render());
+        runHistory.render();
+      });
+      $(".history-remove", item).addEventListener("click", () => runHistory.forget(entry.id));
+      box.append(item);
+    }
+    $("#history").hidden = list.length === 0;
+  },
+};
+
 // ---------------------------------------------------------------------------------------- the form
 function readForm() {
-  const structure = $("#structure").files[0];
-  const appearance = $("#appearance").files[0];
   const missing = [];
-  if (!structure) missing.push({ field: "structure", message: "choose or drop an image" });
-  if (!appearance) missing.push({ field: "appearance", message: "choose or drop an image" });
+  if (!structure.file) missing.push({ field: "structure", message: "choose or drop an image" });
+  if (!appearances.length) missing.push({ field: "appearance", message: "add 1 to 8 images" });
   if (missing.length) {
     showProblem($("#form-problem"), {
-      status: "Missing image", title: "", detail: "Both images are needed.", errors: missing,
+      status: "Missing image", title: "", detail: "A structure image and at least one appearance image are needed.",
+      errors: missing,
     });
     return null;
   }
   $("#form-problem").hidden = true;
-  return { structure, appearance, steps: $("#steps").value, seed: $("#seed").value };
+  const aspect = $("#aspect").value;
+  return {
+    structure: structure.file,
+    appearances: appearances.map((entry) => entry.file),
+    sources: appearances.map((entry) => entry.url),
+    aspect,
+    shape: expectedShape(aspect),
+    steps: $("#steps").value,
+    seed: $("#seed").value,
+  };
 }
 
-wireDrop("structure");
-wireDrop("appearance");
+wireStructure();
+wireAppearances();
+renderAppearances();
+runHistory.render();
 $("#transfer-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const form = readForm();
   if (!form) return;
   $("#runs").replaceChildren();
   const methods = $("#compare").checked ? ["qalign", "cross_image"] : [$("#method").value];
-  for (const method of methods) new Run(method).submit(form);
+  for (const method of methods) new Run(method, form.sources).submit(form);
+  $("#runs").scrollIntoView({ behavior: "smooth", block: "start" });
 });
