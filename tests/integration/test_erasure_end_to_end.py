@@ -44,7 +44,7 @@ def assert_every_url_404(client, job_id: str) -> None:
 
 def job_keys(client, job_id: str) -> set[str]:
     job = client.app.state.services.stores.records.get(job_id)
-    keys = {job.structure_key, job.appearance_key, *job.inversion_keys}
+    keys = {*job.input_keys, *job.inversion_keys}
     return keys | ({job.result.key} if job.result else set())
 
 

@@ -24,21 +24,29 @@ def test_multipart_submit_poll_download(client, small_images, fake_pipeline):
     done = poll(client, job["id"])
     assert done["status"] == "succeeded" and done["stage"] == "done" and done["progress"] == 1.0
     assert done["params"]["size"] == 64, "effective params carry the resolved size"
+    # The 96x64 (3:2) structure keeps its shape: the longer side is the size, the shorter one is
+    # rounded to the (fake) model's unit of 8 px.
     assert done["result"] == {
+        "index": 0,
         "url": f"http://testserver/jobs/{job['id']}/result",
         "content_type": "image/png",
         "width": 64,
-        "height": 64,
+        "height": 40,
         "expires_at": None,
+        "adain_applied": "plain",
+        "object_masks_found": False,
     }
+    assert done["results"] == [done["result"]] and done["appearances"] == 1
+    assert done["output"] == {"width": 64, "height": 40, "aspect_clamped": False}
+    assert done["metrics"]["rows_per_step"] == 4
     assert done["metrics"]["total_s"] == 0.04 and done["metrics"]["queue_s"] >= 0
     assert done["started_at"] >= done["created_at"] and done["finished_at"] >= done["started_at"]
     # The worker received the uploaded bytes, not something re-encoded.
-    assert fake_pipeline.calls[0][0] == small_images[0] and fake_pipeline.calls[0][1] == small_images[1]
+    assert fake_pipeline.calls[0][0] == small_images[0] and fake_pipeline.calls[0][1] == [small_images[1]]
 
     result = client.get(done["result"]["url"])
     assert result.status_code == 200 and result.headers["content-type"] == "image/png"
-    assert Image.open(io.BytesIO(result.content)).size == (64, 64)
+    assert Image.open(io.BytesIO(result.content)).size == (64, 40)
 
 
 def test_json_submit_with_plain_and_data_url_base64(client, small_images):
@@ -56,7 +64,7 @@ def test_json_submit_with_plain_and_data_url_base64(client, small_images):
     done = poll(client, response.json()["id"])
     assert done["result"]["content_type"] == "image/webp" and done["result"]["width"] == 128
     image = Image.open(io.BytesIO(client.get(f"/jobs/{done['id']}/result").content))
-    assert image.format == "WEBP" and image.size == (128, 128)
+    assert image.format == "WEBP" and image.size == (128, 88)
 
 
 @pytest.mark.parametrize(

@@ -201,7 +201,7 @@ def test_redis_prune_forgets_expired_records_in_the_queue_index(redis_url):
     stores = open_redis_stores(redis_url, ttl=3600, prefix=f"t{new_job_id()}:")
     records = stores.records
     try:
-        record = Job(id=new_job_id(), created_at=utcnow(), structure_key="a", appearance_key="b")
+        record = Job(id=new_job_id(), created_at=utcnow(), structure_key="a", appearance_keys=["b"])
         records.create(record)
         records.client.delete(records._key(record.id))  # what the key TTL does after JOB_TTL
         assert records.count_by_status()["queued"] == 1
@@ -229,7 +229,7 @@ def test_listed_by_others_names_the_objects_another_stored_job_lists(stores):
     """What erasure keeps: inputs and inversions listed by another job, found through the index."""
     shared_input, own_input = "inputs/" + "c" * 64, "inputs/" + "d" * 64
     inversion = "inversions/" + "e" * 64
-    erased = new_job(stores, structure_key=shared_input, appearance_key=own_input)
+    erased = new_job(stores, structure_key=shared_input, appearance_keys=[own_input])
     other = new_job(stores, structure_key=shared_input)
     records = stores.records
     candidates = {shared_input, own_input, inversion}

@@ -59,7 +59,9 @@ def context(tmp_path, small_images):
 
 def queued(ctx: JobContext, images, **fields) -> Job:
     keys = [ctx.store.put_input(data, "image/png") for data in images]
-    job = Job(id=new_job_id(), created_at=utcnow(), structure_key=keys[0], appearance_key=keys[1], **fields)
+    job = Job(
+        id=new_job_id(), created_at=utcnow(), structure_key=keys[0], appearance_keys=[keys[1]], **fields
+    )
     ctx.stores.records.create(job)
     return job
 
@@ -214,7 +216,7 @@ def test_only_a_cancel_request_cancels_a_run(context, small_images):
 
 
 def test_stop_reasons():
-    job = Job(id=new_job_id(), created_at=utcnow(), structure_key="k", appearance_key="k")
+    job = Job(id=new_job_id(), created_at=utcnow(), structure_key="k", appearance_keys=["k"])
     running = transitions.claim(job, worker="w", live_workers={}, max_attempts=3)
     assert stop_reason(running, "w", 1) is None
     assert stop_reason(None, "w", 1) == "erased"
