@@ -173,7 +173,7 @@ def appearance_values(appearance: Appearances) -> str | list[str]:
         raise local_field_error(
             "appearance",
             f"1 to {MAX_APPEARANCES} appearance images per job; got {len(items)}",
-            allowed=f"1 to {MAX_APPEARANCES} images",
+            allowed=f"1 to {MAX_APPEARANCES} appearance images",
         )
     encoded = [encode_image(item, f"appearance[{k}]") for k, item in enumerate(items)]
     return encoded[0] if len(encoded) == 1 else encoded

@@ -1,18 +1,24 @@
-"""The page at / in a real headless Chromium (Debian's package, driven by Playwright): two photos in,
-live progress from the events stream, the result rendered at its size; refusals shown readably.
+"""The page at / in a real headless Chromium (Debian's package, driven by Playwright): a structure and
+one or several appearances in, live progress from the events stream, the results in a grid in the
+output's own shape, the history of earlier runs after a reload, upload boxes that stay in place, a
+favicon; refusals shown readably.
 
 The embedded service (tiny model) runs in this process on a free loopback port with an API key, so
 the page's key field and its fetch()-based events reader (EventSource cannot send a key) are used.
+Screenshots go to $QALIGN_SCREENSHOTS when set (else the test's tmp_path), to be looked at.
 """
 
 from __future__ import annotations
 
 import base64
+import io
+import os
 import shutil
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 from testkit import LiveService
 
 from service.auth import hash_key
@@ -86,6 +92,14 @@ def photo_files(photo_bytes, tmp_path_factory) -> tuple[Path, Path]:
     return structure, appearance
 
 
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    """Where screenshots go: $QALIGN_SCREENSHOTS (kept, to look at) or the test's tmp_path."""
+    folder = Path(os.environ["QALIGN_SCREENSHOTS"]) if os.environ.get("QALIGN_SCREENSHOTS") else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def drop_file(page, zone: str, path: Path, content_type: str) -> None:
     """Drop ``path`` on ``zone`` as a user dragging a file from the desktop would."""
     data = base64.b64encode(path.read_bytes()).decode()
@@ -101,14 +115,26 @@ def drop_file(page, zone: str, path: Path, content_type: str) -> None:
     page.dispatch_event(zone, "drop", {"dataTransfer": transfer})
 
 
-def test_two_photos_give_a_rendered_result_with_live_progress(page, live_service, photo_files, tmp_path):
+def give_key(page) -> None:
+    """The API key field is under "More" (opened by the page itself after a 401)."""
+    if not page.is_visible("#api-key"):
+        page.click(".more summary")
+    page.fill("#api-key", KEY)
+
+
+def job_id_of(run) -> str:
+    return run.get_attribute("data-job-id")
+
+
+def test_two_photos_give_a_rendered_result_with_live_progress(page, live_service, photo_files, shots):
     drop_file(page, "#structure-drop", photo_files[0], "image/png")  # dropped
     page.set_input_files("#appearance", str(photo_files[1]))  # chosen
     page.fill("#steps", "6")
     page.fill("#seed", "3")
-    page.fill("#api-key", KEY)
+    give_key(page)
     page.check("#compare")  # Q-Align and CIA side by side: two jobs
-    assert page.is_visible("#structure-preview") and page.is_visible("#appearance-preview")
+    assert page.is_visible("#structure-preview") and page.is_visible(".appearance-tile .preview")
+    assert page.inner_text("#submit") == "Transfer"
     page.click("#submit")
 
     runs = page.locator(".run")
@@ -116,26 +142,148 @@ def test_two_photos_give_a_rendered_result_with_live_progress(page, live_service
     assert runs.count() == 2
     for method in ("qalign", "cross_image"):
         page.wait_for_selector(f'.run[data-method="{method}"][data-state="shown"]', timeout=300_000)
-    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    page.screenshot(path=str(shots / "page-compare.png"), full_page=True)
 
     for method in ("qalign", "cross_image"):
         run = page.locator(f'.run[data-method="{method}"]')
         assert run.get_attribute("data-status") == "succeeded"
+        assert run.locator(".result-card").count() == 1
         size = run.locator(".result").evaluate("img => [img.naturalWidth, img.naturalHeight]")
-        job_id = run.locator(".download").get_attribute("download").rsplit("-", 1)[1].split(".")[0]
+        job_id = job_id_of(run)
         job = httpx.get(f"{live_service.url}/jobs/{job_id}", headers=AUTH).json()
         params = job["params"]
         assert params["method"] == method and params["steps"] == 6 and params["seed"] == 3
         assert size == [job["result"]["width"], job["result"]["height"]] and size[0] > 0
         assert run.locator(".size").inner_text() == f"{size[0]} × {size[1]}"
-        assert run.locator(".download").get_attribute("href").startswith("blob:")
-    assert (tmp_path / "page.png").stat().st_size > 0
+        download = run.locator(".download")
+        assert download.get_attribute("href").startswith("blob:")
+        assert download.get_attribute("download") == f"qalign-{method}-{job_id}-0.png"
     # The progress came from the events stream: the page opened it (the service counts open streams).
     events = [r for r in page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")]
     assert sum("/events" in name for name in events) >= 2, events
 
 
-def test_refusals_are_shown_as_readable_problem_details(page, photo_files, tmp_path):
+@pytest.fixture(scope="module")
+def wide_structure(photos, tmp_path_factory) -> Path:
+    """The cat cropped to 16:9 (a landscape photo's shape)."""
+    cat = photos[0]
+    height = round(cat.width * 9 / 16)
+    top = (cat.height - height) // 2
+    path = tmp_path_factory.mktemp("wide") / "cat-16x9.png"
+    cat.crop((0, top, cat.width, top + height)).save(path)
+    return path
+
+
+def boxes(page, selectors: list[str]) -> list[dict]:
+    return [page.locator(selector).bounding_box() for selector in selectors]
+
+
+def test_two_appearances_on_a_wide_structure_fill_a_grid_in_its_shape_and_the_history(
+    page, live_service, photo_files, wide_structure, shots, tmp_path
+):
+    second = tmp_path / "cup-mirrored.png"
+    Image.open(photo_files[1]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(second)
+    give_key(page)
+    page.fill("#steps", "6")
+    fixed = ["#structure-drop", "#appearance-drop", "#submit", ".controls"]
+    before = boxes(page, fixed)
+    page.screenshot(path=str(shots / "page-empty.png"), full_page=True)
+
+    # Upload boxes keep their place when the previews load: fixed-aspect boxes, images inside them.
+    page.set_input_files("#structure", str(wide_structure))
+    page.set_input_files("#appearance", [str(photo_files[1]), str(second)])
+    page.wait_for_function(
+        "[...document.querySelectorAll('#structure-preview, .appearance-tile .preview')]"
+        ".every(img => img.complete && img.naturalWidth > 0)"
+    )
+    after = boxes(page, ["#structure-drop", ".appearance-tile:nth-child(1)", "#submit", ".controls"])
+    assert after == before, "an upload box or the controls moved when the previews loaded"
+    assert page.locator(".appearance-tile").count() == 2 and page.inner_text("#appearance-count") == "2 / 8"
+    assert page.inner_text("#structure-size").startswith(f"{Image.open(wide_structure).width} × ")
+    assert page.inner_text("#submit") == "Create 2 looks"
+    page.screenshot(path=str(shots / "page-filled.png"), full_page=True)
+
+    page.click("#submit")
+    run = page.locator(".run")
+    page.wait_for_selector('.run[data-state="shown"]', timeout=300_000)
+    page.screenshot(path=str(shots / "page-two-looks.png"), full_page=True)
+    job_id = job_id_of(run)
+    job = httpx.get(f"{live_service.url}/jobs/{job_id}", headers=AUTH).json()
+    assert job["status"] == "succeeded" and job["appearances"] == 2 and job["params"]["aspect"] == "structure"
+    width, height = job["output"]["width"], job["output"]["height"]
+    assert width > height, "the output keeps the structure's landscape shape"
+    cards = run.locator(".result-card")
+    assert cards.count() == 2
+    for k in range(2):
+        card = cards.nth(k)
+        size = card.locator(".result").evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        assert size == [width, height] == [job["results"][k]["width"], job["results"][k]["height"]]
+        frame = card.locator(".frame").bounding_box()
+        assert frame["width"] / frame["height"] == pytest.approx(width / height, rel=0.02)  # not squared
+        assert card.locator(".download").get_attribute("download") == f"qalign-qalign-{job_id}-{k}.png"
+        shown = card.locator(".result").evaluate(
+            "img => fetch(img.src).then(r => r.arrayBuffer()).then(b => Array.from(new Uint8Array(b)))"
+        )
+        served = httpx.get(f"{live_service.url}/jobs/{job_id}/results/{k}", headers=AUTH)
+        assert bytes(shown) == served.content, f"card {k} shows result {k}"
+    with Image.open(io.BytesIO(served.content)) as image:
+        assert image.size == (width, height)
+
+    # The history remembers the run across a reload, with thumbnails, and opens it again.
+    page.reload()
+    item = page.locator(f'.history-item[data-job-id="{job_id}"]')
+    item.wait_for(timeout=30_000)
+    assert item.locator(".thumbs img").count() == 2
+    assert item.locator(".thumbs img").first.get_attribute("src").startswith("data:image/jpeg")
+    assert "2 looks" in item.inner_text() and f"{width} × {height}" in item.inner_text()
+    page.screenshot(path=str(shots / "page-history.png"), full_page=True)
+    give_key(page)
+    item.locator(".history-open").click()
+    page.wait_for_selector(f'.run[data-job-id="{job_id}"][data-state="shown"]', timeout=60_000)
+    assert page.locator(".run .result-card.loaded").count() == 2
+    page.screenshot(path=str(shots / "page-reopened.png"), full_page=True)
+
+
+def test_at_most_eight_appearances_and_both_kinds_of_image_needed(page, photo_files, tmp_path, shots):
+    page.click("#submit")  # nothing chosen: said on the page, nothing sent
+    problem = page.locator("#form-problem")
+    problem.wait_for()
+    assert "structure: choose or drop an image" in problem.inner_text()
+    assert "appearance: add 1 to 8 images" in problem.inner_text()
+    assert page.locator(".run").count() == 0
+
+    files = []
+    for k in range(9):
+        files.append(tmp_path / f"look-{k}.jpg")
+        files[-1].write_bytes(photo_files[1].read_bytes())
+    page.set_input_files("#appearance", [str(path) for path in files])
+    assert page.locator(".appearance-tile").count() == 8 and page.is_hidden("#appearance-drop")
+    assert "not added: look-8.jpg" in problem.inner_text()
+    assert page.inner_text("#appearance-count") == "8 / 8"
+    page.screenshot(path=str(shots / "page-eight.png"), full_page=True)
+    page.locator(".appearance-tile").nth(2).locator(".remove").click()
+    assert page.locator(".appearance-tile").count() == 7 and page.is_visible("#appearance-drop")
+    indexes = page.locator(".appearance-tile .tile-index").all_inner_texts()
+    assert indexes == [str(k) for k in range(1, 8)]
+
+
+def test_favicon_is_served(browser, live_service):
+    icon = httpx.get(f"{live_service.url}/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    with Image.open(io.BytesIO(icon.content)) as image:
+        assert image.format == "ICO" and {(16, 16), (32, 32)} <= image.info["sizes"]
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(live_service.url + "/")
+        linked = page.eval_on_selector('link[rel="icon"]', "link => link.href")
+    finally:
+        context.close()
+    svg = httpx.get(linked)
+    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+
+
+def test_refusals_are_shown_as_readable_problem_details(page, photo_files, tmp_path, shots):
     text_file = tmp_path / "notes.txt"
     text_file.write_text("not an image")
     page.set_input_files("#structure", str(photo_files[0]))
@@ -146,6 +294,7 @@ def test_refusals_are_shown_as_readable_problem_details(page, photo_files, tmp_p
     problem.wait_for(timeout=60_000)
     assert problem.locator("h3").inner_text() == "401 Unauthorized"
     assert "API key" in problem.locator(".detail").inner_text()
+    assert page.is_visible("#api-key"), "a 401 opens the API key field"
 
     page.fill("#api-key", KEY)
     page.click("#submit")  # a text file as the appearance: 400, naming the field
@@ -157,7 +306,7 @@ def test_refusals_are_shown_as_readable_problem_details(page, photo_files, tmp_p
     assert detail == "appearance: not an image (send a PNG, JPEG or WebP file)"
     assert problem.locator(".kind").inner_text() == "/problems/not-an-image"
     assert "{" not in problem.inner_text(), "shown as text, not raw JSON"
-    page.screenshot(path=str(tmp_path / "problem.png"), full_page=True)
+    page.screenshot(path=str(shots / "page-problem.png"), full_page=True)
 
 
 def test_api_reference_pages_render_from_the_service_alone(browser, live_service):

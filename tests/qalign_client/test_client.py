@@ -465,7 +465,7 @@ def test_too_few_or_too_many_appearances_fail_before_sending(count):
     error = caught.value
     assert error.status == 422 and error.errors[0].field == "appearance"
     assert f"1 to 8 appearance images per job; got {count}" in error.detail
-    assert error.errors[0].allowed == "1 to 8 images" and script.requests == []
+    assert error.errors[0].allowed == "1 to 8 appearance images" and script.requests == []
     with pytest.raises(ValidationError, match="aspect"):
         client.submit(PNG, PNG, aspect="wide")
     with pytest.raises(TypeError, match=r"appearance\[1\]: expected a path"):

@@ -119,6 +119,10 @@ function addAppearances(files) {
     const entry = { file, url: URL.createObjectURL(file), node };
     const preview = $(".preview", node);
     preview.alt = file.name;
+    preview.addEventListener("error", () => {  // not an image the browser shows: the server says why
+      node.classList.add("unreadable");
+      $(".tile-name", node).textContent = file.name;
+    }, { once: true });
     preview.src = entry.url;
     $(".remove", node).addEventListener("click", () => removeAppearance(entry));
     appearances.push(entry);
@@ -226,6 +230,7 @@ class Run {
     this.job = job;
     this.node.dataset.status = job.status;
     this.node.dataset.jobId = job.id;
+    $(".job-id", this.node).textContent = `job ${job.id}`;
     const parts = [job.status];
     if (!TERMINAL.includes(job.status)) {
       parts.push(job.stage, `${Math.round(job.progress * 100)} %`);
@@ -272,6 +277,7 @@ class Run {
       this.status("refused");
       this.clearResults();
       this.problem(await readProblem(response));
+      if (response.status === 401 || response.status === 403) $(".more").open = true;  // the key field
       return;
     }
     this.update(await response.json());
