@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.server
+import io
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import time
 import pytest
 from click.testing import CliRunner
 from int_helpers import FAST, REPO, SLOW, decode, free_port, wait_for
+from PIL import Image
 from testkit import LiveService
 
 import qalign_client
@@ -27,6 +29,8 @@ from qalign_client.webhooks import verify
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 #: Wide deadlines: a tiny-model job takes seconds on an idle CPU; the machine may be busy.
 JOB_TIMEOUT = 240
+#: The tiny model's rounding unit: VAE factor 8 times 2^3 UNet downsamplings (64 px, as SD 1.5's).
+TINY_UNIT = 64
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"client-test-webhook-key-32-bytes").decode()
 
 
@@ -227,6 +231,62 @@ def test_webhook_deliveries_verify_with_the_client(client, photo_bytes):
         verify(WEBHOOK_SECRET, headers, tampered)
 
 
+# ---------------------------------------------------------------------------------------------- many looks
+@pytest.fixture(scope="module")
+def mirrored_cup(photos) -> bytes:
+    """A second appearance: the cup mirrored."""
+    buffer = io.BytesIO()
+    photos[1].transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_several_appearances_give_one_result_each_in_the_structures_shape(
+    client, files, photos, mirrored_cup, tmp_path
+):
+    job = client.submit(files / "cat.png", [files / "cup.jpg", mirrored_cup], FAST, aspect="structure")
+    done = client.wait(job, timeout=JOB_TIMEOUT)
+    assert done.status == "succeeded" and done.appearances == 2 and len(done.results) == 2
+    width, height = done.output.width, done.output.height
+    cat_width, cat_height = photos[0].size
+    assert width > height and width == done.params.size, "the longer side is size; the cat is landscape"
+    assert abs(height - width * cat_height / cat_width) <= TINY_UNIT / 2, "the shape within the unit"
+
+    paths = client.results(done, tmp_path / "looks")
+    assert [p.name for p in paths] == [f"{done.id}-0.png", f"{done.id}-1.png"]
+    images = [decode(p.read_bytes()) for p in paths]
+    assert [i.size for i in images] == [(width, height)] * 2
+    assert client.result(done, k=1) == paths[1].read_bytes() != paths[0].read_bytes()
+    assert client.results(done.id) == [p.read_bytes() for p in paths]
+    with pytest.raises(qalign_client.NotFoundError):
+        client.result(done, k=2)
+
+    # The same pair alone is result 0 (a list of one is one appearance); square crops as CIA does.
+    alone = client.run(files / "cat.png", [files / "cup.jpg"], FAST, timeout=JOB_TIMEOUT)
+    assert alone == [paths[0].read_bytes()]
+    square = client.run(files / "cat.png", files / "cup.jpg", FAST, aspect="square", timeout=JOB_TIMEOUT)
+    assert decode(square).size == (width, width)
+
+
+def test_too_many_appearances_are_refused_before_sending(client, files):
+    with pytest.raises(qalign_client.ValidationError) as caught:
+        client.submit(files / "cat.png", [files / "cup.jpg"] * 9, FAST)
+    assert caught.value.errors[0].field == "appearance" and "got 9" in caught.value.detail
+
+
+def test_async_client_with_several_appearances(server, files, mirrored_cup, tmp_path):
+    async def scenario():
+        async with AsyncClient(server.url, timeout=60) as client:
+            paths = await client.run(
+                files / "cat.png", [mirrored_cup, files / "cup.jpg"], FAST, path=tmp_path, timeout=JOB_TIMEOUT
+            )
+            job = await client.get(paths[0].name.split("-")[0])
+            return paths, job, await client.results(job)
+
+    paths, job, data = asyncio.run(scenario())
+    assert [p.read_bytes() for p in paths] == data and len(data) == 2
+    assert all(decode(d).size == (job.output.width, job.output.height) for d in data)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def test_cli_transfer_on_the_server(server, files, tmp_path):
     out = tmp_path / "cli.jpg"
@@ -239,6 +299,45 @@ def test_cli_transfer_on_the_server(server, files, tmp_path):
     assert decode(out.read_bytes()).format == "JPEG"  # the format from the suffix, as locally
     assert f"wrote {out} (128x128" in result.stdout
     assert "100%" in result.stderr and "done" in result.stderr  # the progress bar reached the end
+
+
+def test_cli_several_appearances_on_the_server(server, files, mirrored_cup, tmp_path):
+    second = tmp_path / "cup-mirrored.png"
+    second.write_bytes(mirrored_cup)
+    out = tmp_path / "look.webp"
+    result = CliRunner().invoke(
+        cli,
+        ["transfer", "--server", server.url, "--structure", str(files / "cat.png"),
+         "--appearance", str(files / "cup.jpg"), "--appearance", str(second), "--output", str(out),
+         "--aspect", "square", *FAST_ARGS],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = [tmp_path / "look-0.webp", tmp_path / "look-1.webp"]
+    assert f"wrote 2 results: {written[0]}, {written[1]} (" in result.stdout
+    images = [decode(path.read_bytes()) for path in written]
+    assert all(i.format == "WEBP" and i.size[0] == i.size[1] for i in images)  # --aspect square
+    assert not out.exists()
+
+    into = tmp_path / "into"
+    into.mkdir()
+    result = CliRunner().invoke(
+        cli,
+        ["transfer", "--server", server.url, "--structure", str(files / "cat.png"),
+         "--appearance", str(second), "--appearance", str(files / "cup.jpg"), "--output", str(into),
+         *FAST_ARGS],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in into.iterdir()) == ["result-0.png", "result-1.png"]
+    shapes = {decode((into / name).read_bytes()).size for name in ("result-0.png", "result-1.png")}
+    (shape,) = shapes
+    assert shape[0] > shape[1], "the default aspect keeps the cat's landscape shape"
+    assert (
+        f"wrote 2 results: {into / 'result-0.png'}, {into / 'result-1.png'} ({shape[0]}x{shape[1]}"
+        in result.stdout
+    )
+
+
+FAST_ARGS = ["--steps", str(FAST["steps"]), "--skip-steps", str(FAST["skip_steps"])]
 
 
 def test_cli_errors_are_one_line(server, files, tmp_path, monkeypatch):
