@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
 
+    # SIGTERM (a CI timeout, a Ctrl-C'd parent) still stops the workers, Redis and S3 below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     binary = shutil.which("redis-server")
     if binary is None:
         print("redis-server is not installed (apt-get install redis-server)", file=sys.stderr)
@@ -297,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             "QALIGN_READINESS_CACHE_S": "0",
             "QALIGN_ACCEPT_WITHOUT_WORKERS": "true",
         }
-        worker_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        # One torch thread per worker: several workers share this machine's cores.
+        worker_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         worker_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), worker_env.get("PYTHONPATH")]))
         settings = Settings(_env_file=None, **{k.removeprefix("QALIGN_").lower(): v for k, v in env.items()})
         (tmp / "logs").mkdir()
@@ -313,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_workers=args.max_workers,
                 target=args.target,
                 cooldown=args.cooldown,
+                deadline_s=args.deadline,
             )
     finally:
         s3.stop()

@@ -97,7 +97,17 @@ def test_checkov_finds_nothing_that_is_not_justified(target, tmp_path):
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(render(target))
     done = subprocess.run(
-        [_tool("checkov"), "--quiet", "--compact", "-o", "json", "--framework", "kubernetes", "-f", str(rendered)],
+        [
+            _tool("checkov"),
+            "--quiet",
+            "--compact",
+            "-o",
+            "json",
+            "--framework",
+            "kubernetes",
+            "-f",
+            str(rendered),
+        ],
         capture_output=True,
         text=True,
         timeout=600,

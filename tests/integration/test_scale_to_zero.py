@@ -102,7 +102,7 @@ def test_autoscaler_simulation_loses_and_repeats_nothing(scale_to_zero_env, tmp_
         figures = run_simulation(
             client,
             scale_to_zero_env["QALIGN_REDIS_URL"],
-            worker_env(scale_to_zero_env),
+            {**worker_env(scale_to_zero_env), "OMP_NUM_THREADS": "1"},
             tmp_path,
             jobs=6,
             max_workers=2,
