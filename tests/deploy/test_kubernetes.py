@@ -6,8 +6,9 @@
   custom resource that package has no schema for: it is skipped there, and its fields are checked
   here instead (test_scaledobject_scales_on_the_celery_queue_to_zero).
 - checkov (PyPI) reports no failed check. Offline checkov has no severities (they come from its
-  paid platform), so the bar is every check: each one skipped is justified in the manifest's
-  ``checkov.io/skipN`` annotation.
+  paid platform), so the bar is every check, not only HIGH ones: each one skipped is justified in
+  the object's ``checkov.io/skipN: CHECK_ID=reason`` annotation (7 in the base: image digests set
+  per release, credentials as environment variables, the worker's exec probes).
 
 The validators live in .venv-tools/ (scripts/deploy-tools.sh, run by scripts/test.sh), apart from
 the project's environment because checkov pins many shared libraries.
@@ -70,26 +71,20 @@ def test_renders_and_validates_against_the_kubernetes_schemas(target, tmp_path):
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(render(target))
     done = subprocess.run(
-        [
-            _tool("kubernetes-validate"),
-            "--kubernetes-version",
-            KUBERNETES_VERSION,
-            "--strict",
-            "--quiet",
-            str(rendered),
-        ],
+        [_tool("kubernetes-validate"), "--kubernetes-version", KUBERNETES_VERSION, "--strict", str(rendered)],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    # Custom resources (KEDA's ScaledObject) have no schema in the package; anything else must pass.
-    problems = [
-        line
-        for line in (done.stdout + done.stderr).splitlines()
-        if line.strip() and "ScaledObject" not in line and "skipping" not in line.lower()
-    ]
-    assert done.returncode == 0 or not problems, done.stdout + done.stderr
-    assert not [p for p in problems if "ERROR" in p.upper() or "INVALID" in p.upper()], problems
+    lines = (done.stdout + done.stderr).splitlines()
+    assert done.returncode == 0, "\n".join(lines)
+    docs = objects(target)
+    builtin = [d for d in docs if d["kind"] != "ScaledObject"]
+    # Every built-in object passed; the only object without a schema is KEDA's custom resource.
+    assert len([line for line in lines if " passed for resource " in line]) == len(builtin), lines
+    unchecked = [line for line in lines if "Couldn't find schema" in line]
+    assert unchecked == [line for line in unchecked if "kind ScaledObject" in line], unchecked
+    assert len(unchecked) == len(docs) - len(builtin) == 1
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -99,8 +94,8 @@ def test_checkov_finds_nothing_that_is_not_justified(target, tmp_path):
     done = subprocess.run(
         [
             _tool("checkov"),
-            "--quiet",
             "--compact",
+            "--skip-download",  # offline: no Prisma Cloud guidelines or severities
             "-o",
             "json",
             "--framework",
@@ -111,18 +106,28 @@ def test_checkov_finds_nothing_that_is_not_justified(target, tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        env={"BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false", "PATH": "/usr/bin:/bin"},
     )
     report = json.loads(done.stdout)
     reports = report if isinstance(report, list) else [report]
+    assert reports and all(r["summary"]["parsing_errors"] == 0 for r in reports)
+    assert sum(r["summary"]["passed"] for r in reports) > 100, "checkov ran its Kubernetes checks"
     failed = [
         f"{c['check_id']} {c['resource']}: {c['check_name']}"
         for r in reports
-        for c in r.get("results", {}).get("failed_checks", [])
+        for c in r["results"].get("failed_checks", [])
     ]
     assert failed == [], "\n".join(failed)
-    skipped = [c for r in reports for c in r.get("results", {}).get("skipped_checks", [])]
-    assert all(c.get("suppress_comment") for c in skipped), "every skip names its reason"
+    # Each skip is a checkov.io/skipN annotation of the object, "CHECK_ID=reason".
+    docs = objects(target)
+    for r in reports:
+        for check in r["results"].get("skipped_checks", []):
+            kind, _namespace, name = check["resource"].split(".", 2)
+            notes = find(docs, kind, name)["metadata"].get("annotations", {})
+            reasons = [v.split("=", 1)[1] for k, v in notes.items() if k.startswith("checkov.io/skip")
+                       and v.startswith(check["check_id"] + "=")]  # fmt: skip
+            assert reasons and len(reasons[0]) > 20, (
+                f"{check['check_id']} on {name} is skipped without a reason"
+            )
 
 
 def test_worker_takes_a_gpu_and_outlives_its_shutdown_grace():
