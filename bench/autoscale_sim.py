@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--max-workers", type=int, default=3)
     parser.add_argument("--target", type=int, default=2, help="KEDA listLength: queued jobs per worker")
+    parser.add_argument("--deadline", type=float, default=3600.0, help="give up after this many seconds")
     parser.add_argument(
         "--cooldown", type=float, default=3.0, help="seconds of an empty list before scaling to 0"
     )
