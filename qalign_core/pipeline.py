@@ -172,34 +172,42 @@ class QAlignPipeline:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         config: PipelineConfig | None = None,
+        *,
+        allow_pickle: bool | None = None,
+        model_config_dir: str | None = None,
     ) -> QAlignPipeline:
-        """Load a Stable Diffusion model from a Hugging Face id or a local directory."""
-        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
+        """Load Stable Diffusion from a Hugging Face id, a local directory or one ``.safetensors`` file.
+
+        Safetensors only unless ``allow_pickle`` (default: QALIGN_ALLOW_PICKLE_WEIGHTS); a single-file
+        checkpoint takes its architecture and tokenizer from ``model_config_dir`` (default:
+        QALIGN_MODEL_CONFIG_DIR, else SD 1.5's configs in the local cache). See qalign_core.loading.
+        """
+        from qalign_core.loading import is_single_file, load_components
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         # Hub ids are "org/name"; anything else that is not a directory is a mistyped path.
         looks_like_path = str(model).startswith((".", "/", "~")) or str(model).count("/") > 1
-        if looks_like_path and not os.path.isdir(os.path.expanduser(str(model))):
+        if (
+            looks_like_path
+            and not is_single_file(model)
+            and not os.path.isdir(os.path.expanduser(str(model)))
+        ):
             raise ModelLoadError(f"model directory {str(model)!r} does not exist")
-        try:
-            unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=torch_dtype)
-            vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch_dtype)
-            text_encoder = CLIPTextModel.from_pretrained(
-                model, subfolder="text_encoder", torch_dtype=torch_dtype
-            )
-            tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
-            scheduler = DDIMScheduler.from_pretrained(model, subfolder="scheduler")
-        except (OSError, ValueError) as exc:
-            reason = str(exc).strip().splitlines()[0].rstrip(". ") if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(
-                f"cannot load model {str(model)!r}: {reason}. Give a local model directory or a "
-                "Hugging Face id that is available (offline machines need it in the local cache)"
-            ) from exc
-        for module in (unet, vae, text_encoder):
+        parts = load_components(
+            str(model), torch_dtype, allow_pickle=allow_pickle, config_dir=model_config_dir
+        )
+        for module in (parts.unet, parts.vae, parts.text_encoder):
             module.to(torch_device).eval().requires_grad_(False)
-        return cls(unet, vae, text_encoder, tokenizer, scheduler, model_id=str(model), config=config)
+        return cls(
+            parts.unet,
+            parts.vae,
+            parts.text_encoder,
+            parts.tokenizer,
+            parts.scheduler,
+            model_id=str(model),
+            config=config,
+        )
 
     # ---------------------------------------------------------------- the run
     @torch.inference_mode()

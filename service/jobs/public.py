@@ -66,9 +66,9 @@ def job_out(
             height=job.result.height,
             expires_at=expires,
         )
-    position = eta = None
+    position = eta = waiting_for = None
     if queue is not None:
-        position, eta = queue.position(job), queue.eta_s(job)
+        position, eta, waiting_for = queue.position(job), queue.eta_s(job), queue.waiting_for(job)
     elif job.status == "running":
         position = 0
     return JobOut(
@@ -86,6 +86,7 @@ def job_out(
         urls=job_urls(job.id, base) if base else None,
         queue_position=position,
         eta_s=eta,
+        waiting_for=waiting_for,
     )
 
 
