@@ -275,6 +275,26 @@ def test_openapi_documents_both_encodings_and_ranges(client):
     )
 
 
+def test_openapi_documents_many_appearances_aspect_and_results(client):
+    spec = client.get("/openapi.json").json()
+    content = spec["paths"]["/transfer"]["post"]["requestBody"]["content"]
+    repeated = content["multipart/form-data"]["schema"]["properties"]["appearance"]
+    assert repeated["type"] == "array" and repeated["items"]["format"] == "binary"
+    assert (repeated["minItems"], repeated["maxItems"]) == (1, 8)
+    listed = content["application/json"]["schema"]["properties"]["appearance"]["anyOf"]
+    assert {"type": "string"} in listed
+    assert any(o.get("type") == "array" and o["maxItems"] == 8 for o in listed)
+    for media in ("multipart/form-data", "application/json"):
+        assert content[media]["schema"]["properties"]["aspect"]["enum"] == ["structure", "square"]
+    job = spec["components"]["schemas"]["JobOut"]["properties"]
+    assert {"results", "output", "appearances"} <= set(job)
+    result = spec["components"]["schemas"]["ResultOut"]["properties"]
+    assert {"index", "url", "content_type", "width", "height", "expires_at"} <= set(result)
+    results_k = spec["paths"]["/jobs/{job_id}/results/{k}"]["get"]
+    assert {"200", "307", "404", "409", "410"} <= set(results_k["responses"])
+    assert [p["name"] for p in results_k["parameters"]] == ["job_id", "k"]
+
+
 def test_restart_keeps_finished_results_and_runs_queued_jobs(make_client, embedded_settings, small_images):
     pipeline = FakePipeline(gate=threading.Event())
     first = make_client(pipeline=pipeline)
