@@ -181,7 +181,8 @@ def _describe_outputs(paths: list[Path]) -> str:
     "--save-masks",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Directory for masked AdaIN's object masks (mask_structure.png, mask_appearance.png).",
+    help="Directory for masked AdaIN's object masks (mask_structure.png, mask_appearance.png; with "
+    "several --appearance, mask_appearance-0.png, mask_appearance-1.png, ...).",
 )
 @_server_options
 @_model_options
@@ -213,8 +214,6 @@ def transfer(
     if not target.is_dir():
         fail(f"output directory {str(target)!r} does not exist")
     outputs = output_paths(output, len(appearances), params.output_format)
-    if save_masks is not None and len(appearances) > 1:
-        fail("--save-masks: only with one --appearance (the masks of one pair)")
     if server:
         local_only = {"--model": model, "--device": device, "--dtype": dtype, "--save-masks": save_masks}
         named = [flag for flag, value in local_only.items() if value is not None]
@@ -242,9 +241,11 @@ def transfer(
         f"{result.timings['total_s']:.1f} s)"
     )
     _say_aspect_clamped(result.diagnostics.get("aspect_clamped"))
-    masks = result.object_masks
-    if masks is not None and not masks.found:
-        click.echo(f"masked AdaIN fell back to plain AdaIN: {masks.reason}")
+    masks = result.object_masks  # one per appearance (None where masked AdaIN did not run)
+    for k, pair in enumerate(masks):
+        if pair is not None and not pair.found:
+            which = f" for result {k}" if len(masks) > 1 else ""
+            click.echo(f"masked AdaIN fell back to plain AdaIN{which}: {pair.reason}")
     if save_masks is not None:
         _write_masks(save_masks, masks, result.image.size)
 
@@ -335,17 +336,26 @@ def _client_error_line(exc, server: str) -> str:
     return f"{server} refused the request ({exc.status} {exc.title}): {exc.detail}"
 
 
-def _write_masks(directory: Path, masks, size: tuple[int, int]) -> None:
-    """Save masked AdaIN's object masks as black/white PNGs at the result's size."""
+def _write_masks(directory: Path, masks: list, size: tuple[int, int]) -> None:
+    """Save masked AdaIN's object masks as black/white PNGs at the result's size: the structure's
+    (shared by every pair), and each appearance's (mask_appearance.png, or mask_appearance-K.png with
+    several appearances)."""
     from PIL import Image
 
-    if masks is None or masks.structure is None:
+    found = [pair for pair in masks if pair is not None and pair.structure is not None]
+    if not found:
         fail("no object masks to save: they exist only with --adain masked (the default)", code=1)
+    named = [("mask_structure.png", found[0].structure)]
+    for k, pair in enumerate(masks):
+        if pair is not None and pair.appearance is not None:
+            named.append((f"mask_appearance{'' if len(masks) == 1 else f'-{k}'}.png", pair.appearance))
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        for name, mask in (("structure", masks.structure), ("appearance", masks.appearance)):
-            image = Image.fromarray(mask.numpy().astype("uint8") * 255).resize(size, Image.Resampling.NEAREST)
-            image.save(directory / f"mask_{name}.png")
+        for name, mask in named:
+            image = Image.fromarray(mask.cpu().numpy().astype("uint8") * 255).resize(
+                size, Image.Resampling.NEAREST
+            )
+            image.save(directory / name)
     except OSError as exc:
         fail(f"cannot write masks to {str(directory)!r}: {exc.strerror or exc}")
     click.echo(f"wrote object masks to {directory}")

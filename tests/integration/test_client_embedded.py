@@ -31,6 +31,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 JOB_TIMEOUT = 240
 #: The tiny model's rounding unit: VAE factor 8 times 2^3 UNet downsamplings (64 px, as SD 1.5's).
 TINY_UNIT = 64
+#: The cat (451 x 300) in its shape on the tiny model: longer side 128, 85 rounded to the unit.
+CAT_SHAPE = (128, 64)
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"client-test-webhook-key-32-bytes").decode()
 
 
@@ -73,7 +75,7 @@ def test_run_submit_wait_and_result(client, files, photos, tmp_path):
     out = client.run(
         files / "cat.png", files / "cup.jpg", FAST, path=tmp_path / "out.png", timeout=JOB_TIMEOUT
     )
-    assert out == tmp_path / "out.png" and decode(out.read_bytes()).size == (128, 128)
+    assert out == tmp_path / "out.png" and decode(out.read_bytes()).size == CAT_SHAPE
 
     job = client.submit(photos[0], (files / "cup.jpg").read_bytes(), qalign_client.TransferParams(**FAST),
                         output_format="webp")  # fmt: skip
@@ -187,7 +189,7 @@ def test_async_client(server, photo_bytes, tmp_path):
 
     done, data, path = asyncio.run(scenario())
     assert [j.status for j in done] == ["succeeded", "succeeded"] and done[0].id != done[1].id
-    assert decode(data).size == decode(path.read_bytes()).size == (128, 128)
+    assert decode(data).size == decode(path.read_bytes()).size == CAT_SHAPE
 
 
 def test_async_stream(server, photo_bytes):
@@ -297,7 +299,7 @@ def test_cli_transfer_on_the_server(server, files, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert decode(out.read_bytes()).format == "JPEG"  # the format from the suffix, as locally
-    assert f"wrote {out} (128x128" in result.stdout
+    assert f"wrote {out} ({CAT_SHAPE[0]}x{CAT_SHAPE[1]}" in result.stdout
     assert "100%" in result.stderr and "done" in result.stderr  # the progress bar reached the end
 
 
