@@ -372,7 +372,11 @@ def test_the_readme_client_example_runs(server, tmp_path, monkeypatch):
         shutil.copy(REPO / "tests/golden/data" / name, tmp_path / "tests/golden/data" / name)
     monkeypatch.chdir(tmp_path)
     exec(compile(example.replace("http://127.0.0.1:8000", server.url), "README.md", "exec"), {})
-    assert decode((tmp_path / "result.png").read_bytes()).format == "PNG"
+    first = decode((tmp_path / "result.png").read_bytes())
+    written = sorted((tmp_path / "results").iterdir())
+    assert [p.name.rsplit("-", 1)[1] for p in written] == ["0.png", "1.png"]
+    assert written[0].read_bytes() == (tmp_path / "result.png").read_bytes()
+    assert first.format == "PNG"
 
 
 # ---------------------------------------------------------------------------------------------- install
