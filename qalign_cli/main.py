@@ -322,15 +322,27 @@ def _quiet_library_progress_bars() -> None:
 
 @cli.command("make-tiny-model")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-def make_tiny_model(directory: Path) -> None:
+@click.option(
+    "--single-file",
+    is_flag=True,
+    help="Also write DIRECTORY/tiny.safetensors (SD's original one-file layout) and DIRECTORY/config "
+    "(configs and tokenizer, no weights): QALIGN_MODEL and QALIGN_MODEL_CONFIG_DIR for the single-file path.",
+)
+def make_tiny_model(directory: Path, single_file: bool) -> None:
     """Write a tiny random-weight SD-1.5-shaped model to DIRECTORY (for tests and offline demos)."""
     from qalign_core.testing import save_tiny_model
 
     try:
         save_tiny_model(directory)
+        if single_file:
+            from qalign_core.loading import save_single_file
+
+            save_single_file(directory, directory / "tiny.safetensors", config_dir=directory / "config")
     except OSError as exc:
         fail(f"cannot write {str(directory)!r}: {exc.strerror or exc}")
     click.echo(f"wrote tiny model to {directory}")
+    if single_file:
+        click.echo(f"wrote {directory / 'tiny.safetensors'} and its config directory {directory / 'config'}")
 
 
 @cli.command("hash-key")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -90,12 +92,59 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+@dataclass(frozen=True)
+class OutputShape:
+    """The output's size in pixels, and whether the structure's aspect ratio had to be clamped."""
+
+    width: int
+    height: int
+    #: The structure image was more elongated than MAX_ASPECT_RATIO and is centre-cropped to it.
+    clamped: bool = False
+
+
+def output_shape(
+    structure_size: tuple[int, int],
+    longer_side: int,
+    unit: int,
+    aspect: Literal["structure", "square"] = "structure",
+    max_ratio: float = 2.0,
+) -> OutputShape:
+    """The output size for a structure image of ``structure_size`` (width, height).
+
+    ``aspect="square"`` gives ``longer_side`` x ``longer_side`` (Cross-Image Attention's crop).
+    Otherwise the longer side is ``longer_side`` and the shorter one the structure's aspect ratio
+    (clamped to ``max_ratio``) applied to it, rounded half up to a multiple of ``unit`` (at least one
+    unit): every latent grid level then halves exactly. Pure arithmetic, so the service can state it.
+    """
+    width, height = structure_size
+    if aspect == "square" or width == height:
+        return OutputShape(longer_side, longer_side)
+    ratio = max(width, height) / min(width, height)
+    clamped = ratio > max_ratio
+    ratio = min(ratio, max_ratio)
+    shorter = max(unit, int(longer_side / ratio / unit + 0.5) * unit)
+    if width > height:
+        return OutputShape(longer_side, shorter, clamped)
+    return OutputShape(shorter, longer_side, clamped)
+
+
+def cover_crop(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Crop the largest centred region of ``width:height`` aspect, resize bicubic to ``width`` x ``height``.
+
+    For a square target this is exactly CIA's preparation (centre square crop, PIL's bicubic resize).
+    """
+    if image.width * height > image.height * width:  # wider than the target: crop the sides
+        crop_w, crop_h = round(image.height * width / height), image.height
+    else:
+        crop_w, crop_h = image.width, round(image.width * height / width)
+    left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
+    image = image.crop((left, top, left + crop_w, top + crop_h))
+    return image.resize((width, height), Image.Resampling.BICUBIC)
+
+
 def centre_square(image: Image.Image, size: int) -> Image.Image:
     """Centre-crop to a square and resize to ``size`` x ``size`` with bicubic resampling, as CIA does."""
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-    return image.resize((size, size), Image.Resampling.BICUBIC)
+    return cover_crop(image, size, size)
 
 
 def encode_image(image: Image.Image, fmt: str) -> bytes:

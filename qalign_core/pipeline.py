@@ -2,6 +2,9 @@
 
     prepare images -> encode -> invert (batched, cached) -> denoise with alignment -> decode
 
+One structure may go with several appearances: the structure is inverted once and its row is shared
+by every pair of a denoising batch (3N+1 UNet rows per aligned step instead of 4N).
+
 See docs/algorithm.md for the method and every default.
 """
 
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,10 +24,10 @@ from qalign_core.adain import adain, masked_adain
 from qalign_core.ddpm import DDPMSchedule
 from qalign_core.errors import InvalidParametersError, ModelLoadError, TransferCanceled
 from qalign_core.freeu import DecoderFreeU
-from qalign_core.images import ImageInput, centre_square, encode_image, load_image
+from qalign_core.images import ImageInput, OutputShape, cover_crop, encode_image, load_image, output_shape
 from qalign_core.inversion import Inversion, InversionCache, inversion_key, invert, noise_seed
-from qalign_core.params import TransferParams
-from qalign_core.processors import APP, OUT, AlignmentState, install_processors
+from qalign_core.params import MAX_APPEARANCES, MAX_ASPECT_RATIO, TransferParams
+from qalign_core.processors import AlignmentState, RowLayout, install_processors
 from qalign_core.schedule import DenoiseSchedule, schedule_for
 from qalign_core.segmentation import ObjectMasks, compute_object_masks, noun_token_positions
 
@@ -49,32 +52,51 @@ class PipelineConfig:
     injection_before: int = 40
     #: Query rows per chunk in the aligned layer; None sizes chunks to a fixed memory budget.
     chunk_size: int | None = None
-    #: Run the swap and no-swap passes as one 4-row UNet call (True) or two 3-row calls (False).
+    #: Run the swap and no-swap passes as one UNet call of 3m+1 rows (True) or two of 2m+1 (False).
     fused_swap_pass: bool = True
+    #: The most (structure, appearance) pairs denoised in one batch (3m+1 UNet rows per aligned step,
+    #: m+1 images per inversion batch). More appearances run in further batches, each with its own
+    #: structure row: this bounds activation memory whatever a job carries.
+    max_pairs_per_batch: int = MAX_APPEARANCES
 
 
 @dataclass
 class TransferResult:
-    image: Image.Image
+    #: One image per appearance, in the appearances' order, all ``shape.width`` x ``shape.height``.
+    images: list[Image.Image]
     params: TransferParams
     timings: dict[str, float]
+    shape: OutputShape
     inversion_cache_hits: int = 0
     #: UNet rows evaluated, by phase: the cost measure the benchmarks count.
     unet_rows: dict[str, int] = field(default_factory=dict)
-    #: (layer, step, mode) for every layer call that changed row OUT.
+    #: UNet rows of the costliest denoising iteration (3m+1 per batch of m pairs on aligned steps).
+    rows_per_step: int = 0
+    #: (layer, step, mode) for every layer call that changed the OUT rows.
     alignment_log: list[tuple[str, int, str]] = field(default_factory=list)
-    #: (layer, iteration, leakage) for every aligned call, when object masks were given.
+    #: (layer, iteration, leakage) for every aligned call of the first pair, when object masks were given.
     leakage_log: list[tuple[str, int, float]] = field(default_factory=list)
-    #: Masked AdaIN's self-segmentation (None unless adain="masked" reached its first iteration).
-    object_masks: ObjectMasks | None = None
-    #: The AdaIN actually applied: "masked", "plain" (asked for, or masked with no object found), "none".
-    adain_applied: str = "none"
+    #: Masked AdaIN's self-segmentation per pair (None where adain="masked" did not reach it).
+    object_masks: list[ObjectMasks | None] = field(default_factory=list)
+    #: The AdaIN applied per pair: "masked", "plain" (asked for, or masked with no object), "none".
+    adain_applied: list[str] = field(default_factory=list)
+
+    @property
+    def image(self) -> Image.Image:
+        """The first (for single-appearance transfers, the only) image."""
+        return self.images[0]
 
     @property
     def diagnostics(self) -> dict[str, object]:
-        """What a job's metrics report about the run beyond timings."""
-        found = None if self.object_masks is None else self.object_masks.found
-        return {"adain_applied": self.adain_applied, "object_masks_found": found}
+        """What a job's metrics report about the run beyond timings (lists are per appearance)."""
+        return {
+            "adain_applied": list(self.adain_applied),
+            "object_masks_found": [None if m is None else m.found for m in self.object_masks],
+            "output_width": self.shape.width,
+            "output_height": self.shape.height,
+            "aspect_clamped": self.shape.clamped,
+            "rows_per_step": self.rows_per_step,
+        }
 
     @property
     def mean_leakage(self) -> float | None:
@@ -87,8 +109,11 @@ class TransferResult:
     def content_type(self) -> str:
         return self.params.content_type
 
-    def encode(self) -> bytes:
-        return encode_image(self.image, self.params.output_format)
+    def encode(self, index: int = 0) -> bytes:
+        return encode_image(self.images[index], self.params.output_format)
+
+    def encode_all(self) -> list[bytes]:
+        return [encode_image(image, self.params.output_format) for image in self.images]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -138,6 +163,7 @@ class QAlignPipeline:
         install_processors(unet, "qalign", self.state)
         self._installed_method = "qalign"
         self._rows = {"inversion": 0, "denoising": 0}
+        self._step_rows: dict[int, int] = {}
 
     @classmethod
     def from_pretrained(
@@ -146,65 +172,83 @@ class QAlignPipeline:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         config: PipelineConfig | None = None,
+        *,
+        allow_pickle: bool | None = None,
+        model_config_dir: str | None = None,
     ) -> QAlignPipeline:
-        """Load a Stable Diffusion model from a Hugging Face id or a local directory."""
-        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
+        """Load Stable Diffusion from a Hugging Face id, a local directory or one ``.safetensors`` file.
+
+        Safetensors only unless ``allow_pickle`` (default: QALIGN_ALLOW_PICKLE_WEIGHTS); a single-file
+        checkpoint takes its architecture and tokenizer from ``model_config_dir`` (default:
+        QALIGN_MODEL_CONFIG_DIR, else SD 1.5's configs in the local cache). See qalign_core.loading.
+        """
+        from qalign_core.loading import is_single_file, load_components
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         # Hub ids are "org/name"; anything else that is not a directory is a mistyped path.
         looks_like_path = str(model).startswith((".", "/", "~")) or str(model).count("/") > 1
-        if looks_like_path and not os.path.isdir(os.path.expanduser(str(model))):
+        if (
+            looks_like_path
+            and not is_single_file(model)
+            and not os.path.isdir(os.path.expanduser(str(model)))
+        ):
             raise ModelLoadError(f"model directory {str(model)!r} does not exist")
-        try:
-            unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=torch_dtype)
-            vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch_dtype)
-            text_encoder = CLIPTextModel.from_pretrained(
-                model, subfolder="text_encoder", torch_dtype=torch_dtype
-            )
-            tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
-            scheduler = DDIMScheduler.from_pretrained(model, subfolder="scheduler")
-        except (OSError, ValueError) as exc:
-            reason = str(exc).strip().splitlines()[0].rstrip(". ") if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(
-                f"cannot load model {str(model)!r}: {reason}. Give a local model directory or a "
-                "Hugging Face id that is available (offline machines need it in the local cache)"
-            ) from exc
-        for module in (unet, vae, text_encoder):
+        parts = load_components(
+            str(model), torch_dtype, allow_pickle=allow_pickle, config_dir=model_config_dir
+        )
+        for module in (parts.unet, parts.vae, parts.text_encoder):
             module.to(torch_device).eval().requires_grad_(False)
-        return cls(unet, vae, text_encoder, tokenizer, scheduler, model_id=str(model), config=config)
+        return cls(
+            parts.unet,
+            parts.vae,
+            parts.text_encoder,
+            parts.tokenizer,
+            parts.scheduler,
+            model_id=str(model),
+            config=config,
+        )
 
     # ---------------------------------------------------------------- the run
     @torch.inference_mode()
     def transfer(
         self,
         structure: ImageInput,
-        appearance: ImageInput,
+        appearance: ImageInput | Sequence[ImageInput],
         params: TransferParams | None = None,
         progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
         inversion_cache: InversionCache | None = None,
         object_masks: tuple[ImageInput, ImageInput] | None = None,
     ) -> TransferResult:
-        """Give ``structure``'s layout the look of ``appearance``.
+        """Give ``structure``'s layout the look of ``appearance``, or of each of several appearances.
 
-        ``object_masks`` (structure, appearance; white = object) turns on the leakage diagnostic.
+        Returns one image per appearance, each equal to the single-pair transfer with that
+        appearance. ``object_masks`` (structure, appearance; white = object) turns on the leakage
+        diagnostic (single-appearance transfers only).
         """
+        appearances = self._appearance_list(appearance)
         params = params or TransferParams()
         if params.size is None:
             params = params.model_copy(update={"size": self.native_size})
         self._check_size(params.size)
+        if object_masks is not None and len(appearances) > 1:
+            raise InvalidParametersError("object_masks (the leakage diagnostic) takes one appearance image")
         report = _Reporter(progress, should_cancel)
         self._rows = {"inversion": 0, "denoising": 0}
+        self._step_rows = {}
         started = time.perf_counter()
 
         report("loading", 0.0)
-        pixels = [self.prepare_image(image, params.size) for image in (structure, appearance)]
+        structure_image = load_image(structure)
+        shape = output_shape(
+            structure_image.size, params.size, self.size_unit, params.aspect, MAX_ASPECT_RATIO
+        )
+        pixels = [self.prepare_image(image, shape) for image in (structure_image, *appearances)]
         cond, uncond = self.encode_prompt(params.effective_prompt)
         self.state.leakage.clear()
         self.state.leakage_masks = (
-            None if object_masks is None else tuple(self.prepare_mask(m, params.size) for m in object_masks)
+            None if object_masks is None else tuple(self.prepare_mask(m, shape) for m in object_masks)
         )
         report("loading", 1.0)
 
@@ -215,12 +259,16 @@ class QAlignPipeline:
             pixels, params, ddpm, plan, cond, uncond, report, inversion_cache
         )
         t1 = self._now()
-        latent, masks, applied = self.denoise(inversions[0], inversions[1], params, ddpm, plan, cond, report)
+        latents, masks, applied = self.denoise(
+            inversions[0], inversions[1:], params, ddpm, plan, cond, report
+        )
         t2 = self._now()
         report("decoding", 0.0)
-        image = self.decode(latent)
+        images = []
+        for k, latent in enumerate(latents):
+            images.append(self.decode(latent))
+            report("decoding", (k + 1) / len(latents))
         t3 = self._now()
-        report("decoding", 1.0)
         timings = {
             "inversion_s": t1 - t0,
             "denoise_s": t2 - t1,
@@ -228,26 +276,51 @@ class QAlignPipeline:
             "total_s": t3 - started,
         }
         return TransferResult(
-            image=image,
+            images=images,
             params=params,
             timings=timings,
+            shape=shape,
             inversion_cache_hits=hits,
             unet_rows=dict(self._rows),
+            rows_per_step=max(self._step_rows.values(), default=0),
             alignment_log=list(self.state.log),
             leakage_log=list(self.state.leakage),
             object_masks=masks,
             adain_applied=applied,
         )
 
+    @staticmethod
+    def _appearance_list(appearance: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+        """One appearance or a sequence of them (bytes and paths are single inputs, not sequences)."""
+        if isinstance(appearance, (bytes, bytearray, str, os.PathLike, Image.Image)):
+            return [appearance]
+        appearances = list(appearance)
+        if not 1 <= len(appearances) <= MAX_APPEARANCES:
+            raise InvalidParametersError(
+                f"appearance: give 1 to {MAX_APPEARANCES} appearance images; got {len(appearances)}"
+            )
+        return appearances
+
     # ---------------------------------------------------------------- steps
-    def prepare_image(self, source: ImageInput, size: int) -> torch.Tensor:
-        """Decode, centre-crop and resize; returns ``[3, size, size]`` uint8."""
-        image = centre_square(load_image(source), size)
+    @property
+    def size_unit(self) -> int:
+        """Output sides are multiples of this (the VAE factor x 2^downsamplings; 64 px for SD 1.5),
+        so every token grid of the UNet halves exactly."""
+        return self.vae_scale * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def prepare_image(self, source: ImageInput, shape: int | OutputShape) -> torch.Tensor:
+        """Decode, cover-crop around the centre to the output's aspect ratio and resize.
+
+        ``shape`` is an OutputShape or, for a square, its side. Returns ``[3, height, width]`` uint8.
+        """
+        if isinstance(shape, int):
+            shape = OutputShape(shape, shape)
+        image = cover_crop(load_image(source), shape.width, shape.height)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
-    def prepare_mask(self, source: ImageInput, size: int) -> torch.Tensor:
-        """An object mask cropped like its image: ``[size, size]`` in [0, 1], white = object."""
-        return self.prepare_image(source, size).float().mean(dim=0) / 255.0
+    def prepare_mask(self, source: ImageInput, shape: int | OutputShape) -> torch.Tensor:
+        """An object mask cropped like its image: ``[height, width]`` in [0, 1], white = object."""
+        return self.prepare_image(source, shape).float().mean(dim=0) / 255.0
 
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Text embeddings ``[1, L, D]`` of the prompt and of the empty prompt."""
@@ -302,23 +375,30 @@ class QAlignPipeline:
         report,
         cache: InversionCache | None,
     ) -> tuple[list[Inversion], int]:
-        """Invert both images in one batch, skipping any found in the cache."""
+        """Invert the images (structure first) in batches, skipping any found in the cache.
+
+        Batches hold at most ``max_pairs_per_batch + 1`` images; progress covers all of them.
+        """
         raw = [p.numpy().tobytes() for p in pixels]
-        keys = [self._inversion_key(data, params, plan.skip) for data in raw]
+        keys = [self._inversion_key(data, tuple(p.shape[-2:]), params, plan.skip) for data, p in
+                zip(raw, pixels, strict=True)]  # fmt: skip
         found = [self._cached(cache, key) for key in keys]
         missing = [n for n, inv in enumerate(found) if inv is None]
-        if missing:
-            self.state.iteration = None  # inversion is plain self-attention
-            clean = self.encode_images([pixels[n] for n in missing])
+        batch = self.config.max_pairs_per_batch + 1
+        batches = [missing[b : b + batch] for b in range(0, len(missing), batch)]
+        self.state.iteration = None  # inversion is plain self-attention
+        for done_batches, indices in enumerate(batches):
             fresh = invert(
-                clean,
-                [noise_seed(raw[n], params.seed) for n in missing],
+                self.encode_images([pixels[n] for n in indices]),
+                [noise_seed(raw[n], params.seed) for n in indices],
                 schedule,
                 plan.skip,
-                self.inversion_noise(schedule, cond, uncond, len(missing)),
-                on_step=lambda done, total: report("inverting", done / total),
+                self.inversion_noise(schedule, cond, uncond, len(indices)),
+                on_step=lambda done, total, b=done_batches: report(
+                    "inverting", (b + done / total) / len(batches)
+                ),
             )
-            for n, inversion in zip(missing, fresh, strict=True):
+            for n, inversion in zip(indices, fresh, strict=True):
                 found[n] = inversion
                 if cache is not None:
                     cache.put(keys[n], inversion.to_bytes())
@@ -327,26 +407,55 @@ class QAlignPipeline:
     def denoise(
         self,
         structure: Inversion,
-        appearance: Inversion,
+        appearances: Sequence[Inversion],
         params,
         schedule,
         plan: DenoiseSchedule,
         cond,
         report,
-    ) -> tuple[torch.Tensor, ObjectMasks | None, str]:
-        """Rows [OUT, APP, STRUCT] through the run's iterations: alignment, swap guidance, AdaIN.
+    ) -> tuple[torch.Tensor, list[ObjectMasks | None], list[str]]:
+        """Denoise every (structure, appearance) pair, ``max_pairs_per_batch`` pairs per batch.
 
-        Returns the output latent, masked AdaIN's object masks and the AdaIN actually applied.
+        Returns the output latents ``[N, C, h, w]`` in the appearances' order, masked AdaIN's object
+        masks and the AdaIN applied, per pair.
         """
         self._use_method(params, plan)
         self.state.log.clear()
-        x = torch.stack([structure.start_latent, appearance.start_latent, structure.start_latent])
-        noise = torch.stack([structure.noise_maps, appearance.noise_maps, structure.noise_maps], dim=1)
-        self.state.latent_tokens = self.state.capture.latent_tokens = x.shape[-2] * x.shape[-1]
+        size = self.config.max_pairs_per_batch
+        batches = [list(appearances[b : b + size]) for b in range(0, len(appearances), size)]
+        latents, masks, applied = [], [], []
+        for done, batch in enumerate(batches):
+            x, batch_masks, batch_applied = self._denoise_batch(
+                structure, batch, params, schedule, plan, cond,
+                lambda fraction, b=done: report("denoising", (b + fraction) / len(batches)),
+            )  # fmt: skip
+            latents.append(x)
+            masks.extend(batch_masks)
+            applied.extend(batch_applied)
+        return torch.cat(latents), masks, applied
+
+    def _denoise_batch(
+        self,
+        structure: Inversion,
+        appearances: list[Inversion],
+        params,
+        schedule,
+        plan: DenoiseSchedule,
+        cond,
+        report: Callable[[float], None],
+    ) -> tuple[torch.Tensor, list[ObjectMasks | None], list[str]]:
+        """Rows [OUT_1..OUT_m, APP_1..APP_m, STRUCT] through the run: alignment, swap guidance, AdaIN."""
+        rows = RowLayout(len(appearances))
+        self.state.rows = rows
+        starts = [structure.start_latent] * rows.pairs + [a.start_latent for a in appearances]
+        maps = [structure.noise_maps] * rows.pairs + [a.noise_maps for a in appearances]
+        x = torch.stack([*starts, structure.start_latent])
+        noise = torch.stack([*maps, structure.noise_maps], dim=1)
+        self.state.grid = self.state.capture.grid = (x.shape[-2], x.shape[-1])
         start = params.swap_guidance_scale
         guidance = np.linspace(start, max(start / 2, 1.0), plan.iterations)
-        masks: ObjectMasks | None = None
-        applied = "none"
+        masks: list[ObjectMasks | None] = [None] * rows.pairs
+        applied = ["none"] * rows.pairs
         try:
             for n in range(plan.iterations):
                 i = plan.skip + n
@@ -355,28 +464,38 @@ class QAlignPipeline:
                 eps = self._guided_noise(x, schedule, i, n, plan, cond, float(guidance[n]))
                 x = schedule.step(x, eps, i, noise[n])
                 if segmenting:
-                    masks = self._object_masks(params)
+                    masks = self._object_masks(params, rows.pairs)
                 if params.adain != "none" and plan.adain_after(n):
-                    if params.adain == "masked" and masks is not None and masks.found:
-                        x[OUT] = masked_adain(
-                            x[OUT], x[APP], masks.structure.to(x.device), masks.appearance.to(x.device)
-                        )
-                        applied = "masked"
-                    else:
-                        x[OUT] = adain(x[OUT], x[APP])
-                        applied = "plain"
-                report("denoising", (n + 1) / plan.iterations)
+                    for pair in range(rows.pairs):
+                        applied[pair] = self._apply_adain(x, pair, rows, masks[pair], params.adain)
+                report((n + 1) / plan.iterations)
         finally:
             self.state.iteration = None
+            self.state.rows = RowLayout()
             self.state.capture.clear()
-        return x[OUT], masks, applied
+        return x[rows.out], masks, applied
 
-    def _object_masks(self, params: TransferParams) -> ObjectMasks:
-        """Masked AdaIN's object masks from the attention captured at this iteration."""
+    @staticmethod
+    def _apply_adain(
+        x: torch.Tensor, pair: int, rows: RowLayout, masks: ObjectMasks | None, adain_mode: str
+    ) -> str:
+        """AdaIN of one pair's OUT row toward its APP row, in place; returns the kind applied."""
+        out, app = pair, rows.app.start + pair
+        if adain_mode == "masked" and masks is not None and masks.found:
+            x[out] = masked_adain(x[out], x[app], masks.structure.to(x.device), masks.appearance.to(x.device))
+            return "masked"
+        x[out] = adain(x[out], x[app])
+        return "plain"
+
+    def _object_masks(self, params: TransferParams, pairs: int) -> list[ObjectMasks | None]:
+        """Masked AdaIN's object masks, one per pair, from the attention captured at this iteration.
+
+        When nothing could be segmented the one reason given applies to every pair.
+        """
         positions = noun_token_positions(self.tokenizer, params.effective_prompt, params.domain)
-        masks = compute_object_masks(self.state.capture, positions)
+        masks: list[ObjectMasks | None] = list(compute_object_masks(self.state.capture, positions))
         self.state.capture.clear()
-        return masks
+        return masks if len(masks) == pairs else masks[:1] * pairs
 
     def decode(self, latent: torch.Tensor) -> Image.Image:
         image = self.vae.decode(latent.unsqueeze(0) / self.vae.config.scaling_factor).sample[0]
@@ -393,23 +512,27 @@ class QAlignPipeline:
         mixes at this iteration the swap pass equals the plain one and a single pass serves.
         """
         self.state.iteration = n
+        out = self.state.rows.out
         if not plan.any_mixed(n) or not (scale > 1.0 and plan.guided(n)):
-            return self._unet(x, schedule, i, cond.expand(len(x), -1, -1), "denoising")
-        if self.config.fused_swap_pass:  # rows OUT(swap), APP, STRUCT, OUT(plain)
-            eps = self._unet(torch.cat([x, x[:1]]), schedule, i, cond.expand(len(x) + 1, -1, -1), "denoising")
-            eps_swap, eps_plain = eps[:3], eps[3]
-        else:  # the 6-row way: one full pass with alignment, one without
+            return self._unet(x, schedule, i, cond.expand(len(x), -1, -1), "denoising", n)
+        if self.config.fused_swap_pass:  # rows OUT(swap), APP, STRUCT, OUT(plain): 3m+1
+            rows = torch.cat([x, x[out]])
+            eps = self._unet(rows, schedule, i, cond.expand(len(rows), -1, -1), "denoising", n)
+            eps_swap, eps_plain = eps[: len(x)], eps[len(x) :]
+        else:  # two passes of 2m+1 rows: one with alignment, one without
             embeddings = cond.expand(len(x), -1, -1)
-            eps_swap = self._unet(x, schedule, i, embeddings, "denoising")
+            eps_swap = self._unet(x, schedule, i, embeddings, "denoising", n)
             self.state.iteration = None
-            eps_plain = self._unet(x, schedule, i, embeddings, "denoising")[OUT]
+            eps_plain = self._unet(x, schedule, i, embeddings, "denoising", n)[out]
             self.state.iteration = n
         eps_swap = eps_swap.clone()
-        eps_swap[OUT] = eps_plain + scale * (eps_swap[OUT] - eps_plain)
+        eps_swap[out] = eps_plain + scale * (eps_swap[out] - eps_plain)
         return eps_swap
 
-    def _unet(self, latents, schedule, i: int, embeddings, phase: str) -> torch.Tensor:
+    def _unet(self, latents, schedule, i: int, embeddings, phase: str, n: int | None = None) -> torch.Tensor:
         self._rows[phase] += len(latents)
+        if n is not None:
+            self._step_rows[n] = self._step_rows.get(n, 0) + len(latents)
         t = schedule.timesteps[i].to(self.device)
         return self.unet(latents, t, encoder_hidden_states=embeddings).sample
 
@@ -421,11 +544,11 @@ class QAlignPipeline:
             install_processors(self.unet, params.method, self.state)
             self._installed_method = params.method
 
-    def _inversion_key(self, pixels: bytes, params: TransferParams, skip: int) -> str:
+    def _inversion_key(self, pixels: bytes, grid: tuple[int, int], params: TransferParams, skip: int) -> str:
         return inversion_key(
             pixels,
             model=self.model_id,
-            size=params.size,
+            size=list(grid),
             steps=params.steps,
             skip_steps=skip,
             prompt=params.effective_prompt,
@@ -440,9 +563,10 @@ class QAlignPipeline:
         return Inversion.from_bytes(data, self.device, self.dtype) if data is not None else None
 
     def _check_size(self, size: int) -> None:
-        multiple = self.vae_scale * 2 ** (len(self.unet.config.block_out_channels) - 1)
-        if size % multiple:
-            raise InvalidParametersError(f"size must be a multiple of {multiple} for this model; got {size}")
+        if size % self.size_unit:
+            raise InvalidParametersError(
+                f"size must be a multiple of {self.size_unit} for this model; got {size}"
+            )
 
     def _now(self) -> float:
         if self.device.type == "cuda":

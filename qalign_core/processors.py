@@ -4,13 +4,16 @@ Installed with ``unet.set_attn_processor``; no UNet code is forked. One small cl
 ``QAlignAttnProcessor`` and ``CrossImageAttnProcessor`` differ only in how row OUT reads the
 appearance row. Both read a shared ``AlignmentState`` that the pipeline advances step by step.
 
-Batch layout while denoising: row 0 OUT (aligned), row 1 APP, row 2 STRUCT, and optionally row 3,
-OUT again, which runs plain attention (the no-swap pass of swap guidance). Every row but OUT runs
-plain self-attention, so APP and STRUCT are evaluated once per step for both passes.
+Batch layout while denoising m (structure, appearance) pairs that share one structure (``RowLayout``):
+rows ``[OUT_1..OUT_m]`` (aligned), ``[APP_1..APP_m]``, one ``STRUCT``, and optionally ``[OUT_1..OUT_m]``
+again, which run plain attention (the no-swap pass of swap guidance): 3m+1 rows. Every row but the
+aligned OUT rows runs plain self-attention, so APP and STRUCT are evaluated once per step for both
+passes, and the structure once for all pairs. For m = 1 this is [OUT, APP, STRUCT, OUT].
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -25,39 +28,75 @@ from qalign_core.attention import (
 from qalign_core.schedule import DenoiseSchedule
 from qalign_core.segmentation import AttentionCapture
 
+#: Row indices of the single-pair layout, ``RowLayout(1)``: [OUT, APP, STRUCT, OUT (plain)].
 OUT, APP, STRUCT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Where each role's rows sit in a denoising batch of ``pairs`` pairs sharing one structure."""
+
+    pairs: int = 1
+
+    @property
+    def out(self) -> slice:
+        return slice(0, self.pairs)
+
+    @property
+    def app(self) -> slice:
+        return slice(self.pairs, 2 * self.pairs)
+
+    @property
+    def struct(self) -> int:
+        return 2 * self.pairs
+
+    @property
+    def mixed_rows(self) -> int:
+        """Rows of the swap pass: OUT, APP and STRUCT (the plain OUT rows come after)."""
+        return 2 * self.pairs + 1
+
+    @property
+    def app_and_struct(self) -> slice:
+        """The rows masked AdaIN's segmentation reads: every APP, then STRUCT."""
+        return slice(self.pairs, 2 * self.pairs + 1)
 
 
 @dataclass
 class AlignmentState:
     """Per-run state shared by all processors of one UNet.
 
-    ``iteration is None`` turns alignment off (inversion, plain reconstruction). ``latent_tokens`` is
-    the token count of the finest grid, which tells a layer call its grid level from its own token
-    count. ``log`` records every (layer, iteration, mode) that changed row OUT, for tests and
-    diagnostics.
+    ``iteration is None`` turns alignment off (inversion, plain reconstruction). ``grid`` is the
+    latent's (h, w); its token count tells a layer call its grid level from its own token count
+    (each level down has a quarter of the tokens, whatever the aspect ratio). ``log`` records every
+    (layer, iteration, mode) that changed the OUT rows, for tests and diagnostics.
     """
 
     schedule: DenoiseSchedule | None = None
+    rows: RowLayout = field(default_factory=RowLayout)
     contrast_strength: float = 1.0
     per_head: bool = False
     chunk_size: int | None = None
     iteration: int | None = None
-    latent_tokens: int = 0
+    grid: tuple[int, int] = (0, 0)
     log: list[tuple[str, int, str]] = field(default_factory=list)
     #: Queries and keys of rows APP and STRUCT for masked AdaIN's self-segmentation.
     capture: AttentionCapture = field(default_factory=AttentionCapture)
-    #: Object masks ``[side, side]`` (structure, appearance) in [0, 1]; when set, every aligned call
-    #: records its attention leakage in ``leakage`` as (layer, iteration, value). A diagnostic: it
-    #: costs one materialised attention map of the object queries per aligned call.
+    #: Object masks ``[H, W]`` in pixels (structure, appearance) in [0, 1]; when set, every aligned
+    #: call records the first pair's attention leakage in ``leakage`` as (layer, iteration, value).
+    #: A diagnostic: it costs one materialised attention map of the object queries per aligned call.
     leakage_masks: tuple[torch.Tensor, torch.Tensor] | None = None
     leakage: list[tuple[str, int, float]] = field(default_factory=list)
 
+    @property
+    def latent_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
     def masks_at(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The object masks at a layer's square token grid, flattened to booleans ``[tokens]``."""
-        side = int(round(tokens**0.5))
+        """The object masks at a layer's token grid, flattened to booleans ``[tokens]``."""
+        factor = math.isqrt(self.latent_tokens // tokens)  # 1, 2, 4, ... by grid level
+        size = (self.grid[0] // factor, self.grid[1] // factor)
         return tuple(
-            F.interpolate(mask[None, None].float(), size=(side, side), mode="area").flatten() > 0.5
+            F.interpolate(mask[None, None].float(), size=size, mode="area").flatten() > 0.5
             for mask in self.leakage_masks
         )
 
@@ -73,7 +112,7 @@ class AlignmentState:
 
 
 class _RowOutProcessor:
-    """Self-attention where every row runs plain attention except row OUT on aligned calls."""
+    """Self-attention where every row runs plain attention except the OUT rows on mixed calls."""
 
     method: str = ""
 
@@ -113,22 +152,19 @@ class _RowOutProcessor:
         if attn.norm_q is not None:
             q, k = attn.norm_q(q), attn.norm_k(k)
 
-        if batch > STRUCT:
-            self.state.capture.record_self(self.layer, q[APP : STRUCT + 1], k[APP : STRUCT + 1])
-        mode = self.state.mode_for(self.layer, tokens) if batch > STRUCT else None
+        rows = self.state.rows
+        denoising = batch > rows.struct
+        if denoising:
+            self.state.capture.record_self(self.layer, q[rows.app_and_struct], k[rows.app_and_struct])
+        mode = self.state.mode_for(self.layer, tokens) if denoising else None
         if mode is None:
             out = F.scaled_dot_product_attention(q, k, v)
         else:
-            if mode == "inject":  # CIA applies its contrast on every mixed call, injection included
-                row_out = contrast_attention(
-                    q[OUT], k[STRUCT], v[STRUCT],
-                    contrast_strength=self.state.contrast_strength, chunk_size=self.state.chunk_size,
-                )  # fmt: skip
-            else:
-                row_out = self.attend_appearance(q[OUT], q[APP], k[APP], v[APP])
-                if self.state.leakage_masks is not None:
-                    self._record_leakage(q, k, tokens)
-            out = torch.cat([row_out.unsqueeze(0), F.scaled_dot_product_attention(q[1:], k[1:], v[1:])])
+            out_rows = [self._mixed_row(mode, q, k, v, pair) for pair in range(rows.pairs)]
+            if mode == "align" and self.state.leakage_masks is not None:
+                self._record_leakage(q, k, tokens)
+            rest = slice(rows.pairs, batch)
+            out = torch.cat([*out_rows, F.scaled_dot_product_attention(q[rest], k[rest], v[rest])])
 
         hidden_states = out.transpose(1, 2).reshape(batch, tokens, -1).to(q.dtype)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
@@ -138,12 +174,28 @@ class _RowOutProcessor:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
+    def _mixed_row(self, mode: str, q, k, v, pair: int) -> torch.Tensor:
+        """Row OUT of one pair on a mixed call, ``[1, heads, tokens, d]``.
+
+        One pair at a time, so every pair's arithmetic is that of a single-pair run (batch invariance).
+        """
+        out, app, struct = pair, self.state.rows.app.start + pair, self.state.rows.struct
+        if mode == "inject":  # CIA applies its contrast on every mixed call, injection included
+            row = contrast_attention(
+                q[out], k[struct], v[struct],
+                contrast_strength=self.state.contrast_strength, chunk_size=self.state.chunk_size,
+            )  # fmt: skip
+        else:
+            row = self.attend_appearance(q[out], q[app], k[app], v[app])
+        return row.unsqueeze(0)
+
     def _record_leakage(self, q: torch.Tensor, k: torch.Tensor, tokens: int) -> None:
         structure_mask, appearance_mask = self.state.masks_at(tokens)
         if not structure_mask.any():
             return
+        out, app = 0, self.state.rows.app.start  # the first pair
         value = attention_leakage(
-            q[OUT], q[APP], k[APP], structure_mask.to(q.device), appearance_mask.to(q.device),
+            q[out], q[app], k[app], structure_mask.to(q.device), appearance_mask.to(q.device),
             method=self.method, contrast_strength=self.state.contrast_strength, per_head=self.state.per_head,
         )  # fmt: skip
         self.state.leakage.append((self.layer, self.state.iteration, value))
@@ -180,7 +232,7 @@ class CrossImageAttnProcessor(_RowOutProcessor):
 
 
 class CaptureCrossAttnProcessor:
-    """Plain cross-attention that hands rows APP and STRUCT's queries and keys to the capture.
+    """Plain cross-attention that hands the APP and STRUCT rows' queries and keys to the capture.
 
     Masked AdaIN scores segments by the object noun's cross-attention; the capture keeps them only
     while it is active (one iteration per run).
@@ -192,10 +244,10 @@ class CaptureCrossAttnProcessor:
         self.layer, self.state, self.plain = layer, state, AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
-        capture = self.state.capture
-        wanted = encoder_hidden_states is not None and hidden_states.shape[0] > STRUCT
+        capture, layout = self.state.capture, self.state.rows
+        wanted = encoder_hidden_states is not None and hidden_states.shape[0] > layout.struct
         if wanted and capture.wants_cross(hidden_states.shape[1]):  # project only the layer kept
-            rows = slice(APP, STRUCT + 1)
+            rows = layout.app_and_struct
             q = attn.to_q(hidden_states[rows])
             k = attn.to_k(encoder_hidden_states[rows])
             batch, heads = q.shape[0], attn.heads

@@ -31,12 +31,16 @@ OBJECT_SCORE_RATIO = 1.4
 class AttentionCapture:
     """Queries and keys of rows APP and STRUCT (``[2, heads, tokens, d]``), last layer call wins."""
 
-    #: The finest grid's token count; self-attention is kept there, cross-attention at a quarter of it.
-    latent_tokens: int = 0
+    #: The latent's (h, w): self-attention is kept at h*w tokens, cross-attention at a quarter of it.
+    grid: tuple[int, int] = (0, 0)
     active: bool = False
     self_qk: tuple[torch.Tensor, torch.Tensor] | None = None
     cross_qk: tuple[torch.Tensor, torch.Tensor] | None = None
     layers: list[str] = field(default_factory=list)
+
+    @property
+    def latent_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
 
     def record_self(self, layer: str, q: torch.Tensor, k: torch.Tensor) -> None:
         if self.active and q.shape[-2] == self.latent_tokens:
@@ -85,15 +89,12 @@ def mean_attention_map(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return total / q.shape[0]
 
 
-def cluster_tokens(self_maps: list[np.ndarray], side: int) -> list[np.ndarray]:
-    """KMeans labels ``[side, side]`` of each image's self-attention rows, in CIA's seeding order."""
+def cluster_tokens(self_map: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """KMeans labels ``[h, w]`` of one image's self-attention rows (its own seeded fit)."""
     from sklearn.cluster import KMeans
 
-    rng = np.random.RandomState(1)
-    return [
-        KMeans(n_clusters=NUM_SEGMENTS, n_init=10, random_state=rng).fit(m).labels_.reshape(side, side)
-        for m in self_maps
-    ]
+    fit = KMeans(n_clusters=NUM_SEGMENTS, n_init=10, random_state=np.random.RandomState(1)).fit(self_map)
+    return fit.labels_.reshape(grid)
 
 
 def object_segments(labels: np.ndarray, noun_map: np.ndarray) -> list[int]:
@@ -126,25 +127,30 @@ def noun_token_positions(tokenizer, prompt: str, noun: str) -> list[int]:
     return []
 
 
-def compute_object_masks(capture: AttentionCapture, noun_positions: list[int]) -> ObjectMasks:
-    """Masks (structure, appearance) on the latent grid from one iteration's captured attention."""
+def compute_object_masks(capture: AttentionCapture, noun_positions: list[int]) -> list[ObjectMasks]:
+    """Masks (structure, appearance_k) on the latent grid for each captured appearance row, in order.
+
+    The capture's rows are ``[APP_1..APP_m, STRUCT]``; the structure is segmented once and its mask
+    is shared by every pair.
+    """
+    pairs = 1 if capture.self_qk is None else capture.self_qk[0].shape[0] - 1
     if not noun_positions:
-        return ObjectMasks(None, None, "the object noun (the domain) is not in the prompt")
+        return [ObjectMasks(None, None, "the object noun (the domain) is not in the prompt")] * pairs
     if capture.self_qk is None or capture.cross_qk is None:
-        return ObjectMasks(None, None, "no attention was captured at the segmentation step")
-    side = math.isqrt(capture.latent_tokens)
-    half = side // 2
+        return [ObjectMasks(None, None, "no attention was captured at the segmentation step")] * pairs
+    h, w = capture.grid
     (self_q, self_k), (cross_q, cross_k) = capture.self_qk, capture.cross_qk
     masks = []
-    # Row 0 of the capture is APP, row 1 STRUCT; CIA clusters the appearance image first.
-    self_maps = [mean_attention_map(self_q[row], self_k[row]).cpu().numpy() for row in (0, 1)]
-    labels = cluster_tokens(self_maps, side)
-    del self_maps
-    for row in (0, 1):
-        cross = mean_attention_map(cross_q[row], cross_k[row]).reshape(half, half, -1)
+    for row in range(pairs + 1):
+        labels = cluster_tokens(mean_attention_map(self_q[row], self_k[row]).cpu().numpy(), (h, w))
+        cross = mean_attention_map(cross_q[row], cross_k[row]).reshape(h // 2, w // 2, -1)
         noun_map = cross[..., noun_positions].mean(dim=-1).cpu().numpy()
-        objects = object_segments(labels[row], noun_map)
-        masks.append(torch.from_numpy(np.isin(labels[row], objects)))
-    appearance, structure = masks
-    found = ObjectMasks(structure, appearance)
-    return found if found.found else ObjectMasks(structure, appearance, "segmentation found no object")
+        objects = object_segments(labels, noun_map)
+        masks.append(torch.from_numpy(np.isin(labels, objects)))
+    *appearances, structure = masks
+    found = []
+    for appearance in appearances:
+        pair = ObjectMasks(structure, appearance)
+        reason = "" if pair.found else "segmentation found no object"
+        found.append(ObjectMasks(structure, appearance, reason))
+    return found

@@ -142,6 +142,11 @@ class JobOut(BaseModel):
     eta_s: float | None = Field(
         None, ge=0, description="While queued or running: estimated seconds to finish; null when unknown."
     )
+    waiting_for: Literal["worker"] | None = Field(
+        None,
+        description='While queued: "worker" when no worker is running, so the job waits for one to start '
+        "(a deployment that scales workers to zero starts one for it); null otherwise.",
+    )
 
     @property
     def finished(self) -> bool:

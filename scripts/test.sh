@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/bootstrap.sh
+# checkov and kubernetes-validate for tests/deploy/test_kubernetes.py, in .venv-tools/.
+./scripts/deploy-tools.sh
 # Integration tests start their own redis-server on a free loopback port; install it if absent.
 if ! command -v redis-server >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -25,7 +25,20 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="QALIGN_", extra="ignore")
 
-    model: str = Field(DEFAULT_MODEL, description="Hugging Face id or local model directory.")
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Hugging Face id, local diffusers model directory, or one SD 1.x .safetensors file.",
+    )
+    model_config_dir: str | None = Field(
+        None,
+        description="Local diffusers-format directory (configs and tokenizer, no weights) describing a "
+        "single-file MODEL; unset = SD 1.5's configs from the local Hugging Face cache. Never downloaded.",
+    )
+    allow_pickle_weights: bool = Field(
+        False,
+        description="Also load pickle weights (.bin, .ckpt), which can run code when opened; default: "
+        "safetensors only.",
+    )
     device: str | None = Field(None, description="cpu, cuda, cuda:N; default cuda when present.")
     dtype: str | None = Field(None, description="float32, float16, bfloat16 or auto.")
     redis_url: str | None = Field(
@@ -115,6 +128,11 @@ class Settings(BaseSettings):
         gt=0.0,
         description="Seconds between a worker's scans for running jobs whose worker stopped heartbeating "
         "(they are republished and taken over); default HEARTBEAT_INTERVAL.",
+    )
+    accept_without_workers: bool = Field(
+        False,
+        description="Scale to zero: accept jobs while no worker is live (they wait in the queue until an "
+        "autoscaler starts one); readiness then checks only the broker and the stores.",
     )
     readiness_cache_s: float = Field(2.0, ge=0.0, description="How long a readiness verdict is reused.")
     job_time_limit: int = Field(

@@ -28,6 +28,7 @@ class CeleryDispatcher:
         from service.queue import make_celery
 
         self.celery, self.stores = make_celery(settings), stores
+        self.accept_without_workers = settings.accept_without_workers
 
     def submit(self, job_id: str) -> None:
         from service.queue import QUEUE, TASK_NAME
@@ -48,7 +49,13 @@ class CeleryDispatcher:
         try:
             workers = self.stores.workers.live()
             checks["workers"] = {"ok": bool(workers), "live": len(workers), "names": sorted(workers)}
-            if not workers:
+            if not workers and self.accept_without_workers:
+                # Scale to zero: the autoscaler starts a worker once jobs are queued; refusing them
+                # here would keep the fleet at zero forever.
+                checks["workers"].update(
+                    ok=True, waiting_for_worker=True, detail="no worker live; jobs wait for one to start"
+                )
+            elif not workers:
                 checks["workers"]["detail"] = "no worker heartbeat in Redis"
         except StoreUnavailable as exc:
             checks["workers"] = {"ok": False, "live": 0, "detail": str(exc)}

@@ -42,6 +42,8 @@ class QueueSnapshot:
     running: list[Job]
     stage_means: dict[str, float]
     workers: int
+    #: Workers with a live heartbeat (``workers`` is at least 1 for the estimate); 0 = scaled to zero.
+    live: int = 1
 
     @classmethod
     def read(cls, stores: JobStores, jobs: Iterable[Job]) -> QueueSnapshot:
@@ -49,7 +51,12 @@ class QueueSnapshot:
         ahead = records.ranks("queued", [job.id for job in jobs if job.status == "queued"])
         running = records.get_many(records.ids_by_status("running"))  # at most one per worker
         means = {stage: s["sum"] / s["count"] for stage, s in stores.stages.snapshot().items() if s["count"]}
-        return cls(ahead, running, means, max(len(stores.workers.live()), 1))
+        live = len(stores.workers.live())
+        return cls(ahead, running, means, max(live, 1), live)
+
+    def waiting_for(self, job: Job) -> str | None:
+        """ "worker" for a queued job while no worker is live: it starts once one is (scale from zero)."""
+        return "worker" if job.status == "queued" and self.live == 0 else None
 
     def position(self, job: Job) -> int | None:
         """Jobs queued ahead of this one; 0 when it runs or runs next; None once finished."""

@@ -58,9 +58,9 @@ def job_out(
     """
     base = job_base(job, settings, base_url)
     results = [_result_out(job, index, store, settings, base) for index in range(len(job.results))]
-    position = eta = None
+    position = eta = waiting_for = None
     if queue is not None:
-        position, eta = queue.position(job), queue.eta_s(job)
+        position, eta, waiting_for = queue.position(job), queue.eta_s(job), queue.waiting_for(job)
     elif job.status == "running":
         position = 0
     return JobOut(
@@ -81,6 +81,7 @@ def job_out(
         urls=job_urls(job.id, base, len(job.appearance_keys)) if base else None,
         queue_position=position,
         eta_s=eta,
+        waiting_for=waiting_for,
     )
 
 

@@ -485,7 +485,13 @@ def load_pipeline(settings: Settings):
     route_library_logs(load=True)  # diffusers/transformers logs into our JSON stream, no progress bars
     logger.info("loading model %s", settings.model, extra={"model": settings.model})
     started = time.perf_counter()
-    pipeline = QAlignPipeline.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype)
+    pipeline = QAlignPipeline.from_pretrained(
+        settings.model,
+        device=settings.device,
+        dtype=settings.dtype,
+        allow_pickle=settings.allow_pickle_weights,
+        model_config_dir=settings.model_config_dir,
+    )
     logger.info(
         "model loaded", extra={"model": settings.model, "load_s": round(time.perf_counter() - started, 2)}
     )

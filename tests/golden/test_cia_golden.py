@@ -102,11 +102,11 @@ def test_cross_image_reaches_cias_final_latent(pipe, golden, prompt):
     appearance = Inversion(tensors["app_start_latent"], tensors["app_noise_maps"])
     with torch.inference_mode():
         ddpm = pipe.ddpm_schedule(params.steps)
-        latent, masks, applied = pipe.denoise(
-            structure, appearance, params, ddpm, schedule_for(params), prompt[0], lambda *a: None
+        latents, masks, applied = pipe.denoise(
+            structure, [appearance], params, ddpm, schedule_for(params), prompt[0], lambda *a: None
         )
-    assert masks is None and applied == meta["adain"] == "plain"
-    error = relative_l2(latent, tensors["final_latents"][0])
+    assert masks == [None] and applied == [meta["adain"]] == ["plain"]
+    error = relative_l2(latents[0], tensors["final_latents"][0])
     assert error < MAX_RELATIVE_L2, f"relative L2 error {error:.2e}"
 
 
@@ -121,11 +121,11 @@ def test_masked_adain_segments_and_normalises_as_cias_segmentor():
     with safe_open(str(DATA / "cia_segmentation.safetensors"), framework="pt") as handle:
         cia = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
     qk = synthetic.rows_qk(64)
-    capture = AttentionCapture(latent_tokens=64 * 64, active=True)
+    capture = AttentionCapture(grid=(64, 64), active=True)
     rows = slice(1, 3)  # APP, STRUCT
     capture.record_self("fine", qk["self_q"][rows], qk["self_k"][rows])
     capture.record_cross("coarse", qk["cross_q"][rows], qk["cross_k"][rows])
-    masks = compute_object_masks(capture, [synthetic.NOUN_POSITION])
+    [masks] = compute_object_masks(capture, [synthetic.NOUN_POSITION])
     assert masks.found
     assert torch.equal(masks.structure, cia["struct_mask"].bool())
     assert torch.equal(masks.appearance, cia["app_mask"].bool())

@@ -87,3 +87,36 @@ def test_centre_square_and_deterministic_encoding(photos):
     for fmt in ("png", "jpeg", "webp"):
         assert encode_image(square, fmt) == encode_image(square, fmt)
         assert sniff_format(encode_image(square, fmt)) == fmt
+
+
+@pytest.mark.parametrize(
+    ("size", "longer", "aspect", "expected"),
+    [
+        ((4000, 3000), 512, "structure", (512, 384, False)),
+        ((3000, 4000), 512, "structure", (384, 512, False)),
+        ((1920, 1080), 512, "structure", (512, 320, False)),  # 288 rounds half up to 320
+        ((1080, 1920), 512, "structure", (320, 512, False)),
+        ((500, 500), 512, "structure", (512, 512, False)),
+        ((4000, 3000), 512, "square", (512, 512, False)),
+        ((3000, 1000), 512, "structure", (512, 256, True)),  # 3:1 clamped to 2:1
+        ((1000, 3000), 512, "structure", (256, 512, True)),
+        ((4000, 100), 128, "structure", (128, 64, True)),  # never below one unit
+    ],
+)
+def test_output_shape_keeps_the_aspect_within_the_unit(size, longer, aspect, expected):
+    from qalign_core.images import output_shape
+
+    shape = output_shape(size, longer, 64, aspect)
+    assert (shape.width, shape.height, shape.clamped) == expected
+
+
+def test_cover_crop_of_a_square_target_is_cias_centre_square(photos):
+    from qalign_core.images import cover_crop
+
+    image = photos[0]
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    cias = image.crop((left, top, left + side, top + side)).resize((64, 64), Image.Resampling.BICUBIC)
+    assert np.array_equal(np.asarray(cover_crop(image, 64, 64)), np.asarray(cias))
+    wide = cover_crop(image, 128, 64)
+    assert wide.size == (128, 64)
