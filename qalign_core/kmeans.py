@@ -63,8 +63,9 @@ def kmeans(
     x = x.float()
     mean = x.mean(dim=0)
     data = x - mean
-    x_sq = (data * data).sum(dim=1)
-    threshold = tol * float(data.var(dim=0, unbiased=False).mean())
+    x_sq = torch.linalg.vector_norm(data, dim=1).square()
+    # Centred data: the mean per-feature variance is the mean squared entry.
+    threshold = tol * float(x_sq.sum()) / data.numel()
 
     centers = _kmeans_plusplus(data, x_sq, n_clusters, n_init, generator)
     labels, centers, n_iter = _lloyd(data, x_sq, centers, max_iter, threshold)
@@ -145,7 +146,7 @@ def _update_centers(
 ) -> torch.Tensor:
     """Means of each run's clusters by one ``[B*k, N] x [N, D]`` matmul. An empty cluster takes the
     point farthest from its own centre (moved out of its old cluster), as scikit-learn relocates them;
-    this is rare, so it is done per affected run."""
+    this is rare, so it is done per affected run. Points lying on their centre are never moved."""
     runs, n = labels.shape
     one_hot = torch.zeros(runs, k, n, dtype=data.dtype, device=data.device)
     one_hot.scatter_(1, labels.unsqueeze(1), 1.0)
@@ -156,13 +157,16 @@ def _update_centers(
         own = distances.gather(2, labels.unsqueeze(-1)).squeeze(-1)  # [B, N]
         for run in torch.nonzero(empty.any(dim=1)).flatten().tolist():
             clusters = torch.nonzero(empty[run]).flatten().tolist()
-            far = torch.topk(own[run], len(clusters)).indices.tolist()
-            for cluster, point in zip(clusters, far, strict=True):
+            top = torch.topk(own[run], len(clusters))
+            # Only points off their centre are worth moving: relocating a point that sits on its
+            # centre gains nothing, and with duplicate points it would make the runs oscillate.
+            far = top.indices[top.values > 0].tolist()
+            for cluster, point in zip(clusters, far, strict=False):
                 old = int(labels[run, point])
                 sums[run, old] -= data[point]
                 counts[run, old] -= 1
                 sums[run, cluster] = data[point]
                 counts[run, cluster] = 1
     safe = counts.clamp_min(1).unsqueeze(-1)
-    # A cluster emptied by giving its point away keeps its old centre (scikit-learn does the same).
+    # A cluster left empty even so (it gave its only point away) keeps its old centre.
     return torch.where(counts.unsqueeze(-1) > 0, sums / safe, centers)
