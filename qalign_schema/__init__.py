@@ -2,7 +2,16 @@
 Python client: transfer parameters, the job object, problem details. Pydantic only (no torch, no web
 framework), so ``qalign-client`` installs with httpx and pydantic alone."""
 
-from qalign_schema.jobs import ErrorOut, JobList, JobMetricsOut, JobOut, JobParams, JobUrls, ResultOut
+from qalign_schema.jobs import (
+    ErrorOut,
+    JobList,
+    JobMetricsOut,
+    JobOut,
+    JobParams,
+    JobUrls,
+    OutputOut,
+    ResultOut,
+)
 from qalign_schema.params import TransferParams
 from qalign_schema.problems import FieldProblem, Problem
 
@@ -14,6 +23,7 @@ __all__ = [
     "JobOut",
     "JobParams",
     "JobUrls",
+    "OutputOut",
     "Problem",
     "ResultOut",
     "TransferParams",

@@ -8,18 +8,44 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qalign_schema.params import TransferParams
+from qalign_schema.params import MAX_APPEARANCES, TransferParams
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 JobStage = Literal["queued", "loading", "inverting", "denoising", "decoding", "uploading", "done"]
 
 
 class ResultOut(BaseModel):
-    url: str = Field(description="Presigned store URL, or /jobs/{id}/result on the local store.")
+    """One result image: the one made from appearance ``index`` (``GET /jobs/{id}/results/{index}``)."""
+
+    index: int = Field(
+        0, ge=0, lt=MAX_APPEARANCES, description="k: the appearance image (from 0, in submission order)."
+    )
+    url: str = Field(
+        description="Absolute: a presigned store URL, or /jobs/{id}/results/{k} (k = 0: /jobs/{id}/result) "
+        "on the local store."
+    )
     content_type: str
     width: int
     height: int
     expires_at: datetime | None = Field(None, description="When url stops working; null = never.")
+    adain_applied: Literal["masked", "plain", "none"] | None = Field(
+        None, description="The AdaIN that ran for this image (null on records of older versions)."
+    )
+    object_masks_found: bool | None = Field(
+        None, description="Whether masked AdaIN found the object in this pair (null: not asked)."
+    )
+
+
+class OutputOut(BaseModel):
+    """The shape every result image of a job has, known once the job has run."""
+
+    width: int = Field(ge=1, description="Width in pixels of every result image.")
+    height: int = Field(ge=1, description="Height in pixels of every result image.")
+    aspect_clamped: bool = Field(
+        False,
+        description="True when the structure image was more elongated than 2:1 (or 1:2) and was "
+        "centre-cropped to that ratio first.",
+    )
 
 
 class ErrorOut(BaseModel):
@@ -35,12 +61,29 @@ class JobMetricsOut(BaseModel):
     denoise_s: float | None = None
     decode_s: float | None = None
     total_s: float | None = None
-    inversion_cache_hits: int | None = Field(None, ge=0, le=2)
+    inversion_cache_hits: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_APPEARANCES + 1,
+        description="Inversions read from the cache: 0 .. appearances + 1.",
+    )
     adain_applied: Literal["masked", "plain", "none"] | None = Field(
-        None, description='The AdaIN that ran: "plain" also when masked AdaIN found no object.'
+        None,
+        description='The AdaIN that ran for the first image: "plain" also when masked AdaIN found no '
+        "object (each result states its own).",
     )
     object_masks_found: bool | None = Field(
-        None, description="Whether masked AdaIN's self-segmentation found the object (null: not asked)."
+        None,
+        description="Whether masked AdaIN's self-segmentation found the object in the first pair "
+        "(null: not asked; each result states its own).",
+    )
+    rows_per_step: int | None = Field(
+        None, ge=1, description="UNet rows of the largest denoising step (3N+1 for N appearances)."
+    )
+    output_width: int | None = Field(None, ge=1, description="Width of the result images.")
+    output_height: int | None = Field(None, ge=1, description="Height of the result images.")
+    aspect_clamped: bool | None = Field(
+        None, description="Whether the structure image was cropped to the 2:1 bound first."
     )
 
 
@@ -57,8 +100,12 @@ class JobUrls(BaseModel):
 
     get: str = Field(description="GET: the job object.")
     cancel: str = Field(description="DELETE: cancel the job.")
-    result: str = Field(description="GET: the result image (409 until the job has succeeded).")
+    result: str = Field(description="GET: the first result image (409 until the job has succeeded).")
     events: str = Field(description="GET: Server-Sent Events of the job's progress.")
+    results: list[str] = Field(
+        default_factory=list,
+        description="GET: result image k, one link per appearance in order (/jobs/{id}/results/{k}).",
+    )
 
 
 class JobOut(BaseModel):
@@ -72,7 +119,20 @@ class JobOut(BaseModel):
     params: JobParams = Field(
         description="The effective parameters (size is filled in once the job has run)."
     )
-    result: ResultOut | None
+    appearances: int = Field(
+        1,
+        ge=1,
+        le=MAX_APPEARANCES,
+        description="How many appearance images the job carries (one result each).",
+    )
+    output: OutputOut | None = Field(
+        None, description="The result images' width and height; null until the job has run."
+    )
+    result: ResultOut | None = Field(description="The first result (= results[0]); null until succeeded.")
+    results: list[ResultOut] = Field(
+        default_factory=list,
+        description="One result per appearance image, in submission order; empty until succeeded.",
+    )
     error: ErrorOut | None
     metrics: JobMetricsOut
     urls: JobUrls | None = Field(None, description="Absolute links of this job.")

@@ -37,7 +37,7 @@ def sweep(
     now = time.time() if now is None else now
     counts = {"records": stores.records.prune(), "results": 0, "inputs": 0, "inversions": 0, "temp_files": 0}
     live = {job.id: job for job in stores.records.all_jobs()}
-    referenced = {key for job in live.values() for key in (job.structure_key, job.appearance_key)}
+    referenced = {key for job in live.values() for key in job.input_keys}
     expired_before = now - settings.job_ttl
 
     def remove(key: str, kind: str) -> None:
@@ -62,7 +62,7 @@ def sweep(
                         remove(key, folder)
                 elif job.finished_at is not None and job.finished_at.timestamp() < expired_before:
                     remove(key, folder)
-                elif job.finished and (job.result is None or job.result.key != key) and age > RESULT_GRACE_S:
+                elif job.finished and key not in {r.key for r in job.results} and age > RESULT_GRACE_S:
                     remove(key, folder)  # a superseded attempt's late upload (see storage.result_key)
             elif folder == "inputs":
                 if key not in referenced and age > INPUT_GRACE_S:

@@ -1,7 +1,8 @@
 """Erasure: removing one job and its data before JOB_TTL (``DELETE /jobs/{id}?purge=true``).
 
-Removed: the job record, its result, its inputs and the cached inversions its runs used, except
-inputs and inversions that another stored job still lists (inputs are shared by content digest).
+Removed: the job record, its results (one per appearance), its inputs and the cached inversions its
+runs used, except inputs and inversions that another stored job still lists (inputs are shared by
+content digest).
 A running job is flagged canceled first; its runner stops at its next check, finds the record gone
 and deletes what it wrote meanwhile (service.jobs.runner), so no late write brings anything back.
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 from service.jobs import Job, JobStores, transitions
 from service.jobs.store import listed_keys
-from service.storage import EXTENSIONS, ObjectStore, StorageUnavailable, result_key
+from service.storage import ObjectStore, StorageUnavailable, result_keys
 
 logger = logging.getLogger("qalign.erasure")
 
@@ -55,12 +56,12 @@ def _delete_objects(
     stores: JobStores, store: ObjectStore, job: Job, erasure: Erasure, *, count: bool = True
 ) -> None:
     shared = stores.records.listed_by_others(listed_keys(job), job.id)
-    for attempt in range(1, max(job.attempts, 1) + 1):  # each attempt uploads its own object
-        for content_type in EXTENSIONS:
-            store.delete(result_key(job.id, content_type, attempt))
-    if count and job.result is not None:
-        erasure.results += 1
-    for key in dict.fromkeys((job.structure_key, job.appearance_key)):
+    # Each attempt uploads its own objects, one per appearance image.
+    for key in result_keys(job.id, job.attempts, len(job.appearance_keys)):
+        store.delete(key)
+    if count:
+        erasure.results += len(job.results)
+    for key in job.input_keys:
         if key in shared:
             if count:
                 erasure.kept_shared.append(key)

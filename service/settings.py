@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qalign_schema.params import MAX_APPEARANCES
+
 #: Same value as qalign_core.pipeline.DEFAULT_MODEL, repeated so reading settings never imports torch.
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -59,7 +61,8 @@ class Settings(BaseSettings):
     max_request_bytes: int | None = Field(
         None,
         ge=1024,
-        description="Largest POST body; default: room for two MAX_UPLOAD_BYTES files as base64 plus 1 MiB.",
+        description="Largest POST body; default: room for 1 + 8 (appearances) MAX_UPLOAD_BYTES files as "
+        "base64 plus 1 MiB.",
     )
     max_queue_depth: int = Field(100, ge=1, description="Queued jobs before POST answers 429.")
     max_inflight_per_key: int | None = Field(
@@ -175,10 +178,11 @@ class Settings(BaseSettings):
 
     @property
     def request_limit(self) -> int:
-        """The POST body limit: MAX_REQUEST_BYTES, or two files as base64 (4/3) plus 1 MiB of fields."""
+        """The POST body limit: MAX_REQUEST_BYTES, or the most files a job takes (a structure and
+        MAX_APPEARANCES appearances) as base64 (4/3) plus 1 MiB of fields."""
         if self.max_request_bytes is not None:
             return self.max_request_bytes
-        return (2 * self.max_upload_bytes * 4) // 3 + 4 + 1024 * 1024
+        return ((1 + MAX_APPEARANCES) * self.max_upload_bytes * 4) // 3 + 4 + 1024 * 1024
 
     @property
     def allowed_input_url_hosts(self) -> tuple[str, ...]:

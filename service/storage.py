@@ -19,7 +19,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
-KEY_PATTERN = re.compile(r"^(inputs|results|inversions)/[0-9a-f]{32,64}(-a[0-9]{1,4})?(\.(png|jpeg|webp))?$")
+KEY_PATTERN = re.compile(
+    r"^(inputs|results|inversions)/[0-9a-f]{32,64}(-r[0-9]{1,2})?(-a[0-9]{1,4})?(\.(png|jpeg|webp))?$"
+)
 #: An input reused after this many seconds is rewritten (S3) or touched (local), so that expiry,
 #: which goes by the object's age, never removes an input a new job has just started to use.
 INPUT_REFRESH_S = 600.0
@@ -41,15 +43,27 @@ def input_key(data: bytes) -> str:
     return f"inputs/{hashlib.sha256(data).hexdigest()}"
 
 
-def result_key(job_id: str, content_type: str, attempt: int = 1) -> str:
-    """``results/<id>.<ext>``; a later attempt of the same job (a takeover) writes its own object,
-    ``results/<id>-a<attempt>.<ext>``, so a superseded run's late upload never replaces it."""
+def result_key(job_id: str, content_type: str, attempt: int = 1, index: int = 0) -> str:
+    """``results/<id>.<ext>`` for the first result, ``results/<id>-r<k>.<ext>`` for the result of
+    appearance k > 0; a later attempt of the same job (a takeover) writes its own objects,
+    ``results/<id>[-r<k>]-a<attempt>.<ext>``, so a superseded run's late upload never replaces them."""
+    image = f"-r{index}" if index > 0 else ""
     suffix = f"-a{attempt}" if attempt > 1 else ""
-    return f"results/{job_id}{suffix}.{EXTENSIONS[content_type]}"
+    return f"results/{job_id}{image}{suffix}.{EXTENSIONS[content_type]}"
+
+
+def result_keys(job_id: str, attempts: int, images: int) -> list[str]:
+    """Every key a job's runs may have written results under: each attempt, image and format."""
+    return [
+        result_key(job_id, content_type, attempt, index)
+        for attempt in range(1, max(attempts, 1) + 1)
+        for index in range(max(images, 1))
+        for content_type in EXTENSIONS
+    ]
 
 
 def result_job_id(key: str) -> str:
-    """The job id a result key belongs to (any attempt)."""
+    """The job id a result key belongs to (any attempt, any image)."""
     return key.split("/")[-1].split(".")[0].split("-")[0]
 
 

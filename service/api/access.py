@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.api.errors import JobNotFound, ResultGone, ResultNotReady
+from service.api.errors import JobNotFound, ResultGone, ResultNotFound, ResultNotReady
 from service.api.submit import idempotency_scope
 from service.erasure import erase_job
 from service.jobs import Job, JobStores, transitions
@@ -75,12 +75,23 @@ class JobAccess:
                 },
             )
 
-    def result(self, job_id: str, owner: str | None) -> ResultLocation:
+    def result(self, job_id: str, owner: str | None, index: int = 0) -> ResultLocation:
+        """Result ``index`` (k from 0, one per appearance in order) of the caller's job.
+
+        An index outside the job's appearances is ResultNotFound (naming the range) whatever the
+        job's status; a valid one of an unsucceeded job is ResultNotReady."""
         job = self.get(job_id, owner)
-        if job.status != "succeeded" or job.result is None:
+        count = len(job.appearance_keys)
+        if not 0 <= index < count:
+            allowed = "0" if count == 1 else f"0 to {count - 1}"
+            raise ResultNotFound(
+                f"job {job_id} has {count} appearance image{'s' if count > 1 else ''}, so no result {index}; "
+                f"results are numbered {allowed}"
+            )
+        if job.status != "succeeded" or index >= len(job.results):
             why = "has not finished" if not job.finished else f"ended {job.status} and has no result"
             raise ResultNotReady(f"job {job_id} {why} (status {job.status})")
-        key, content_type = job.result.key, job.result.content_type
+        key, content_type = job.results[index].key, job.results[index].content_type
         path = self.store.local_path(key)
         if path is not None:
             return ResultLocation(content_type, path=path)

@@ -43,6 +43,10 @@ class ResultNotReady(DomainError):
     """The job has no result (yet, or ever)."""
 
 
+class ResultNotFound(DomainError):
+    """The job has no result k: k is outside 0 .. appearances - 1 (404 naming the range)."""
+
+
 class ResultGone(DomainError):
     """The job succeeded but its result is no longer in the store."""
 

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qalign_core.images import sniff_format
-from qalign_core.params import TransferParams
+from qalign_core.params import MAX_APPEARANCES, TransferParams
 from service.api.problems import ApiProblem, problem_response, validation_problem
 from service.api.remote_inputs import check_input_url, fetch_input, looks_like_url
 from service.api.schemas import IMAGE_FIELDS, TUPLE_FIELDS, FieldProblem, TransferJSONRequest
@@ -53,22 +53,46 @@ MAX_WEBHOOK_URL = 2000
 @dataclass
 class Submission:
     params: TransferParams
-    images: dict[str, tuple[bytes, str]]  # field -> (bytes, content type)
+    structure: tuple[bytes, str]  # (bytes, content type)
+    appearances: list[tuple[bytes, str]]  # 1 .. MAX_APPEARANCES, in the caller's order
     webhook_url: str | None
     idempotency_key: str | None = None
     webhook_events: list[str] | None = None  # webhook_events_filter; None = every event
 
 
+def appearance_labels(count: int) -> list[str]:
+    """How refusals name the appearance images: ``appearance`` when there is one (as in v1.1),
+    ``appearance[k]`` (k from 0, the caller's order) when there are several."""
+    return ["appearance"] if count == 1 else [f"appearance[{k}]" for k in range(count)]
+
+
+def check_appearance_count(count: int) -> None:
+    """422 naming ``appearance`` unless 1 <= count <= MAX_APPEARANCES."""
+    if 1 <= count <= MAX_APPEARANCES:
+        return
+    allowed = f"1 to {MAX_APPEARANCES} appearance images"
+    if count == 0:
+        message = "required: a file part (PNG, JPEG or WebP) or an https:// URL"
+        kind = "missing-part"
+    else:
+        message = f"{count} appearance images sent; at most {MAX_APPEARANCES} per job"
+        kind = "too-many-appearances"
+    problem = FieldProblem(field="appearance", message=message, allowed=allowed)
+    raise ApiProblem(422, f"appearance: {message} (allowed: {allowed})", kind=kind, errors=[problem])
+
+
 @dataclass
 class _Parsed:
-    """One request body, either encoding, before the images are checked."""
+    """One request body, either encoding, before the images are checked. Images are keyed by their
+    label: ``structure``, then the appearance labels (``appearance_labels``) in order."""
 
     raw: dict[str, bytes]
     declared: dict[str, str | None]
     params: TransferParams
+    labels: list[str]  # every image label, structure first
     webhook: str | None = None
     events: list[str] | None = None
-    urls: dict[str, str] = dataclasses.field(default_factory=dict)  # image field -> https URL to fetch
+    urls: dict[str, str] = dataclasses.field(default_factory=dict)  # image label -> https URL to fetch
 
 
 class BodyLimitMiddleware:
@@ -162,20 +186,21 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
         )
     # Resolves the host (off the event loop); before any image URL is fetched, which costs more.
     await run_in_threadpool(check_webhook, parsed.webhook, settings)
-    if parsed.urls:  # both fetched at once; the first field's refusal wins
+    if parsed.urls:  # all fetched at once; the first image's refusal wins
         names = list(parsed.urls)
         fetched = await _all([run_in_threadpool(fetch_input, n, parsed.urls[n], settings) for n in names])
         for name, (data, ctype) in zip(names, fetched, strict=True):
             parsed.raw[name], parsed.declared[name] = data, ctype
-    # Both images decode at once (Pillow releases the GIL while decoding); the first field's refusal wins.
+    # The images decode at once (Pillow releases the GIL while decoding); the first image's refusal wins.
     checks = [
         run_in_threadpool(check_image, name, parsed.raw[name], parsed.declared.get(name), settings)
-        for name in IMAGE_FIELDS
+        for name in parsed.labels
     ]
-    images = dict(zip(IMAGE_FIELDS, await _all(checks), strict=True))
+    images = await _all(checks)
     return Submission(
         params=parsed.params,
-        images=images,
+        structure=images[0],
+        appearances=images[1:],
         webhook_url=parsed.webhook,
         idempotency_key=key,
         webhook_events=parsed.events,
@@ -207,12 +232,16 @@ def events_filter(values: list[str] | None) -> list[str] | None:
 
 async def _read_form(request: Request, settings: Settings):
     try:
-        form = await request.form(max_files=2, max_fields=64)
+        # One more file than allowed, so that one appearance too many is named as such (422).
+        form = await request.form(max_files=MAX_APPEARANCES + 2, max_fields=64 + MAX_APPEARANCES)
     except ApiProblem:
         raise
     except Exception as exc:  # malformed multipart is the caller's error
+        if "too many files" in str(exc).lower():
+            check_appearance_count(MAX_APPEARANCES + 1)
         raise ApiProblem(400, f"cannot parse the multipart body: {exc}", kind="bad-request") from exc
-    missing = [f for f in IMAGE_FIELDS if not isinstance(form.get(f), UploadFile) and not form.get(f)]
+    parts = {name: [p for p in form.getlist(name) if isinstance(p, UploadFile) or p] for name in IMAGE_FIELDS}
+    missing = [name for name in IMAGE_FIELDS if not parts[name]]
     if missing:
         problems = [
             FieldProblem(field=f, message="required: a file part (PNG, JPEG or WebP) or an https:// URL")
@@ -221,18 +250,23 @@ async def _read_form(request: Request, settings: Settings):
         raise ApiProblem(
             422, "; ".join(f"{p.field}: {p.message}" for p in problems), kind="missing-part", errors=problems
         )
+    if len(parts["structure"]) > 1:
+        problem = FieldProblem(field="structure", message="sent more than once", allowed="one image")
+        raise ApiProblem(422, "structure: sent more than once; send one structure image", errors=[problem])
+    check_appearance_count(len(parts["appearance"]))
+    labelled = [("structure", parts["structure"][0])]
+    labelled += zip(appearance_labels(len(parts["appearance"])), parts["appearance"], strict=True)
     raw: dict = {}
     declared: dict[str, str | None] = {}
     urls: dict[str, str] = {}
-    for name in IMAGE_FIELDS:
-        part = form[name]
+    for label, part in labelled:
         if isinstance(part, str):  # a form field, not a file: an image URL
-            urls[name] = part.strip()
-            check_input_url(name, urls[name], "form")
+            urls[label] = part.strip()
+            check_input_url(label, urls[label], "form")
             continue
         data = await part.read(settings.max_upload_bytes + 1)
-        _check_size(name, len(data), settings)
-        raw[name], declared[name] = data, part.content_type
+        _check_size(label, len(data), settings)
+        raw[label], declared[label] = data, part.content_type
     fields: dict[str, object] = {}
     events: list[str] | None = None
     for name, value in form.multi_items():
@@ -252,7 +286,8 @@ async def _read_form(request: Request, settings: Settings):
             continue
         fields[name] = [p.strip() for p in value.split(",")] if name in TUPLE_FIELDS else value
     webhook = fields.pop("webhook_url", None)
-    return _Parsed(raw, declared, _params(fields), webhook, events_filter(events), urls)  # type: ignore[arg-type]
+    labels = [label for label, _ in labelled]
+    return _Parsed(raw, declared, _params(fields), labels, webhook, events_filter(events), urls)  # type: ignore[arg-type]
 
 
 async def _read_json(request: Request):
@@ -265,24 +300,30 @@ async def _read_json(request: Request):
         raise ApiProblem(400, f"the body is not valid JSON: {exc}", kind="bad-request") from exc
     if not isinstance(body, dict):
         raise ApiProblem(400, "the JSON body must be an object", kind="bad-request")
+    if isinstance(body.get("appearance"), list):  # the count first: named as such, not as a list length
+        check_appearance_count(len(body["appearance"]))
     try:
         parsed = TransferJSONRequest.model_validate(body)
     except ValidationError as exc:
         raise validation_problem(exc) from exc
+    appearances = [parsed.appearance] if isinstance(parsed.appearance, str) else parsed.appearance
+    labelled = [("structure", parsed.structure)]
+    labelled += zip(appearance_labels(len(appearances)), appearances, strict=True)
     raw: dict = {}
     declared: dict[str, str | None] = {}
     urls: dict[str, str] = {}
-    for name in IMAGE_FIELDS:
-        value = getattr(parsed, name).strip()
+    for label, given in labelled:
+        value = given.strip()
         if looks_like_url(value):
-            check_input_url(name, value, "json")
-            urls[name] = value
+            check_input_url(label, value, "json")
+            urls[label] = value
         else:
-            raw[name], declared[name] = _decode_base64(name, value)
+            raw[label], declared[label] = _decode_base64(label, value)
     exclude = {"structure", "appearance", "webhook_url", "webhook_events_filter"}
     params = _params(parsed.model_dump(exclude=exclude, exclude_unset=True))
     events = events_filter(parsed.webhook_events_filter)
-    return _Parsed(raw, declared, params, parsed.webhook_url, events, urls)
+    labels = [label for label, _ in labelled]
+    return _Parsed(raw, declared, params, labels, parsed.webhook_url, events, urls)
 
 
 def _params(fields: dict) -> TransferParams:

@@ -24,6 +24,7 @@ from service.api.errors import (
     NotReady,
     QueueFull,
     ResultGone,
+    ResultNotFound,
     ResultNotReady,
 )
 from service.api.schemas import FieldProblem, Problem, allowed_values
@@ -138,6 +139,7 @@ def domain_problem(exc: Exception) -> ApiProblem:
 _STATUS: dict[type, tuple[int, str]] = {
     JobNotFound: (404, "job-not-found"),
     ResultNotReady: (409, "result-not-ready"),
+    ResultNotFound: (404, "result-not-found"),
     ResultGone: (410, "result-gone"),
 }
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from qalign_core.params import TransferParams
+from qalign_core.params import MAX_APPEARANCES, TransferParams
 from qalign_schema.jobs import ErrorOut, JobList, JobMetricsOut, JobOut, JobParams, JobUrls, ResultOut
 from qalign_schema.problems import FieldProblem, Problem
 
@@ -27,14 +27,24 @@ __all__ = [
 ]
 
 
+def _appearance_list_bounds(schema: dict) -> None:
+    """Publish the list form's bounds (checked in service.api.intake, with a problem naming them)."""
+    for option in schema.get("anyOf", []):
+        if option.get("type") == "array":
+            option["minItems"], option["maxItems"] = 1, MAX_APPEARANCES
+
+
 class TransferJSONRequest(TransferParams):
-    """JSON body of POST /transfer: the two images as base64 (plain or data: URL) plus parameters."""
+    """JSON body of POST /transfer: the structure and 1..MAX_APPEARANCES appearance images as base64
+    (plain or data: URL) or https:// URLs, plus parameters."""
 
     structure: str = Field(
         description="Structure image (PNG, JPEG, WebP): base64, a data: URL or an https:// URL to fetch."
     )
-    appearance: str = Field(
-        description="Appearance image (PNG, JPEG, WebP): base64, a data: URL or an https:// URL to fetch."
+    appearance: str | list[str] = Field(
+        description="Appearance image (PNG, JPEG, WebP): base64, a data: URL or an https:// URL to fetch; "
+        f"or a list of 1 to {MAX_APPEARANCES} such images: one result each, in this order.",
+        json_schema_extra=lambda schema: _appearance_list_bounds(schema),
     )
     webhook_url: str | None = Field(
         None, max_length=2000, pattern=r"^https?://", description="Called on running and terminal status."
@@ -114,9 +124,12 @@ def multipart_openapi() -> dict:
             "description": "Structure image, or an https:// URL.",
         },
         "appearance": {
-            "type": "string",
-            "format": "binary",
-            "description": "Appearance image, or an https:// URL.",
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "minItems": 1,
+            "maxItems": MAX_APPEARANCES,
+            "description": "Appearance image, or an https:// URL; repeat the part for up to "
+            f"{MAX_APPEARANCES} images (one result each, in the parts' order).",
         },
         "webhook_url": {
             "type": "string",

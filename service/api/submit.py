@@ -33,10 +33,16 @@ def idempotency_scope(owner: str | None, key: str) -> str:
 
 
 def request_fingerprint(submission: Submission) -> str:
-    """Digest of the canonical request: effective parameters, input digests and webhook_url."""
+    """Digest of the canonical request: effective parameters, input digests (every appearance, in
+    order) and webhook_url. A one-appearance request digests as in v1.1, so a key used before an
+    upgrade still matches its retry."""
+    appearances = [hashlib.sha256(data).hexdigest() for data, _ in submission.appearances]
     canonical = {
         "params": submission.params.model_dump(mode="json"),
-        "inputs": {name: hashlib.sha256(data).hexdigest() for name, (data, _) in submission.images.items()},
+        "inputs": {
+            "structure": hashlib.sha256(submission.structure[0]).hexdigest(),
+            "appearance": appearances[0] if len(appearances) == 1 else appearances,
+        },
         "webhook_url": submission.webhook_url,
     }
     if submission.webhook_events is not None:  # absent when unset: fingerprints of older keys still match
@@ -75,13 +81,14 @@ class Submitter:
                 return self._replay(existing, fingerprint, owner), False
         self.readiness.require()
         self.capacity.require(owner)
-        keys = {name: self.store.put_input(data, ctype) for name, (data, ctype) in submission.images.items()}
+        structure_key = self.store.put_input(*submission.structure)
+        appearance_keys = [self.store.put_input(data, ctype) for data, ctype in submission.appearances]
         job = Job(
             id=new_job_id(),
             created_at=utcnow(),
             params=submission.params.model_dump(mode="json"),
-            structure_key=keys["structure"],
-            appearance_key=keys["appearance"],
+            structure_key=structure_key,
+            appearance_keys=appearance_keys,
             webhook_url=submission.webhook_url,
             webhook_events=submission.webhook_events,
             owner=owner,

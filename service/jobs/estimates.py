@@ -1,7 +1,8 @@
 """Where an unfinished job stands: its place in the queue and an estimate of when it ends.
 
 Estimated from the stage statistics every worker records (mean duration of each stage over the jobs
-that ran), not from the job's own parameters: a rough figure, null while no job has run.
+that ran), scaled by the job's size in UNet rows (``rows_factor``): a rough figure, null while no job
+has run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,20 @@ from service.jobs.transitions import STAGE_SPANS
 
 #: The stages of one run, in order (the keys of the progress bar).
 RUN_STAGES: tuple[str, ...] = tuple(STAGE_SPANS)
+
+
+def rows_factor(appearances: int) -> float:
+    """How much longer a job with ``appearances`` images runs than a single pair, taken as its UNet
+    rows per aligned denoising step over a single pair's: (3N + 1) / 4.
+
+    Each aligned step runs the N outputs, the N appearances and the one shared structure row, plus
+    the N outputs again for swap guidance: 3N + 1 rows, against 4 for one pair. Denoising dominates
+    a run (inverting N + 1 images grows about as fast), so the whole run is scaled by this ratio.
+    The stage means it multiplies are averaged over every run whatever its N: while most jobs carry
+    one appearance they are a single pair's cost, and with many multi-appearance jobs the estimate
+    leans high for single pairs and low for large N.
+    """
+    return (3 * max(appearances, 1) + 1) / 4
 
 
 @dataclass(frozen=True)
@@ -58,21 +73,24 @@ class QueueSnapshot:
         return sum(self.stage_means.get(stage, 0.0) for stage in RUN_STAGES)
 
     def remaining_s(self, job: Job) -> float | None:
-        """Seconds a running job still needs: the rest of its stage and the stages after it."""
-        if self.job_s() is None:
+        """Seconds a running job still needs: the rest of its stage and the stages after it, scaled
+        by its rows (``rows_factor``)."""
+        per_job = self.job_s()
+        if per_job is None:
             return None
+        factor = rows_factor(len(job.appearance_keys))
         if job.stage not in STAGE_SPANS:
-            return self.job_s()
+            return per_job * factor
         low, high = STAGE_SPANS[job.stage]
         done = min(max((job.progress - low) / (high - low), 0.0), 1.0)
         later = RUN_STAGES[RUN_STAGES.index(job.stage) + 1 :]
-        return self.stage_means.get(job.stage, 0.0) * (1.0 - done) + sum(
-            self.stage_means.get(stage, 0.0) for stage in later
-        )
+        left = self.stage_means.get(job.stage, 0.0) * (1.0 - done)
+        return (left + sum(self.stage_means.get(stage, 0.0) for stage in later)) * factor
 
     def eta_s(self, job: Job) -> float | None:
         """Seconds until the job should end: for a queued job, the work ahead of it shared by the
-        live workers plus its own run; None when finished or nothing has run yet."""
+        live workers plus its own run (scaled by its rows); None when finished or nothing has run
+        yet. Queued jobs ahead count as single pairs: their records are not read (see the class)."""
         per_job = self.job_s()
         if per_job is None or job.status not in ("queued", "running"):
             return None
@@ -80,4 +98,4 @@ class QueueSnapshot:
             return round(self.remaining_s(job) or 0.0, 1)
         ahead = sum(self.remaining_s(other) or 0.0 for other in self.running)
         ahead += (self.position(job) or 0) * per_job
-        return round(ahead / self.workers + per_job, 1)
+        return round(ahead / self.workers + per_job * rows_factor(len(job.appearance_keys)), 1)

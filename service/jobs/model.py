@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import get_args
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from qalign_schema.jobs import JobStage, JobStatus
 
@@ -23,10 +23,14 @@ class JobError(BaseModel):
 
 
 class JobResult(BaseModel):
+    """One stored result image (the one made from appearance k is ``Job.results[k]``)."""
+
     key: str
     content_type: str
     width: int
     height: int
+    adain_applied: str | None = None  # "masked" | "plain" | "none" for this pair; None on old records
+    object_masks_found: bool | None = None
 
 
 class UndeliveredWebhook(BaseModel):
@@ -53,8 +57,12 @@ class Job(BaseModel):
     finished_at: datetime | None = None
     params: dict = Field(default_factory=dict)
     structure_key: str
-    appearance_key: str
-    result: JobResult | None = None
+    #: Store keys of the appearance images, in submission order (1 .. MAX_APPEARANCES).
+    appearance_keys: list[str] = Field(min_length=1)
+    #: One stored result per appearance, in the same order; empty until the job has succeeded.
+    results: list[JobResult] = Field(default_factory=list)
+    #: Output width, height and whether the aspect was clamped (known once the job has run).
+    output: dict[str, int | bool] | None = None
     error: JobError | None = None
     metrics: dict[str, float | int | bool | str | None] = Field(default_factory=dict)
     cancel_requested: bool = False
@@ -71,9 +79,36 @@ class Job(BaseModel):
     #: no other live job lists).
     inversion_keys: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate_single_appearance(cls, data: object) -> object:
+        """Records written before jobs carried several appearances (v1.1) had ``appearance_key``
+        and ``result``: read them as one-item lists, so a queued old record still runs and a
+        finished one still serves its result."""
+        if not isinstance(data, dict) or ("appearance_key" not in data and "result" not in data):
+            return data
+        data = dict(data)
+        single = data.pop("appearance_key", None)
+        if single is not None and not data.get("appearance_keys"):
+            data["appearance_keys"] = [single]
+        result = data.pop("result", None)
+        if result is not None and not data.get("results"):
+            data["results"] = [result]
+        return data
+
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def result(self) -> JobResult | None:
+        """The first result (what /jobs/{id}/result serves), None until the job has succeeded."""
+        return self.results[0] if self.results else None
+
+    @property
+    def input_keys(self) -> list[str]:
+        """Every input the job lists, structure first (duplicates kept once: inputs are shared)."""
+        return list(dict.fromkeys((self.structure_key, *self.appearance_keys)))
 
 
 def new_job_id() -> str:

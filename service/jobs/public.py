@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from qalign_schema.jobs import ErrorOut, JobMetricsOut, JobOut, JobUrls, ResultOut
+from qalign_schema.jobs import ErrorOut, JobMetricsOut, JobOut, JobUrls, OutputOut, ResultOut
 from service.jobs.estimates import QueueSnapshot
 from service.jobs.model import Job, utcnow
 from service.settings import Settings
@@ -30,9 +30,15 @@ def job_base(job: Job, settings: Settings, fallback: str | None = None) -> str |
     return base.rstrip("/") if base else None
 
 
-def job_urls(job_id: str, base: str) -> JobUrls:
+def job_urls(job_id: str, base: str, appearances: int = 1) -> JobUrls:
     own = f"{base}/jobs/{job_id}"
-    return JobUrls(get=own, cancel=own, result=f"{own}/result", events=f"{own}/events")
+    return JobUrls(
+        get=own,
+        cancel=own,
+        result=f"{own}/result",
+        events=f"{own}/events",
+        results=[f"{own}/results/{k}" for k in range(appearances)],
+    )
 
 
 def job_out(
@@ -46,26 +52,12 @@ def job_out(
     """The public job object; result URLs are presigned per call (fresh expiry).
 
     When presigning fails (store credentials or endpoint trouble) the URL falls back to
-    /jobs/{id}/result, which always works: a poll, a cancel or a webhook never fails on it.
-    ``queue`` (read once per request) fills queue_position and eta_s; without it a running job
-    still says queue_position 0.
+    /jobs/{id}/result (/jobs/{id}/results/{k} for the later images), which always works: a poll, a
+    cancel or a webhook never fails on it. ``queue`` (read once per request) fills queue_position
+    and eta_s; without it a running job still says queue_position 0.
     """
     base = job_base(job, settings, base_url)
-    result = None
-    if job.result is not None:
-        try:
-            url = store.presigned_url(job.result.key, settings.result_url_ttl)
-        except StorageUnavailable:
-            logger.warning("could not presign the result URL; using /jobs/{id}/result", exc_info=True)
-            url = None
-        expires = utcnow() + timedelta(seconds=settings.result_url_ttl) if url else None
-        result = ResultOut(
-            url=url or f"{base or ''}/jobs/{job.id}/result",
-            content_type=job.result.content_type,
-            width=job.result.width,
-            height=job.result.height,
-            expires_at=expires,
-        )
+    results = [_result_out(job, index, store, settings, base) for index in range(len(job.results))]
     position = eta = waiting_for = None
     if queue is not None:
         position, eta, waiting_for = queue.position(job), queue.eta_s(job), queue.waiting_for(job)
@@ -80,14 +72,47 @@ def job_out(
         started_at=job.started_at,
         finished_at=job.finished_at,
         params=job.params,
-        result=result,
+        appearances=len(job.appearance_keys),
+        output=_output(job),
+        result=results[0] if results else None,
+        results=results,
         error=ErrorOut(**job.error.model_dump()) if job.error else None,
         metrics=JobMetricsOut(**job.metrics),
-        urls=job_urls(job.id, base) if base else None,
+        urls=job_urls(job.id, base, len(job.appearance_keys)) if base else None,
         queue_position=position,
         eta_s=eta,
         waiting_for=waiting_for,
     )
+
+
+def _result_out(job: Job, index: int, store: ObjectStore, settings: Settings, base: str | None) -> ResultOut:
+    stored = job.results[index]
+    try:
+        url = store.presigned_url(stored.key, settings.result_url_ttl)
+    except StorageUnavailable:
+        logger.warning("could not presign a result URL; using the API's result URL", exc_info=True)
+        url = None
+    expires = utcnow() + timedelta(seconds=settings.result_url_ttl) if url else None
+    own = f"{base or ''}/jobs/{job.id}"
+    return ResultOut(
+        index=index,
+        url=url or (f"{own}/result" if index == 0 else f"{own}/results/{index}"),
+        content_type=stored.content_type,
+        width=stored.width,
+        height=stored.height,
+        expires_at=expires,
+        adain_applied=stored.adain_applied,
+        object_masks_found=stored.object_masks_found,
+    )
+
+
+def _output(job: Job) -> OutputOut | None:
+    """The output shape: from the run (v1.2 records), else from the first result of an older record."""
+    if job.output is not None:
+        return OutputOut.model_validate(job.output)
+    if job.results:
+        return OutputOut(width=job.results[0].width, height=job.results[0].height, aspect_clamped=False)
+    return None
 
 
 def job_json(job: Job, store: ObjectStore, settings: Settings) -> bytes:

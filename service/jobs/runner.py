@@ -1,7 +1,8 @@
 """Running one job: the single code path of the Celery task and the embedded worker thread.
 
-claim the record -> read inputs from the store -> pipeline.transfer (progress and cancel checks
-through the job record) -> upload the result -> final record. Failures become a ``failed`` record
+claim the record -> read inputs from the store -> pipeline.transfer (the structure and every
+appearance in one call; progress and cancel checks through the job record) -> upload one result per
+appearance -> final record. Failures become a ``failed`` record
 with a typed error; nothing a job does can take the worker down. Webhooks go out through the
 injected ``events`` publisher, so this module needs neither HTTP nor Celery.
 """
@@ -24,6 +25,7 @@ from service.jobs.store import JobStores, StoreUnavailable
 from service.logs import job_context
 from service.settings import Settings
 from service.storage import (
+    EXTENSIONS,
     ObjectNotFound,
     ObjectStore,
     StorageUnavailable,
@@ -273,8 +275,12 @@ def _noting(
 
 
 def _discard_writes(ctx: JobContext, job: Job, tracker: JobTracker) -> None:
-    """The job was erased during this run: delete the result and inversions this run wrote."""
-    keys = [result_key(job.id, ctype, job.attempts) for ctype in ("image/png", "image/jpeg", "image/webp")]
+    """The job was erased during this run: delete the results and inversions this run wrote."""
+    keys = [
+        result_key(job.id, ctype, job.attempts, index)
+        for index in range(len(job.appearance_keys))
+        for ctype in EXTENSIONS
+    ]
     keys += tracker.cache.written if tracker.cache is not None else []
     for key in keys:
         try:
@@ -287,10 +293,13 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
     params = TransferParams.model_validate(job.params)
     store = ctx.store
     structure = through_outage(ctx, "read the inputs", lambda: store.get(job.structure_key), tracker)
-    appearance = through_outage(ctx, "read the inputs", lambda: store.get(job.appearance_key), tracker)
+    appearances = [
+        through_outage(ctx, "read the inputs", lambda key=key: store.get(key), tracker)
+        for key in job.appearance_keys
+    ]
     result = ctx.pipeline.transfer(
         structure,
-        appearance,
+        appearances,
         params,
         progress=tracker.progress,
         should_cancel=tracker.should_cancel,
@@ -299,41 +308,101 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
     current = _noting(ctx, tracker, lambda j: None)
     if current is None:
         tracker.end_stage()
-        logger.info("job erased during the run; its result is not uploaded")
+        logger.info("job erased during the run; its results are not uploaded")
         return None
     if transitions.superseded(current, tracker.claimed_by or "", tracker.attempt):  # taken over
         tracker.stop_reason = "lost"
         raise TransferCanceled("the job is no longer held by this run")
     tracker.progress("uploading", 0.0)
     upload_started = time.perf_counter()
-    # One object per attempt: a superseded run that uploads late never replaces the new attempt's result.
-    key = result_key(job.id, result.content_type, attempt=job.attempts)
-    data = result.encode()
-    through_outage(ctx, "upload the result", lambda: store.put(key, data, result.content_type), tracker)
+    encoded = result.encode_all()
+    if len(encoded) != len(job.appearance_keys):  # the pipeline's contract: one image per appearance
+        raise RuntimeError(
+            f"the pipeline returned {len(encoded)} images for {len(job.appearance_keys)} appearances"
+        )
+    keys = []
+    for index, data in enumerate(encoded):
+        # One object per image and attempt: a superseded run that uploads late never replaces the
+        # new attempt's results.
+        key = result_key(job.id, result.content_type, attempt=job.attempts, index=index)
+        through_outage(
+            ctx,
+            "upload the result",
+            lambda key=key, data=data: store.put(key, data, result.content_type),
+            tracker,
+        )
+        keys.append(key)
+        tracker.progress("uploading", (index + 1) / len(encoded))
     tracker.end_stage()
-    queue_s = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
-    metrics = {
-        "queue_s": round(queue_s, 4),
-        **{name: round(float(value), 4) for name, value in result.timings.items()},
-        "upload_s": round(time.perf_counter() - upload_started, 4),
-        "inversion_cache_hits": int(result.inversion_cache_hits),
-        **result.diagnostics,
-    }
-    stored = JobResult(
-        key=key, content_type=result.content_type, width=result.image.width, height=result.image.height
-    )
+    stored, output, metrics = describe_result(job, result, keys)
+    metrics["upload_s"] = round(time.perf_counter() - upload_started, 4)
     params_used = result.params.model_dump(mode="json")
     final = _noting(
-        ctx, tracker, lambda j: transitions.succeed(j, result=stored, params=params_used, metrics=metrics)
+        ctx,
+        tracker,
+        lambda j: transitions.succeed(j, results=stored, params=params_used, metrics=metrics, output=output),
     )
     if final is None:
-        logger.info("job erased during the upload; its result is deleted again")
+        logger.info("job erased during the upload; its results are deleted again")
     elif transitions.superseded(final, tracker.claimed_by or "", tracker.attempt):
         tracker.stop_reason = "lost"
         raise TransferCanceled("the job is no longer held by this run")
     else:
         logger.info("job succeeded", extra={"metrics": metrics})
     return final
+
+
+def describe_result(job: Job, result, keys: list[str]) -> tuple[list[JobResult], dict, dict]:
+    """(stored results in order, output shape, metrics) of a pipeline result.
+
+    The pipeline's diagnostics give AdaIN per image (lists); each stored result keeps its own, and
+    the metrics keep the first image's (their v1.1 meaning) next to the rows and the output shape.
+    """
+    diagnostics = dict(result.diagnostics)
+    count = len(keys)
+    adain = _per_image(diagnostics.pop("adain_applied", None), count)
+    masks = _per_image(diagnostics.pop("object_masks_found", None), count)
+    shape = result.shape
+    stored = [
+        JobResult(
+            key=key,
+            content_type=result.content_type,
+            width=image.width,
+            height=image.height,
+            adain_applied=adain[index],
+            object_masks_found=masks[index],
+        )
+        for index, (key, image) in enumerate(zip(keys, result.images, strict=True))
+    ]
+    output = {"width": int(shape.width), "height": int(shape.height), "aspect_clamped": bool(shape.clamped)}
+    queue_s = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
+    rows = getattr(result, "unet_rows", None) or {}
+    metrics = {
+        "queue_s": round(queue_s, 4),
+        **{name: round(float(value), 4) for name, value in result.timings.items()},
+        "inversion_cache_hits": int(result.inversion_cache_hits),
+        **{name: value for name, value in diagnostics.items() if _scalar(value)},
+        "adain_applied": adain[0],
+        "object_masks_found": masks[0],
+        "appearances": count,
+        "rows_per_step": int(result.rows_per_step),
+        **{f"unet_rows_{name}": int(value) for name, value in rows.items()},
+        "output_width": output["width"],
+        "output_height": output["height"],
+        "aspect_clamped": output["aspect_clamped"],
+    }
+    return stored, output, metrics
+
+
+def _per_image(value: object, count: int) -> list:
+    """A diagnostic as one value per image: a list as given, a single value repeated."""
+    if isinstance(value, (list, tuple)):
+        return [*value, *[None] * (count - len(value))][:count]
+    return [value] * count
+
+
+def _scalar(value: object) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 #: First pause and longest pause between tries while storage is unreachable (doubling in between).

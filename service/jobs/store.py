@@ -163,8 +163,8 @@ class JobStores:
 
 
 def listed_keys(job: Job) -> set[str]:
-    """The shared objects a job lists: its two inputs and the cached inversions its runs used."""
-    return {job.structure_key, job.appearance_key, *job.inversion_keys}
+    """The shared objects a job lists: its inputs and the cached inversions its runs used."""
+    return {*job.input_keys, *job.inversion_keys}
 
 
 def empty_stats() -> dict:

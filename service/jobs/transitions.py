@@ -6,7 +6,7 @@ Stores apply them atomically through ``JobRecords.modify``; unit tests call them
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from service.jobs.model import Job, JobError, JobResult, utcnow
 
@@ -99,8 +99,16 @@ def progress(job: Job, stage: str, fraction: float) -> Job | None:
     return job.model_copy(update={"stage": stage, "progress": max(overall, job.progress)})
 
 
-def succeed(job: Job, *, result: JobResult, params: dict, metrics: dict) -> Job | None:
-    """The run produced its result; a record that already ended (canceled meanwhile) stays."""
+def succeed(
+    job: Job,
+    *,
+    results: Sequence[JobResult],
+    params: dict,
+    metrics: dict,
+    output: dict[str, int | bool] | None = None,
+) -> Job | None:
+    """The run produced its results (one per appearance, in order); a record that already ended
+    (canceled meanwhile) stays."""
     if job.finished:
         return None
     return job.model_copy(
@@ -109,7 +117,8 @@ def succeed(job: Job, *, result: JobResult, params: dict, metrics: dict) -> Job 
             "stage": "done",
             "progress": 1.0,
             "finished_at": utcnow(),
-            "result": result,
+            "results": list(results),
+            "output": output,
             "params": params,
             "metrics": metrics,
         }

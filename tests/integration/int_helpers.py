@@ -32,6 +32,45 @@ def submit(client, photos: tuple[bytes, bytes], **fields) -> dict:
     return response.json()
 
 
+def submit_many(client, structure: bytes, appearances: list[bytes], **fields) -> dict:
+    """POST /transfer with the ``appearance`` part repeated, in order; must be accepted."""
+    files = [("structure", ("s.png", structure, "image/png"))]
+    files += [("appearance", (f"a{k}.png", image, "image/png")) for k, image in enumerate(appearances)]
+    response = client.post("/transfer", files=files, data={k: str(v) for k, v in fields.items()})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+#: The tiny model's rounding unit: VAE factor 8 x 2^3 UNet downsamplings, 64 px as for SD 1.5.
+UNIT = 64
+
+
+def crop_to(image: Image.Image, ratio: tuple[int, int]) -> Image.Image:
+    """The largest centre crop of ``image`` with width:height = ``ratio``."""
+    rw, rh = ratio
+    width = min(image.width, image.height * rw // rh)
+    height = width * rh // rw
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def assert_shape_kept(size: tuple[int, int], source: tuple[int, int], longer: int, unit: int = UNIT) -> None:
+    """``size`` is ``source``'s shape with the longer side ``longer`` and the shorter one within the
+    rounding unit of the aspect-scaled length (the v1.2 shape rule)."""
+    width, height = size
+    assert max(width, height) == longer, (size, longer)
+    assert (width >= height) == (source[0] >= source[1]), ("orientation", size, source)
+    assert width % unit == 0 and height % unit == 0, (size, unit)
+    scaled = longer * min(source) / max(source)
+    assert abs(min(width, height) - scaled) < unit, (size, source, scaled)
+
+
 def decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()

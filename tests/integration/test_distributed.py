@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from int_helpers import FAST, SLOW, RedisServer, decode, free_port, poll, submit, wait_for
+from int_helpers import (
+    FAST,
+    SLOW,
+    RedisServer,
+    assert_shape_kept,
+    crop_to,
+    decode,
+    free_port,
+    png,
+    poll,
+    submit,
+    submit_many,
+    wait_for,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -22,13 +35,15 @@ def test_submit_poll_and_download_via_presigned_url_and_result_endpoint(distribu
     assert done["params"]["size"] == 128 and done["params"]["steps"] == 10
     assert done["metrics"]["total_s"] > 0 and done["metrics"]["inversion_cache_hits"] in (0, 1, 2)
     result = done["result"]
-    assert result["width"] == 128 and result["height"] == 128 and result["expires_at"]
+    shape = (done["output"]["width"], done["output"]["height"])
+    assert (result["width"], result["height"]) == shape and result["expires_at"]
+    assert_shape_kept(shape, decode(photo_bytes[0]).size, 128)
 
     # The presigned URL works without credentials, straight from the S3 server.
     assert result["url"].startswith("http://127.0.0.1:") and "Signature" in result["url"]
     direct = httpx.get(result["url"], timeout=10)
     assert direct.status_code == 200
-    assert decode(direct.content).size == (128, 128)
+    assert decode(direct.content).size == shape
 
     # /jobs/{id}/result redirects to a presigned URL that serves the same bytes.
     redirect = distributed_client.get(f"/jobs/{job['id']}/result", follow_redirects=False)
@@ -47,6 +62,50 @@ def test_submit_poll_and_download_via_presigned_url_and_result_endpoint(distribu
     }
     assert counts.get("denoising", 0) >= 1 and counts.get("uploading", 0) >= 1
     assert families["qalign_workers_live"].samples[0].value >= 1
+
+
+@pytest.mark.parametrize("ratio", [(4, 3), (9, 16)], ids=["4:3", "9:16"])
+def test_a_photo_comes_back_in_its_shape(distributed_client, photos, photo_bytes, ratio):
+    structure = crop_to(photos[0], ratio)
+    job = submit(distributed_client, (png(structure), photo_bytes[1]), size=256, **FAST)
+    done = poll(distributed_client, job["id"])
+    assert done["status"] == "succeeded", done
+    shape = (done["output"]["width"], done["output"]["height"])
+    assert_shape_kept(shape, structure.size, 256)
+    assert done["output"]["aspect_clamped"] is False
+    assert decode(httpx.get(done["result"]["url"], timeout=10).content).size == shape
+
+
+def test_three_appearances_give_three_results_in_order(distributed_client, photos, photo_bytes):
+    """Result k is the one a single-pair job with appearance k gives (batch invariance, in order),
+    and each is downloadable through /jobs/{id}/results/{k} (307 to its presigned URL)."""
+    appearances = [photo_bytes[1], png(photos[0].rotate(180)), png(photos[1].transpose(0))]
+    job = submit_many(distributed_client, photo_bytes[0], appearances, **FAST)
+    assert job["appearances"] == 3 and len(job["urls"]["results"]) == 3
+    done = poll(distributed_client, job["id"])
+    assert done["status"] == "succeeded", done
+    assert [r["index"] for r in done["results"]] == [0, 1, 2] and done["metrics"]["rows_per_step"] == 10
+    images = []
+    for k in range(3):
+        redirect = distributed_client.get(f"/jobs/{job['id']}/results/{k}", follow_redirects=False)
+        assert redirect.status_code == 307
+        data = httpx.get(redirect.headers["location"], timeout=10).content
+        assert data == httpx.get(done["results"][k]["url"], timeout=10).content
+        images.append(decode(data).convert("RGB"))
+    assert len({image.tobytes() for image in images}) == 3, "three different appearances, three results"
+    single = poll(
+        distributed_client, submit(distributed_client, (photo_bytes[0], appearances[1]), **FAST)["id"]
+    )
+    alone = decode(httpx.get(single["result"]["url"], timeout=10).content).convert("RGB")
+    differences = [mean_abs_difference(image, alone) for image in images]
+    assert differences[1] < 1.0 and differences[1] < min(differences[0], differences[2]), differences
+    assert distributed_client.get(f"/jobs/{job['id']}/results/3").status_code == 404
+
+
+def mean_abs_difference(first, second) -> float:
+    import numpy as np
+
+    return float(np.abs(np.asarray(first, dtype=float) - np.asarray(second, dtype=float)).mean())
 
 
 def test_cancel_running_and_queued_jobs(distributed_client, photo_bytes):

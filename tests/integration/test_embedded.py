@@ -8,7 +8,19 @@ import sys
 
 import httpx
 import pytest
-from int_helpers import FAST, decode, free_port, poll, stop_process, submit, wait_for
+from int_helpers import (
+    FAST,
+    assert_shape_kept,
+    crop_to,
+    decode,
+    free_port,
+    png,
+    poll,
+    stop_process,
+    submit,
+    submit_many,
+    wait_for,
+)
 from PIL import Image
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -56,7 +68,11 @@ def test_embedded_flow_survives_api_restart(tiny_model_dir, photo_bytes, tmp_pat
                 response = client.get(done["result"]["url"])
                 assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
                 image = decode(response.content)
-                assert image.format == "JPEG" and image.size == (128, 128)
+                assert image.format == "JPEG" and image.size == (
+                    done["output"]["width"],
+                    done["output"]["height"],
+                )
+                assert_shape_kept(image.size, decode(photo_bytes[0]).size, 128)
                 assert client.get("/readyz").json()["checks"]["workers"]["ok"] is True
         finally:
             stop_process(second, 30)
@@ -82,6 +98,48 @@ def embedded_client(tiny_model_dir, tmp_path_factory):
     )
     with TestClient(create_app(settings)) as client:
         yield client
+
+
+@pytest.mark.parametrize("ratio", [(4, 3), (9, 16)], ids=["4:3", "9:16"])
+def test_a_photo_comes_back_in_its_shape(embedded_client, photos, photo_bytes, ratio):
+    structure = crop_to(photos[0], ratio)
+    job = submit(embedded_client, (png(structure), photo_bytes[1]), size=256, **FAST)
+    done = poll(embedded_client, job["id"])
+    assert done["status"] == "succeeded", done
+    shape = (done["output"]["width"], done["output"]["height"])
+    assert_shape_kept(shape, structure.size, 256)
+    assert decode(embedded_client.get(f"/jobs/{job['id']}/result").content).size == shape
+    # aspect=square is v1.1's centre-cropped square.
+    square = poll(
+        embedded_client,
+        submit(embedded_client, (png(structure), photo_bytes[1]), size=128, aspect="square", **FAST)["id"],
+    )
+    assert (square["output"]["width"], square["output"]["height"]) == (128, 128)
+
+
+def test_three_appearances_give_three_results_in_order(embedded_client, photos, photo_bytes):
+    appearances = [photo_bytes[1], png(photos[0].rotate(180)), png(photos[1].transpose(0))]
+    job = submit_many(embedded_client, photo_bytes[0], appearances, **FAST)
+    done = poll(embedded_client, job["id"])
+    assert done["status"] == "succeeded", done
+    assert [r["index"] for r in done["results"]] == [0, 1, 2] and done["metrics"]["rows_per_step"] == 10
+    images = []
+    for k, result in enumerate(done["results"]):
+        data = embedded_client.get(f"/jobs/{job['id']}/results/{k}").content
+        assert data == embedded_client.get(result["url"]).content
+        images.append(decode(data).convert("RGB"))
+        assert images[-1].size == (done["output"]["width"], done["output"]["height"])
+    assert len({image.tobytes() for image in images}) == 3
+    single = poll(embedded_client, submit(embedded_client, (photo_bytes[0], appearances[2]), **FAST)["id"])
+    alone = decode(embedded_client.get(f"/jobs/{single['id']}/result").content).convert("RGB")
+    differences = [mean_abs_difference(image, alone) for image in images]
+    assert differences[2] < 1.0 and differences[2] < min(differences[:2]), differences
+
+
+def mean_abs_difference(first, second) -> float:
+    import numpy as np
+
+    return float(np.abs(np.asarray(first, dtype=float) - np.asarray(second, dtype=float)).mean())
 
 
 def _problem(response, status: int) -> dict:

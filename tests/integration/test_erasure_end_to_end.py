@@ -9,7 +9,7 @@ import uuid
 
 import httpx
 import pytest
-from int_helpers import FAST, poll, submit, wait_for
+from int_helpers import FAST, poll, submit, submit_many, wait_for
 from PIL import Image
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -44,8 +44,7 @@ def assert_every_url_404(client, job_id: str) -> None:
 
 def job_keys(client, job_id: str) -> set[str]:
     job = client.app.state.services.stores.records.get(job_id)
-    keys = {job.structure_key, job.appearance_key, *job.inversion_keys}
-    return keys | ({job.result.key} if job.result else set())
+    return {*job.input_keys, *job.inversion_keys, *(result.key for result in job.results)}
 
 
 def stored_keys(client) -> set[str]:
@@ -88,6 +87,21 @@ def test_embedded_erasure_removes_everything_of_the_job(embedded_client, photo_b
     assert not keys & stored_keys(client)
 
 
+def test_embedded_erasure_of_a_multi_appearance_job_removes_all_its_objects(embedded_client, photo_bytes):
+    client = embedded_client
+    structure, first = unique_photos(photo_bytes)
+    appearances = [first, *(unique_photos(photo_bytes)[1] for _ in range(2))]
+    job = submit_many(client, structure, appearances, **FAST)
+    assert poll(client, job["id"])["status"] == "succeeded"
+    keys = job_keys(client, job["id"])
+    assert len(keys) == 4 + 4 + 3 and keys <= stored_keys(client), "4 inputs, 4 inversions, 3 results"
+    assert client.delete(f"/jobs/{job['id']}/data").status_code == 204
+    assert_every_url_404(client, job["id"])
+    for k in range(3):
+        assert client.get(f"/jobs/{job['id']}/results/{k}").status_code == 404
+    assert not keys & stored_keys(client)
+
+
 # --------------------------------------------------------------------------------------- distributed
 def s3_keys(s3_server) -> set[str]:
     import boto3
@@ -114,6 +128,23 @@ def test_distributed_erasure_deletes_the_objects_and_kills_the_presigned_url(
     assert_every_url_404(client, job["id"])
     assert not keys & s3_keys(s3_server)
     assert httpx.get(presigned, timeout=10).status_code == 404, "the presigned URL stops working"
+
+
+def test_distributed_erasure_of_a_multi_appearance_job_removes_all_its_objects(
+    distributed_client, s3_server, photo_bytes
+):
+    client = distributed_client
+    structure, first = unique_photos(photo_bytes)
+    appearances = [first, unique_photos(photo_bytes)[1]]
+    done = poll(client, submit_many(client, structure, appearances, **FAST)["id"])
+    assert done["status"] == "succeeded", done
+    presigned = [result["url"] for result in done["results"]]
+    keys = job_keys(client, done["id"])
+    assert len(keys) == 3 + 3 + 2 and keys <= s3_keys(s3_server), "3 inputs, 3 inversions, 2 results"
+    assert client.delete(f"/jobs/{done['id']}", params={"purge": "true"}).status_code == 204
+    assert_every_url_404(client, done["id"])
+    assert not keys & s3_keys(s3_server)
+    assert all(httpx.get(url, timeout=10).status_code == 404 for url in presigned)
 
 
 def test_distributed_erasure_of_a_running_job_leaves_nothing_behind(

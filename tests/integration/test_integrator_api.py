@@ -159,7 +159,13 @@ def test_distributed_events_and_links_in_webhook_bodies(s3_server, tiny_model_di
             assert response.status_code == 202, response.text
             job = response.json()
             own = f"https://qalign.example.com/jobs/{job['id']}"
-            links = {"get": own, "cancel": own, "result": f"{own}/result", "events": f"{own}/events"}
+            links = {
+                "get": own,
+                "cancel": own,
+                "result": f"{own}/result",
+                "events": f"{own}/events",
+                "results": [f"{own}/results/0"],
+            }
             assert job["urls"] == links
             events = read_events(http, job["id"])
             assert events[-1]["event"] == "succeeded", (events[-1], worker_log.read_text()[-3000:])
@@ -170,6 +176,7 @@ def test_distributed_events_and_links_in_webhook_bodies(s3_server, tiny_model_di
         assert [b["status"] for b in receiver.bodies] == ["running", "succeeded"]
         assert all(b["urls"] == job["urls"] for b in receiver.bodies), "the worker's bodies: the same links"
         assert receiver.bodies[-1]["result"]["url"].startswith(s3_server["endpoint"])
+        assert receiver.bodies[-1]["results"] == [receiver.bodies[-1]["result"]], "webhooks carry the list"
     finally:
         stop_process(api, 30)
         stop_process(worker, 30)

@@ -10,32 +10,78 @@ from dataclasses import dataclass, field
 from PIL import Image
 from testkit import free_port, wait_for  # noqa: F401  (re-exported to the tests)
 
-from qalign_core.errors import TransferCanceled
-from qalign_core.params import TransferParams
+from qalign_core.errors import InvalidParametersError, TransferCanceled
+from qalign_core.params import MAX_APPEARANCES, TransferParams
 from service.jobs import Job, JobStores, new_job_id, transitions, utcnow
+
+
+@dataclass(frozen=True)
+class FakeShape:
+    """qalign_core.images.OutputShape's fields."""
+
+    width: int
+    height: int
+    clamped: bool = False
 
 
 @dataclass
 class FakeResult:
-    image: Image.Image
+    """TransferResult's contract: one image per appearance, in order, all of the output shape."""
+
+    images: list[Image.Image]
     params: TransferParams
     timings: dict
+    shape: FakeShape
     inversion_cache_hits: int = 0
-    diagnostics: dict = field(default_factory=lambda: {"adain_applied": "plain", "object_masks_found": False})
+    diagnostics: dict = field(default_factory=dict)
+
+    @property
+    def image(self) -> Image.Image:
+        return self.images[0]
+
+    @property
+    def rows_per_step(self) -> int:
+        return 3 * len(self.images) + 1
+
+    @property
+    def unet_rows(self) -> dict:
+        return {"inversion": len(self.images) + 1, "denoising": self.rows_per_step}
 
     @property
     def content_type(self) -> str:
         return self.params.content_type
 
     def encode(self) -> bytes:
-        buffer = io.BytesIO()
-        self.image.save(buffer, format=self.params.output_format.upper())
-        return buffer.getvalue()
+        return self.encode_all()[0]
+
+    def encode_all(self) -> list[bytes]:
+        return [encode(image, self.params.output_format.upper()) for image in self.images]
+
+
+#: Colour of the fake result of appearance k: tests tell the results' order by it.
+def fake_colour(k: int) -> tuple[int, int, int]:
+    return (200, 100, (50 + 20 * k) % 256)
+
+
+def fake_shape(structure: bytes, longer: int, aspect: str, unit: int = 8) -> FakeShape:
+    """The shape rule (longer side ``longer``, shorter one rounded to ``unit``, ratio clamped at
+    2:1) on the structure's size; square when it is no image (unit tests pass placeholder bytes)."""
+    try:
+        width, height = Image.open(io.BytesIO(structure)).size
+    except Exception:
+        width = height = 1
+    if aspect == "square":
+        return FakeShape(longer, longer)
+    ratio = max(width, height) / min(width, height)
+    clamped = ratio > 2.0
+    short = max(unit, round(longer / min(ratio, 2.0) / unit) * unit)
+    return FakeShape(longer, short, clamped) if width >= height else FakeShape(short, longer, clamped)
 
 
 @dataclass
 class FakePipeline:
-    """Stands in for QAlignPipeline in unit tests: same call shape, reports stages, honours cancel.
+    """Stands in for QAlignPipeline in unit tests: same call shape (one structure, one appearance or
+    a list of them), reports stages over all images, honours cancel, one result image per appearance.
 
     ``gate`` (when set) blocks the run in the denoising stage until released, so tests can observe
     a job while it is running; with ``honour_cancel`` False it then runs on whatever the record says
@@ -57,10 +103,13 @@ class FakePipeline:
         params = params or TransferParams()
         if params.size is None:
             params = params.model_copy(update={"size": self.native_size})
-        self.calls.append((structure, appearance, params))
+        appearances = list(appearance) if isinstance(appearance, (list, tuple)) else [appearance]
+        if not 1 <= len(appearances) <= MAX_APPEARANCES:
+            raise InvalidParametersError(f"1 to {MAX_APPEARANCES} appearance images; got {len(appearances)}")
+        self.calls.append((structure, appearances, params))
         progress = progress or (lambda stage, fraction: None)
         hits = 0
-        for image in (structure, appearance) if inversion_cache is not None else ():
+        for image in (structure, *appearances) if inversion_cache is not None else ():
             key = "inv-" + hashlib.sha256(image + params.seed.to_bytes(8, "little")).hexdigest()
             if inversion_cache.get(key) is not None:
                 hits += 1
@@ -78,9 +127,19 @@ class FakePipeline:
                 raise TransferCanceled("canceled during denoising")
         progress("denoising", 1.0)
         progress("decoding", 0.0)
-        image = Image.new("RGB", (params.size, params.size), (200, 100, 50))
+        shape = fake_shape(structure, params.size, params.aspect)
+        images = [
+            Image.new("RGB", (shape.width, shape.height), fake_colour(k)) for k in range(len(appearances))
+        ]
         timings = {"inversion_s": 0.01, "denoise_s": 0.02, "decode_s": 0.01, "total_s": 0.04}
-        return FakeResult(image=image, params=params, timings=timings, inversion_cache_hits=hits)
+        diagnostics = {
+            "adain_applied": ["plain"] * len(images),
+            "object_masks_found": [False] * len(images),
+            "output_width": shape.width,
+            "output_height": shape.height,
+            "aspect_clamped": shape.clamped,
+        }
+        return FakeResult(images, params, timings, shape, hits, diagnostics)
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
@@ -92,7 +151,7 @@ def encode(image: Image.Image, fmt: str) -> bytes:
 def new_job(stores: JobStores, **fields) -> Job:
     """A queued record, created in ``stores``."""
     defaults = {"created_at": utcnow(), "structure_key": "inputs/" + "a" * 64}
-    defaults["appearance_key"] = "inputs/" + "b" * 64
+    defaults["appearance_keys"] = ["inputs/" + "b" * 64]
     job = Job(id=new_job_id(), **{**defaults, **fields})
     stores.records.create(job)
     return job

@@ -27,7 +27,7 @@ def test_sweep_removes_expired_records_results_and_unreferenced_inputs(tmp_path,
             id=new_job_id(),
             created_at=utcnow().fromtimestamp(created, tz=utcnow().tzinfo),
             structure_key=input_key(structure),
-            appearance_key=input_key(shared_input),
+            appearance_keys=[input_key(shared_input)],
             status="succeeded" if finished else "queued",
             finished_at=utcnow().fromtimestamp(created, tz=utcnow().tzinfo) if finished else None,
             result=JobResult(key=f"results/{'0' * 32}.png", content_type="image/png", width=1, height=1),
@@ -70,7 +70,7 @@ def test_sweep_removes_a_superseded_attempts_late_result_but_keeps_the_named_one
     assert (named, stray) == (f"results/{job_id}-a2.png", f"results/{job_id}.png")
     stores.records.create(
         Job(
-            id=job_id, created_at=utcnow(), structure_key=input_key(b"s"), appearance_key=input_key(b"a"),
+            id=job_id, created_at=utcnow(), structure_key=input_key(b"s"), appearance_keys=[input_key(b"a")],
             status="succeeded", finished_at=utcnow(), attempts=2,
             result=JobResult(key=named, content_type="image/png", width=1, height=1),
         )
@@ -81,4 +81,32 @@ def test_sweep_removes_a_superseded_attempts_late_result_but_keeps_the_named_one
         os.utime(store.local_path(key), (old, old))
     assert sweep(stores, store, embedded_settings)["results"] == 1
     assert store.age(named) is not None and store.age(stray) is None
+    stores.close()
+
+
+def test_sweep_keeps_every_result_of_a_multi_appearance_job(tmp_path, embedded_settings):
+    """Each of the record's results stays; a superseded attempt's late upload of image 1 goes."""
+    from service.cleanup import sweep
+    from service.storage import result_key
+
+    stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
+    store = LocalStore(tmp_path / "objects")
+    job_id = new_job_id()
+    named = [result_key(job_id, "image/png", attempt=2, index=k) for k in range(3)]
+    stray = result_key(job_id, "image/png", attempt=1, index=1)
+    assert named[1] == f"results/{job_id}-r1-a2.png" and stray == f"results/{job_id}-r1.png"
+    stores.records.create(
+        Job(
+            id=job_id, created_at=utcnow(), structure_key=input_key(b"s"),
+            appearance_keys=[input_key(b"a"), input_key(b"b"), input_key(b"c")],
+            status="succeeded", finished_at=utcnow(), attempts=2,
+            results=[JobResult(key=key, content_type="image/png", width=1, height=1) for key in named],
+        )
+    )  # fmt: skip
+    old = time.time() - 7200
+    for key in (*named, stray):
+        store.put(key, b"png")
+        os.utime(store.local_path(key), (old, old))
+    assert sweep(stores, store, embedded_settings)["results"] == 1
+    assert all(store.age(key) is not None for key in named) and store.age(stray) is None
     stores.close()

@@ -15,7 +15,7 @@ def stored_job(stores, store, images: tuple[bytes, bytes], inversions: list[str]
         id=new_job_id(),
         created_at=utcnow(),
         structure_key=keys[0],
-        appearance_key=keys[1],
+        appearance_keys=[keys[1]],
         inversion_keys=[inversion_store_key(name) for name in inversions],
         **fields,
     )
@@ -32,7 +32,7 @@ def finish(stores, store, job: Job) -> Job:
     assert claim(stores, job.id, "w") is not None
 
     def succeed(record: Job) -> Job | None:
-        return transitions.succeed(record, result=result, params={}, metrics={})
+        return transitions.succeed(record, results=[result], params={}, metrics={})
 
     return stores.records.modify(job.id, succeed)
 
@@ -51,7 +51,7 @@ def test_erasure_keeps_what_another_stored_job_lists(stores, tmp_path):
     assert (erased.results, erased.inputs, erased.inversions) == (1, 1, 1)
     assert set(erased.kept_shared) == {mine.structure_key, inversion_store_key("inv-cat")}
     assert stores.records.get(mine.id) is None and erase_job(stores, store, mine.id) is None
-    assert keys_in(store) == {other.structure_key, other.appearance_key, inversion_store_key("inv-cat")}
+    assert keys_in(store) == {*other.input_keys, inversion_store_key("inv-cat")}
 
     assert erase_job(stores, store, other.id).inputs == 2
     assert keys_in(store) == set()

@@ -74,7 +74,7 @@ def test_task_runs_job_by_id(worker_state, small_png):
         id=new_job_id(),
         created_at=utcnow(),
         structure_key=keys[0],
-        appearance_key=keys[1],
+        appearance_keys=[keys[1]],
         params={"steps": 10, "skip_steps": 3},
     )
     worker_state.stores.records.create(job)
@@ -128,7 +128,7 @@ def _queued_job(state, png: bytes, **params) -> Job:
         id=new_job_id(),
         created_at=utcnow(),
         structure_key=keys[0],
-        appearance_key=keys[1],
+        appearance_keys=[keys[1]],
         params={"steps": 10, "skip_steps": 3, **params},
     )
     state.stores.records.create(job)

@@ -60,7 +60,7 @@ def running_job_store(fresh_settings, monkeypatch, tmp_path):
             id=new_job_id(),
             created_at=utcnow(),
             structure_key="s",
-            appearance_key="a",
+            appearance_keys=["a"],
             status="running",
             worker=holder,
             attempts=1,

@@ -123,27 +123,46 @@ def _job_example(status: str) -> dict[str, Any]:
         "result": None,
         "error": None,
         "metrics": {"queue_s": 1.0},
-        "urls": {"get": base, "cancel": base, "result": f"{base}/result", "events": f"{base}/events"},
+        "appearances": 2,
+        "urls": {
+            "get": base,
+            "cancel": base,
+            "result": f"{base}/result",
+            "events": f"{base}/events",
+            "results": [f"{base}/results/0", f"{base}/results/1"],
+        },
     }
     if status in ("queued", "running"):
         job |= {"queue_position": 0, "eta_s": 30.0 if running else 41.5}
     if status == "succeeded":
-        job["result"] = {
-            "url": f"{base}/result",
-            "content_type": "image/png",
-            "width": 512,
-            "height": 512,
-            "expires_at": None,
-        }
+        job["results"] = [
+            {
+                "index": k,
+                "url": f"{base}/result" if k == 0 else f"{base}/results/{k}",
+                "content_type": "image/png",
+                "width": 512,
+                "height": 384,
+                "expires_at": None,
+                "adain_applied": "masked",
+                "object_masks_found": True,
+            }
+            for k in range(2)
+        ]
+        job["result"] = job["results"][0]
+        job["output"] = {"width": 512, "height": 384, "aspect_clamped": False}
         job["metrics"] = {
             "queue_s": 1.0,
-            "inversion_s": 9.1,
-            "denoise_s": 18.7,
-            "decode_s": 0.4,
-            "total_s": 29.5,
+            "inversion_s": 13.6,
+            "denoise_s": 32.7,
+            "decode_s": 0.8,
+            "total_s": 47.1,
             "inversion_cache_hits": 0,
             "adain_applied": "masked",
             "object_masks_found": True,
+            "rows_per_step": 7,
+            "output_width": 512,
+            "output_height": 384,
+            "aspect_clamped": False,
         }
     if status == "failed":
         job["error"] = {"type": "invalid_image", "detail": "structure: the image could not be decoded"}

@@ -1,12 +1,12 @@
 """GET /jobs, GET and DELETE /jobs/{id} (cancel, or erase with ?purge=true), DELETE /jobs/{id}/data
-(erase), GET /jobs/{id}/result, GET /jobs/{id}/events."""
+(erase), GET /jobs/{id}/result and /jobs/{id}/results/{k}, GET /jobs/{id}/events."""
 
 from __future__ import annotations
 
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
@@ -26,7 +26,7 @@ from service.api.routes.common import (
     job_response,
     problem,
 )
-from service.api.schemas import JobList, JobOut
+from service.api.schemas import FieldProblem, JobList, JobOut
 
 router = APIRouter()
 
@@ -180,39 +180,86 @@ def erase_job_data(job_id: str, svc: ServicesDep, owner: Owner) -> Response:
     return Response(status_code=204)
 
 
-@router.get(
-    "/jobs/{job_id}/result",
-    response_class=Response,
-    summary="The result image",
-    responses={
-        200: {
-            "description": "The image, in the job's output_format.",
-            "content": {"image/png": _IMAGE, "image/jpeg": _IMAGE, "image/webp": _IMAGE},
-        },
-        307: {
-            "description": "Redirect to a fresh presigned URL of the object store.",
-            "headers": {"Location": header("The presigned URL.")},
-        },
+_RESULT_IMAGE = {
+    "description": "The image, in the job's output_format.",
+    "content": {"image/png": _IMAGE, "image/jpeg": _IMAGE, "image/webp": _IMAGE},
+}
+_RESULT_REDIRECT = {
+    "description": "Redirect to a fresh presigned URL of the object store.",
+    "headers": {"Location": header("The presigned URL.")},
+}
+
+
+def _result_errors(instance: str) -> dict:
+    return {
         409: problem(
             409,
             "result-not-ready",
             f"job {EXAMPLE_ID} is running; the result exists once it has succeeded",
             title="Conflict",
             description="The job has no result (yet, or ever: failed or canceled).",
-            instance=f"/jobs/{EXAMPLE_ID}/result",
+            instance=instance,
         ),
         410: problem(
             410,
             "result-gone",
             f"the result of job {EXAMPLE_ID} has expired from the store",
             title="Gone",
-            instance=f"/jobs/{EXAMPLE_ID}/result",
+            instance=instance,
         ),
         **JOB_ERRORS,
-    },
+    }
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    response_class=Response,
+    summary="The (first) result image",
+    responses={200: _RESULT_IMAGE, 307: _RESULT_REDIRECT, **_result_errors(f"/jobs/{EXAMPLE_ID}/result")},
 )
 def get_result(job_id: str, svc: ServicesDep, owner: Owner) -> Response:
-    found = svc.jobs.result(job_id, owner)
+    """The result image; for a job with several appearance images, the first one's result (the
+    same as `/jobs/{id}/results/0`)."""
+    return _result_response(svc.jobs.result(job_id, owner))
+
+
+_RESULT_K_ERRORS = _result_errors(f"/jobs/{EXAMPLE_ID}/results/1")
+_RESULT_K_ERRORS[404] = problem(
+    404,
+    "result-not-found",
+    f"job {EXAMPLE_ID} has 2 appearance images, so no result 2; results are numbered 0 to 1",
+    title="Not Found",
+    description="No such job for this caller, or k is not one of its results (0 to appearances - 1).",
+    instance=f"/jobs/{EXAMPLE_ID}/results/2",
+)
+_RESULT_K_ERRORS[422] = problem(
+    422,
+    "invalid-parameters",
+    "k: Input should be a valid integer, unable to parse string as an integer",
+    title="Unprocessable Content",
+    errors=[FieldProblem(field="k", message="Input should be a valid integer")],
+    instance=f"/jobs/{EXAMPLE_ID}/results/first",
+)
+
+
+@router.get(
+    "/jobs/{job_id}/results/{k}",
+    response_class=Response,
+    summary="Result image k",
+    responses={200: _RESULT_IMAGE, 307: _RESULT_REDIRECT, **_RESULT_K_ERRORS},
+)
+def get_result_k(
+    job_id: str,
+    k: Annotated[int, Path(description="Which result: the appearance image's position, from 0.")],
+    svc: ServicesDep,
+    owner: Owner,
+) -> Response:
+    """The result made from appearance image `k` (from 0, in submission order). 404 naming the
+    range when the job has no such appearance; 409 while the job has not succeeded."""
+    return _result_response(svc.jobs.result(job_id, owner, k))
+
+
+def _result_response(found) -> Response:
     if found.path is not None:
         return FileResponse(found.path, media_type=found.content_type)
     if found.url is not None:

@@ -47,7 +47,7 @@ def test_erasure_removes_record_inputs_result_and_inversions(client, small_image
     job_id = submit(client, small_images).json()["id"]
     assert poll(client, job_id)["status"] == "succeeded"
     job = record(client, job_id)
-    keys = {job.structure_key, job.appearance_key, job.result.key, *job.inversion_keys}
+    keys = {*job.input_keys, job.result.key, *job.inversion_keys}
     assert len(job.inversion_keys) == 2 and keys <= objects(client)
 
     response = erase(client, how, job_id)
@@ -80,7 +80,7 @@ def test_inputs_and_inversions_another_job_uses_are_kept(client, small_images):
 
     assert erase(client, "purge", first).status_code == 204
     left = objects(client)
-    assert {shared.structure_key, shared.appearance_key, *shared.inversion_keys, shared.result.key} <= left
+    assert {*shared.input_keys, *shared.inversion_keys, shared.result.key} <= left
     assert not any(first in key for key in left), "the erased job's result is gone"
     assert client.get(f"/jobs/{second}/result").status_code == 200
 
@@ -107,7 +107,7 @@ def test_erasing_a_running_job_stops_it_and_its_late_writes_stay_erased(make_cli
     assert record(client, job_id) is None
     assert not any(job_id in key for key in objects(client))
     kept = record(client, after)
-    expected = {kept.structure_key, kept.appearance_key, kept.result.key, *kept.inversion_keys}
+    expected = {*kept.input_keys, kept.result.key, *kept.inversion_keys}
     assert objects(client) == expected, "only the later job's objects remain"
 
 

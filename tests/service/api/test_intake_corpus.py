@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
-from svc_helpers import FakePipeline, encode, wait_for
+from svc_helpers import FakePipeline, encode, fake_colour, wait_for
 from testkit import assert_problem
 
 from qalign_core.params import TransferParams
@@ -144,12 +144,68 @@ CORPUS = {
     "file over the size limit": ("POST", "/transfer", lambda p, j: multipart(p + b"\0" * MAX_UPLOAD, j), 413),
     "missing appearance part": ("POST", "/transfer", lambda p, j: multipart(p, None), 422),
     "no file parts": ("POST", "/transfer", lambda p, j: {"files": {"x": ("x", b"", "text/plain")}}, 422),
-    "three files": (
+    "multipart: a file under another name": (
         "POST",
         "/transfer",
         lambda p, j: {
             "files": [("structure", ("s.png", p)), ("appearance", ("a.png", p)), ("extra", ("e.png", p))]
         },
+        422,
+    ),
+    "multipart: nine appearances": (
+        "POST",
+        "/transfer",
+        lambda p, j: {"files": [("structure", ("s.png", p))] + [("appearance", ("a.jpg", j))] * 9},
+        422,
+    ),
+    "multipart: twenty appearances": (
+        "POST",
+        "/transfer",
+        lambda p, j: {"files": [("structure", ("s.png", p))] + [("appearance", ("a.jpg", j))] * 20},
+        422,
+    ),
+    "multipart: two structures": (
+        "POST",
+        "/transfer",
+        lambda p, j: {
+            "files": [("structure", ("s.png", p)), ("structure", ("s.png", p)), ("appearance", ("a", j))]
+        },
+        422,
+    ),
+    "multipart: second appearance not an image": (
+        "POST",
+        "/transfer",
+        lambda p, j: {
+            "files": [
+                ("structure", ("s.png", p)),
+                ("appearance", ("a.jpg", j)),
+                ("appearance", ("b.png", b"hi")),
+            ]
+        },
+        400,
+    ),
+    "json: empty appearance list": (
+        "POST",
+        "/transfer",
+        lambda p, j: raw_json(json.dumps({"structure": b64(p), "appearance": []})),
+        422,
+    ),
+    "json: nine appearances": (
+        "POST",
+        "/transfer",
+        lambda p, j: raw_json(json.dumps({"structure": b64(p), "appearance": [b64(j)] * 9})),
+        422,
+    ),
+    "json: appearance list of numbers": (
+        "POST",
+        "/transfer",
+        lambda p, j: raw_json(json.dumps({"structure": b64(p), "appearance": [1, 2]})),
+        422,
+    ),
+    "json: second appearance not base64": (
+        "POST",
+        "/transfer",
+        lambda p, j: raw_json(json.dumps({"structure": b64(p), "appearance": [b64(j), "%%%"]})),
         400,
     ),
     "parameter sent as a file": (
@@ -372,6 +428,69 @@ def test_refusals_name_the_field_and_the_limit(app_client, png, jpeg):
     assert body["detail"].startswith("structure:") and "base64" in body["detail"]
 
 
+def test_appearance_count_refusals_name_the_allowed_range(app_client, png, jpeg):
+    nine = {"files": [("structure", ("s.png", png))] + [("appearance", ("a.jpg", jpeg))] * 9}
+    for request in (nine, raw_json(json.dumps({"structure": b64(png), "appearance": [b64(jpeg)] * 9}))):
+        body = assert_problem(app_client.post("/transfer", **request), 422)
+        assert body["type"] == "/problems/too-many-appearances"
+        assert body["errors"] == [
+            {
+                "field": "appearance",
+                "message": "9 appearance images sent; at most 8 per job",
+                "allowed": "1 to 8 appearance images",
+            }
+        ]
+    body = assert_problem(
+        app_client.post("/transfer", **raw_json(json.dumps({"structure": b64(png), "appearance": []}))), 422
+    )
+    assert (
+        body["errors"][0]["field"] == "appearance"
+        and body["errors"][0]["allowed"] == "1 to 8 appearance images"
+    )
+    # Each image is checked and named by its position when there are several.
+    bad = {
+        "files": [
+            ("structure", ("s.png", png)),
+            ("appearance", ("a.jpg", jpeg)),
+            ("appearance", ("b", b"hi")),
+        ]
+    }
+    assert assert_problem(app_client.post("/transfer", **bad), 400)["detail"].startswith("appearance[1]:")
+    body = json.dumps({"structure": b64(png), "appearance": [b64(jpeg), "data:image/png;base64,@@"]})
+    assert assert_problem(app_client.post("/transfer", **raw_json(body)), 400)["detail"].startswith(
+        "appearance[1]:"
+    )
+
+
+@pytest.mark.parametrize("encoding", ["multipart", "json", "json one-item list"])
+def test_several_appearances_give_one_result_each_in_order(app_client, png, jpeg, encoding):
+    images = [encode(Image.new("RGB", (8, 8), (k * 60, 10, 10)), "PNG") for k in range(3)]
+    if encoding == "multipart":
+        files = [("structure", ("s.png", png))] + [
+            ("appearance", (f"{k}.png", im)) for k, im in enumerate(images)
+        ]
+        request = {"files": files, "data": {"steps": "10"}}
+    else:
+        images = images[:1] if encoding == "json one-item list" else images
+        request = raw_json(
+            json.dumps({"structure": b64(png), "appearance": [b64(i) for i in images], "steps": 10})
+        )
+    response = app_client.post("/transfer", **request)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert response.json()["appearances"] == len(images)
+    done = wait_for(lambda: (j := app_client.get(f"/jobs/{job_id}").json())["status"] == "succeeded" and j)
+    assert [r["index"] for r in done["results"]] == list(range(len(images)))
+    assert done["result"] == done["results"][0]
+    for k in range(len(images)):
+        served = Image.open(io.BytesIO(app_client.get(f"/jobs/{job_id}/results/{k}").content)).convert("RGB")
+        assert served.getpixel((0, 0)) == fake_colour(k)  # the fake colours result k by its position
+    assert (
+        app_client.get(f"/jobs/{job_id}/result").content
+        == app_client.get(f"/jobs/{job_id}/results/0").content
+    )
+
+
 def test_service_still_answers_after_the_corpus(app_client, png, jpeg):
     """Runs after the corpus (module order): a valid submission is accepted and completes."""
     assert app_client.get("/healthz").status_code == 200
@@ -379,7 +498,9 @@ def test_service_still_answers_after_the_corpus(app_client, png, jpeg):
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
     done = wait_for(lambda: (j := app_client.get(f"/jobs/{job_id}").json())["status"] == "succeeded" and j)
-    assert Image.open(io.BytesIO(app_client.get(f"/jobs/{job_id}/result").content)).size == (64, 64)
+    # The 32x24 (4:3) structure keeps its shape: longer side 64, the shorter one rounded to the unit.
+    assert Image.open(io.BytesIO(app_client.get(f"/jobs/{job_id}/result").content)).size == (64, 48)
+    assert done["output"] == {"width": 64, "height": 48, "aspect_clamped": False}
     assert done["params"]["steps"] == 10
 
 

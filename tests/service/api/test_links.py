@@ -12,7 +12,13 @@ from service.api.links import TrustedPeers
 
 def _links(base: str, job_id: str) -> dict:
     own = f"{base}/jobs/{job_id}"
-    return {"get": own, "cancel": own, "result": f"{own}/result", "events": f"{own}/events"}
+    return {
+        "get": own,
+        "cancel": own,
+        "result": f"{own}/result",
+        "events": f"{own}/events",
+        "results": [f"{own}/results/0"],
+    }
 
 
 def test_links_are_absolute_under_the_request_base(client, small_images):
@@ -76,7 +82,9 @@ def test_running_service_honours_its_loopback_proxy(make_server, small_images):
 def test_links_of_another_owner_are_not_reachable(make_client, keyed, small_images):
     client = make_client(keyed)
     job = submit(client, small_images, headers=bearer("alice")).json()
-    for url in job["urls"].values():
+    urls = [url for link in job["urls"].values() for url in (link if isinstance(link, list) else [link])]
+    assert len(urls) == 5
+    for url in urls:
         assert client.get(url, headers=bearer("bob")).status_code == 404
 
 

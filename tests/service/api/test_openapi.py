@@ -79,19 +79,29 @@ def test_a_real_jobs_responses_match_the_published_schema(api_schema, live_servi
     import httpx
 
     with httpx.Client(base_url=live_service.url, headers=AUTH, timeout=60) as client:
-        job = testkit.submit(client, photo_bytes, steps=4, skip_steps=0, size=64).json()
+        files = [("structure", ("s.png", photo_bytes[0], "image/png"))]
+        files += [("appearance", (f"a{k}.jpg", photo_bytes[1], "image/jpeg")) for k in range(2)]
+        data = {"steps": "4", "skip_steps": "0", "size": "64"}
+        job = client.post("/transfer", files=files, data=data).json()
         done = testkit.poll(client, job["id"], headers=AUTH, timeout=180)
     assert done["status"] == "succeeded", done
+    assert len(done["results"]) == 2
     routes = (
-        ("GET", "/jobs/{job_id}"),
-        ("GET", "/jobs/{job_id}/events"),
-        ("GET", "/jobs/{job_id}/result"),
-        ("DELETE", "/jobs/{job_id}"),
+        ("GET", "/jobs/{job_id}", {}),
+        ("GET", "/jobs/{job_id}/events", {}),
+        ("GET", "/jobs/{job_id}/result", {}),
+        ("GET", "/jobs/{job_id}/results/{k}", {"k": 1}),
+        ("DELETE", "/jobs/{job_id}", {}),
     )
-    for method, path in routes:
-        case = api_schema[path][method].Case(path_parameters={"job_id": job["id"]}, headers=AUTH)
+    for method, path, more in routes:
+        case = api_schema[path][method].Case(path_parameters={"job_id": job["id"], **more}, headers=AUTH)
         response = case.call_and_validate()
         assert response.status_code == 200, (path, response.text[:300])
+    beyond = api_schema["/jobs/{job_id}/results/{k}"]["GET"].Case(
+        path_parameters={"job_id": job["id"], "k": 2}, headers=AUTH
+    )
+    response = beyond.call_and_validate()
+    assert response.status_code == 404 and "0 to 1" in response.json()["detail"]
 
 
 #: Generated requests per operation: small, so the test stays well under a minute on a busy machine.
@@ -117,6 +127,7 @@ def test_live_responses_match_the_published_schema(api_schema):
         except (AssertionError, schemathesis.core.failures.FailureGroup) as exc:
             failures.append(f"{operation.label}: {exc}")
     assert {"POST /transfer", "GET /jobs/{job_id}", "GET /jobs/{job_id}/result"} <= set(labels)
+    assert "GET /jobs/{job_id}/results/{k}" in labels
     assert not failures, "\n\n".join(failures)
 
 

@@ -24,21 +24,29 @@ def test_multipart_submit_poll_download(client, small_images, fake_pipeline):
     done = poll(client, job["id"])
     assert done["status"] == "succeeded" and done["stage"] == "done" and done["progress"] == 1.0
     assert done["params"]["size"] == 64, "effective params carry the resolved size"
+    # The 96x64 (3:2) structure keeps its shape: the longer side is the size, the shorter one is
+    # rounded to the (fake) model's unit of 8 px.
     assert done["result"] == {
+        "index": 0,
         "url": f"http://testserver/jobs/{job['id']}/result",
         "content_type": "image/png",
         "width": 64,
-        "height": 64,
+        "height": 40,
         "expires_at": None,
+        "adain_applied": "plain",
+        "object_masks_found": False,
     }
+    assert done["results"] == [done["result"]] and done["appearances"] == 1
+    assert done["output"] == {"width": 64, "height": 40, "aspect_clamped": False}
+    assert done["metrics"]["rows_per_step"] == 4
     assert done["metrics"]["total_s"] == 0.04 and done["metrics"]["queue_s"] >= 0
     assert done["started_at"] >= done["created_at"] and done["finished_at"] >= done["started_at"]
     # The worker received the uploaded bytes, not something re-encoded.
-    assert fake_pipeline.calls[0][0] == small_images[0] and fake_pipeline.calls[0][1] == small_images[1]
+    assert fake_pipeline.calls[0][0] == small_images[0] and fake_pipeline.calls[0][1] == [small_images[1]]
 
     result = client.get(done["result"]["url"])
     assert result.status_code == 200 and result.headers["content-type"] == "image/png"
-    assert Image.open(io.BytesIO(result.content)).size == (64, 64)
+    assert Image.open(io.BytesIO(result.content)).size == (64, 40)
 
 
 def test_json_submit_with_plain_and_data_url_base64(client, small_images):
@@ -56,7 +64,7 @@ def test_json_submit_with_plain_and_data_url_base64(client, small_images):
     done = poll(client, response.json()["id"])
     assert done["result"]["content_type"] == "image/webp" and done["result"]["width"] == 128
     image = Image.open(io.BytesIO(client.get(f"/jobs/{done['id']}/result").content))
-    assert image.format == "WEBP" and image.size == (128, 128)
+    assert image.format == "WEBP" and image.size == (128, 88)
 
 
 @pytest.mark.parametrize(
@@ -265,6 +273,26 @@ def test_openapi_documents_both_encodings_and_ranges(client):
     assert {"/jobs/{job_id}", "/jobs/{job_id}/result", "/healthz", "/readyz", "/metrics"} <= set(
         spec["paths"]
     )
+
+
+def test_openapi_documents_many_appearances_aspect_and_results(client):
+    spec = client.get("/openapi.json").json()
+    content = spec["paths"]["/transfer"]["post"]["requestBody"]["content"]
+    repeated = content["multipart/form-data"]["schema"]["properties"]["appearance"]
+    assert repeated["type"] == "array" and repeated["items"]["format"] == "binary"
+    assert (repeated["minItems"], repeated["maxItems"]) == (1, 8)
+    listed = content["application/json"]["schema"]["properties"]["appearance"]["anyOf"]
+    assert {"type": "string"} in listed
+    assert any(o.get("type") == "array" and o["maxItems"] == 8 for o in listed)
+    for media in ("multipart/form-data", "application/json"):
+        assert content[media]["schema"]["properties"]["aspect"]["enum"] == ["structure", "square"]
+    job = spec["components"]["schemas"]["JobOut"]["properties"]
+    assert {"results", "output", "appearances"} <= set(job)
+    result = spec["components"]["schemas"]["ResultOut"]["properties"]
+    assert {"index", "url", "content_type", "width", "height", "expires_at"} <= set(result)
+    results_k = spec["paths"]["/jobs/{job_id}/results/{k}"]["get"]
+    assert {"200", "307", "404", "409", "410"} <= set(results_k["responses"])
+    assert [p["name"] for p in results_k["parameters"]] == ["job_id", "k"]
 
 
 def test_restart_keeps_finished_results_and_runs_queued_jobs(make_client, embedded_settings, small_images):

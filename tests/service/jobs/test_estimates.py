@@ -6,7 +6,7 @@ import pytest
 from svc_helpers import claim, new_job
 
 from service.jobs import transitions
-from service.jobs.estimates import QueueSnapshot
+from service.jobs.estimates import QueueSnapshot, rows_factor
 
 
 def _observe_runs(stores, runs: int = 2) -> None:
@@ -70,3 +70,20 @@ def test_ranks_follow_the_queue_order_and_skip_other_statuses(stores):
     assert stores.records.ranks("queued", ids) == {ids[0]: 0, ids[2]: 1, ids[3]: 2}
     assert stores.records.ranks("queued", []) == {}
     assert stores.records.ranks("canceled", ids) == {ids[1]: 0}
+
+
+def test_eta_scales_with_the_rows_of_the_job(stores):
+    """(3N + 1) / 4 of a single pair's run: UNet rows per aligned step over a single pair's 4."""
+    _observe_runs(stores)  # one single-pair run = 10 s
+    stores.workers.heartbeat("w1", {}, ttl=30)
+    many = ["inputs/" + c * 64 for c in "bcde"]
+    running = claim(stores, new_job(stores, appearance_keys=many).id, "w1")
+    halfway = stores.records.modify(running.id, lambda j: transitions.progress(j, "denoising", 0.5))
+    single, four = new_job(stores), new_job(stores, appearance_keys=many)
+    queue = QueueSnapshot.read(stores, [halfway, single, four])
+    assert rows_factor(1) == 1.0 and rows_factor(4) == 3.25 and rows_factor(8) == 6.25
+    assert queue.eta_s(halfway) == pytest.approx(3.5 * 3.25, abs=0.05)  # its own remainder, scaled
+    assert queue.eta_s(single) == pytest.approx(3.5 * 3.25 + 10.0, abs=0.05)
+    # The single job ahead counts one run; its own run is 3.25 runs. The position is unchanged.
+    assert queue.eta_s(four) == pytest.approx(3.5 * 3.25 + 10.0 + 32.5, abs=0.05)
+    assert [queue.position(job) for job in (halfway, single, four)] == [0, 0, 1]

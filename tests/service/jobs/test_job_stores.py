@@ -3,6 +3,7 @@ keep heartbeats, leases and stage statistics the same way."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -201,7 +202,7 @@ def test_redis_prune_forgets_expired_records_in_the_queue_index(redis_url):
     stores = open_redis_stores(redis_url, ttl=3600, prefix=f"t{new_job_id()}:")
     records = stores.records
     try:
-        record = Job(id=new_job_id(), created_at=utcnow(), structure_key="a", appearance_key="b")
+        record = Job(id=new_job_id(), created_at=utcnow(), structure_key="a", appearance_keys=["b"])
         records.create(record)
         records.client.delete(records._key(record.id))  # what the key TTL does after JOB_TTL
         assert records.count_by_status()["queued"] == 1
@@ -229,7 +230,7 @@ def test_listed_by_others_names_the_objects_another_stored_job_lists(stores):
     """What erasure keeps: inputs and inversions listed by another job, found through the index."""
     shared_input, own_input = "inputs/" + "c" * 64, "inputs/" + "d" * 64
     inversion = "inversions/" + "e" * 64
-    erased = new_job(stores, structure_key=shared_input, appearance_key=own_input)
+    erased = new_job(stores, structure_key=shared_input, appearance_keys=[own_input])
     other = new_job(stores, structure_key=shared_input)
     records = stores.records
     candidates = {shared_input, own_input, inversion}
@@ -295,3 +296,53 @@ def test_redis_live_workers_come_from_the_name_set_not_a_keyspace_scan(redis_url
         assert set(workers.live()) == {"alive", "gone"}
     finally:
         stores.close()
+
+
+def v1_1_record(job: Job, result_key: str | None = None) -> str:
+    """``job`` as the previous version (one appearance per job) wrote it: ``appearance_key`` and
+    ``result``, no ``appearance_keys``, ``results`` or ``output``."""
+    data = json.loads(job.model_dump_json())
+    data["appearance_key"] = data.pop("appearance_keys")[0]
+    data.pop("results"), data.pop("output")
+    data["result"] = (
+        {"key": result_key, "content_type": "image/png", "width": 64, "height": 64} if result_key else None
+    )
+    return json.dumps(data)
+
+
+def store_raw(stores, job: Job, raw: str) -> None:
+    """Write a record's JSON as stored, bypassing the model (what an older version left behind)."""
+    records = stores.records
+    if hasattr(records, "client"):  # Redis
+        records.client.set(records._key(job.id), raw)
+        records.client.zadd(records._status_key(job.status), {job.id: job.created_at.timestamp()})
+    else:
+        records.db.run(
+            lambda db: db.execute(
+                "INSERT INTO jobs (id, status, created, data) VALUES (?, ?, ?, ?)",
+                (job.id, job.status, job.created_at.timestamp(), raw),
+            )
+        )
+
+
+def test_records_of_the_previous_version_load_as_one_item_lists(stores):
+    """A v1.1 record (one appearance_key, one result) still loads, runs and is erasable: migrated
+    on read, and written back in the new shape by the next change."""
+    own, shared = "inputs/" + "1" * 64, "inputs/" + "2" * 64
+    queued = Job(id=new_job_id(), created_at=utcnow(), structure_key=shared, appearance_keys=[own])
+    store_raw(stores, queued, v1_1_record(queued))
+    done = Job(
+        id=new_job_id(), created_at=utcnow(), status="succeeded", structure_key=shared, appearance_keys=[own]
+    )
+    store_raw(stores, done, v1_1_record(done, result_key=f"results/{done.id}.png"))
+
+    loaded = stores.records.get(queued.id)
+    assert loaded.appearance_keys == [own] and loaded.results == [] and loaded.result is None
+    finished = stores.records.get(done.id)
+    assert [r.key for r in finished.results] == [f"results/{done.id}.png"] and finished.result.width == 64
+    # The next write stores the new shape; nothing of the old one is left.
+    claimed = claim(stores, queued.id, "w1")
+    assert claimed is not None and claimed.appearance_keys == [own]
+    assert '"appearance_keys"' in stores.records.get(queued.id).model_dump_json()
+    # Erasure still sees the input the old record lists.
+    assert own in stores.records.listed_by_others({own}, queued.id)

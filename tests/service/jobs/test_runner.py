@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 
 import pytest
-from svc_helpers import FakePipeline
+from PIL import Image
+from svc_helpers import FakePipeline, fake_colour
 
 from qalign_core.errors import InvalidImageError, QAlignError
 from service.erasure import erase_job
@@ -13,7 +16,7 @@ from service.jobs import Job, new_job_id, transitions, utcnow
 from service.jobs.runner import JobContext, classify, execute_job, stop_reason
 from service.jobs.sqlite_store import open_sqlite_stores
 from service.settings import Settings
-from service.storage import LocalStore, ObjectNotFound, StorageUnavailable
+from service.storage import LocalStore, ObjectNotFound, StorageUnavailable, result_key
 
 
 class SoftTimeLimitExceeded(Exception):
@@ -59,7 +62,9 @@ def context(tmp_path, small_images):
 
 def queued(ctx: JobContext, images, **fields) -> Job:
     keys = [ctx.store.put_input(data, "image/png") for data in images]
-    job = Job(id=new_job_id(), created_at=utcnow(), structure_key=keys[0], appearance_key=keys[1], **fields)
+    job = Job(
+        id=new_job_id(), created_at=utcnow(), structure_key=keys[0], appearance_keys=[keys[1]], **fields
+    )
     ctx.stores.records.create(job)
     return job
 
@@ -72,6 +77,44 @@ def test_execute_job_runs_to_success_and_announces_start_and_end(context, small_
     assert context.stores.stages.snapshot()["denoising"]["count"] == 1
     assert execute_job(context, job.id).status == "succeeded", "a finished job is not run again"
     assert len(context.pipeline.calls) == 1 and execute_job(context, new_job_id()) is None
+
+
+def test_a_job_with_several_appearances_uploads_one_result_each_in_order(context, small_images):
+    appearances = [small_images[1], small_images[0], small_images[1]]
+    keys = [context.store.put_input(data, "image/png") for data in (small_images[0], *appearances)]
+    job = Job(id=new_job_id(), created_at=utcnow(), structure_key=keys[0], appearance_keys=keys[1:])
+    context.stores.records.create(job)
+    done = execute_job(context, job.id)
+    assert context.pipeline.calls[0][1] == appearances, "every appearance, in order, in one call"
+    assert [r.key for r in done.results] == [result_key(job.id, "image/png", index=k) for k in range(3)]
+    for k, stored in enumerate(done.results):
+        image = Image.open(io.BytesIO(context.store.get(stored.key))).convert("RGB")
+        assert image.getpixel((0, 0)) == fake_colour(k) and image.size == (stored.width, stored.height)
+        assert stored.adain_applied == "plain" and stored.object_masks_found is False
+    assert done.output == {"width": 64, "height": 40, "aspect_clamped": False}
+    assert (
+        done.metrics["rows_per_step"] == 10 and done.metrics["inversion_cache_hits"] == 2
+    )  # repeated images
+    assert done.metrics["adain_applied"] == "plain" and done.metrics["appearances"] == 3
+
+
+def test_a_record_of_the_previous_version_runs(context, small_images):
+    """A v1.1 record queued before an upgrade (``appearance_key``, no list) runs to its result."""
+    keys = [context.store.put_input(data, "image/png") for data in small_images]
+    job = Job(id=new_job_id(), created_at=utcnow(), structure_key=keys[0], appearance_keys=[keys[1]])
+    old = json.loads(job.model_dump_json())
+    old["appearance_key"] = old.pop("appearance_keys")[0]
+    old.pop("results"), old.pop("output")
+    old["result"] = None
+    context.stores.records.db.run(
+        lambda db: db.execute(
+            "INSERT INTO jobs (id, status, created, data) VALUES (?, ?, ?, ?)",
+            (job.id, "queued", job.created_at.timestamp(), json.dumps(old)),
+        )
+    )
+    done = execute_job(context, job.id)
+    assert done.status == "succeeded" and len(done.results) == 1
+    assert context.pipeline.calls[0][1] == [small_images[1]]
 
 
 def test_a_failing_pipeline_fails_the_job_with_a_typed_error(context, small_images):
@@ -214,7 +257,7 @@ def test_only_a_cancel_request_cancels_a_run(context, small_images):
 
 
 def test_stop_reasons():
-    job = Job(id=new_job_id(), created_at=utcnow(), structure_key="k", appearance_key="k")
+    job = Job(id=new_job_id(), created_at=utcnow(), structure_key="k", appearance_keys=["k"])
     running = transitions.claim(job, worker="w", live_workers={}, max_attempts=3)
     assert stop_reason(running, "w", 1) is None
     assert stop_reason(None, "w", 1) == "erased"

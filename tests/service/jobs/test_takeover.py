@@ -30,7 +30,7 @@ class RedisLikeRegistry(MemoryWorkerRegistry):
 def running(stores, worker: str, attempts: int = 1) -> Job:
     job = Job(
         id=new_job_id(), created_at=utcnow(), structure_key="inputs/" + "0" * 64,
-        appearance_key="inputs/" + "1" * 64, status="running", worker=worker, attempts=attempts,
+        appearance_keys=["inputs/" + "1" * 64], status="running", worker=worker, attempts=attempts,
     )  # fmt: skip
     stores.records.create(job)
     return job

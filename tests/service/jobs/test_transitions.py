@@ -6,7 +6,7 @@ from service.jobs import Job, JobResult, new_job_id, transitions, utcnow
 
 
 def job(**fields) -> Job:
-    return Job(id=new_job_id(), created_at=utcnow(), structure_key="s", appearance_key="a", **fields)
+    return Job(id=new_job_id(), created_at=utcnow(), structure_key="s", appearance_keys=["a"], **fields)
 
 
 def claimed(record: Job, worker: str = "w", live=None, max_attempts: int = 2) -> Job | None:
@@ -48,9 +48,9 @@ def test_progress_only_moves_forward_while_running():
 
 def test_succeed_and_fail_do_not_overwrite_an_ended_job():
     result = JobResult(key="results/x.png", content_type="image/png", width=1, height=1)
-    done = transitions.succeed(claimed(job()), result=result, params={"size": 1}, metrics={"total_s": 1})
+    done = transitions.succeed(claimed(job()), results=[result], params={"size": 1}, metrics={"total_s": 1})
     assert done.status == "succeeded" and done.stage == "done" and done.progress == 1.0
-    assert transitions.succeed(job(status="canceled"), result=result, params={}, metrics={}) is None
+    assert transitions.succeed(job(status="canceled"), results=[result], params={}, metrics={}) is None
     failed = transitions.fail(claimed(job()), "internal_error", "boom")
     assert failed.status == "failed" and failed.error.type == "internal_error" and failed.finished_at
     assert transitions.fail(done, "x", "y") is None
