@@ -128,7 +128,7 @@ def terminal(api: httpx.Client, job_id: str, timeout: float = 900) -> dict:
 
 
 def result_in_s3(s3, api: httpx.Client, body: dict) -> None:
-    """Exactly one result object for the job, an image of the reported size, equal to the presigned URL's bytes."""
+    """Exactly one result object for the job: an image of the reported size, served by the presigned URL."""
     keys = [
         o["Key"]
         for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"results/{body['id']}").get("Contents", [])
