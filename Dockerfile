@@ -55,12 +55,13 @@ COPY pyproject.toml ./
 # torch is installed first (from the CUDA wheel index, or from WHEELS_DIR) and pinned by a
 # constraint so the PyPI install that follows keeps that build.
 ARG WHEELS_DIR=""
-# With WHEELS_DIR the wheels are bind-mounted from the build context (not copied into a layer);
-# without it the mount is a placeholder (pyproject.toml) and pip uses the indexes.
+# With WHEELS_DIR its wheels are copied to /tmp/wheels (a builder layer only; the runtime stage
+# copies just the venv); without it pyproject.toml stands in and pip uses the indexes. (A bind
+# mount would not copy, but Docker 20.10's built-in frontend does not expand ARGs in --mount.)
+COPY ${WHEELS_DIR:-pyproject.toml} /tmp/wheels/
 # DL3013: every requirement is pinned; hadolint reads the "$@" option list as an unpinned package.
 # hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
-    --mount=type=bind,source=${WHEELS_DIR:-pyproject.toml},target=/tmp/wheels \
     python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['service']))" > /tmp/requirements.txt \
     && echo "torch==${TORCH_VERSION}" > /tmp/constraints.txt \
     && if [ -n "${WHEELS_DIR}" ]; then \

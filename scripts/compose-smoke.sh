@@ -194,23 +194,37 @@ lines = project["dependencies"] + project["optional-dependencies"]["service"] + 
 open(sys.argv[1], "w").write("\n".join(lines) + "\n")
 EOF
 grep -oE '"(pip|setuptools|wheel)==[0-9.]+"' Dockerfile | tr -d '"' | sort -u >"$tools"
-key=$({ cat "$requirements" "$tools"; echo "$TORCH_REQ"; "$PY" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-16)
+# pip evaluates environment markers (e.g. `python_full_version < "3.11.3"`) against the interpreter
+# it runs on, so the wheelhouse is resolved by the interpreter the image gets: Debian bookworm's
+# python3.11 (3.11.2), the host's own when the host is bookworm too; else the project venv's.
+WHEEL_PY=${QALIGN_SMOKE_WHEEL_PYTHON:-}
+if [ -z "$WHEEL_PY" ]; then
+  WHEEL_PY=$PY
+  if [ -x /usr/bin/python3.11 ] && grep -q 'VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null \
+    && /usr/bin/python3.11 -m pip --version >/dev/null 2>&1; then
+    WHEEL_PY=/usr/bin/python3.11
+  else
+    log "warning: no Debian bookworm python3.11 with pip here; resolving the wheelhouse with $PY"
+  fi
+fi
+key=$({ cat "$requirements" "$tools"; echo "$TORCH_REQ"; "$WHEEL_PY" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-16)
 WHEELS="$CACHE/wheels-$key"
 if [ -f "$WHEELS/.complete" ]; then
   log "wheelhouse $WHEELS: cached"
 else
-  log "building the wheelhouse $WHEELS with the host's pip"
+  log "building the wheelhouse $WHEELS with the host's pip ($WHEEL_PY)"
   rm -rf "$WHEELS"
-  "$PY" -m pip wheel --quiet --wheel-dir "$WHEELS" "$TORCH_REQ" >"$CACHE/pip-wheel.log" 2>&1 \
+  "$WHEEL_PY" -m pip wheel --quiet --wheel-dir "$WHEELS" "$TORCH_REQ" >"$CACHE/pip-wheel.log" 2>&1 \
     || { tail -n 20 "$CACHE/pip-wheel.log" >&2; exit 1; }
   torch_wheel=$(find "$WHEELS" -maxdepth 1 -name 'torch-*.whl' -printf '%f\n' | head -n 1)
   torch_version=$(echo "$torch_wheel" | cut -d- -f2 | cut -d+ -f1)
   echo "torch==$torch_version" >"$WORK/constraints.txt"
-  "$PY" -m pip wheel --quiet --wheel-dir "$WHEELS" -r "$requirements" -c "$WORK/constraints.txt" \
+  "$WHEEL_PY" -m pip wheel --quiet --wheel-dir "$WHEELS" -r "$requirements" -c "$WORK/constraints.txt" \
     >>"$CACHE/pip-wheel.log" 2>&1 || { tail -n 20 "$CACHE/pip-wheel.log" >&2; exit 1; }
-  "$PY" -m pip wheel --quiet --no-deps --wheel-dir "$WHEELS" -r "$tools" >>"$CACHE/pip-wheel.log" 2>&1 \
+  "$WHEEL_PY" -m pip wheel --quiet --no-deps --wheel-dir "$WHEELS" -r "$tools" >>"$CACHE/pip-wheel.log" 2>&1 \
     || { tail -n 20 "$CACHE/pip-wheel.log" >&2; exit 1; }
   touch "$WHEELS/.complete"
+  find "$CACHE" -maxdepth 1 -name 'wheels-*' ! -path "$WHEELS" -exec rm -rf {} +  # superseded ones
 fi
 torch_wheel=$(find "$WHEELS" -maxdepth 1 -name 'torch-*.whl' -printf '%f\n' | head -n 1)
 TORCH_VERSION=$(echo "$torch_wheel" | cut -d- -f2 | cut -d+ -f1)
