@@ -237,7 +237,7 @@ build() {
   local started=$(date +%s)
   "$DOCKER" build --network host --progress plain "$@" >"$CACHE/build.log" 2>&1 \
     || { tail -n 40 "$CACHE/build.log" >&2; return 1; }
-  log "built ${*: -3:1} in $(($(date +%s) - started)) s"
+  log "built $2 in $(($(date +%s) - started)) s"  # $2: the tag (build -t TAG ...)
 }
 log "building $IMAGE (torch $TORCH_VERSION from the wheelhouse)"
 build -t "$IMAGE" \
@@ -262,7 +262,7 @@ QALIGN_SMOKE_API_PORT=$(free_port)
 QALIGN_SMOKE_REDIS_PORT=$(free_port)
 QALIGN_SMOKE_S3_PORT=$(free_port)
 EOF
-log "starting the stack (project $PROJECT; $(tr '\n' ' ' <"$WORK/smoke.env" | grep -oE '[A-Z_]+PORT=[0-9]+' | tr '\n' ' '))"
+log "starting the stack (project $PROJECT; $(tr '\n' ' ' <"$WORK/smoke.env" | grep -oE '[A-Z0-9_]+PORT=[0-9]+' | tr '\n' ' '))"
 started=$(date +%s)
 "${COMPOSE[@]}" "${COMPOSE_ARGS[@]}" up --detach --no-build --wait --wait-timeout 900 >"$WORK/up.log" 2>&1 \
   || { cat "$WORK/up.log" >&2; exit 1; }
