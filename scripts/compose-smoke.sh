@@ -233,11 +233,17 @@ rm -rf "$CONTEXT_WHEELS" && mkdir -p "$(dirname "$CONTEXT_WHEELS")"
 cp -al "$WHEELS" "$CONTEXT_WHEELS" 2>/dev/null || cp -a "$WHEELS" "$CONTEXT_WHEELS"
 
 # --- 4. images --------------------------------------------------------------------------------------
+# build -t TAG ARGS...: the build's log goes to $CACHE/build.log; the image TAG replaces is removed
+# (its layers stay in the build cache while a newer image uses them).
 build() {
-  local started=$(date +%s)
+  local started=$(date +%s) previous
+  previous=$("$DOCKER" image inspect --format '{{.Id}}' "$2" 2>/dev/null || true)
   "$DOCKER" build --network host --progress plain "$@" >"$CACHE/build.log" 2>&1 \
     || { tail -n 40 "$CACHE/build.log" >&2; return 1; }
-  log "built $2 in $(($(date +%s) - started)) s"  # $2: the tag (build -t TAG ...)
+  log "built $2 in $(($(date +%s) - started)) s"
+  if [ -n "$previous" ] && [ "$previous" != "$("$DOCKER" image inspect --format '{{.Id}}' "$2")" ]; then
+    "$DOCKER" image rm "$previous" >/dev/null 2>&1 || true
+  fi
 }
 log "building $IMAGE (torch $TORCH_VERSION from the wheelhouse)"
 build -t "$IMAGE" \

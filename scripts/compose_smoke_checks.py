@@ -37,7 +37,7 @@ BUCKET = "qalign"
 LONG_SERVICES = ("api", "worker", "redis", "minio")
 #: A short run of the tiny model; and one long enough to be caught running (hundreds of steps).
 FAST = {"steps": 10, "skip_steps": 3, "size": 64, "seed": 1}
-SLOW = {"steps": 400, "skip_steps": 0, "size": 64, "seed": 2}
+SLOW = {"steps": 200, "skip_steps": 0, "size": 64, "seed": 2}
 STARTED = time.monotonic()
 
 
