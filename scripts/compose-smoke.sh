@@ -257,7 +257,8 @@ rm -rf "$CONTEXT_WHEELS"
 # --- 5. the stack -----------------------------------------------------------------------------------
 log "making the tiny model"
 MODEL_DIR="$WORK/tiny-model"
-"$PY" -m qalign_cli.main make-tiny-model "$MODEL_DIR" >/dev/null
+"$PY" -m qalign_cli.main make-tiny-model "$MODEL_DIR" >"$WORK/tiny-model.log" 2>&1 \
+  || { cat "$WORK/tiny-model.log" >&2; exit 1; }
 chmod -R a+rX "$WORK"
 free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 cat >"$WORK/smoke.env" <<EOF
