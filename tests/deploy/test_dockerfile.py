@@ -1,6 +1,6 @@
 """Lint the Dockerfile with simple, project-specific rules (and hadolint when it is installed).
 
-The image is never built here (no Docker engine); these checks are static.
+These checks are static; tests/deploy/test_compose_smoke.py builds the image (on a local Debian base).
 """
 
 from __future__ import annotations
