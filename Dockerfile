@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 #
 # One image for the qalign HTTP API and the Celery GPU worker.
 #
@@ -15,12 +14,24 @@
 # The CUDA user-space libraries PyTorch needs ship inside its wheels (nvidia-* packages); the
 # base image only has to match the interpreter and provide a glibc the wheels accept. The host
 # needs an NVIDIA driver new enough for CUDA ${CUDA_WHEEL} and the NVIDIA Container Toolkit.
+#
+# Build arguments (defaults = the production CUDA image):
+#   BUILDER_IMAGE, CUDA_RUNTIME_IMAGE  base images of the two stages; any Debian/Ubuntu image with
+#                                      the python3.11 and python3.11-venv packages works (the CPU
+#                                      smoke test, scripts/compose-smoke.sh, uses a local Debian
+#                                      bookworm made with debootstrap for both)
+#   WHEELS_DIR                         air-gapped builds: a directory of the build context holding a
+#                                      wheel of every dependency (torch included); pip then installs
+#                                      from it alone (--no-index), nothing is downloaded
+#   TORCH_VERSION, CUDA_WHEEL          the PyTorch release and its CUDA wheel index
+# BuildKit is required (RUN --mount); no "# syntax=" line, so no frontend image is pulled and the
+# builder's built-in Dockerfile frontend is used (offline builds work).
 
-ARG UBUNTU_VERSION=22.04
+ARG BUILDER_IMAGE=ubuntu:22.04
 ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04
 
 # ---------------------------------------------------------------------------------------------
-FROM ubuntu:${UBUNTU_VERSION} AS builder
+FROM ${BUILDER_IMAGE} AS builder
 
 ARG TORCH_VERSION=2.6.0
 ARG CUDA_WHEEL=cu124
@@ -41,14 +52,28 @@ WORKDIR /src
 # --- dependency layer: only pyproject.toml, so source edits do not reinstall torch -----------
 COPY pyproject.toml ./
 # Requirements = [project].dependencies + the "service" extra, read from pyproject.toml.
-# torch is installed first from the CUDA wheel index and pinned by a constraint so the PyPI
-# install that follows keeps the CUDA build.
+# torch is installed first (from the CUDA wheel index, or from WHEELS_DIR) and pinned by a
+# constraint so the PyPI install that follows keeps that build.
+ARG WHEELS_DIR=""
+# With WHEELS_DIR its wheels are copied to /tmp/wheels (a builder layer only; the runtime stage
+# copies just the venv); without it pyproject.toml stands in and pip uses the indexes. (A bind
+# mount would not copy, but Docker 20.10's built-in frontend does not expand ARGs in --mount.)
+COPY ${WHEELS_DIR:-pyproject.toml} /tmp/wheels/
+# DL3013: every requirement is pinned; hadolint reads the "$@" option list as an unpinned package.
+# hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['service']))" > /tmp/requirements.txt \
     && echo "torch==${TORCH_VERSION}" > /tmp/constraints.txt \
-    && pip install "pip==24.3.1" "setuptools==75.6.0" "wheel==0.45.1" \
-    && pip install --index-url "https://download.pytorch.org/whl/${CUDA_WHEEL}" "torch==${TORCH_VERSION}" \
-    && pip install -r /tmp/requirements.txt -c /tmp/constraints.txt
+    && if [ -n "${WHEELS_DIR}" ]; then \
+         set -- --no-index --find-links /tmp/wheels \
+         && pip install "$@" "pip==24.3.1" "setuptools==75.6.0" "wheel==0.45.1" \
+         && pip install "$@" "torch==${TORCH_VERSION}"; \
+       else \
+         set -- \
+         && pip install "pip==24.3.1" "setuptools==75.6.0" "wheel==0.45.1" \
+         && pip install --index-url "https://download.pytorch.org/whl/${CUDA_WHEEL}" "torch==${TORCH_VERSION}"; \
+       fi \
+    && pip install "$@" -r /tmp/requirements.txt -c /tmp/constraints.txt
 
 # --- source layer ------------------------------------------------------------------------------
 COPY . .

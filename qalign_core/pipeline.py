@@ -488,14 +488,13 @@ class QAlignPipeline:
         return "plain"
 
     def _object_masks(self, params: TransferParams, pairs: int) -> list[ObjectMasks | None]:
-        """Masked AdaIN's object masks, one per pair, from the attention captured at this iteration.
-
-        When nothing could be segmented the one reason given applies to every pair.
-        """
+        """Masked AdaIN's object masks, one per pair, from the attention captured at this iteration."""
         positions = noun_token_positions(self.tokenizer, params.effective_prompt, params.domain)
-        masks: list[ObjectMasks | None] = list(compute_object_masks(self.state.capture, positions))
+        masks: list[ObjectMasks | None] = list(
+            compute_object_masks(self.state.capture, positions, appearances=pairs)
+        )
         self.state.capture.clear()
-        return masks if len(masks) == pairs else masks[:1] * pairs
+        return masks
 
     def decode(self, latent: torch.Tensor) -> Image.Image:
         image = self.vae.decode(latent.unsqueeze(0) / self.vae.config.scaling_factor).sample[0]

@@ -1,17 +1,25 @@
 """Self-segmentation for masked AdaIN, as CIA does it (utils/segmentation.py, from Prompt Mixing).
 
-At one denoising iteration the pipeline records the queries and keys of rows APP and STRUCT in two
-decoder layers: the last self-attention at the finest token grid and the last cross-attention at
-half that grid. From them, per image:
+At one denoising iteration the pipeline records the queries and keys of rows
+``[APP_1..APP_m, STRUCT]`` (STRUCT last) in two decoder layers: the last self-attention at the
+latent's finest token grid ``h x w`` and the last cross-attention at the next grid ``h/2 x w/2``.
+From them, per image:
 
-1. the self-attention map (mean over heads), one row per token, is clustered by KMeans into 5
-   segments (seeded like CIA: one RandomState(1) for the appearance fit, then the structure fit);
-2. the cross-attention map of the object noun's token(s) (mean over heads), upsampled 2x by
-   repetition, normalised as CIA does, scores each segment by its mean;
+1. the self-attention map (mean over heads, ``[h*w, h*w]``), one row per token, is clustered by
+   KMeans into 5 segments, in torch on the device the maps were captured on
+   (``qalign_core.kmeans``: k-means++, 10 runs, Lloyd, scikit-learn's defaults, as CIA uses);
+2. the cross-attention map of the object noun's token(s) (mean over heads), upsampled 2x along both
+   axes by repetition, normalised as CIA does, scores each segment by its mean;
 3. segments scoring above 1.4 x the mean of the other scores (the best one left out) are the object.
 
-Only queries and keys are kept (a few MB), and only for that iteration: the N x N maps are built
-one head at a time when the masks are computed, then dropped.
+The structure is clustered once and its mask shared by every pair. Every fit has its own generator
+seeded alike, so pair k's masks are those of a single-pair run with APP_k, whatever m is.
+
+Only queries and keys are kept (a few MB), and only for that iteration: each N x N map is built
+(one head at a time) and clustered on the device, then dropped before the next. Only the labels
+``[h, w]`` and the noun map ``[h/2, w/2]`` go to the CPU, where the segment scores are summed in
+float64 as CIA's numpy code does. CIA's maps are square (64 x 64); other grids are this project's
+generalisation of the same rule.
 """
 
 from __future__ import annotations
@@ -22,16 +30,24 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from qalign_core.kmeans import kmeans
+
 NUM_SEGMENTS = 5
 #: A segment is the object when its score exceeds this multiple of the other segments' mean score.
 OBJECT_SCORE_RATIO = 1.4
+#: Every fit is seeded with this (CIA seeds its fits with RandomState(1)).
+KMEANS_SEED = 1
 
 
 @dataclass
 class AttentionCapture:
-    """Queries and keys of rows APP and STRUCT (``[2, heads, tokens, d]``), last layer call wins."""
+    """Queries and keys of rows ``[APP_1..APP_m, STRUCT]`` (``[m+1, heads, tokens, d]``); the last
+    layer call at each grid wins.
 
-    #: The latent's (h, w): self-attention is kept at h*w tokens, cross-attention at a quarter of it.
+    ``grid`` is the latent's ``(h, w)``: self-attention is kept at ``h * w`` tokens, cross-attention
+    at the next grid's ``(h // 2) * (w // 2)``.
+    """
+
     grid: tuple[int, int] = (0, 0)
     active: bool = False
     self_qk: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -40,7 +56,13 @@ class AttentionCapture:
 
     @property
     def latent_tokens(self) -> int:
+        """Tokens of the finest grid, ``h * w``."""
         return self.grid[0] * self.grid[1]
+
+    @property
+    def cross_grid(self) -> tuple[int, int]:
+        """The grid cross-attention is kept at: the UNet's next level, half of each side."""
+        return self.grid[0] // 2, self.grid[1] // 2
 
     def record_self(self, layer: str, q: torch.Tensor, k: torch.Tensor) -> None:
         if self.active and q.shape[-2] == self.latent_tokens:
@@ -48,8 +70,9 @@ class AttentionCapture:
             self.layers.append(layer)
 
     def wants_cross(self, query_tokens: int) -> bool:
-        """Whether a cross-attention call with this many queries is one to keep (half the grid)."""
-        return self.active and query_tokens * 4 == self.latent_tokens
+        """Whether a cross-attention call with this many queries is one to keep (the next grid)."""
+        h, w = self.cross_grid
+        return self.active and h * w > 0 and query_tokens == h * w
 
     def record_cross(self, layer: str, q: torch.Tensor, k: torch.Tensor) -> None:
         if self.wants_cross(q.shape[-2]):
@@ -57,13 +80,14 @@ class AttentionCapture:
             self.layers.append(layer)
 
     def clear(self) -> None:
+        """Drop what was recorded and stop recording; the grid stays."""
         self.active, self.self_qk, self.cross_qk = False, None, None
         self.layers.clear()
 
 
 @dataclass(frozen=True)
 class ObjectMasks:
-    """Boolean object masks on the latent grid ``[side, side]``, or why there are none."""
+    """Boolean object masks on the latent grid ``[h, w]``, or why there are none."""
 
     structure: torch.Tensor | None
     appearance: torch.Tensor | None
@@ -89,19 +113,22 @@ def mean_attention_map(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return total / q.shape[0]
 
 
-def cluster_tokens(self_map: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """KMeans labels ``[h, w]`` of one image's self-attention rows (its own seeded fit)."""
-    from sklearn.cluster import KMeans
+def segment_labels(q: torch.Tensor, k: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+    """KMeans labels ``[h, w]`` of one image's self-attention rows, clustered on q's device.
 
-    fit = KMeans(n_clusters=NUM_SEGMENTS, n_init=10, random_state=np.random.RandomState(1)).fit(self_map)
-    return fit.labels_.reshape(grid)
+    Each call seeds its own generator, so an image's labels never depend on the other images.
+    """
+    self_map = mean_attention_map(q, k)
+    labels = kmeans(self_map, NUM_SEGMENTS, seed=KMEANS_SEED).labels
+    del self_map
+    return labels.cpu().numpy().reshape(grid)
 
 
 def object_segments(labels: np.ndarray, noun_map: np.ndarray) -> list[int]:
     """Segments whose mean noun attention beats OBJECT_SCORE_RATIO x the others' mean (CIA's rule).
 
-    ``noun_map`` is at half the resolution of ``labels``; it is repeated 2x along both axes and
-    normalised as ``(m - |min m|) / max m``, exactly as CIA does.
+    ``noun_map`` is at half the resolution of ``labels`` along both axes; it is repeated 2x along
+    both and normalised as ``(m - |min m|) / max m``, exactly as CIA does.
     """
     upsampled = noun_map.repeat(2, axis=0).repeat(2, axis=1)
     normalised = (upsampled - np.abs(upsampled.min())) / upsampled.max()
@@ -127,30 +154,39 @@ def noun_token_positions(tokenizer, prompt: str, noun: str) -> list[int]:
     return []
 
 
-def compute_object_masks(capture: AttentionCapture, noun_positions: list[int]) -> list[ObjectMasks]:
-    """Masks (structure, appearance_k) on the latent grid for each captured appearance row, in order.
+def compute_object_masks(
+    capture: AttentionCapture, noun_positions: list[int], appearances: int | None = None
+) -> list[ObjectMasks]:
+    """Masks (structure, appearance) on the latent grid, one per appearance row, in order.
 
-    The capture's rows are ``[APP_1..APP_m, STRUCT]``; the structure is segmented once and its mask
-    is shared by every pair.
+    ``appearances`` is how many to answer when nothing was captured (default 1); when the capture
+    holds rows, their count decides and a different ``appearances`` is a caller error.
     """
-    pairs = 1 if capture.self_qk is None else capture.self_qk[0].shape[0] - 1
+    captured = capture.self_qk is not None and capture.cross_qk is not None
+    count = capture.self_qk[0].shape[0] - 1 if capture.self_qk is not None else (appearances or 1)
+    if appearances is not None and count != appearances:
+        raise ValueError(f"the capture holds {count} appearance rows, {appearances} were expected")
     if not noun_positions:
-        return [ObjectMasks(None, None, "the object noun (the domain) is not in the prompt")] * pairs
-    if capture.self_qk is None or capture.cross_qk is None:
-        return [ObjectMasks(None, None, "no attention was captured at the segmentation step")] * pairs
-    h, w = capture.grid
+        return [ObjectMasks(None, None, "the object noun (the domain) is not in the prompt")] * count
+    if not captured:
+        return [ObjectMasks(None, None, "no attention was captured at the segmentation step")] * count
     (self_q, self_k), (cross_q, cross_k) = capture.self_qk, capture.cross_qk
-    masks = []
-    for row in range(pairs + 1):
-        labels = cluster_tokens(mean_attention_map(self_q[row], self_k[row]).cpu().numpy(), (h, w))
-        cross = mean_attention_map(cross_q[row], cross_k[row]).reshape(h // 2, w // 2, -1)
+    if cross_q.shape[0] != count + 1:
+        raise ValueError(f"self- and cross-attention captures hold {count + 1} and {cross_q.shape[0]} rows")
+    grid, (half_h, half_w) = capture.grid, capture.cross_grid
+
+    def mask(row: int, labels: np.ndarray) -> torch.Tensor:
+        cross = mean_attention_map(cross_q[row], cross_k[row]).reshape(half_h, half_w, -1)
         noun_map = cross[..., noun_positions].mean(dim=-1).cpu().numpy()
-        objects = object_segments(labels, noun_map)
-        masks.append(torch.from_numpy(np.isin(labels, objects)))
-    *appearances, structure = masks
-    found = []
-    for appearance in appearances:
-        pair = ObjectMasks(structure, appearance)
-        reason = "" if pair.found else "segmentation found no object"
-        found.append(ObjectMasks(structure, appearance, reason))
-    return found
+        return torch.from_numpy(np.isin(labels, object_segments(labels, noun_map)))
+
+    structure_row = count
+    structure = mask(structure_row, segment_labels(self_q[structure_row], self_k[structure_row], grid))
+    results = []
+    for row in range(count):
+        appearance = mask(row, segment_labels(self_q[row], self_k[row], grid))
+        found = ObjectMasks(structure, appearance)
+        results.append(
+            found if found.found else ObjectMasks(structure, appearance, "segmentation found no object")
+        )
+    return results

@@ -64,3 +64,18 @@ def test_queue_position_benchmark_runs_and_prints_its_ratios() -> None:
     )
     rows = [line for line in run.stdout.splitlines() if line.startswith(("| 5 |", "| 20 |"))]
     assert len(rows) == 2 and all(row.rstrip().endswith("x |") for row in rows)
+
+
+def test_kmeans_benchmark_tiny_grids() -> None:
+    """The clustering benchmark at small grids: well-formed, and both fits find one partition."""
+    from bench import kmeans
+
+    result = kmeans.run(device="cpu", grids=((8, 8), (8, 12)), repeats=1)
+    json.dumps(result)
+    assert result["name"] == "kmeans" and len(result["details"]) == 2
+    metrics = {c["metric"] for c in result["comparisons"]}
+    assert metrics == {"time", "time, 1 CPU thread", "ARI vs scikit-learn"}
+    for c in result["comparisons"]:
+        assert c["ratio"] is not None and math.isfinite(c["ratio"]) and c["ratio"] >= 0
+    assert all(c["met"] for c in result["comparisons"] if c["metric"] == "ARI vs scikit-learn")
+    assert "kmeans" in format_table({"kmeans": result})

@@ -112,7 +112,8 @@ def test_cross_image_reaches_cias_final_latent(pipe, golden, prompt):
 
 def test_masked_adain_segments_and_normalises_as_cias_segmentor():
     """CIA's Segmentor and masked AdaIN on synthetic attention with a known object (synthetic.py):
-    the same object masks from the same rows' queries and keys, and the same masked AdaIN."""
+    the same object masks from the same rows' queries and keys (clustered here by the project's
+    torch KMeans, there by scikit-learn's), and the same masked AdaIN."""
     import synthetic
 
     from qalign_core.adain import masked_adain
@@ -122,10 +123,10 @@ def test_masked_adain_segments_and_normalises_as_cias_segmentor():
         cia = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
     qk = synthetic.rows_qk(64)
     capture = AttentionCapture(grid=(64, 64), active=True)
-    rows = slice(1, 3)  # APP, STRUCT
+    rows = slice(1, 3)  # [APP, STRUCT]: one appearance, STRUCT last
     capture.record_self("fine", qk["self_q"][rows], qk["self_k"][rows])
     capture.record_cross("coarse", qk["cross_q"][rows], qk["cross_k"][rows])
-    [masks] = compute_object_masks(capture, [synthetic.NOUN_POSITION])
+    (masks,) = compute_object_masks(capture, [synthetic.NOUN_POSITION])
     assert masks.found
     assert torch.equal(masks.structure, cia["struct_mask"].bool())
     assert torch.equal(masks.appearance, cia["app_mask"].bool())

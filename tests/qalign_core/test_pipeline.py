@@ -57,6 +57,8 @@ def _latents(pipe, structure, appearances, params, config=None):
     """The final latents of a transfer, one per appearance, through the pipeline's own steps."""
     from qalign_core.images import output_shape
 
+    if params.size is None:
+        params = params.model_copy(update={"size": pipe.native_size})
     original = pipe.config
     pipe.config = config or original
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from qalign_core.segmentation import (
@@ -13,56 +14,102 @@ from qalign_core.segmentation import (
 )
 
 SIDE = 16  # latent grid; cross-attention is captured at 8 x 8
+WIDE = (16, 24)  # a non-square latent grid (h, w); cross-attention at 8 x 12
 
 
-def _regions(side: int) -> torch.Tensor:
-    """Region labels: 0 = a centred disc (the object), 1-4 = the four background quadrants, drawn on
-    the half grid and repeated 2x, so both captured grids agree on every region."""
-    half = side // 2
-    yy, xx = torch.meshgrid(torch.arange(half), torch.arange(half), indexing="ij")
-    quadrant = 1 + (yy >= half // 2).long() * 2 + (xx >= half // 2).long()
-    disc = (yy - half / 2 + 0.5) ** 2 + (xx - half / 2 + 0.5) ** 2 < (half / 3.2) ** 2
-    coarse = torch.where(disc, 0, quadrant)
+def _regions(grid: tuple[int, int], shift: int = 0) -> torch.Tensor:
+    """Region labels ``[h, w]``: 0 = a centred ellipse (the object, moved right by ``shift`` on the
+    half grid), 1-4 = the four background quadrants, drawn on the half grid and repeated 2x, so
+    both captured grids agree on every region."""
+    half_h, half_w = grid[0] // 2, grid[1] // 2
+    yy, xx = torch.meshgrid(torch.arange(half_h), torch.arange(half_w), indexing="ij")
+    quadrant = 1 + (yy >= half_h // 2).long() * 2 + (xx >= half_w // 2).long()
+    dy, dx = (yy - half_h / 2 + 0.5) / (half_h / 3.2), (xx - half_w / 2 + 0.5 - shift) / (half_w / 3.2)
+    coarse = torch.where(dy**2 + dx**2 < 1, 0, quadrant)
     return coarse.repeat_interleave(2, 0).repeat_interleave(2, 1)
 
 
-def _capture(noun_position: int) -> AttentionCapture:
-    """Rows (APP, STRUCT) whose self-attention stays inside each region and whose cross-attention
-    sends the object's tokens to the noun's token."""
+def _row_qk(grid: tuple[int, int], noun_position: int, shift: int = 0) -> dict[str, torch.Tensor]:
+    """One image's ``[heads=1, tokens, d]`` queries and keys: self-attention stays inside each
+    region, and cross-attention sends the object's tokens to the noun's token."""
     embed = torch.eye(8)[:5] * 3.0
-    fine = embed[_regions(SIDE).flatten()]  # [256, 8]
-    coarse = embed[_regions(SIDE)[::2, ::2].flatten()]  # [64, 8]
+    regions = _regions(grid, shift)
+    fine, coarse = embed[regions.flatten()], embed[regions[::2, ::2].flatten()]
     text = torch.zeros(77, 8)
     text[noun_position] = embed[0] * 10
-    capture = AttentionCapture(latent_tokens=SIDE * SIDE, active=True)
-    rows = lambda x: x.expand(2, 1, *x.shape).clone()  # noqa: E731 - [rows, heads, tokens, d]
-    capture.record_self("fine", rows(fine), rows(fine))
-    capture.record_cross("coarse", rows(coarse), rows(text))
+    return {"self_q": fine[None], "self_k": fine[None], "cross_q": coarse[None], "cross_k": text[None]}
+
+
+def _capture(
+    noun_position: int, grid: tuple[int, int] = (SIDE, SIDE), appearance_shifts: tuple[int, ...] = (0,)
+) -> AttentionCapture:
+    """A capture of rows ``[APP_1..APP_m, STRUCT]`` (STRUCT last, its object unshifted)."""
+    rows = [_row_qk(grid, noun_position, s) for s in (*appearance_shifts, 0)]
+    stacked = {name: torch.stack([row[name] for row in rows]) for name in rows[0]}
+    capture = AttentionCapture(grid=grid, active=True)
+    capture.record_self("fine", stacked["self_q"], stacked["self_k"])
+    capture.record_cross("coarse", stacked["cross_q"], stacked["cross_k"])
     return capture
 
 
 def test_the_object_segment_is_found_in_both_images():
-    masks = compute_object_masks(_capture(5), [5])
-    expected = (_regions(SIDE) == 0).numpy()
+    (masks,) = compute_object_masks(_capture(5), [5])
+    expected = (_regions((SIDE, SIDE)) == 0).numpy()
     assert masks.found and not masks.reason
     assert np.array_equal(masks.structure.numpy(), expected)
     assert np.array_equal(masks.appearance.numpy(), expected)
 
 
+def test_non_square_grid_gives_masks_of_its_shape():
+    capture = _capture(5, WIDE, appearance_shifts=(2,))
+    assert capture.latent_tokens == 16 * 24 and capture.cross_grid == (8, 12)
+    (masks,) = compute_object_masks(capture, [5])
+    assert masks.found
+    assert masks.structure.shape == masks.appearance.shape == WIDE
+    assert masks.structure.dtype == masks.appearance.dtype == torch.bool
+    assert torch.equal(masks.structure, _regions(WIDE) == 0)
+    assert torch.equal(masks.appearance, _regions(WIDE, shift=2) == 0)
+
+
+@pytest.mark.parametrize("grid", [(SIDE, SIDE), WIDE], ids=["square", "non-square"])
+def test_each_pair_gets_the_masks_of_its_own_single_pair_run(grid):
+    """Rows [APP_1, APP_2, APP_3, STRUCT]: pair k's masks are those of the capture [APP_k, STRUCT],
+    and the structure's mask (clustered once) is the same for every pair."""
+    shifts = (-2, 0, 2)
+    together = compute_object_masks(_capture(5, grid, shifts), [5])
+    assert len(together) == 3
+    for k, shift in enumerate(shifts):
+        (alone,) = compute_object_masks(_capture(5, grid, (shift,)), [5])
+        assert together[k].found and alone.found
+        assert torch.equal(together[k].appearance, alone.appearance)
+        assert torch.equal(together[k].structure, alone.structure)
+        assert torch.equal(together[k].appearance, _regions(grid, shift) == 0)
+    assert all(m.structure is together[0].structure for m in together)
+
+
 def test_no_noun_or_no_capture_gives_no_masks_and_says_why():
-    assert "not in the prompt" in compute_object_masks(_capture(5), []).reason
-    empty = AttentionCapture(latent_tokens=SIDE * SIDE)
-    assert "no attention was captured" in compute_object_masks(empty, [5]).reason
-    assert not compute_object_masks(empty, [5]).found
+    answers = compute_object_masks(_capture(5, appearance_shifts=(0, 1)), [])
+    assert len(answers) == 2 and all("not in the prompt" in m.reason for m in answers)
+    empty = AttentionCapture(grid=(SIDE, SIDE))
+    (answer,) = compute_object_masks(empty, [5])
+    assert "no attention was captured" in answer.reason and not answer.found
+    answers = compute_object_masks(empty, [5], appearances=3)
+    assert len(answers) == 3 and not any(m.found for m in answers)
+
+
+def test_a_capture_with_other_rows_than_expected_is_a_caller_error():
+    with pytest.raises(ValueError, match="holds 2 appearance rows, 3 were expected"):
+        compute_object_masks(_capture(5, appearance_shifts=(0, 1)), [5], appearances=3)
 
 
 def test_attention_to_another_token_finds_no_object():
-    masks = compute_object_masks(_capture(9), [5])  # the noun's token sees uniform attention
+    (masks,) = compute_object_masks(_capture(9), [5])  # the noun's token sees uniform attention
     assert not masks.found and masks.reason == "segmentation found no object"
 
 
 def test_capture_keeps_only_the_last_call_at_its_grid_and_only_while_active():
-    capture = AttentionCapture(latent_tokens=256)
+    capture = AttentionCapture(grid=(16, 16))
+    assert capture.latent_tokens == 256
     q = torch.randn(2, 1, 256, 4)
     capture.record_self("a", q, q)
     assert capture.self_qk is None  # inactive
@@ -75,6 +122,15 @@ def test_capture_keeps_only_the_last_call_at_its_grid_and_only_while_active():
     assert capture.layers == ["a", "b", "c"] and torch.equal(capture.self_qk[0], q * 2)
     capture.clear()
     assert capture.self_qk is None and capture.cross_qk is None and not capture.active
+    assert capture.grid == (16, 16)
+
+
+def test_non_square_capture_keeps_its_two_grids():
+    capture = AttentionCapture(grid=(48, 64), active=True)
+    assert capture.latent_tokens == 3072 and capture.cross_grid == (24, 32)
+    assert capture.wants_cross(24 * 32) and not capture.wants_cross(3072 // 4 + 1)
+    assert not capture.wants_cross(12 * 16)  # the grid below
+    assert not AttentionCapture().wants_cross(0)  # no grid set yet
 
 
 def test_object_rule_is_cias_threshold():
@@ -86,6 +142,12 @@ def test_object_rule_is_cias_threshold():
     noun = np.array([[1.0, 0.5], [0.0, 0.0]], dtype=np.float32)
     assert object_segments(labels, noun) == [0, 1]  # 0.5 > 1.4 * (0.5 + 0 + 0 + 0) / 4
     assert object_segments(labels, np.ones((2, 2), dtype=np.float32)) == []  # nothing stands out
+
+
+def test_object_rule_upsamples_a_non_square_noun_map_along_both_axes():
+    labels = np.array([[0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2], [3, 3, 3, 4, 4, 4], [3, 3, 3, 4, 4, 4]])
+    noun = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=np.float32)  # [2, 3] -> [4, 6]
+    assert object_segments(labels, noun) == [1]
 
 
 def test_noun_positions_follow_the_tokenizer(tiny_model_dir):
