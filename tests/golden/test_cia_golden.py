@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
+from goldens import relative_l2
 from safetensors import safe_open
 
 from qalign_core.inversion import Inversion, invert_trajectories
@@ -27,32 +27,6 @@ GOLDEN = DATA / "cia_golden.safetensors"
 #: The issue's bound for the final latent; noise maps are held to the same.
 MAX_RELATIVE_L2 = 1e-4
 IMAGES = ("structure", "appearance")
-
-
-def relative_l2(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((ours.float() - reference.float()).norm() / reference.float().norm())
-
-
-@pytest.fixture(scope="module")
-def golden() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    with safe_open(str(GOLDEN), framework="pt") as handle:
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
-        return tensors, handle.metadata()
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    from qalign_core.pipeline import QAlignPipeline
-
-    return QAlignPipeline.from_pretrained(str(DATA / "model"), device="cpu", dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def prompt(pipe, golden):
-    params = TransferParams()
-    assert params.effective_prompt == golden[1]["prompt"]
-    with torch.inference_mode():
-        return pipe.encode_prompt(params.effective_prompt)
 
 
 def test_images_are_prepared_pixel_for_pixel_as_cia_does(pipe, golden):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
+from goldens import relative_l2
 
 from qalign_core.inversion import Inversion
 from qalign_core.params import TransferParams
@@ -29,32 +29,6 @@ DATA = Path(__file__).resolve().parent / "data"
 GOLDEN = DATA / "cia_golden_nonsquare.safetensors"
 #: The issue's bounds: CIA's own method to 1e-4, Q-Align (argmax near-ties may flip) to 1e-3.
 BOUNDS = {"cross_image": 1e-4, "qalign": 1e-3}
-
-
-def relative_l2(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((ours.float() - reference.float()).norm() / reference.float().norm())
-
-
-@pytest.fixture(scope="module")
-def golden() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    with safe_open(str(GOLDEN), framework="pt") as handle:
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
-        return tensors, handle.metadata()
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    from qalign_core.pipeline import QAlignPipeline
-
-    return QAlignPipeline.from_pretrained(str(DATA / "model"), device="cpu", dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def prompt(pipe, golden):
-    params = TransferParams()
-    assert params.effective_prompt == golden[1]["prompt"]
-    with torch.inference_mode():
-        return pipe.encode_prompt(params.effective_prompt)
 
 
 def test_golden_is_non_square_and_mixed_at_both_grids(golden):
