@@ -41,7 +41,7 @@ def test_only_row_out_changes(tiny_model_dir):
     latents = torch.randn(3, 4, 16, 16, generator=g)
     embeddings = torch.randn(1, 77, 32, generator=g).expand(3, -1, -1)
     t = torch.tensor(500)
-    state = AlignmentState(contrast_strength=1.67, latent_tokens=256, schedule=schedule_for(TransferParams()))
+    state = AlignmentState(contrast_strength=1.67, grid=(16, 16), schedule=schedule_for(TransferParams()))
     install_processors(unet, "qalign", state)
     with torch.inference_mode():
         state.iteration = None
@@ -51,3 +51,33 @@ def test_only_row_out_changes(tiny_model_dir):
     torch.testing.assert_close(aligned[1:], plain[1:], rtol=0, atol=0)
     assert (aligned[0] - plain[0]).abs().max() > 1e-3
     assert {layer.split(".attentions")[0] for layer, _, _ in state.log} == {"up_blocks.2", "up_blocks.3"}
+
+
+def test_two_pairs_on_a_non_square_grid_each_equal_their_single_pair_row(tiny_model_dir):
+    """Rows [OUT_1, OUT_2, APP_1, APP_2, STRUCT] on a 16 x 8 latent: APP and STRUCT rows stay plain,
+    and OUT_k is the OUT row of the single-pair call [OUT, APP_k, STRUCT] (to rounding)."""
+    from qalign_core.pipeline import QAlignPipeline
+    from qalign_core.processors import RowLayout
+
+    unet = QAlignPipeline.from_pretrained(tiny_model_dir, device="cpu").unet
+    g = torch.Generator().manual_seed(1)
+    out, app_1, app_2, struct = torch.randn(4, 4, 16, 8, generator=g)
+    embeddings = torch.randn(1, 77, 32, generator=g)
+    t = torch.tensor(500)
+    state = AlignmentState(contrast_strength=1.67, grid=(16, 8), schedule=schedule_for(TransferParams()))
+    install_processors(unet, "qalign", state)
+
+    def run(rows: list[torch.Tensor], pairs: int, iteration: int | None) -> torch.Tensor:
+        state.rows, state.iteration = RowLayout(pairs), iteration
+        batch = torch.stack(rows)
+        return unet(batch, t, encoder_hidden_states=embeddings.expand(len(batch), -1, -1)).sample
+
+    with torch.inference_mode():
+        both = run([out, out, app_1, app_2, struct], 2, 50)
+        plain = run([out, out, app_1, app_2, struct], 2, None)
+        single = [run([out, app, struct], 1, 50)[0] for app in (app_1, app_2)]
+    torch.testing.assert_close(both[2:], plain[2:], rtol=1e-5, atol=1e-6)
+    for k in range(2):
+        torch.testing.assert_close(both[k], single[k], rtol=1e-5, atol=1e-5)
+        assert (both[k] - plain[k]).abs().max() > 1e-3
+    assert (both[0] - both[1]).abs().max() > 1e-3  # each pair reads its own appearance
