@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -35,6 +36,92 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+class ImageTooLargeError(InvalidImageError):
+    """The image's header declares more pixels than allowed (HTTP: 413, not 400: a smaller copy
+    of the same image is acceptable)."""
+
+    def __init__(self, width: int, height: int, max_pixels: int) -> None:
+        super().__init__(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels"
+        )
+        self.width, self.height, self.max_pixels = width, height, max_pixels
+
+
+#: JPEG start-of-frame markers (SOF0-SOF15 less DHT C4, JPG C8 and DAC CC): they carry the size.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) declared by a PNG, JPEG or WebP header, read without decoding anything.
+
+    Pillow's ``Image.open`` refuses very large declared sizes itself (its decompression-bomb
+    guard), so the pixel limit must be checked before it runs. None when the header cannot be
+    read (the decoder then names what is wrong).
+    """
+    fmt = sniff_format(data)
+    try:
+        if fmt == "png":
+            if data[12:16] != b"IHDR":
+                return None
+            return struct.unpack(">II", data[16:24])
+        if fmt == "jpeg":
+            return _jpeg_size(data)
+        if fmt == "webp":
+            return _webp_size(data)
+    except struct.error:  # truncated header
+        return None
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Walk the marker segments to the first start-of-frame (height, then width, big-endian)."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers: no length
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return width, height
+        if marker == 0xDA or length < 2:  # scan data before any frame header: not a valid JPEG
+            return None
+        pos += 2 + length
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """The size in the first chunk: VP8 (lossy), VP8L (lossless) or VP8X (extended canvas)."""
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and data[20:21] == b"\x2f":
+        (bits,) = struct.unpack("<I", data[21:25])
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return width, height
+    return None
+
+
+def check_pixel_count(data: bytes, max_pixels: int) -> tuple[int, int] | None:
+    """Raise ImageTooLargeError when the header declares over ``max_pixels`` pixels; the declared
+    (width, height), or None when there is no readable header. The one home of the pixel rule:
+    the service's intake and ``load_image`` both call it before Pillow sees the bytes."""
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageTooLargeError(size[0], size[1], max_pixels)
+    return size
+
+
 def load_image(source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode an input into an RGB image, or raise InvalidImageError saying what is wrong.
 
@@ -57,15 +144,16 @@ def load_image(source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
         raise InvalidImageError(
             "not a PNG, JPEG or WebP image (unrecognised file signature); allowed formats: png, jpeg, webp"
         )
+    check_pixel_count(data, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[fmt.upper()])
             width, height = image.size
-            if width < 1 or height < 1 or width * height > max_pixels:
-                raise InvalidImageError(
-                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels"
-                )
+            if width * height > max_pixels:  # a header this module could not read
+                raise ImageTooLargeError(width, height, max_pixels)
+            if width < 1 or height < 1:
+                raise InvalidImageError(f"image is {width}x{height} pixels; it has no pixels")
             image.load()
     except InvalidImageError:
         raise

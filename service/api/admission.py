@@ -9,7 +9,8 @@ import time
 
 from service.api.dispatch import Dispatcher
 from service.api.errors import NotReady, QueueFull
-from service.jobs import JobStores, StoreUnavailable
+from service.jobs import Job, JobStores, StoreUnavailable
+from service.jobs.store import AdmissionLimits, AdmissionRefused
 from service.settings import Settings
 from service.storage import ObjectStore, StorageUnavailable
 
@@ -77,31 +78,53 @@ def _check(ping) -> dict:
 
 
 class Capacity:
-    """429 when the queue is full, or when an API key has its maximum of unfinished jobs."""
+    """429 when the queue is full, or when an API key has its maximum of unfinished jobs.
+
+    ``admit`` is the rule: the store counts and inserts in one atomic operation, so concurrent
+    POSTs cannot overrun a limit together. ``require`` is the same check made early (not atomic),
+    so that a full queue is refused before the inputs are stored.
+    """
 
     def __init__(self, settings: Settings, stores: JobStores) -> None:
         self.settings, self.stores = settings, stores
 
+    @property
+    def limits(self) -> AdmissionLimits:
+        return AdmissionLimits(self.settings.max_queue_depth, self.settings.max_inflight_per_key)
+
     def require(self, owner: str | None) -> None:
         queued = self.stores.records.count_by_status().get("queued", 0)
-        limit = self.settings.max_queue_depth
-        if queued >= limit:
-            wait = self.retry_after(queued - limit + 1)
-            raise QueueFull(
-                f"{queued} jobs are waiting (limit {limit}); retry in about {wait} s", retry_after=wait
-            )
-        per_key = self.settings.max_inflight_per_key
+        limits = self.limits
+        if queued >= limits.max_queued:
+            self._refuse(AdmissionRefused(per_owner=False, count=queued, limit=limits.max_queued))
+        per_key = limits.max_unfinished_per_owner
         if per_key is not None and owner is not None:
             records = self.stores.records
             ids = records.ids_by_status("queued") + records.ids_by_status("running")
             mine = sum(1 for job in records.get_many(ids) if job.owner == owner)
             if mine >= per_key:
-                wait = self.retry_after(1)
-                raise QueueFull(
-                    f"this API key has {mine} unfinished jobs (limit {per_key}); retry in about {wait} s",
-                    retry_after=wait,
-                    per_key=True,
-                )
+                self._refuse(AdmissionRefused(per_owner=True, count=mine, limit=per_key))
+
+    def admit(self, job: Job) -> None:
+        """Insert ``job`` if it fits the limits (one atomic store operation), else QueueFull."""
+        refused = self.stores.records.admit(job, self.limits)
+        if refused is not None:
+            self._refuse(refused)
+
+    def _refuse(self, refused: AdmissionRefused) -> None:
+        if refused.per_owner:
+            wait = self.retry_after(1)
+            raise QueueFull(
+                f"this API key has {refused.count} unfinished jobs (limit {refused.limit}); "
+                f"retry in about {wait} s",
+                retry_after=wait,
+                per_key=True,
+            )
+        wait = self.retry_after(refused.count - refused.limit + 1)
+        raise QueueFull(
+            f"{refused.count} jobs are waiting (limit {refused.limit}); retry in about {wait} s",
+            retry_after=wait,
+        )
 
     def retry_after(self, jobs_ahead: int) -> int:
         """Seconds until ``jobs_ahead`` jobs have finished: the mean total_s of the last finished

@@ -1,6 +1,7 @@
 """Turning a POST /transfer request into validated parameters and image bytes.
 
-Every refusal names what to change: 400 not an image/corrupt/bomb, 413 too large, 415 unsupported
+Every refusal names what to change: 400 not an image/corrupt, 413 too large (bytes, or pixels
+as the header declares them, at any size), 415 unsupported
 type, 422 parameter out of range, part missing or URL input refused or not fetchable. Decoding and
 URL fetches run in threads (off the event loop).
 """
@@ -23,7 +24,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qalign_core.images import sniff_format
+from qalign_core.images import ImageTooLargeError, check_pixel_count, sniff_format
 from qalign_core.params import MAX_APPEARANCES, TransferParams
 from service.api.problems import ApiProblem, problem_response, validation_problem
 from service.api.remote_inputs import check_input_url, fetch_input, looks_like_url
@@ -389,31 +390,42 @@ def _unrecognised(field: str, data: bytes, declared_type: str | None) -> ApiProb
 
 
 def _decode_once(field: str, data: bytes, fmt: str, settings: Settings) -> None:
-    """Open (header only), check the pixel count, then decode in the same object: the API reads
-    each upload once (the worker decodes it again for the model, in its own process)."""
+    """Check the pixel count from the header (before Pillow, whose own bomb guard would refuse a
+    huge image as an error of another kind), then open and decode once: the API reads each upload
+    once (the worker decodes it again for the model, in its own process)."""
+    try:
+        check_pixel_count(data, settings.max_pixels)
+    except ImageTooLargeError as exc:
+        raise _too_many_pixels(field, exc.width, exc.height, settings) from exc
     bomb = (Image.DecompressionBombError, Image.DecompressionBombWarning)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[fmt.upper()])
         width, height = image.size
-        if width * height > settings.max_pixels:
-            raise ApiProblem(
-                413,
-                f"{field}: the image is {width}x{height} = {width * height} pixels; the limit is "
-                f"{settings.max_pixels}",
-                kind="too-large",
-            )
+        if width * height > settings.max_pixels:  # a header check_pixel_count could not read
+            raise _too_many_pixels(field, width, height, settings)
         if width < 1 or height < 1:
             raise ApiProblem(400, f"{field}: the image is {width}x{height} pixels", kind="not-an-image")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
-    except bomb as exc:
+    except bomb as exc:  # only when QALIGN_MAX_PIXELS is above Pillow's own limit: still too large
         raise ApiProblem(
-            400, f"{field}: rejected as a decompression bomb ({exc})", kind="not-an-image"
+            413,
+            f"{field}: the image is too large to decode ({exc}); the limit is {settings.max_pixels} pixels",
+            kind="too-large",
         ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ApiProblem(
             400, f"{field}: the {fmt} image is corrupt or truncated: {exc}", kind="not-an-image"
         ) from exc
+
+
+def _too_many_pixels(field: str, width: int, height: int, settings: Settings) -> ApiProblem:
+    return ApiProblem(
+        413,
+        f"{field}: the image is {width}x{height} = {width * height} pixels; the limit is "
+        f"{settings.max_pixels} pixels (send a smaller image)",
+        kind="too-large",
+    )

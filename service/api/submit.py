@@ -11,7 +11,7 @@ import time
 
 from service.api.admission import Capacity, Readiness
 from service.api.dispatch import Dispatcher
-from service.api.errors import IdempotencyConflict, NotReady
+from service.api.errors import IdempotencyConflict, NotReady, QueueFull
 from service.api.intake import Submission
 from service.api.metrics import ServiceMetrics
 from service.jobs import Job, JobStores, StoreUnavailable, new_job_id, transitions, utcnow
@@ -80,7 +80,7 @@ class Submitter:
             if existing is not None:
                 return self._replay(existing, fingerprint, owner), False
         self.readiness.require()
-        self.capacity.require(owner)
+        self.capacity.require(owner)  # early, before storing inputs; capacity.admit decides
         structure_key = self.store.put_input(*submission.structure)
         appearance_keys = [self.store.put_input(data, ctype) for data, ctype in submission.appearances]
         job = Job(
@@ -105,11 +105,12 @@ class Submitter:
         return job, True
 
     def _create(self, job: Job, scope: str | None) -> None:
+        """Insert the record under the queue limits (atomic: concurrent POSTs cannot overrun them)."""
         try:
-            self.stores.records.create(job)
+            self.capacity.admit(job)
             if scope is not None:
                 self.stores.idempotency.confirm(scope, self.settings.job_ttl)
-        except StoreUnavailable:
+        except (StoreUnavailable, QueueFull):  # the key is free again for the retry
             if scope is not None:
                 with contextlib.suppress(StoreUnavailable):
                     self.stores.idempotency.release(scope, job.id)

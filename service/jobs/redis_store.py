@@ -16,6 +16,8 @@ import redis
 from service.jobs.model import STATUSES, TERMINAL, Job, worker_name
 from service.jobs.store import (
     STAGE_BUCKETS,
+    AdmissionLimits,
+    AdmissionRefused,
     JobStores,
     Mutation,
     StoreUnavailable,
@@ -45,9 +47,41 @@ class RedisConnection:
         self.client.close()
 
 
+#: Admission in one atomic step: count the queued jobs (KEYS[1]) and, when ARGV[2] >= 0, the
+#: owner's unfinished ones (members of KEYS[1] and KEYS[2] in the owner index KEYS[3]); refuse
+#: with {'queue'|'owner', count}, else write what ``create`` writes and return {'ok', 0}.
+#: KEYS[4] the record, KEYS[5..] the lister sets; ARGV: max queued, max per owner (-1: none),
+#: record JSON, TTL, job id, now, created_at.
+_ADMIT = """
+local queued = redis.call('ZCARD', KEYS[1])
+if queued >= tonumber(ARGV[1]) then return {'queue', queued} end
+local per_owner = tonumber(ARGV[2])
+if per_owner >= 0 then
+  local mine = 0
+  for i = 1, 2 do
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do
+      if redis.call('ZSCORE', KEYS[3], id) then mine = mine + 1 end
+    end
+  end
+  if mine >= per_owner then return {'owner', mine} end
+end
+local ttl = tonumber(ARGV[4])
+redis.call('SET', KEYS[4], ARGV[3], 'EX', ttl)
+redis.call('ZADD', KEYS[1], ARGV[6], ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[5])
+redis.call('EXPIRE', KEYS[3], 2 * ttl)
+for i = 5, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[5])
+  redis.call('EXPIRE', KEYS[i], 2 * ttl)
+end
+return {'ok', 0}
+"""
+
+
 class RedisJobRecords:
     def __init__(self, conn: RedisConnection, *, ttl: int) -> None:
         self.conn, self.client, self.ttl = conn, conn.client, ttl
+        self._admit = self.client.register_script(_ADMIT)
 
     def _key(self, job_id: str) -> str:
         return f"{self.conn.prefix}job:{job_id}"
@@ -82,6 +116,35 @@ class RedisJobRecords:
             pipe.execute()
 
         self.conn.call(run)
+
+    def admit(self, job: Job, limits: AdmissionLimits) -> AdmissionRefused | None:
+        if job.status != "queued":
+            raise ValueError(f"only a queued job is admitted, not a {job.status} one")
+        per_owner = limits.max_unfinished_per_owner
+        if job.owner is None or per_owner is None:
+            per_owner = -1
+        keys = [
+            self._status_key("queued"),
+            self._status_key("running"),
+            self._owner_key(job.owner),
+            self._key(job.id),
+            *(self._listers_key(k) for k in sorted(listed_keys(job))),
+        ]
+        args = [
+            limits.max_queued,
+            per_owner,
+            job.model_dump_json(),
+            self.ttl,
+            job.id,
+            repr(time.time()),
+            repr(job.created_at.timestamp()),
+        ]
+        verdict, count = self.conn.call(self._admit, keys=keys, args=args)
+        if verdict == "ok":
+            return None
+        per_owner_refusal = verdict == "owner"
+        limit = per_owner if per_owner_refusal else limits.max_queued
+        return AdmissionRefused(per_owner=per_owner_refusal, count=int(count), limit=limit)
 
     def get(self, job_id: str) -> Job | None:
         raw = self.conn.call(self.client.get, self._key(job_id))

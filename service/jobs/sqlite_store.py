@@ -15,6 +15,8 @@ from pathlib import Path
 
 from service.jobs.model import STATUSES, Job
 from service.jobs.store import (
+    AdmissionLimits,
+    AdmissionRefused,
     Clock,
     JobStores,
     Mutation,
@@ -110,6 +112,28 @@ class SqliteJobRecords:
                 (job.id, job.status, job.created_at.timestamp(), job.model_dump_json()),
             )
         )
+
+    def admit(self, job: Job, limits: AdmissionLimits) -> AdmissionRefused | None:
+        def run(db: sqlite3.Connection) -> AdmissionRefused | None:  # one BEGIN IMMEDIATE transaction
+            (queued,) = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()
+            if queued >= limits.max_queued:
+                return AdmissionRefused(per_owner=False, count=queued, limit=limits.max_queued)
+            per_owner = limits.max_unfinished_per_owner
+            if per_owner is not None and job.owner is not None:
+                (mine,) = db.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+                    " AND json_extract(data, '$.owner') = ?",
+                    (job.owner,),
+                ).fetchone()
+                if mine >= per_owner:
+                    return AdmissionRefused(per_owner=True, count=mine, limit=per_owner)
+            db.execute(
+                "INSERT INTO jobs (id, status, created, data) VALUES (?, ?, ?, ?)",
+                (job.id, job.status, job.created_at.timestamp(), job.model_dump_json()),
+            )
+            return None
+
+        return self.db.transaction(run)
 
     def get(self, job_id: str) -> Job | None:
         row = self.db.run(lambda db: db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone())

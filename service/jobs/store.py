@@ -26,10 +26,35 @@ class StoreUnavailable(Exception):
     """The job store (Redis or the SQLite file) cannot be reached; the API answers 503."""
 
 
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """What a new job must fit under: queued jobs overall, and unfinished (queued or running) jobs
+    of its owner (None: no per-owner limit; jobs without an owner are never counted per owner)."""
+
+    max_queued: int
+    max_unfinished_per_owner: int | None = None
+
+
+@dataclass(frozen=True)
+class AdmissionRefused:
+    """Why ``JobRecords.admit`` did not insert: ``count`` jobs against ``limit``, overall
+    (``per_owner`` False) or for the job's owner (True)."""
+
+    per_owner: bool
+    count: int
+    limit: int
+
+
 class JobRecords(Protocol):
     """Job records with atomic read-modify-write, and an index by status."""
 
     def create(self, job: Job) -> None: ...
+
+    def admit(self, job: Job, limits: AdmissionLimits) -> AdmissionRefused | None:
+        """Insert ``job`` (queued) only if it fits ``limits``, counting and inserting in one atomic
+        store operation, so concurrent admissions can never overrun a limit together. None when
+        inserted, else why not (nothing written)."""
+        ...
 
     def get(self, job_id: str) -> Job | None: ...
 
