@@ -57,7 +57,7 @@ def run(
     comparisons, details = [], []
     for side, repeats in latents:
         x = torch.randn(3, unet.config.in_channels, side, side, generator=generator).to(device, dtype)
-        state.latent_tokens = side * side
+        state.grid = (side, side)
 
         def four_rows(x: torch.Tensor = x) -> torch.Tensor:
             state.iteration = ALIGNED_STEP
