@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from goldens import relative_l2
+from goldens import noise_map_errors, relative_l2
 
 from qalign_core.inversion import Inversion
 from qalign_core.params import TransferParams
@@ -71,23 +71,11 @@ def test_photos_are_cover_cropped_and_encoded_as_for_cias_golden(pipe, golden):
 
 
 def test_inversion_of_cias_nonsquare_trajectory_gives_cias_noise_maps(pipe, golden, prompt):
-    tensors, meta = golden
-    skip = int(meta["skip_steps"])
-    steps = json.loads(meta["trajectory_steps"])
-    trajectory = {s: torch.stack([tensors["struct_trajectory"][k], tensors["app_trajectory"][k]]) for k, s in
-                  enumerate(steps)}  # fmt: skip
-    cond, uncond = prompt
-    with torch.inference_mode():
-        ddpm = pipe.ddpm_schedule(int(meta["steps"]))
-        predict_noise = pipe.inversion_noise(ddpm, cond, uncond, batch=2)
-        checked = [i for i in steps if i + 1 in trajectory and i + 1 < len(ddpm)]
-        for i in checked:
-            ours = ddpm.noise_map(trajectory[i], trajectory[i + 1], predict_noise(trajectory[i], i), i)
-            cia = torch.stack([tensors["struct_noise_maps"][i - skip], tensors["app_noise_maps"][i - skip]])
-            error = relative_l2(ours, cia)
-            print(f"\nnon-square noise map of step {i}: relative L2 {error:.2e}")
-            assert error < BOUNDS["cross_image"], f"noise map of step {i}"
-    assert len(checked) >= 2
+    errors = noise_map_errors(pipe, *golden, prompt)
+    assert len(errors) >= 2
+    for step, error in errors.items():
+        print(f"\nnon-square noise map of step {step}: relative L2 {error:.2e}")
+        assert error < BOUNDS["cross_image"], f"noise map of step {step}"
 
 
 @pytest.mark.parametrize("method", ["cross_image", "qalign"])
