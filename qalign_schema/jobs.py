@@ -12,6 +12,8 @@ from qalign_schema.params import MAX_APPEARANCES, TransferParams
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 JobStage = Literal["queued", "loading", "inverting", "denoising", "decoding", "uploading", "done"]
+#: The statuses a job never leaves: the one home of this rule (server, webhooks, client).
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 
 
 class ResultOut(BaseModel):

@@ -12,6 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 StepRange = tuple[int, int]
 
+#: The image formats accepted as inputs and produced as results: the one home of this rule.
+IMAGE_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
+#: Their media types, in the same order (what Content-Type, Accept and the OpenAPI document name).
+IMAGE_MEDIA_TYPES: tuple[str, ...] = tuple(f"image/{fmt}" for fmt in IMAGE_FORMATS)
+
 #: The most DDPM steps: SD 1.5's scheduler (1000 training steps, steps_offset 1) supports up to 999.
 MAX_STEPS = 999
 #: The most appearance images one job may carry (one structure, one result per appearance).
