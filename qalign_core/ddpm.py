@@ -16,8 +16,18 @@ with the stored z reproduces the trajectory exactly when the noise prediction is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+
+
+class NoiseScheduler(Protocol):
+    """What is read of a diffusers scheduler of the DDPM family (DDIM, DDPM, ...)."""
+
+    timesteps: torch.Tensor
+    alphas_cumprod: torch.Tensor
+
+    def set_timesteps(self, num_inference_steps: int) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -27,7 +37,7 @@ class DDPMSchedule:
     alpha_prev: torch.Tensor  # [T] float64, cumulative alpha after step i
 
     @classmethod
-    def from_scheduler(cls, scheduler, steps: int) -> DDPMSchedule:
+    def from_scheduler(cls, scheduler: NoiseScheduler, steps: int) -> DDPMSchedule:
         """Take timesteps and alphas from a diffusers scheduler config (any of the DDPM family)."""
         scheduler.set_timesteps(steps)
         timesteps = scheduler.timesteps.to(torch.long).cpu()
@@ -44,13 +54,16 @@ class DDPMSchedule:
 
     def sigma(self, i: int) -> float:
         a, a_prev = float(self.alpha[i]), float(self.alpha_prev[i])
-        return ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
+        # float ** float is typed Any (a negative base gives a complex number); this one is a float.
+        sigma: float = ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
+        return sigma
 
     def mean(self, x: torch.Tensor, eps: torch.Tensor, i: int) -> torch.Tensor:
         """The deterministic part of step i: everything but sigma_i * z_i."""
         a, a_prev, sigma = float(self.alpha[i]), float(self.alpha_prev[i]), self.sigma(i)
-        x0_hat = (x - (1 - a) ** 0.5 * eps) / a**0.5
-        return a_prev**0.5 * x0_hat + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
+        x0_hat: torch.Tensor = (x - (1 - a) ** 0.5 * eps) / a**0.5
+        mean: torch.Tensor = a_prev**0.5 * x0_hat + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
+        return mean
 
     def step(self, x: torch.Tensor, eps: torch.Tensor, i: int, z: torch.Tensor) -> torch.Tensor:
         return self.mean(x, eps, i) + self.sigma(i) * z

@@ -11,9 +11,14 @@ is a different operation (it also filters the skip features): the pipeline offer
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.fft import fftn, fftshift, ifftn, ifftshift
+
+if TYPE_CHECKING:
+    # diffusers' top-level names resolve to placeholder classes for type checkers: import the module.
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ def fourier_filter(x: torch.Tensor, threshold: int, scale: float) -> torch.Tenso
     row, col = height // 2, width // 2
     mask = torch.ones(x.shape[-2:], device=x.device)
     mask[row - threshold : row + threshold, col - threshold : col + threshold] = scale
-    filtered = ifftn(ifftshift(freq * mask, dim=(-2, -1)), dim=(-2, -1)).real
+    filtered: torch.Tensor = ifftn(ifftshift(freq * mask, dim=(-2, -1)), dim=(-2, -1)).real
     return filtered.to(x.dtype)
 
 
@@ -67,7 +72,7 @@ class DecoderFreeU:
         self.stages = stages
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def attach(self, unet: torch.nn.Module) -> DecoderFreeU:
+    def attach(self, unet: UNet2DConditionModel) -> DecoderFreeU:
         self.detach()
         for block in unet.up_blocks:
             self._handles.append(block.register_forward_pre_hook(self._hook, with_kwargs=True))
@@ -78,7 +83,10 @@ class DecoderFreeU:
             handle.remove()
         self._handles.clear()
 
-    def _hook(self, module, args, kwargs):
+    def _hook(
+        self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """A forward pre-hook (torch's signature: any positional and keyword arguments)."""
         if "hidden_states" in kwargs:
             kwargs["hidden_states"] = apply_freeu(kwargs["hidden_states"], self.stages)
         elif args:

@@ -22,7 +22,7 @@ ALLOWED_FORMATS = ("png", "jpeg", "webp")
 #: Default cap on decoded pixels (about 40 megapixels, e.g. 8000 x 5000).
 DEFAULT_MAX_PIXELS = 40_000_000
 
-ImageInput = bytes | str | os.PathLike | Image.Image
+ImageInput = bytes | str | os.PathLike[str] | Image.Image
 
 
 def sniff_format(data: bytes) -> str | None:

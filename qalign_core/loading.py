@@ -28,11 +28,17 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from qalign_core.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
 
 #: File name endings of single-file checkpoints; only the first is safe to open.
 SAFE_SINGLE_FILE_SUFFIXES = (".safetensors",)
@@ -52,11 +58,11 @@ LDM_TEXT = "cond_stage_model.transformer."
 class Components:
     """The five parts QAlignPipeline is built from."""
 
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler: Any
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDIMScheduler
 
 
 def env_flag(name: str) -> bool:
@@ -91,7 +97,10 @@ def _reason(exc: BaseException) -> str:
 
 
 def _load_directory(model: str, torch_dtype: torch.dtype, *, allow_pickle: bool) -> Components:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    # Imported from their modules: diffusers' top-level names are placeholder classes to type checkers.
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
     # True: only *.safetensors are looked for, a directory with only .bin weights is an error.
@@ -163,7 +172,8 @@ def resolve_config_dir(config_dir: str | None) -> str:
 def _load_single_file(
     model: str, torch_dtype: torch.dtype, *, allow_pickle: bool, config_dir: str | None
 ) -> Components:
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
     path = os.path.expanduser(model)
     if not model.lower().endswith(SAFE_SINGLE_FILE_SUFFIXES) and not allow_pickle:
@@ -211,17 +221,17 @@ def _unet_to_ldm(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict
     ]
     for level in range(levels):
         for j in range(per):
-            ldm = (per + 1) * level + j + 1
-            renames.append((f"down_blocks.{level}.resnets.{j}.", f"input_blocks.{ldm}.0."))
-            renames.append((f"down_blocks.{level}.attentions.{j}.", f"input_blocks.{ldm}.1."))
+            block = (per + 1) * level + j + 1
+            renames.append((f"down_blocks.{level}.resnets.{j}.", f"input_blocks.{block}.0."))
+            renames.append((f"down_blocks.{level}.attentions.{j}.", f"input_blocks.{block}.1."))
         renames.append(
             (f"down_blocks.{level}.downsamplers.0.conv.", f"input_blocks.{(per + 1) * (level + 1)}.0.op.")
         )
         has_attention = "CrossAttn" in config["up_block_types"][level]
         for j in range(per + 1):
-            ldm = (per + 1) * level + j
-            renames.append((f"up_blocks.{level}.resnets.{j}.", f"output_blocks.{ldm}.0."))
-            renames.append((f"up_blocks.{level}.attentions.{j}.", f"output_blocks.{ldm}.1."))
+            block = (per + 1) * level + j
+            renames.append((f"up_blocks.{level}.resnets.{j}.", f"output_blocks.{block}.0."))
+            renames.append((f"up_blocks.{level}.attentions.{j}.", f"output_blocks.{block}.1."))
         last = (per + 1) * level + per
         renames.append(
             (
@@ -301,7 +311,8 @@ def _vae_to_ldm(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[
 
 def original_layout_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
     """One state dict in SD 1.5's original single-file layout, from a diffusers model directory."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     model_dir = Path(model_dir)

@@ -14,14 +14,14 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
 from qalign_core.adain import adain, masked_adain
-from qalign_core.ddpm import DDPMSchedule
+from qalign_core.ddpm import DDPMSchedule, NoiseScheduler
 from qalign_core.errors import InvalidParametersError, ModelLoadError, TransferCanceled
 from qalign_core.freeu import DecoderFreeU
 from qalign_core.images import ImageInput, OutputShape, cover_crop, encode_image, load_image, output_shape
@@ -31,10 +31,18 @@ from qalign_core.processors import AlignmentState, RowLayout, install_processors
 from qalign_core.schedule import DenoiseSchedule, schedule_for
 from qalign_core.segmentation import ObjectMasks, compute_object_masks, noun_token_positions
 
+if TYPE_CHECKING:
+    # diffusers' top-level names resolve to placeholder classes for type checkers: import the modules.
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from transformers import CLIPTextModel, PreTrainedTokenizerBase
+
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 ProgressCallback = Callable[[str, float], None]
 CancelCheck = Callable[[], bool]
+#: ``predict_noise(latents, i)``: the model's noise estimate at step i.
+NoisePredictor = Callable[[torch.Tensor, int], torch.Tensor]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -136,11 +144,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 class QAlignPipeline:
     def __init__(
         self,
-        unet,
-        vae,
-        text_encoder,
-        tokenizer,
-        scheduler,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: PreTrainedTokenizerBase,
+        scheduler: NoiseScheduler,
         *,
         model_id: str,
         config: PipelineConfig | None = None,
@@ -150,8 +158,9 @@ class QAlignPipeline:
         self.model_id = model_id
         self.config = config or PipelineConfig()
         self.device, self.dtype = unet.device, unet.dtype
-        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.native_size = int(unet.config.sample_size) * self.vae_scale
+        # diffusers types a model's config as a plain dict (its keys are also attributes).
+        self.vae_scale: int = 2 ** (len(vae.config["block_out_channels"]) - 1)
+        self.native_size = int(unet.config["sample_size"]) * self.vae_scale
         self.state = AlignmentState(chunk_size=self.config.chunk_size)
         if self.config.freeu == "cia":
             DecoderFreeU().attach(unet)
@@ -197,7 +206,8 @@ class QAlignPipeline:
         parts = load_components(
             str(model), torch_dtype, allow_pickle=allow_pickle, config_dir=model_config_dir
         )
-        for module in (parts.unet, parts.vae, parts.text_encoder):
+        modules: tuple[torch.nn.Module, ...] = (parts.unet, parts.vae, parts.text_encoder)
+        for module in modules:
             module.to(torch_device).eval().requires_grad_(False)
         return cls(
             parts.unet,
@@ -229,9 +239,10 @@ class QAlignPipeline:
         """
         appearances = self._appearance_list(appearance)
         params = params or TransferParams()
+        size = self.native_size if params.size is None else params.size
         if params.size is None:
-            params = params.model_copy(update={"size": self.native_size})
-        self._check_size(params.size)
+            params = params.model_copy(update={"size": size})
+        self._check_size(size)
         if object_masks is not None and len(appearances) > 1:
             raise InvalidParametersError("object_masks (the leakage diagnostic) takes one appearance image")
         report = _Reporter(progress, should_cancel)
@@ -241,14 +252,14 @@ class QAlignPipeline:
 
         report("loading", 0.0)
         structure_image = load_image(structure)
-        shape = output_shape(
-            structure_image.size, params.size, self.size_unit, params.aspect, MAX_ASPECT_RATIO
-        )
+        shape = output_shape(structure_image.size, size, self.size_unit, params.aspect, MAX_ASPECT_RATIO)
         pixels = [self.prepare_image(image, shape) for image in (structure_image, *appearances)]
         cond, uncond = self.encode_prompt(params.effective_prompt)
         self.state.leakage.clear()
         self.state.leakage_masks = (
-            None if object_masks is None else tuple(self.prepare_mask(m, shape) for m in object_masks)
+            None
+            if object_masks is None
+            else (self.prepare_mask(object_masks[0], shape), self.prepare_mask(object_masks[1], shape))
         )
         report("loading", 1.0)
 
@@ -306,7 +317,8 @@ class QAlignPipeline:
     def size_unit(self) -> int:
         """Output sides are multiples of this (the VAE factor x 2^downsamplings; 64 px for SD 1.5),
         so every token grid of the UNet halves exactly."""
-        return self.vae_scale * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        unit: int = self.vae_scale * 2 ** (len(self.unet.config["block_out_channels"]) - 1)
+        return unit
 
     def prepare_image(self, source: ImageInput, shape: int | OutputShape) -> torch.Tensor:
         """Decode, cover-crop around the centre to the output's aspect ratio and resize.
@@ -336,8 +348,8 @@ class QAlignPipeline:
 
     def encode_images(self, pixels: list[torch.Tensor]) -> torch.Tensor:
         batch = torch.stack(pixels).to(self.device, self.dtype) / 127.5 - 1.0
-        latents = self.vae.encode(batch).latent_dist.mean
-        return latents * self.vae.config.scaling_factor
+        latents: torch.Tensor = self.vae.encode(batch).latent_dist.mean
+        return latents * self.latent_scale
 
     def ddpm_schedule(self, steps: int) -> DDPMSchedule:
         """The scheduler's timesteps for ``steps``; an error naming ``steps`` if this scheduler cannot."""
@@ -351,7 +363,9 @@ class QAlignPipeline:
             raise InvalidParametersError(refusal)
         return ddpm
 
-    def inversion_noise(self, schedule: DDPMSchedule, cond, uncond, batch: int):
+    def inversion_noise(
+        self, schedule: DDPMSchedule, cond: torch.Tensor, uncond: torch.Tensor, batch: int
+    ) -> NoisePredictor:
         """``predict_noise(latents, i)`` of the inversion: the UNet with CFG, plain attention."""
         embeddings = torch.cat([uncond.expand(batch, -1, -1), cond.expand(batch, -1, -1)])
         guidance = self.config.inversion_guidance
@@ -366,13 +380,13 @@ class QAlignPipeline:
 
     def invert_images(
         self,
-        pixels,
-        params,
-        schedule,
+        pixels: list[torch.Tensor],
+        params: TransferParams,
+        schedule: DDPMSchedule,
         plan: DenoiseSchedule,
-        cond,
-        uncond,
-        report,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        report: ProgressCallback,
         cache: InversionCache | None,
     ) -> tuple[list[Inversion], int]:
         """Invert the images (structure first) in batches, skipping any found in the cache.
@@ -380,39 +394,43 @@ class QAlignPipeline:
         Batches hold at most ``max_pairs_per_batch + 1`` images; progress covers all of them.
         """
         raw = [p.numpy().tobytes() for p in pixels]
-        keys = [self._inversion_key(data, tuple(p.shape[-2:]), params, plan.skip) for data, p in
+        keys = [self._inversion_key(data, (p.shape[-2], p.shape[-1]), params, plan.skip) for data, p in
                 zip(raw, pixels, strict=True)]  # fmt: skip
         found = [self._cached(cache, key) for key in keys]
         missing = [n for n, inv in enumerate(found) if inv is None]
         batch = self.config.max_pairs_per_batch + 1
         batches = [missing[b : b + batch] for b in range(0, len(missing), batch)]
         self.state.iteration = None  # inversion is plain self-attention
+        inverted: dict[int, Inversion] = {}
         for done_batches, indices in enumerate(batches):
+
+            def on_step(done: int, total: int, b: int = done_batches) -> None:
+                report("inverting", (b + done / total) / len(batches))
+
             fresh = invert(
                 self.encode_images([pixels[n] for n in indices]),
                 [noise_seed(raw[n], params.seed) for n in indices],
                 schedule,
                 plan.skip,
                 self.inversion_noise(schedule, cond, uncond, len(indices)),
-                on_step=lambda done, total, b=done_batches: report(
-                    "inverting", (b + done / total) / len(batches)
-                ),
+                on_step=on_step,
             )
             for n, inversion in zip(indices, fresh, strict=True):
-                found[n] = inversion
+                inverted[n] = inversion
                 if cache is not None:
                     cache.put(keys[n], inversion.to_bytes())
-        return found, len(pixels) - len(missing)
+        inversions = [inverted[n] if cached is None else cached for n, cached in enumerate(found)]
+        return inversions, len(pixels) - len(missing)
 
     def denoise(
         self,
         structure: Inversion,
         appearances: Sequence[Inversion],
-        params,
-        schedule,
+        params: TransferParams,
+        schedule: DDPMSchedule,
         plan: DenoiseSchedule,
-        cond,
-        report,
+        cond: torch.Tensor,
+        report: ProgressCallback,
     ) -> tuple[torch.Tensor, list[ObjectMasks | None], list[str]]:
         """Denoise every (structure, appearance) pair, ``max_pairs_per_batch`` pairs per batch.
 
@@ -423,12 +441,17 @@ class QAlignPipeline:
         self.state.log.clear()
         size = self.config.max_pairs_per_batch
         batches = [list(appearances[b : b + size]) for b in range(0, len(appearances), size)]
-        latents, masks, applied = [], [], []
+        latents: list[torch.Tensor] = []
+        masks: list[ObjectMasks | None] = []
+        applied: list[str] = []
         for done, batch in enumerate(batches):
+
+            def batch_report(fraction: float, b: int = done) -> None:
+                report("denoising", (b + fraction) / len(batches))
+
             x, batch_masks, batch_applied = self._denoise_batch(
-                structure, batch, params, schedule, plan, cond,
-                lambda fraction, b=done: report("denoising", (b + fraction) / len(batches)),
-            )  # fmt: skip
+                structure, batch, params, schedule, plan, cond, batch_report
+            )
             latents.append(x)
             masks.extend(batch_masks)
             applied.extend(batch_applied)
@@ -438,10 +461,10 @@ class QAlignPipeline:
         self,
         structure: Inversion,
         appearances: list[Inversion],
-        params,
-        schedule,
+        params: TransferParams,
+        schedule: DDPMSchedule,
         plan: DenoiseSchedule,
-        cond,
+        cond: torch.Tensor,
         report: Callable[[float], None],
     ) -> tuple[torch.Tensor, list[ObjectMasks | None], list[str]]:
         """Rows [OUT_1..OUT_m, APP_1..APP_m, STRUCT] through the run: alignment, swap guidance, AdaIN."""
@@ -481,7 +504,13 @@ class QAlignPipeline:
     ) -> str:
         """AdaIN of one pair's OUT row toward its APP row, in place; returns the kind applied."""
         out, app = pair, rows.app.start + pair
-        if adain_mode == "masked" and masks is not None and masks.found:
+        if (
+            adain_mode == "masked"
+            and masks is not None
+            and masks.structure is not None
+            and masks.appearance is not None
+            and masks.found
+        ):
             x[out] = masked_adain(x[out], x[app], masks.structure.to(x.device), masks.appearance.to(x.device))
             return "masked"
         x[out] = adain(x[out], x[app])
@@ -496,14 +525,27 @@ class QAlignPipeline:
         self.state.capture.clear()
         return masks
 
+    @property
+    def latent_scale(self) -> float:
+        """The VAE's scaling factor: encoded latents are multiplied by it, and divided before decoding."""
+        scale: float = self.vae.config["scaling_factor"]
+        return scale
+
     def decode(self, latent: torch.Tensor) -> Image.Image:
-        image = self.vae.decode(latent.unsqueeze(0) / self.vae.config.scaling_factor).sample[0]
+        image = self.vae.decode(latent.unsqueeze(0) / self.latent_scale).sample[0]
         array = ((image.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
 
     # ---------------------------------------------------------------- helpers
     def _guided_noise(
-        self, x, schedule, i: int, n: int, plan: DenoiseSchedule, cond, scale: float
+        self,
+        x: torch.Tensor,
+        schedule: DDPMSchedule,
+        i: int,
+        n: int,
+        plan: DenoiseSchedule,
+        cond: torch.Tensor,
+        scale: float,
     ) -> torch.Tensor:
         """CIA's noise at iteration n: ``eps_plain + s_n (eps_swap - eps_plain)`` if guided, else eps_swap.
 
@@ -528,12 +570,21 @@ class QAlignPipeline:
         eps_swap[out] = eps_plain + scale * (eps_swap[out] - eps_plain)
         return eps_swap
 
-    def _unet(self, latents, schedule, i: int, embeddings, phase: str, n: int | None = None) -> torch.Tensor:
+    def _unet(
+        self,
+        latents: torch.Tensor,
+        schedule: DDPMSchedule,
+        i: int,
+        embeddings: torch.Tensor,
+        phase: str,
+        n: int | None = None,
+    ) -> torch.Tensor:
         self._rows[phase] += len(latents)
         if n is not None:
             self._step_rows[n] = self._step_rows.get(n, 0) + len(latents)
         t = schedule.timesteps[i].to(self.device)
-        return self.unet(latents, t, encoder_hidden_states=embeddings).sample
+        noise: torch.Tensor = self.unet(latents, t, encoder_hidden_states=embeddings).sample
+        return noise
 
     def _use_method(self, params: TransferParams, plan: DenoiseSchedule) -> None:
         self.state.contrast_strength = params.contrast_strength
@@ -587,15 +638,17 @@ class SharedRows(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, *args: torch.Tensor | None) -> torch.Tensor:
         if all(a is None for a in args) and len(x) > 1 and bool((x == x[:1]).all()):
-            first = self.inner(x[:1])
+            first: torch.Tensor = self.inner(x[:1])
             return first.expand(len(x), *first.shape[1:])
-        return self.inner(x, *args)
+        out: torch.Tensor = self.inner(x, *args)
+        return out
 
 
 def share_timestep_rows(unet: torch.nn.Module) -> None:
     """Wrap the timestep embedding and every resnet's projection of it in SharedRows (idempotent)."""
-    if not isinstance(unet.time_embedding, SharedRows):
-        unet.time_embedding = SharedRows(unet.time_embedding)
+    time_embedding = unet.get_submodule("time_embedding")
+    if not isinstance(time_embedding, SharedRows):
+        unet.time_embedding = SharedRows(time_embedding)
     for module in unet.modules():
         projection = getattr(module, "time_emb_proj", None)
         if projection is not None and not isinstance(projection, SharedRows):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,11 @@ from qalign_core.attention import (
 )
 from qalign_core.schedule import DenoiseSchedule
 from qalign_core.segmentation import AttentionCapture
+
+if TYPE_CHECKING:
+    # diffusers' top-level names resolve to placeholder classes for type checkers: import the modules.
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
 #: Row indices of the single-pair layout, ``RowLayout(1)``: [OUT, APP, STRUCT, OUT (plain)].
 OUT, APP, STRUCT = 0, 1, 2
@@ -93,12 +99,16 @@ class AlignmentState:
 
     def masks_at(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The object masks at a layer's token grid, flattened to booleans ``[tokens]``."""
+        if self.leakage_masks is None:
+            raise ValueError("no object masks were given")
         factor = math.isqrt(self.latent_tokens // tokens)  # 1, 2, 4, ... by grid level
         size = (self.grid[0] // factor, self.grid[1] // factor)
-        return tuple(
-            F.interpolate(mask[None, None].float(), size=size, mode="area").flatten() > 0.5
-            for mask in self.leakage_masks
-        )
+
+        def at_grid(mask: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(mask[None, None].float(), size=size, mode="area").flatten() > 0.5
+
+        structure, appearance = self.leakage_masks
+        return at_grid(structure), at_grid(appearance)
 
     def mode_for(self, layer: str, tokens: int) -> str | None:
         if self.iteration is None or self.schedule is None or tokens == 0 or self.latent_tokens % tokens:
@@ -120,18 +130,20 @@ class _RowOutProcessor:
         self.layer = layer
         self.state = state
 
-    def attend_appearance(self, q_out, q_app, k_app, v_app) -> torch.Tensor:  # pragma: no cover - abstract
+    def attend_appearance(
+        self, q_out: torch.Tensor, q_app: torch.Tensor, k_app: torch.Tensor, v_app: torch.Tensor
+    ) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def __call__(
         self,
-        attn,
+        attn: Attention,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
-        *args,
-        **kwargs,
+        *args: object,
+        **kwargs: object,
     ) -> torch.Tensor:
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -150,7 +162,8 @@ class _RowOutProcessor:
             for proj in (attn.to_q, attn.to_k, attn.to_v)
         )
         if attn.norm_q is not None:
-            q, k = attn.norm_q(q), attn.norm_k(k)
+            # diffusers' Attention declares norm_q and norm_k by their first assignment: None.
+            q, k = attn.norm_q(q), attn.norm_k(k)  # type: ignore[misc]
 
         rows = self.state.rows
         denoising = batch > rows.struct
@@ -174,7 +187,9 @@ class _RowOutProcessor:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
-    def _mixed_row(self, mode: str, q, k, v, pair: int) -> torch.Tensor:
+    def _mixed_row(
+        self, mode: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pair: int
+    ) -> torch.Tensor:
         """Row OUT of one pair on a mixed call, ``[1, heads, tokens, d]``.
 
         One pair at a time, so every pair's arithmetic is that of a single-pair run (batch invariance).
@@ -190,6 +205,8 @@ class _RowOutProcessor:
         return row.unsqueeze(0)
 
     def _record_leakage(self, q: torch.Tensor, k: torch.Tensor, tokens: int) -> None:
+        iteration = self.state.iteration
+        assert iteration is not None, "layers align only while denoising"
         structure_mask, appearance_mask = self.state.masks_at(tokens)
         if not structure_mask.any():
             return
@@ -198,7 +215,7 @@ class _RowOutProcessor:
             q[out], q[app], k[app], structure_mask.to(q.device), appearance_mask.to(q.device),
             method=self.method, contrast_strength=self.state.contrast_strength, per_head=self.state.per_head,
         )  # fmt: skip
-        self.state.leakage.append((self.layer, self.state.iteration, value))
+        self.state.leakage.append((self.layer, iteration, value))
 
 
 class QAlignAttnProcessor(_RowOutProcessor):
@@ -206,7 +223,9 @@ class QAlignAttnProcessor(_RowOutProcessor):
 
     method = "qalign"
 
-    def attend_appearance(self, q_out, q_app, k_app, v_app) -> torch.Tensor:
+    def attend_appearance(
+        self, q_out: torch.Tensor, q_app: torch.Tensor, k_app: torch.Tensor, v_app: torch.Tensor
+    ) -> torch.Tensor:
         s = self.state
         return qalign_attention(
             q_out,
@@ -224,7 +243,9 @@ class CrossImageAttnProcessor(_RowOutProcessor):
 
     method = "cross_image"
 
-    def attend_appearance(self, q_out, q_app, k_app, v_app) -> torch.Tensor:
+    def attend_appearance(
+        self, q_out: torch.Tensor, q_app: torch.Tensor, k_app: torch.Tensor, v_app: torch.Tensor
+    ) -> torch.Tensor:
         s = self.state
         return cross_image_attention(
             q_out, k_app, v_app, contrast_strength=s.contrast_strength, chunk_size=s.chunk_size
@@ -243,10 +264,21 @@ class CaptureCrossAttnProcessor:
 
         self.layer, self.state, self.plain = layer, state, AttnProcessor2_0()
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kw: object,
+    ) -> torch.Tensor:
         capture, layout = self.state.capture, self.state.rows
-        wanted = encoder_hidden_states is not None and hidden_states.shape[0] > layout.struct
-        if wanted and capture.wants_cross(hidden_states.shape[1]):  # project only the layer kept
+        if (
+            encoder_hidden_states is not None
+            and hidden_states.shape[0] > layout.struct
+            and capture.wants_cross(hidden_states.shape[1])  # project only the layer kept
+        ):
             rows = layout.app_and_struct
             q = attn.to_q(hidden_states[rows])
             k = attn.to_k(encoder_hidden_states[rows])
@@ -274,7 +306,7 @@ def is_decoder_cross_attention(name: str) -> bool:
     return name.startswith("up_blocks.") and ".attn2." in name
 
 
-def install_processors(unet, method: str, state: AlignmentState) -> None:
+def install_processors(unet: UNet2DConditionModel, method: str, state: AlignmentState) -> None:
     """Set the method's processor on decoder self-attention layers and plain SDPA everywhere else.
 
     The processor of each layer decides per call (from its token count and the step) whether to
@@ -283,7 +315,7 @@ def install_processors(unet, method: str, state: AlignmentState) -> None:
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     cls = PROCESSORS[method]
-    processors = {}
+    processors: dict[str, _RowOutProcessor | CaptureCrossAttnProcessor | AttnProcessor2_0] = {}
     for name in unet.attn_processors:
         layer = name.removesuffix(".processor")
         if is_decoder_self_attention(name):
@@ -292,4 +324,6 @@ def install_processors(unet, method: str, state: AlignmentState) -> None:
             processors[name] = CaptureCrossAttnProcessor(layer, state)
         else:
             processors[name] = AttnProcessor2_0()
-    unet.set_attn_processor(processors)
+    # diffusers types processors as a closed union of its own classes; any callable with their
+    # signature is accepted.
+    unet.set_attn_processor(processors)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ def qq_mapping_reference(q_out: torch.Tensor, q_app: torch.Tensor, *, per_head: 
         a = q_out.float().transpose(-3, -2).flatten(-2)
         b = q_app.float().transpose(-3, -2).flatten(-2)
     dots = a @ b.transpose(-1, -2)
-    norms = a.norm(dim=-1, keepdim=True) * b.norm(dim=-1, keepdim=True).transpose(-1, -2)
+    norms: torch.Tensor = a.norm(dim=-1, keepdim=True) * b.norm(dim=-1, keepdim=True).transpose(-1, -2)
     return (dots / norms.clamp_min(1e-12)).argmax(dim=-1)
 
 

@@ -123,8 +123,8 @@ def schedule_for(
     return DenoiseSchedule.build(
         params.steps,
         params.skip_steps,
-        (tuple(params.align_steps_fine), tuple(params.align_steps_coarse)),
-        tuple(params.adain_steps),
+        (params.align_steps_fine, params.align_steps_coarse),
+        params.adain_steps,
         injection_every=injection_every,
         injection_before=injection_before,
     )

@@ -26,11 +26,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from qalign_core.kmeans import kmeans
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 NUM_SEGMENTS = 5
 #: A segment is the object when its score exceeds this multiple of the other segments' mean score.
@@ -142,7 +146,7 @@ def object_segments(labels: np.ndarray, noun_map: np.ndarray) -> list[int]:
     return [s for s in range(NUM_SEGMENTS) if scores[s] > OBJECT_SCORE_RATIO * mean_other]
 
 
-def noun_token_positions(tokenizer, prompt: str, noun: str) -> list[int]:
+def noun_token_positions(tokenizer: PreTrainedTokenizerBase, prompt: str, noun: str) -> list[int]:
     """Positions of ``noun``'s tokens in the tokenized prompt (last occurrence), [] if absent."""
     prompt_ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
     noun_ids = tokenizer(noun, add_special_tokens=False).input_ids
@@ -162,15 +166,15 @@ def compute_object_masks(
     ``appearances`` is how many to answer when nothing was captured (default 1); when the capture
     holds rows, their count decides and a different ``appearances`` is a caller error.
     """
-    captured = capture.self_qk is not None and capture.cross_qk is not None
-    count = capture.self_qk[0].shape[0] - 1 if capture.self_qk is not None else (appearances or 1)
+    self_qk, cross_qk = capture.self_qk, capture.cross_qk
+    count = self_qk[0].shape[0] - 1 if self_qk is not None else (appearances or 1)
     if appearances is not None and count != appearances:
         raise ValueError(f"the capture holds {count} appearance rows, {appearances} were expected")
     if not noun_positions:
         return [ObjectMasks(None, None, "the object noun (the domain) is not in the prompt")] * count
-    if not captured:
+    if self_qk is None or cross_qk is None:
         return [ObjectMasks(None, None, "no attention was captured at the segmentation step")] * count
-    (self_q, self_k), (cross_q, cross_k) = capture.self_qk, capture.cross_qk
+    (self_q, self_k), (cross_q, cross_k) = self_qk, cross_qk
     if cross_q.shape[0] != count + 1:
         raise ValueError(f"self- and cross-attention captures hold {count + 1} and {cross_q.shape[0]} rows")
     grid, (half_h, half_w) = capture.grid, capture.cross_grid

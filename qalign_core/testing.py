@@ -124,7 +124,10 @@ def save_tiny_model(path: str | Path, seed: int = 0, *, golden: bool = False) ->
     attention on the encoder's coarse grids only, and a tokenizer with one token per word of the
     default prompt.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    # Imported from their modules: diffusers' top-level names are placeholder classes to type checkers.
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
     path = Path(path)

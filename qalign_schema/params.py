@@ -6,7 +6,7 @@ place is refused with the same message everywhere. Pydantic only: the client ins
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -26,7 +26,7 @@ MAX_APPEARANCES = 8
 MAX_ASPECT_RATIO = 2.0
 
 
-def _step_range_schema(schema: dict) -> None:
+def _step_range_schema(schema: dict[str, Any]) -> None:
     """Publish the per-item bounds the range validator enforces, so schema-driven generators and clients
     know them (start <= end is checked by the validator; JSON Schema cannot say it)."""
     schema["prefixItems"] = [{"type": "integer", "minimum": 0, "maximum": 100} for _ in range(2)]

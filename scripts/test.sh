@@ -24,6 +24,9 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 .venv/bin/ruff check .
+# Strict type check of qalign_core, qalign_schema, qalign_client and service ([tool.mypy] in
+# pyproject.toml); its cache in .mypy_cache makes a re-run take seconds.
+.venv/bin/python -m mypy
 # tests/deploy/test_compose_smoke.py runs scripts/compose-smoke.sh: it installs docker.io if needed,
 # builds the image and runs the compose stack on the CPU (skipped, with the reason, where no
 # container runtime can start; QALIGN_SKIP_COMPOSE_SMOKE=1 skips it on purpose).

@@ -5,6 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from service.api.admission import Readiness
 
 logger = logging.getLogger("qalign.api")
 
@@ -14,7 +20,9 @@ class ReadyAnnouncer:
     embedded model loaded; distributed: stores, broker and a live worker), and before that one line
     saying what it still waits for. uvicorn's "running on" comes earlier, while the model loads."""
 
-    def __init__(self, server, readiness, host: str, interval: float = 1.0) -> None:
+    def __init__(
+        self, server: uvicorn.Server, readiness: Readiness, host: str, interval: float = 1.0
+    ) -> None:
         self.server, self.readiness, self.host, self.interval = server, readiness, host, interval
 
     def start(self) -> ReadyAnnouncer:

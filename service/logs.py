@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
+from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
 
@@ -44,7 +45,7 @@ class JsonFormatter(_LibraryJsonFormatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
 
-    def process_log_record(self, log_data: dict) -> dict:
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
         log_data["level"] = str(log_data.get("level", "")).lower()
         return log_data
 

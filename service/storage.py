@@ -18,6 +18,10 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 KEY_PATTERN = re.compile(
     r"^(inputs|results|inversions)/[0-9a-f]{32,64}(-r[0-9]{1,2})?(-a[0-9]{1,4})?(\.(png|jpeg|webp))?$"
@@ -332,7 +336,8 @@ class S3Store(ObjectStore):
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            return body
         except (BotoCoreError, ClientError) as exc:
             raise self._wrap(exc, f"get {key}") from exc
 
@@ -348,9 +353,10 @@ class S3Store(ObjectStore):
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return self.signing_client.generate_presigned_url(
+            url: str = self.signing_client.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=ttl
             )
+            return url
         except (BotoCoreError, ClientError) as exc:  # e.g. no credentials to sign with
             raise StorageUnavailable(f"S3 presign {key}: {exc}") from exc
 
@@ -375,7 +381,8 @@ class S3Store(ObjectStore):
 
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-            return time.time() - head["LastModified"].timestamp()
+            modified: float = head["LastModified"].timestamp()
+            return time.time() - modified
         except (BotoCoreError, ClientError) as exc:
             error = self._wrap(exc, f"head {key}")
             if isinstance(error, ObjectNotFound):
@@ -409,7 +416,7 @@ class StoreInversionCache:
             self.store.put(inversion_store_key(key), data)
 
 
-def make_object_store(settings) -> ObjectStore:
+def make_object_store(settings: Settings) -> ObjectStore:
     """S3 when QALIGN_S3_BUCKET is set, else DATA_DIR/objects."""
     if settings.s3_bucket:
         return S3Store(

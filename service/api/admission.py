@@ -6,8 +6,10 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
+from typing import Literal, TypedDict
 
-from service.api.dispatch import Dispatcher
+from service.api.dispatch import Check, Checks, Dispatcher
 from service.api.errors import NotReady, QueueFull
 from service.jobs import Job, JobStores, StoreUnavailable
 from service.jobs.store import AdmissionLimits, AdmissionRefused
@@ -20,6 +22,14 @@ RECENT_JOBS = 20
 DEFAULT_JOB_S = 30.0
 
 
+class Verdict(TypedDict):
+    """GET /readyz's body."""
+
+    ready: bool
+    mode: Literal["embedded", "distributed"]
+    checks: Checks
+
+
 class Readiness:
     """{"ready": bool, "mode": ..., "checks": {...}}, reused for QALIGN_READINESS_CACHE_S seconds
     (every POST consults it; the broker and store checks cost round trips)."""
@@ -28,11 +38,11 @@ class Readiness:
         self, settings: Settings, stores: JobStores, store: ObjectStore, dispatcher: Dispatcher
     ) -> None:
         self.settings, self.stores, self.store, self.dispatcher = settings, stores, store, dispatcher
-        self._cached: tuple[float, dict] | None = None
+        self._cached: tuple[float, Verdict] | None = None
         self._lock = threading.Lock()
         self._computing = threading.Lock()
 
-    def verdict(self, *, fresh: bool = False) -> dict:
+    def verdict(self, *, fresh: bool = False) -> Verdict:
         if not fresh and (cached := self._reusable()) is not None:
             return cached
         with self._computing:  # one check at a time: a burst of requests waits for it, not 16 checks
@@ -40,17 +50,17 @@ class Readiness:
                 return cached
             return self._check_now()
 
-    def _reusable(self) -> dict | None:
+    def _reusable(self) -> Verdict | None:
         with self._lock:
             cached = self._cached
         if cached and time.monotonic() - cached[0] < self.settings.readiness_cache_s:
             return cached[1]
         return None
 
-    def _check_now(self) -> dict:
-        checks: dict[str, dict] = {"jobs": _check(self.stores.records.ping), "store": _check(self.store.ping)}
+    def _check_now(self) -> Verdict:
+        checks: Checks = {"jobs": _check(self.stores.records.ping), "store": _check(self.store.ping)}
         checks.update(self.dispatcher.check())
-        verdict = {
+        verdict: Verdict = {
             "ready": all(c["ok"] for c in checks.values()),
             "mode": "embedded" if self.settings.embedded else "distributed",
             "checks": checks,
@@ -69,7 +79,7 @@ class Readiness:
             raise NotReady("the service is not ready: " + "; ".join(f"{k}: {v}" for k, v in failing.items()))
 
 
-def _check(ping) -> dict:
+def _check(ping: Callable[[], object]) -> Check:
     try:
         ping()
         return {"ok": True}
@@ -135,6 +145,6 @@ class Capacity:
             workers = max(len(self.stores.workers.live()), 1)
         except StoreUnavailable:
             return int(DEFAULT_JOB_S)
-        durations = [float(j.metrics["total_s"]) for j in recent if j.metrics.get("total_s")]
+        durations = [float(total) for j in recent if (total := j.metrics.get("total_s"))]
         mean = sum(durations) / len(durations) if durations else DEFAULT_JOB_S
         return int(min(max(math.ceil(mean * max(jobs_ahead, 1) / workers), 1), 3600))

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, Required, TypedDict
 
 from service.jobs import JobStores, StoreUnavailable
 from service.jobs.embedded import EmbeddedRunner
 from service.settings import Settings
+
+
+class Check(TypedDict, total=False):
+    """One dependency's readiness, as GET /readyz shows it under ``checks``."""
+
+    ok: Required[bool]
+    detail: str
+    live: int
+    names: list[str]
+    loading: bool
+    waiting_for_worker: bool
+
+
+#: Readiness by dependency name.
+Checks = dict[str, Check]
 
 
 class Dispatcher(Protocol):
@@ -16,7 +31,7 @@ class Dispatcher(Protocol):
 
     def stop(self) -> None: ...
 
-    def check(self) -> dict[str, dict]:
+    def check(self) -> Checks:
         """Readiness of the runner side: {"name": {"ok": bool, ...}}."""
         ...
 
@@ -38,8 +53,8 @@ class CeleryDispatcher:
     def start(self) -> None:
         return None
 
-    def check(self) -> dict[str, dict]:
-        checks: dict[str, dict] = {}
+    def check(self) -> Checks:
+        checks: Checks = {}
         try:
             with self.celery.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
@@ -53,7 +68,11 @@ class CeleryDispatcher:
                 # Scale to zero: the autoscaler starts a worker once jobs are queued; refusing them
                 # here would keep the fleet at zero forever.
                 checks["workers"].update(
-                    ok=True, waiting_for_worker=True, detail="no worker live; jobs wait for one to start"
+                    {
+                        "ok": True,
+                        "waiting_for_worker": True,
+                        "detail": "no worker live; jobs wait for one to start",
+                    }
                 )
             elif not workers:
                 checks["workers"]["detail"] = "no worker heartbeat in Redis"
@@ -78,7 +97,7 @@ class EmbeddedDispatcher:
     def stop(self) -> None:
         self.runner.stop()
 
-    def check(self) -> dict[str, dict]:
+    def check(self) -> Checks:
         """Ready once the model is loaded; while it loads ``loading`` is true: not ready (GET /readyz
         answers 503), but POST /transfer still queues jobs, which start once the model is in."""
         alive, loading = self.runner.alive, self.runner.loading

@@ -15,7 +15,9 @@ import dataclasses
 import io
 import json
 import warnings
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from PIL import Image
 from pydantic import ValidationError
@@ -208,16 +210,21 @@ async def read_submission(request: Request, settings: Settings) -> Submission:
     )
 
 
-async def _all(awaitables: list) -> list:
+_T = TypeVar("_T")
+
+
+async def _all(awaitables: Sequence[Awaitable[_T]]) -> list[_T]:
     """Run concurrently; raise the first (in order) failure once all have ended."""
     outcomes = await asyncio.gather(*awaitables, return_exceptions=True)
+    results: list[_T] = []
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
-    return outcomes
+        results.append(outcome)
+    return results
 
 
-def events_filter(values: list[str] | None) -> list[str] | None:
+def events_filter(values: Sequence[str] | None) -> list[str] | None:
     """The validated webhook_events_filter in canonical order, or a 422 naming the field."""
     if values is None:
         return None
@@ -231,7 +238,7 @@ def events_filter(values: list[str] | None) -> list[str] | None:
     return [event for event in EVENTS if event in values]
 
 
-async def _read_form(request: Request, settings: Settings):
+async def _read_form(request: Request, settings: Settings) -> _Parsed:
     try:
         # One more file than allowed, so that one appearance too many is named as such (422).
         form = await request.form(max_files=MAX_APPEARANCES + 2, max_fields=64 + MAX_APPEARANCES)
@@ -257,7 +264,7 @@ async def _read_form(request: Request, settings: Settings):
     check_appearance_count(len(parts["appearance"]))
     labelled = [("structure", parts["structure"][0])]
     labelled += zip(appearance_labels(len(parts["appearance"])), parts["appearance"], strict=True)
-    raw: dict = {}
+    raw: dict[str, bytes] = {}
     declared: dict[str, str | None] = {}
     urls: dict[str, str] = {}
     for label, part in labelled:
@@ -269,6 +276,7 @@ async def _read_form(request: Request, settings: Settings):
         _check_size(label, len(data), settings)
         raw[label], declared[label] = data, part.content_type
     fields: dict[str, object] = {}
+    webhook: str | None = None
     events: list[str] | None = None
     for name, value in form.multi_items():
         if name in IMAGE_FIELDS:
@@ -285,13 +293,15 @@ async def _read_form(request: Request, settings: Settings):
             )
         if value == "":
             continue
+        if name == "webhook_url":
+            webhook = value
+            continue
         fields[name] = [p.strip() for p in value.split(",")] if name in TUPLE_FIELDS else value
-    webhook = fields.pop("webhook_url", None)
     labels = [label for label, _ in labelled]
-    return _Parsed(raw, declared, _params(fields), labels, webhook, events_filter(events), urls)  # type: ignore[arg-type]
+    return _Parsed(raw, declared, _params(fields), labels, webhook, events_filter(events), urls)
 
 
-async def _read_json(request: Request):
+async def _read_json(request: Request) -> _Parsed:
     raw_body = await request.body()
     try:
         body = json.loads(raw_body)
@@ -310,7 +320,7 @@ async def _read_json(request: Request):
     appearances = [parsed.appearance] if isinstance(parsed.appearance, str) else parsed.appearance
     labelled = [("structure", parsed.structure)]
     labelled += zip(appearance_labels(len(appearances)), appearances, strict=True)
-    raw: dict = {}
+    raw: dict[str, bytes] = {}
     declared: dict[str, str | None] = {}
     urls: dict[str, str] = {}
     for label, given in labelled:
@@ -327,7 +337,7 @@ async def _read_json(request: Request):
     return _Parsed(raw, declared, params, labels, parsed.webhook_url, events, urls)
 
 
-def _params(fields: dict) -> TransferParams:
+def _params(fields: dict[str, object]) -> TransferParams:
     try:
         return TransferParams.model_validate(fields)
     except ValidationError as exc:

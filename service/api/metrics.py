@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.jobs.store import STAGE_BUCKETS, WEBHOOKS_UNDELIVERED, EventCounters, JobStores, StoreUnavailable
@@ -26,7 +27,7 @@ class JobStoreCollector:
     def __init__(self, stores: JobStores) -> None:
         self.stores = stores
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("qalign_job_store_up", "1 when the job store answered this scrape")
         try:
             counts = self.stores.records.count_by_status()
@@ -93,7 +94,7 @@ class UndeliveredWebhookCollector:
     def __init__(self, counters: EventCounters) -> None:
         self.counters = counters
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         try:
             counts = self.counters.snapshot(WEBHOOKS_UNDELIVERED)
         except StoreUnavailable:  # qalign_job_store_up says so; a counter must not drop to zero

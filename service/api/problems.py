@@ -8,6 +8,7 @@ every 503 and 429 carries its Retry-After.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -61,7 +62,7 @@ def problem_response(
     kind: str | None = None,
     instance: str | None = None,
     errors: list[FieldProblem] | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
     body = Problem(

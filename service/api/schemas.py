@@ -6,7 +6,7 @@ request body.
 from __future__ import annotations
 
 import typing
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 
-def _appearance_list_bounds(schema: dict) -> None:
+def _appearance_list_bounds(schema: dict[str, Any]) -> None:
     """Publish the list form's bounds (checked in service.api.intake, with a problem naming them)."""
     for option in schema.get("anyOf", []):
         if option.get("type") == "array":
@@ -112,12 +112,12 @@ TRANSFER_HEADERS = [
 ]
 
 
-def multipart_openapi() -> dict:
+def multipart_openapi() -> dict[str, Any]:
     """OpenAPI requestBody (both accepted encodings, fields from TransferParams, an example of each)
     and the header parameters of POST /transfer."""
     params_schema = TransferParams.model_json_schema()
     image_types = "image/png, image/jpeg, image/webp"
-    form_properties: dict[str, dict] = {
+    form_properties: dict[str, dict[str, Any]] = {
         "structure": {
             "type": "string",
             "format": "binary",

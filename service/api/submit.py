@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import time
+from typing import Any
 
 from service.api.admission import Capacity, Readiness
 from service.api.dispatch import Dispatcher
@@ -37,7 +38,7 @@ def request_fingerprint(submission: Submission) -> str:
     order) and webhook_url. A one-appearance request digests as in v1.1, so a key used before an
     upgrade still matches its retry."""
     appearances = [hashlib.sha256(data).hexdigest() for data, _ in submission.appearances]
-    canonical = {
+    canonical: dict[str, object] = {
         "params": submission.params.model_dump(mode="json"),
         "inputs": {
             "structure": hashlib.sha256(submission.structure[0]).hexdigest(),
@@ -129,7 +130,7 @@ class Submitter:
             self.metrics.submitted.inc()
             logger.info("job submitted", extra={"params": job.params, "owner": job.owner})
 
-    def _replay(self, existing: dict, fingerprint: str | None, owner: str | None) -> Job:
+    def _replay(self, existing: dict[str, Any], fingerprint: str | None, owner: str | None) -> Job:
         """The job an earlier request with the same Idempotency-Key made, or a conflict."""
         if existing.get("fingerprint") != fingerprint:
             raise IdempotencyConflict(

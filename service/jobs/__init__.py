@@ -3,6 +3,7 @@ narrow store protocols (Redis and SQLite), and the runner the Celery task and th
 both call. No FastAPI and no Celery imports live here.
 """
 
+from qalign_schema.jobs import JobStage, JobStatus
 from service.jobs.model import (
     STAGES,
     STATUSES,
@@ -10,8 +11,6 @@ from service.jobs.model import (
     Job,
     JobError,
     JobResult,
-    JobStage,
-    JobStatus,
     new_job_id,
     utcnow,
     worker_name,

@@ -34,7 +34,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="qalign-heartbeat", daemon=True)
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, object]:
         return {
             "ts": time.time(),
             "model": self.settings.model,

@@ -6,7 +6,7 @@ import os
 import socket
 import uuid
 from datetime import UTC, datetime
-from typing import get_args
+from typing import Any, get_args
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -55,7 +55,7 @@ class Job(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    params: dict = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
     structure_key: str
     #: Store keys of the appearance images, in submission order (1 .. MAX_APPEARANCES).
     appearance_keys: list[str] = Field(min_length=1)

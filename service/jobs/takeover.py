@@ -97,7 +97,7 @@ class TakeoverWatch:
         except StoreUnavailable:
             self.reachable_since = None
             return []
-        republished = []
+        republished: list[str] = []
         for job_id, attempt, holder in lost:
             # One republish per lost attempt across all watchers; the lease expires so a message that
             # was lost on its way (broker down) is published again by a later scan.

@@ -11,6 +11,9 @@ from typing import Any
 
 from service.api.schemas import FieldProblem, JobOut, Problem
 
+#: Response declarations by status code, as FastAPI's ``responses=`` takes them.
+Responses = dict[int | str, dict[str, Any]]
+
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_SCHEMA = {"$ref": "#/components/schemas/Problem"}
 JOB_SCHEMA = {"$ref": "#/components/schemas/JobOut"}
@@ -36,7 +39,7 @@ def problem(
     *,
     title: str,
     description: str | None = None,
-    headers: dict[str, dict] | None = None,
+    headers: dict[str, dict[str, Any]] | None = None,
     errors: list[FieldProblem] | None = None,
     instance: str = f"/jobs/{EXAMPLE_ID}",
 ) -> dict[str, Any]:
@@ -60,7 +63,7 @@ def problem(
 
 #: Any refusal; routes prefer the specific declarations below.
 PROBLEM = problem(400, "bad-request", "what was wrong and what is allowed", title="Bad Request")
-AUTH = {
+AUTH: Responses = {
     401: problem(
         401,
         "unauthorized",
@@ -71,7 +74,7 @@ AUTH = {
     ),
     403: problem(403, "forbidden", "this API key has been revoked", title="Forbidden"),
 }
-NOT_FOUND = {
+NOT_FOUND: Responses = {
     404: problem(
         404,
         "job-not-found",
@@ -80,7 +83,7 @@ NOT_FOUND = {
         description="No such job for this caller (another key's job is not found either).",
     )
 }
-UNAVAILABLE = {
+UNAVAILABLE: Responses = {
     503: problem(
         503,
         "not-ready",
@@ -91,7 +94,7 @@ UNAVAILABLE = {
     )
 }
 #: A query parameter out of range (routes with query parameters; FastAPI's validation answers it).
-INVALID_QUERY = {
+INVALID_QUERY: Responses = {
     422: problem(
         422,
         "invalid-parameters",
@@ -102,7 +105,7 @@ INVALID_QUERY = {
     )
 }
 #: Every route about one job: its key, the job, the store.
-JOB_ERRORS = {**AUTH, **NOT_FOUND, **UNAVAILABLE}
+JOB_ERRORS: Responses = {**AUTH, **NOT_FOUND, **UNAVAILABLE}
 
 
 def _job_example(status: str) -> dict[str, Any]:
@@ -111,7 +114,7 @@ def _job_example(status: str) -> dict[str, Any]:
     running = status != "queued"
     done = status in ("succeeded", "failed", "canceled")
     base = f"{EXAMPLE_BASE}/jobs/{EXAMPLE_ID}"
-    job = {
+    job: dict[str, Any] = {
         "id": EXAMPLE_ID,
         "status": status,
         "stage": {"queued": "queued", "running": "denoising"}.get(status, "done"),
@@ -172,7 +175,9 @@ def _job_example(status: str) -> dict[str, Any]:
 JOB_EXAMPLES = {status: _job_example(status) for status in ("queued", "running", "succeeded", "canceled")}
 
 
-def job_response(description: str, status: str, *, headers: dict[str, dict] | None = None) -> dict:
+def job_response(
+    description: str, status: str, *, headers: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """A response carrying the job object, with an example job in ``status``."""
     declared: dict[str, Any] = {
         "description": description,

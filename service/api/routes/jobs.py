@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
@@ -22,11 +22,16 @@ from service.api.routes.common import (
     JOB_ERRORS,
     JOB_EXAMPLES,
     UNAVAILABLE,
+    Responses,
     header,
     job_response,
     problem,
 )
 from service.api.schemas import FieldProblem, JobList, JobOut
+
+if TYPE_CHECKING:
+    from service.api.access import ResultLocation
+    from service.jobs.model import Job
 
 router = APIRouter()
 
@@ -159,7 +164,7 @@ async def job_events(
         return Response(status_code=204)
     base = request_base(request, svc.settings)
 
-    def render(current) -> str:
+    def render(current: Job) -> str:
         return svc.views.one(current, base).model_dump_json()
 
     stream = svc.follower.events(job, owner, last_event_id, render)
@@ -190,7 +195,7 @@ _RESULT_REDIRECT = {
 }
 
 
-def _result_errors(instance: str) -> dict:
+def _result_errors(instance: str) -> Responses:
     return {
         409: problem(
             409,
@@ -259,7 +264,7 @@ def get_result_k(
     return _result_response(svc.jobs.result(job_id, owner, k))
 
 
-def _result_response(found) -> Response:
+def _result_response(found: ResultLocation) -> Response:
     if found.path is not None:
         return FileResponse(found.path, media_type=found.content_type)
     if found.url is not None:

@@ -16,6 +16,7 @@ from service.api.routes.common import (
     PREFERENCE_APPLIED,
     RETRY_AFTER,
     UNAVAILABLE,
+    Responses,
     job_response,
     problem,
 )
@@ -24,7 +25,7 @@ from service.api.watch import prefer_wait
 
 router = APIRouter()
 
-_REFUSALS = {
+_REFUSALS: Responses = {
     400: problem(
         400,
         "not-an-image",
