@@ -1,8 +1,9 @@
-"""The I/O the two clients do differently besides HTTP: sleeping, and writing a download to a file.
+"""What the two clients do differently besides HTTP: sleeping, and running blocking work (reading the
+input images, writing a download) where it cannot stall an event loop.
 
 Each async name here has a sync twin that scripts/unasync_client.py maps it onto when it generates
 ``Client`` (client.py) from ``AsyncClient`` (aio.py): ``AsyncSleep`` -> ``Sleep``, ``asleep`` ->
-``sleep``, ``awrite_atomically`` -> ``write_atomically``. These are the only lines written twice.
+``sleep``, ``arun_blocking`` -> ``run_blocking``. These are the only lines written twice.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
-import httpx
 
+T = TypeVar("T")
 Sleep = Callable[[float], None]
 AsyncSleep = Callable[[float], Awaitable[None]]
 
@@ -24,25 +26,22 @@ sleep: Sleep = time.sleep
 asleep: AsyncSleep = anyio.sleep
 
 
-def write_atomically(path: Path, response: httpx.Response) -> Path:
-    """Stream the body into ``path`` through a temporary file beside it: never a partial file."""
-    return _write_chunks_atomically(path, response.iter_bytes())
+def run_blocking(function: Callable[[], T]) -> T:
+    """Call ``function`` here: a sync caller blocks anyway."""
+    return function()
 
 
-async def awrite_atomically(path: Path, response: httpx.Response) -> Path:
-    """``write_atomically`` without blocking the event loop: the body is read on the loop, and the
-    file is created, written and renamed into place in a worker thread. (A result is one image, so
-    holding it in memory costs little, and one writer serves both clients.)"""
-    body = await response.aread()
-    return await anyio.to_thread.run_sync(_write_chunks_atomically, path, [body])
+async def arun_blocking(function: Callable[[], T]) -> T:
+    """Call ``function`` in a worker thread, so the event loop goes on while it reads or writes files."""
+    return await anyio.to_thread.run_sync(function)
 
 
-def _write_chunks_atomically(path: Path, chunks: Iterable[bytes]) -> Path:
+def write_atomically(path: Path, body: bytes) -> Path:
+    """Write ``body`` to a temporary file beside ``path`` and rename it into place: never a partial
+    file, and no stray temporary file when the write fails."""
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
     try:
-        with open(temp, "wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
+        temp.write_bytes(body)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)

@@ -10,7 +10,7 @@ already pure (``_core``); what the two clients shared by copy was the control fl
 polling, the events stream's reconnects, paging, downloads). As plain code with ``await`` that flow
 reads top to bottom and has one home; a sans-IO form would turn it into effect-yielding generators
 driven by two interpreters, more code and harder to follow. What cannot be derived (sleeping,
-writing a file without blocking the event loop) is the small pair in ``_io``.
+file I/O kept off the event loop) is the small pair in ``_io``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, overload
 
@@ -51,7 +52,7 @@ from qalign_client._core import (
     transport_error,
     wants_retry,
 )
-from qalign_client._io import Sleep, sleep, write_atomically
+from qalign_client._io import Sleep, run_blocking, sleep, write_atomically
 from qalign_client.errors import JobFailedError, JobTimeoutError, TransportError, error_from_response
 from qalign_client.sse import SSEDecoder
 from qalign_schema.jobs import JobList, JobOut
@@ -123,7 +124,8 @@ class Client:
         and keyword overrides (``seed=1``, ``aspect="square"``, ``size=768``) are checked against
         TransferParams before anything is sent.
         """
-        body, headers = submit_request(
+        request = partial(  # reads and encodes the images (async: in a worker thread)
+            submit_request,
             structure,
             appearance,
             params,
@@ -133,6 +135,7 @@ class Client:
             idempotency_key=idempotency_key or str(uuid.uuid4()),
             wait=prefer_wait,
         )
+        body, headers = run_blocking(request)
         kwargs: dict[str, Any] = {"json": body, "headers": headers}
         if prefer_wait is not None:  # the service holds the answer up to prefer_wait seconds
             kwargs["timeout"] = httpx.Timeout(self.timeout, read=self.timeout + prefer_wait)
@@ -238,13 +241,14 @@ class Client:
         headers = {"Accept": "image/*, application/problem+json"}
         response = self._send("GET", result_path(job, k), stream=True, follow_redirects=True, headers=headers)
         try:
-            if path is None:
-                return response.read()
-            return write_atomically(Path(path), response)
+            body = response.read()
         except httpx.TransportError as exc:
             raise transport_error(exc, "GET", str(response.url)) from exc
         finally:
             response.close()
+        if path is None:
+            return body
+        return run_blocking(partial(write_atomically, Path(path), body))
 
     @overload
     def results(self, job: JobRef, target: None = None) -> builtins.list[bytes]: ...
@@ -262,7 +266,8 @@ class Client:
         current = job if isinstance(job, JobOut) and job.status == "succeeded" else self.get(job)
         if target is None:
             return [self.result(current, k=k) for k in range(len(succeeded_results(current)))]
-        return [self.result(current, path, k) for k, path in enumerate(result_paths(current, target))]
+        paths = run_blocking(partial(result_paths, current, target))  # may create the directory
+        return [self.result(current, path, k) for k, path in enumerate(paths)]
 
     def cancel(self, job: JobRef) -> JobOut:
         """Cancel: a queued job never runs; a running one stops at its next step (the object still

@@ -36,7 +36,7 @@ REPLACEMENTS = {
     # qalign_client._io: the hand-written sync and async pairs.
     "AsyncSleep": "Sleep",
     "asleep": "sleep",
-    "awrite_atomically": "write_atomically",
+    "arun_blocking": "run_blocking",
 }
 BANNER = f"# Generated from qalign_client/aio.py by `{COMMAND}`: edit aio.py, not this file.\n"
 
