@@ -3,7 +3,7 @@
     python scripts/unasync_client.py                   # rewrite qalign_client/client.py
     python scripts/unasync_client.py --output FILE     # write it elsewhere (the drift test does)
 
-unasync (the tool httpcore used) drops ``async``/``await`` and renames tokens: its own table
+unasync (PyPI) drops ``async``/``await`` and renames tokens: its own table
 (``__aenter__``, ``AsyncIterator``...) plus REPLACEMENTS below. The result's imports are sorted
 and it is formatted with the project's ruff settings, so it passes ``ruff check`` and ``ruff format
 --check`` like any other file.
