@@ -273,7 +273,8 @@ def test_stop_reasons():
     assert stop_reason(running, "w", 1) is None
     assert stop_reason(None, "w", 1) is StopReason.ERASED
     assert stop_reason(transitions.cancel(running), "w", 1) is StopReason.CANCELED
-    assert stop_reason(running, "other", 1) is StopReason.LOST and stop_reason(running, "w", 2) is StopReason.LOST
+    assert stop_reason(running, "other", 1) is StopReason.LOST
+    assert stop_reason(running, "w", 2) is StopReason.LOST
     assert stop_reason(transitions.requeue(running, "x", 3), "w", 1) is StopReason.LOST
 
 
