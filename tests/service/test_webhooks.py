@@ -466,3 +466,33 @@ def test_a_host_that_does_not_resolve_yet_is_retried():
         assert outcome[:2] == (True, "HTTP 204") and sleeps == [0.01] and len(server.seen) == 1
     finally:
         server.close()
+
+
+def test_the_sender_sends_nothing_for_an_erased_job_and_records_what_it_gives_up(tmp_path, hooked):
+    """WebhookSender, the dispatcher's sink: an event whose job is gone (erased, expired) is dropped
+    unsent; one whose receiver fails every attempt is counted and noted on its record."""
+    from svc_helpers import claim, new_job
+
+    from service.jobs.sqlite_store import open_sqlite_stores
+    from service.storage import LocalStore
+    from service.webhooks import WebhookSender
+
+    server = LocalServer(lambda seen, handler: Reply(500))
+    stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
+    try:
+        sender = WebhookSender(
+            hooked.model_copy(update={"webhook_attempts": 2}), LocalStore(tmp_path), stores
+        )
+        erased, kept = (new_job(stores, webhook_url=server.url(path="/h")) for _ in range(2))
+        claim(stores, erased.id, "w:1")
+        claim(stores, kept.id, "w:1")
+        (gone_event, kept_event) = stores.outbox.pending(10)
+        stores.records.delete(erased.id)
+        assert sender.send(gone_event, threading.Event()) and server.seen == []
+        assert sender.send(kept_event, threading.Event()) and len(server.seen) == 2
+        (note,) = stores.records.get(kept.id).webhook_undelivered
+        assert note.webhook_id == f"job_{kept.id}_running" and note.reason == "failed"
+        assert stores.counters.snapshot("webhooks_undelivered") == {"failed": 1}
+    finally:
+        stores.close()
+        server.close()
