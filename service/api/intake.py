@@ -29,8 +29,9 @@ from qalign_core.params import MAX_APPEARANCES, TransferParams
 from service.api.problems import ApiProblem, problem_response, validation_problem
 from service.api.remote_inputs import check_input_url, fetch_input, looks_like_url
 from service.api.schemas import IMAGE_FIELDS, TUPLE_FIELDS, FieldProblem, TransferJSONRequest
+from service.jobs.events import EVENTS
 from service.settings import Settings
-from service.webhooks import EVENTS, WebhookRefused, check_webhook_url
+from service.webhooks import WebhookRefused, check_webhook_url
 
 #: Signatures of image formats we recognise but do not accept (answer 415, not 400).
 OTHER_IMAGE_SIGNATURES = {
