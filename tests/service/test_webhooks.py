@@ -496,3 +496,23 @@ def test_the_sender_sends_nothing_for_an_erased_job_and_records_what_it_gives_up
     finally:
         stores.close()
         server.close()
+
+
+def test_the_embedded_time_limit_fails_a_stuck_job_with_one_terminal_webhook(
+    make_client, hooked, small_images
+):
+    """QALIGN_JOB_TIME_LIMIT in embedded mode: a run that would never end is stopped at its next
+    step, failed with time_limit, announced once, and the only worker is free for the next job."""
+    receiver = Receiver("hook-secret")
+    stuck = FakePipeline(gate=threading.Event())  # never released: only the time limit ends it
+    try:
+        client = make_client(hooked.model_copy(update={"job_time_limit": 1}), pipeline=stuck)
+        job_id = submit(client, small_images, webhook_url=receiver.url).json()["id"]
+        failed = poll(client, job_id, timeout=60)
+        assert failed["status"] == "failed" and failed["error"]["type"] == "time_limit"
+        wait_for(lambda: len(receiver.events) >= 2 and events_done(client), timeout=20)
+        assert [e["status"] for e in receiver.events] == ["running", "failed"]
+        stuck.gate.set()
+        assert poll(client, submit(client, small_images, seed=1).json()["id"])["status"] == "succeeded"
+    finally:
+        receiver.close()
