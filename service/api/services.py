@@ -20,6 +20,7 @@ from service.jobs import JobStores, open_job_stores
 from service.jobs.embedded import EmbeddedRunner
 from service.jobs.model import worker_name
 from service.jobs.outbox import OutboxDispatcher
+from service.jobs.runner import PipelineFactory, load_pipeline
 from service.settings import Settings
 from service.storage import ObjectStore, make_object_store
 from service.webhooks import WebhookSender
@@ -45,7 +46,8 @@ class Services:
     sweeper: Sweeper | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, pipeline_factory=None) -> Services:
+    def from_settings(cls, settings: Settings, pipeline_factory: PipelineFactory | None = None) -> Services:
+        """``pipeline_factory`` replaces the embedded worker's model loader (tests)."""
         stores, store = open_job_stores(settings), make_object_store(settings)
         events = OutboxDispatcher(
             stores,
@@ -55,8 +57,7 @@ class Services:
             max_workers=settings.webhook_workers,
         )
         if settings.embedded:
-            kwargs = {"pipeline_factory": pipeline_factory} if pipeline_factory else {}
-            runner = EmbeddedRunner(settings, stores, store, **kwargs)
+            runner = EmbeddedRunner(settings, stores, store, pipeline_factory or load_pipeline)
             dispatcher: Dispatcher = EmbeddedDispatcher(runner)
         else:
             dispatcher = CeleryDispatcher(settings, stores)

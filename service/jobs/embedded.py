@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from pathlib import Path
 
 from service.jobs import model, transitions
 from service.jobs.heartbeat import Heartbeat
-from service.jobs.runner import JobContext, TransferPipeline, execute_job, load_pipeline
+from service.jobs.runner import JobContext, PipelineFactory, TransferPipeline, execute_job, load_pipeline
 from service.jobs.single_writer import hold_data_dir, let_go
 from service.jobs.store import JobStores
 from service.logs import job_context
@@ -33,7 +33,7 @@ class EmbeddedRunner:
         settings: Settings,
         stores: JobStores,
         store: ObjectStore,
-        pipeline_factory: Callable[[Settings], TransferPipeline] = load_pipeline,
+        pipeline_factory: PipelineFactory = load_pipeline,
     ) -> None:
         self.settings, self.stores, self.store = settings, stores, store
         self.pipeline_factory = pipeline_factory
@@ -44,7 +44,7 @@ class EmbeddedRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._heartbeat: Heartbeat | None = None
-        self._data_dir_key = None
+        self._data_dir_key: Path | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:

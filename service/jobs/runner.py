@@ -11,11 +11,12 @@ store operation: this module announces nothing itself and needs neither HTTP nor
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -37,7 +38,7 @@ from service.storage import (
 )
 
 if TYPE_CHECKING:  # the API process never imports torch: the pipeline is loaded by load_pipeline
-    from qalign_core.pipeline import TransferResult
+    from qalign_core.pipeline import QAlignPipeline, TransferResult
 
 logger = logging.getLogger("qalign.job")
 T = TypeVar("T")
@@ -56,6 +57,10 @@ class TransferPipeline(Protocol):
         should_cancel: Callable[[], bool],
         inversion_cache: StoreInversionCache | None,
     ) -> TransferResult: ...
+
+
+#: Builds the pipeline a worker runs from settings (``load_pipeline``; tests pass a fake's).
+PipelineFactory = Callable[[Settings], TransferPipeline]
 
 
 class StopReason(enum.Enum):
@@ -202,9 +207,9 @@ def claim_job(ctx: JobContext, job_id: str) -> tuple[Job | None, Job | None]:
         )
 
     after = ctx.stores.records.apply(job_id, tracked)
-    changed = bool(before) and after is not None and after is not before[0]
-    claimed = after if changed and after.status == "running" and after.worker == worker else None
-    return claimed, after
+    if after is None or not before or after is before[0]:  # unknown id, or the claim changed nothing
+        return None, after
+    return (after if after.status == "running" and after.worker == worker else None), after
 
 
 def execute_job(ctx: JobContext, job_id: str) -> Job | None:
@@ -316,7 +321,7 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
     store = ctx.store
     structure = through_outage(ctx, "read the inputs", lambda: store.get(job.structure_key), tracker)
     appearances = [
-        through_outage(ctx, "read the inputs", lambda key=key: store.get(key), tracker)
+        through_outage(ctx, "read the inputs", functools.partial(store.get, key), tracker)
         for key in job.appearance_keys
     ]
     result = ctx.pipeline.transfer(
@@ -350,7 +355,7 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
         through_outage(
             ctx,
             "upload the result",
-            lambda key=key, data=data: store.put(key, data, result.content_type),
+            functools.partial(store.put, key, data, result.content_type),
             tracker,
         )
         keys.append(key)
@@ -374,7 +379,9 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
     return final
 
 
-def describe_result(job: Job, result, keys: list[str]) -> tuple[list[JobResult], dict, dict]:
+def describe_result(
+    job: Job, result: TransferResult, keys: list[str]
+) -> tuple[list[JobResult], dict[str, int | bool], dict[str, Any]]:
     """(stored results in order, output shape, metrics) of a pipeline result.
 
     The pipeline's diagnostics give AdaIN per image (lists); each stored result keeps its own, and
@@ -416,7 +423,7 @@ def describe_result(job: Job, result, keys: list[str]) -> tuple[list[JobResult],
     return stored, output, metrics
 
 
-def _per_image(value: object, count: int) -> list:
+def _per_image(value: object, count: int) -> list[Any]:
     """A diagnostic as one value per image: a list as given, a single value repeated."""
     if isinstance(value, (list, tuple)):
         return [*value, *[None] * (count - len(value))][:count]
@@ -503,7 +510,7 @@ def classify(exc: BaseException, time_limit_errors: tuple[type[BaseException], .
     return "internal_error", f"the worker failed unexpectedly ({type(exc).__name__}); see the worker logs"
 
 
-def load_pipeline(settings: Settings):
+def load_pipeline(settings: Settings) -> QAlignPipeline:
     """The pipeline a worker runs, from settings; imported here so the API never pays for torch."""
     from qalign_core.pipeline import QAlignPipeline
     from service.logs import route_library_logs

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from service.jobs.events import OutboxEvent
 from service.jobs.model import Job
@@ -20,8 +20,23 @@ from service.jobs.model import Job
 #: Stage-duration histogram buckets (seconds), shared by every backend.
 STAGE_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
+if TYPE_CHECKING:
+    from service.settings import Settings
+
 Mutation = Callable[[Job], Job | None]
 Clock = Callable[[], float]
+#: What a worker's heartbeat says about it (JSON: job, model, device, GPU memory, ...).
+WorkerInfo = dict[str, Any]
+#: An Idempotency-Key's record (JSON: the job id and the request fingerprint).
+IdempotencyRecord = dict[str, Any]
+
+
+class StageStats(TypedDict):
+    """One stage's histogram: cumulative counts per STAGE_BUCKETS and +Inf, sum and count."""
+
+    buckets: list[int]
+    sum: float
+    count: int
 
 
 class StoreUnavailable(Exception):
@@ -125,11 +140,11 @@ class IdempotencyKeys(Protocol):
     """``scope`` is a digest of (owner, Idempotency-Key); the record names the job and the request
     fingerprint. Reservation is atomic (SET NX / primary key)."""
 
-    def reserve(self, scope: str, record: dict, ttl: int) -> dict | None:
+    def reserve(self, scope: str, record: IdempotencyRecord, ttl: int) -> IdempotencyRecord | None:
         """Store ``record`` unless ``scope`` has a live one: None if stored, else the existing record."""
         ...
 
-    def get(self, scope: str) -> dict | None: ...
+    def get(self, scope: str) -> IdempotencyRecord | None: ...
 
     def confirm(self, scope: str, ttl: int) -> None:
         """The job exists now: keep the key as long as the job (``ttl`` seconds)."""
@@ -143,9 +158,9 @@ class IdempotencyKeys(Protocol):
 class WorkerRegistry(Protocol):
     """Who is alive (heartbeats with a TTL) and best-effort leases shared by API processes."""
 
-    def heartbeat(self, name: str, info: dict, ttl: float) -> None: ...
+    def heartbeat(self, name: str, info: WorkerInfo, ttl: float) -> None: ...
 
-    def live(self) -> dict[str, dict]: ...
+    def live(self) -> dict[str, WorkerInfo]: ...
 
     def try_lock(self, name: str, ttl: float) -> bool:
         """A lease held for ``ttl`` seconds (one expiry sweep per interval across replicas)."""
@@ -181,7 +196,7 @@ class Outbox(Protocol):
 class StageStatistics(Protocol):
     def observe(self, stage: str, seconds: float) -> None: ...
 
-    def snapshot(self) -> dict[str, dict]:
+    def snapshot(self) -> dict[str, StageStats]:
         """stage -> {"buckets": [cumulative counts per STAGE_BUCKETS and +Inf], "sum": s, "count": n}."""
         ...
 
@@ -219,11 +234,11 @@ def listed_keys(job: Job) -> set[str]:
     return {*job.input_keys, *job.inversion_keys}
 
 
-def empty_stats() -> dict:
+def empty_stats() -> StageStats:
     return {"buckets": [0] * (len(STAGE_BUCKETS) + 1), "sum": 0.0, "count": 0}
 
 
-def add_observation(stats: dict, seconds: float) -> None:
+def add_observation(stats: StageStats, seconds: float) -> None:
     for i, bound in enumerate((*STAGE_BUCKETS, float("inf"))):
         if seconds <= bound:
             stats["buckets"][i] += 1
@@ -231,7 +246,7 @@ def add_observation(stats: dict, seconds: float) -> None:
     stats["count"] += 1
 
 
-def open_job_stores(settings) -> JobStores:
+def open_job_stores(settings: Settings) -> JobStores:
     """Redis when QALIGN_REDIS_URL is set, else the embedded SQLite file in DATA_DIR."""
     if settings.redis_url:
         from service.jobs.redis_store import open_redis_stores
