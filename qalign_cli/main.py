@@ -96,7 +96,8 @@ def _images(*paths: Path) -> list:
 def _pipeline(model: str | None, device: str | None, dtype: str | None):
     import os
 
-    from qalign_core.pipeline import DEFAULT_MODEL, QAlignPipeline
+    from qalign_core.params import DEFAULT_MODEL
+    from qalign_core.pipeline import QAlignPipeline
 
     _quiet_library_progress_bars()
     try:

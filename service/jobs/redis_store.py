@@ -19,11 +19,11 @@ from service.jobs.store import (
     AdmissionLimits,
     AdmissionRefused,
     JobStores,
-    Mutation,
     StoreUnavailable,
     empty_stats,
     listed_keys,
 )
+from service.jobs.transitions import Mutation
 
 _ERRORS = (redis.RedisError, OSError)
 

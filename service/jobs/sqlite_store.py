@@ -19,11 +19,11 @@ from service.jobs.store import (
     AdmissionRefused,
     Clock,
     JobStores,
-    Mutation,
     StoreUnavailable,
     add_observation,
     empty_stats,
 )
+from service.jobs.transitions import Mutation
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, "

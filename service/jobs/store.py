@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Protocol
 
 from service.jobs.model import Job
+from service.jobs.transitions import Mutation
 
 #: Stage-duration histogram buckets (seconds), shared by every backend.
 STAGE_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
-Mutation = Callable[[Job], Job | None]
 Clock = Callable[[], float]
 
 
