@@ -3,6 +3,7 @@ keep heartbeats, leases and stage statistics the same way."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -116,6 +117,33 @@ def test_sqlite_survives_reopen(tmp_path):
     job = new_job(first)
     first.close()
     assert open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600).records.get(job.id) == job
+
+
+def test_sqlite_file_of_an_earlier_version_gets_the_queue_index_at_open(tmp_path):
+    """The status index becomes (status, created, id), by idempotent statements run when the file
+    opens (``migrate`` at process start), and the rows already there keep working."""
+    path = tmp_path / "jobs.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, created REAL NOT NULL,"
+        " data TEXT NOT NULL)"
+    )
+    old.execute("CREATE INDEX jobs_status ON jobs (status, created)")
+    job = Job(id=new_job_id(), created_at=utcnow(), structure_key="inputs/a", appearance_keys=["inputs/b"])
+    old.execute(
+        "INSERT INTO jobs VALUES (?, ?, ?, ?)",
+        (job.id, job.status, job.created_at.timestamp(), job.model_dump_json()),
+    )
+    old.commit()
+    old.close()
+    for _ in range(2):
+        stores = open_sqlite_stores(path, ttl=3600)
+        stores.records.migrate()
+        assert stores.records.ids_by_status("queued") == [job.id]
+        stores.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "jobs_queue" in indexes and "jobs_status" not in indexes
 
 
 def _failing_trigger(path, table: str, event: str) -> None:
