@@ -11,7 +11,8 @@ from fastapi.responses import FileResponse, RedirectResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from qalign_schema.jobs import JobStatus
+from qalign_schema.jobs import TERMINAL_STATUSES, JobStatus
+from qalign_schema.params import IMAGE_MEDIA_TYPES
 from service.api.deps import Owner, ServicesDep
 from service.api.links import request_base
 from service.api.listing import DEFAULT_LIMIT, MAX_LIMIT
@@ -36,7 +37,7 @@ _EVENT_SCHEMA = {
     "type": "object",
     "required": ["event", "data", "id"],
     "properties": {
-        "event": {"type": "string", "enum": ["progress", "succeeded", "failed", "canceled"]},
+        "event": {"type": "string", "enum": ["progress", *sorted(TERMINAL_STATUSES)]},
         "id": {"type": "string", "pattern": "^[0-9]+$", "description": "Increasing; send as Last-Event-ID."},
         "data": {
             "type": "string",
@@ -182,7 +183,7 @@ def erase_job_data(job_id: str, svc: ServicesDep, owner: Owner) -> Response:
 
 _RESULT_IMAGE = {
     "description": "The image, in the job's output_format.",
-    "content": {"image/png": _IMAGE, "image/jpeg": _IMAGE, "image/webp": _IMAGE},
+    "content": dict.fromkeys(IMAGE_MEDIA_TYPES, _IMAGE),
 }
 _RESULT_REDIRECT = {
     "description": "Redirect to a fresh presigned URL of the object store.",
