@@ -110,8 +110,8 @@ class JobRecords(Protocol):
         ...
 
     def prune(self) -> int:
-        """Drop the records past their expiry (``expires_at``) and their index entries: the expiry
-        sweep's work, and the only place reads leave to it. The number of records dropped."""
+        """Drop the records past their expiry (``expires_at``) and the index entries of records
+        that are gone: the expiry sweep's work (reads never write). The number of records dropped."""
         ...
 
     def migrate(self) -> None:
