@@ -30,8 +30,9 @@ from qalign_schema.params import IMAGE_FORMAT_NAMES, IMAGE_FORMATS, IMAGE_FORMAT
 from service.api.problems import ApiProblem, problem_response, validation_problem
 from service.api.remote_inputs import check_input_url, fetch_input, looks_like_url
 from service.api.schemas import IMAGE_FIELDS, TUPLE_FIELDS, FieldProblem, TransferJSONRequest
+from service.jobs.events import EVENTS
 from service.settings import Settings
-from service.webhooks import EVENTS, WebhookRefused, check_webhook_url
+from service.webhooks import WebhookRefused, check_webhook_url
 
 #: Signatures of image formats we recognise but do not accept (answer 415, not 400).
 OTHER_IMAGE_SIGNATURES = {

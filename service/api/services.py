@@ -18,9 +18,11 @@ from service.auth import KeyRing
 from service.cleanup import Sweeper
 from service.jobs import JobStores, StoreUnavailable, open_job_stores
 from service.jobs.embedded import EmbeddedRunner
+from service.jobs.model import worker_name
+from service.jobs.outbox import OutboxDispatcher
 from service.settings import Settings
 from service.storage import ObjectStore, make_object_store
-from service.webhooks import JobWebhooks
+from service.webhooks import WebhookSender
 
 logger = logging.getLogger("qalign.api")
 
@@ -36,7 +38,7 @@ class Services:
     readiness: Readiness
     submitter: Submitter
     jobs: JobAccess
-    webhooks: JobWebhooks
+    events: OutboxDispatcher
     views: JobViews
     follower: JobFollower
     listing: JobListing
@@ -45,17 +47,23 @@ class Services:
     @classmethod
     def from_settings(cls, settings: Settings, pipeline_factory=None) -> Services:
         stores, store = open_job_stores(settings), make_object_store(settings)
-        webhooks = JobWebhooks(settings, store, stores=stores)
+        events = OutboxDispatcher(
+            stores,
+            WebhookSender(settings, store, stores),
+            name=f"api:{worker_name()}",
+            poll_s=settings.outbox_poll_s,
+            max_workers=settings.webhook_workers,
+        )
         if settings.embedded:
             kwargs = {"pipeline_factory": pipeline_factory} if pipeline_factory else {}
-            runner = EmbeddedRunner(settings, stores, store, events=webhooks, **kwargs)
+            runner = EmbeddedRunner(settings, stores, store, **kwargs)
             dispatcher: Dispatcher = EmbeddedDispatcher(runner)
         else:
             dispatcher = CeleryDispatcher(settings, stores)
         metrics = ServiceMetrics(stores)
         readiness = Readiness(settings, stores, store, dispatcher)
         capacity = Capacity(settings, stores)
-        jobs = JobAccess(settings, stores, store, webhooks)
+        jobs = JobAccess(settings, stores, store)
         return cls(
             settings=settings,
             stores=stores,
@@ -66,7 +74,7 @@ class Services:
             readiness=readiness,
             submitter=Submitter(settings, stores, store, dispatcher, readiness, capacity, metrics),
             jobs=jobs,
-            webhooks=webhooks,
+            events=events,
             views=JobViews(settings, stores, store),
             follower=JobFollower(settings, jobs),
             listing=JobListing(stores),
@@ -83,12 +91,15 @@ class Services:
             self.stores.records.migrate()
         except StoreUnavailable as exc:
             logger.warning("job records not migrated at start (the expiry sweep retries): %s", exc)
+        self.events.start()
         if self.sweeper is not None:
             self.sweeper.start()
 
     def close(self) -> None:
+        """Stop taking work, then deliver the events still pending (a bounded wait: the rest
+        stays in the outbox for the next start), then close the stores."""
         if self.sweeper is not None:
             self.sweeper.stop()
         self.dispatcher.stop()
-        self.webhooks.close()
+        self.events.stop(drain_s=self.settings.webhook_drain_s)
         self.stores.close()

@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Iterator
 
 import redis
 
+from service.jobs.events import OutboxEvent, event_for, event_ids
 from service.jobs.model import STATUSES, Job, worker_name
 from service.jobs.store import (
     STAGE_BUCKETS,
@@ -84,9 +85,46 @@ return {'ok', 0}
 RECORDS_VERSION = 2
 
 
+class RedisOutbox:
+    """Undelivered events: a sorted set of ids by time appended (``outbox``) and a hash of the
+    events by id (``outbox:events``). ``append`` and ``remove`` join the caller's MULTI, so an
+    event is written with its record change and removed with an erased record."""
+
+    def __init__(self, conn: RedisConnection) -> None:
+        self.conn, self.client = conn, conn.client
+        self._order, self._events = f"{conn.prefix}outbox", f"{conn.prefix}outbox:events"
+
+    def append(self, pipe: redis.client.Pipeline, event: OutboxEvent) -> None:
+        pipe.zadd(self._order, {event.id: event.at.timestamp()})
+        pipe.hset(self._events, event.id, event.model_dump_json())
+
+    def remove(self, pipe: redis.client.Pipeline, event_ids: list[str]) -> None:
+        pipe.zrem(self._order, *event_ids)
+        pipe.hdel(self._events, *event_ids)
+
+    def pending(self, limit: int) -> list[OutboxEvent]:
+        def run() -> list[OutboxEvent]:
+            ids = self.client.zrange(self._order, 0, limit - 1)
+            raws = self.client.hmget(self._events, ids) if ids else []
+            return [OutboxEvent.model_validate_json(raw) for raw in raws if raw]
+
+        return self.conn.call(run)
+
+    def ack(self, event_id: str) -> None:
+        def run() -> None:
+            pipe = self.client.pipeline()
+            self.remove(pipe, [event_id])
+            pipe.execute()
+
+        self.conn.call(run)
+
+    def count(self) -> int:
+        return int(self.conn.call(self.client.zcard, self._order))
+
+
 class RedisJobRecords:
-    def __init__(self, conn: RedisConnection, *, ttl: int) -> None:
-        self.conn, self.client, self.ttl = conn, conn.client, ttl
+    def __init__(self, conn: RedisConnection, *, ttl: int, outbox: RedisOutbox) -> None:
+        self.conn, self.client, self.ttl, self.outbox = conn, conn.client, ttl, outbox
         self._admit = self.client.register_script(_ADMIT)
 
     def _key(self, job_id: str) -> str:
@@ -162,7 +200,7 @@ class RedisJobRecords:
         raws = self.conn.call(self.client.mget, [self._key(i) for i in job_ids])
         return [Job.model_validate_json(raw) for raw in raws if raw]
 
-    def modify(self, job_id: str, change: Mutation) -> Job | None:
+    def apply(self, job_id: str, transition: Mutation) -> Job | None:
         key = self._key(job_id)
 
         def run() -> Job | None:
@@ -174,7 +212,7 @@ class RedisJobRecords:
                         if not raw:
                             return None
                         job = Job.model_validate_json(raw)
-                        new = change(job)
+                        new = transition(job)
                         if new is None:
                             pipe.unwatch()
                             return job
@@ -185,6 +223,8 @@ class RedisJobRecords:
                             pipe.zrem(self._status_key(job.status), job_id)
                             pipe.zadd(self._status_key(new.status), {job_id: enqueued_at(new)})
                         self._add_listers(pipe, job_id, listed_keys(new) - listed_keys(job))
+                        if (event := event_for(job, new)) is not None:
+                            self.outbox.append(pipe, event)
                         pipe.execute()
                         return new
                     except redis.WatchError:
@@ -212,6 +252,7 @@ class RedisJobRecords:
                         pipe.zrem(self._owner_key(job.owner), job_id)
                         for object_key in listed_keys(job):
                             pipe.srem(self._listers_key(object_key), job_id)
+                        self.outbox.remove(pipe, event_ids(job_id))
                         pipe.execute()
                         return job
                     except redis.WatchError:
@@ -354,7 +395,7 @@ class RedisJobRecords:
     def _migrate_record(self, key: str) -> None:
         """One record under this version's rules: its expiry, its status index entry scored by its
         enqueue time, its owner and lister entries, and no TTL on those index sets. Watched like
-        ``modify``: a write that lands meanwhile makes it read the record again, never undone."""
+        ``apply``: a write that lands meanwhile makes it read the record again, never undone."""
         with self.client.pipeline() as pipe:
             while True:
                 try:
@@ -445,6 +486,15 @@ return found
 """
 
 
+#: Take the lease KEYS[1] for ARGV[1], or renew it when ARGV[1] holds it, for ARGV[2] ms.
+_HOLD_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
 class RedisWorkerRegistry:
     """Heartbeats are keys with a TTL (``worker:<name>``); a set of the names that heartbeated
     indexes them, so finding the live workers never scans the keyspace (which holds every job
@@ -454,6 +504,7 @@ class RedisWorkerRegistry:
         self.conn, self.client = conn, conn.client
         self._names_key = f"{conn.prefix}workers"
         self._live = self.client.register_script(_LIVE_WORKERS)
+        self._hold = self.client.register_script(_HOLD_LEASE)
 
     def heartbeat(self, name: str, info: dict, ttl: float) -> None:
         def run() -> None:
@@ -471,6 +522,10 @@ class RedisWorkerRegistry:
     def try_lock(self, name: str, ttl: float) -> bool:
         key = f"{self.conn.prefix}lock:{name}"
         return bool(self.conn.call(self.client.set, key, worker_name(), nx=True, px=int(ttl * 1000)))
+
+    def hold(self, name: str, holder: str, ttl: float) -> bool:
+        key = f"{self.conn.prefix}lease:{name}"
+        return bool(self.conn.call(self._hold, keys=[key], args=[holder, int(ttl * 1000)]))
 
     def uptime(self) -> float | None:
         return float(self.conn.call(self.client.info, "server")["uptime_in_seconds"])
@@ -525,11 +580,13 @@ class RedisEventCounters:
 def open_redis_stores(url: str, *, ttl: int, prefix: str = "qalign:") -> JobStores:
     """The stores over one connection pool (nothing connects until the first call)."""
     conn = RedisConnection(url, prefix=prefix)
+    outbox = RedisOutbox(conn)
     return JobStores(
-        records=RedisJobRecords(conn, ttl=ttl),
+        records=RedisJobRecords(conn, ttl=ttl, outbox=outbox),
         idempotency=RedisIdempotencyKeys(conn),
         workers=RedisWorkerRegistry(conn),
         stages=RedisStageStatistics(conn),
         counters=RedisEventCounters(conn),
+        outbox=outbox,
         close=conn.close,
     )

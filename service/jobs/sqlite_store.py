@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
+from service.jobs.events import OutboxEvent, event_for
 from service.jobs.model import STATUSES, TERMINAL, Job
 from service.jobs.store import (
     AdmissionLimits,
@@ -44,6 +45,9 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (json_extract(data, '$.owner'), created, id)",
     "CREATE TABLE IF NOT EXISTS idempotency (scope TEXT PRIMARY KEY, data TEXT NOT NULL, "
     "expires REAL NOT NULL)",
+    # The durable outbox: seq orders the events; written in the transaction of the record change.
+    "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
+    "job_id TEXT NOT NULL, data TEXT NOT NULL)",
 )
 
 
@@ -121,6 +125,35 @@ def _insert(db: sqlite3.Connection, job: Job) -> None:
     )
 
 
+class SqliteOutbox:
+    """Undelivered events in the ``outbox`` table of the job database, oldest (lowest seq) first."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    @staticmethod
+    def append(db: sqlite3.Connection, event: OutboxEvent) -> None:
+        """Inside the caller's transaction (``SqliteJobRecords.apply``)."""
+        db.execute(
+            "INSERT INTO outbox (id, job_id, data) VALUES (?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+            (event.id, event.job_id, event.model_dump_json()),
+        )
+
+    def pending(self, limit: int) -> list[OutboxEvent]:
+        rows = self.db.run(
+            lambda db: db.execute("SELECT data FROM outbox ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        )
+        return [OutboxEvent.model_validate_json(data) for (data,) in rows]
+
+    def ack(self, event_id: str) -> None:
+        self.db.run(lambda db: db.execute("DELETE FROM outbox WHERE id = ?", (event_id,)))
+
+    def count(self) -> int:
+        (count,) = self.db.run(lambda db: db.execute("SELECT COUNT(*) FROM outbox").fetchone())
+        return int(count)
+
+
 class SqliteJobRecords:
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
@@ -155,13 +188,13 @@ class SqliteJobRecords:
         jobs = (self.get(job_id) for job_id in job_ids)
         return [job for job in jobs if job is not None]
 
-    def modify(self, job_id: str, change: Mutation) -> Job | None:
+    def apply(self, job_id: str, transition: Mutation) -> Job | None:
         def run(db: sqlite3.Connection) -> Job | None:
             row = db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return None
             job = Job.model_validate_json(row[0])
-            new = change(job)
+            new = transition(job)
             if new is None:
                 return job
             new = new.model_copy(update={"revision": job.revision + 1})
@@ -169,6 +202,8 @@ class SqliteJobRecords:
                 "UPDATE jobs SET status = ?, data = ? WHERE id = ?",
                 (new.status, new.model_dump_json(), job_id),
             )
+            if (event := event_for(job, new)) is not None:
+                SqliteOutbox.append(db, event)
             return new
 
         return self.db.transaction(run)
@@ -179,6 +214,7 @@ class SqliteJobRecords:
             if row is None:
                 return None
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            db.execute("DELETE FROM outbox WHERE job_id = ?", (job_id,))
             return Job.model_validate_json(row[0])
 
         return self.db.transaction(run)
@@ -312,6 +348,9 @@ class MemoryWorkerRegistry:
     def try_lock(self, name: str, ttl: float) -> bool:
         return True  # one process: nobody to share the lease with
 
+    def hold(self, name: str, holder: str, ttl: float) -> bool:
+        return True  # one process: nobody to share the lease with
+
     def uptime(self) -> float | None:
         return None  # heartbeats live as long as this process
 
@@ -354,5 +393,6 @@ def open_sqlite_stores(path: Path, *, ttl: int, clock: Clock = time.time) -> Job
         workers=MemoryWorkerRegistry(),
         stages=MemoryStageStatistics(),
         counters=MemoryEventCounters(),
+        outbox=SqliteOutbox(db),
         close=db.close,
     )

@@ -3,7 +3,8 @@
 Concerns with different lifetimes and sharing needs, each with a Redis implementation
 (distributed mode, shared by every process) and an embedded one (SQLite file, or process memory for
 what only one process reads): job records, idempotency keys, the worker registry (heartbeats and
-leases), stage statistics and event counters.
+leases), stage statistics and event counters; plus the durable outbox of job events, which
+lives with the records because ``JobRecords.apply`` writes both in one atomic operation.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from service.jobs.events import OutboxEvent
 from service.jobs.model import Job
 from service.jobs.transitions import Mutation
 
@@ -62,18 +64,21 @@ class JobRecords(Protocol):
         """The records that still exist, in the order asked."""
         ...
 
-    def modify(self, job_id: str, change: Mutation) -> Job | None:
-        """Apply ``change`` atomically (it returns the new job, or None to leave the record alone);
-        every write bumps ``Job.revision``, so readers can tell that a record changed.
+    def apply(self, job_id: str, transition: Mutation) -> Job | None:
+        """The one place a record changes: ``transition`` (a pure function of the record, from
+        ``service.jobs.transitions``; None leaves the record alone) applied atomically. In the same
+        atomic store operation, the change's event (``events.event_for``) is appended to the
+        outbox, so a status change is never stored without its event, nor an event without its
+        change. Every write bumps ``Job.revision``, so readers can tell that a record changed.
 
         Returns the record after the call (changed or not), or None for an unknown id.
         """
         ...
 
     def delete(self, job_id: str) -> Job | None:
-        """Remove the record and its index entries atomically (erasure); the record as it was at
-        removal, or None for an unknown id. Later ``modify`` calls find nothing, so no late write
-        can bring it back."""
+        """Remove the record, its index entries and its undelivered events atomically (erasure: an
+        erased job sends nothing more); the record as it was at removal, or None for an unknown
+        id. Later ``apply`` calls find nothing, so no late write can bring it back."""
         ...
 
     def ids_by_status(self, status: str) -> list[str]:
@@ -154,9 +159,30 @@ class WorkerRegistry(Protocol):
         """A lease held for ``ttl`` seconds (one expiry sweep per interval across replicas)."""
         ...
 
+    def hold(self, name: str, holder: str, ttl: float) -> bool:
+        """Take lease ``name`` for ``holder``, or renew it if ``holder`` has it, for ``ttl``
+        seconds; False while another holder has it (the outbox has one drainer at a time)."""
+        ...
+
     def uptime(self) -> float | None:
         """Seconds the shared store has been up (heartbeats older than that were lost), or None
         when it cannot forget heartbeats (process memory)."""
+        ...
+
+
+class Outbox(Protocol):
+    """The durable outbox: events appended by ``JobRecords.apply``, removed once delivered."""
+
+    def pending(self, limit: int) -> list[OutboxEvent]:
+        """Up to ``limit`` undelivered events, oldest first (a job's events in their order)."""
+        ...
+
+    def ack(self, event_id: str) -> None:
+        """Event ``event_id`` is done (delivered, or given up on and recorded): remove it."""
+        ...
+
+    def count(self) -> int:
+        """Undelivered events (the backlog gauge)."""
         ...
 
 
@@ -179,7 +205,7 @@ class EventCounters(Protocol):
         ...
 
 
-#: EventCounters name of the webhook events given up on (labels: queue_full, refused, failed).
+#: EventCounters name of the webhook events given up on (labels: refused, failed).
 WEBHOOKS_UNDELIVERED = "webhooks_undelivered"
 
 
@@ -192,6 +218,7 @@ class JobStores:
     workers: WorkerRegistry
     stages: StageStatistics
     counters: EventCounters
+    outbox: Outbox
     close: Callable[[], None] = lambda: None
 
 

@@ -24,7 +24,7 @@ def test_create_get_roundtrip_and_unknown(stores):
     job = new_job(stores)
     assert stores.records.get(job.id) == job
     assert stores.records.get(new_job_id()) is None
-    assert stores.records.modify(new_job_id(), lambda j: j) is None
+    assert stores.records.apply(new_job_id(), lambda j: j) is None
     assert stores.records.get_many([job.id, new_job_id()]) == [job]
 
 
@@ -41,16 +41,16 @@ def test_claim_then_finish(stores):
 
 def test_cancel_queued_running_and_finished(stores):
     queued = new_job(stores)
-    assert stores.records.modify(queued.id, transitions.cancel).status == "canceled"
+    assert stores.records.apply(queued.id, transitions.cancel).status == "canceled"
     assert claim(stores, queued.id, "w") is None, "a canceled job never runs"
 
     running = new_job(stores)
     claim(stores, running.id, "w")
-    flagged = stores.records.modify(running.id, transitions.cancel)
+    flagged = stores.records.apply(running.id, transitions.cancel)
     assert flagged.status == "running" and flagged.cancel_requested
 
     done = new_job(stores, status="succeeded")
-    assert stores.records.modify(done.id, transitions.cancel).status == "succeeded"
+    assert stores.records.apply(done.id, transitions.cancel).status == "succeeded"
     assert stores.records.count_by_status() == {
         "queued": 0,
         "running": 1,
@@ -87,7 +87,7 @@ def test_claim_and_cancel_race_has_one_winner(stores):
 
         def canceller(job=job, results=results, barrier=barrier):
             barrier.wait()
-            results.append(("cancel", stores.records.modify(job.id, transitions.cancel)))
+            results.append(("cancel", stores.records.apply(job.id, transitions.cancel)))
 
         threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(3)]
         threads += [threading.Thread(target=canceller) for _ in range(3)]
@@ -163,10 +163,10 @@ def test_sqlite_modify_rolls_back_and_reports_the_real_error(tmp_path):
     job = new_job(stores)
     _failing_trigger(tmp_path / "jobs.sqlite3", "jobs", "UPDATE")
     with pytest.raises(StoreUnavailable, match="disk says no"):
-        stores.records.modify(job.id, transitions.cancel)
+        stores.records.apply(job.id, transitions.cancel)
     assert stores.records.get(job.id).status == "queued"
     with pytest.raises(RuntimeError):  # an error in the change itself leaves no open transaction
-        stores.records.modify(job.id, lambda j: (_ for _ in ()).throw(RuntimeError("bug")))
+        stores.records.apply(job.id, lambda j: (_ for _ in ()).throw(RuntimeError("bug")))
     assert new_job(stores).status == "queued", "no transaction was left open"
     stores.close()
 
@@ -248,7 +248,7 @@ def test_delete_returns_the_last_record_and_later_writes_find_nothing(stores):
     gone = stores.records.delete(job.id)
     assert gone is not None and gone.id == job.id and gone.status == "running" == claimed.status
     assert stores.records.get(job.id) is None and stores.records.delete(job.id) is None
-    assert stores.records.modify(job.id, lambda j: transitions.progress(j, "denoising", 0.5)) is None
+    assert stores.records.apply(job.id, lambda j: transitions.progress(j, "denoising", 0.5)) is None
     assert stores.records.get(job.id) is None, "a late write does not bring the record back"
     assert job.id not in stores.records.ids_by_status("running")
     assert stores.records.count_by_status()["running"] == 0
@@ -269,7 +269,7 @@ def test_listed_by_others_names_the_objects_another_stored_job_lists(stores):
     assert records.listed_by_others([], erased.id) == set()
 
     # Inversions a run records later count too, and a deleted job lists nothing any more.
-    records.modify(other.id, lambda job: job.model_copy(update={"inversion_keys": [inversion]}))
+    records.apply(other.id, lambda job: job.model_copy(update={"inversion_keys": [inversion]}))
     assert records.listed_by_others(candidates, erased.id) == {shared_input, inversion}
     records.delete(other.id)
     assert records.listed_by_others(candidates, erased.id) == set()
@@ -281,7 +281,7 @@ def test_a_record_expires_ttl_after_its_job_ended_never_while_unfinished(stores)
     ttl = 3600  # the ``stores`` fixture's
     long_ago = utcnow() - timedelta(seconds=10 * ttl)
     ended_now = new_job(stores, created_at=long_ago)
-    stores.records.modify(ended_now.id, transitions.cancel)  # submitted long ago, ended just now
+    stores.records.apply(ended_now.id, transitions.cancel)  # submitted long ago, ended just now
     ended_long_ago = new_job(
         stores, created_at=long_ago, status="failed", finished_at=utcnow() - timedelta(seconds=ttl + 60)
     )  # and written just now
@@ -335,7 +335,7 @@ def test_queue_order_is_enqueue_time_and_a_requeued_job_keeps_its_place(stores):
     stores.workers.heartbeat("w", {}, ttl=30)
     claim(stores, first.id, "w")
     assert records.ids_by_status("queued") == [second.id, third.id]
-    records.modify(first.id, lambda j: transitions.requeue(j, "shutdown", 3, refund=True))
+    records.apply(first.id, lambda j: transitions.requeue(j, "shutdown", 3, refund=True))
     assert records.ids_by_status("queued") == [first.id, second.id, third.id]
     assert records.ranks("queued", [third.id, first.id, second.id]) == {
         first.id: 0,
@@ -410,7 +410,7 @@ def test_redis_a_later_write_keeps_the_expiry_from_the_jobs_end(redis_url):
     records = stores.records
     try:
         job = new_job(stores, status="succeeded", finished_at=utcnow() - timedelta(seconds=600))
-        records.modify(job.id, lambda j: j.model_copy(update={"metrics": {"noted": True}}))
+        records.apply(job.id, lambda j: j.model_copy(update={"metrics": {"noted": True}}))
         assert 2900 < records.client.ttl(records._key(job.id)) <= 3000
         records.client.delete(records._key(job.id))  # what the key expiry does at its time
         assert records.listed_by_others(job.input_keys, new_job_id()) == set()
