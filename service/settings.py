@@ -14,10 +14,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qalign_core.params import DEFAULT_MODEL
 from qalign_schema.params import MAX_APPEARANCES
-
-#: Same value as qalign_core.pipeline.DEFAULT_MODEL, repeated so reading settings never imports torch.
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
 class Settings(BaseSettings):

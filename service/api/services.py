@@ -16,7 +16,7 @@ from service.api.views import JobViews
 from service.api.watch import JobFollower
 from service.auth import KeyRing
 from service.cleanup import Sweeper
-from service.jobs import JobStores, open_job_stores
+from service.jobs import JobStores, StoreUnavailable, open_job_stores
 from service.jobs.embedded import EmbeddedRunner
 from service.jobs.model import worker_name
 from service.jobs.outbox import OutboxDispatcher
@@ -88,6 +88,10 @@ class Services:
                 "open mode: no API keys configured (QALIGN_API_KEYS), anyone who can reach the API can use it"
             )
         self.dispatcher.start()
+        try:  # records of an earlier version, brought up to date here and never in a request
+            self.stores.records.migrate()
+        except StoreUnavailable as exc:
+            logger.warning("job records not migrated at start (the expiry sweep retries): %s", exc)
         self.events.start()
         if self.sweeper is not None:
             self.sweeper.start()

@@ -9,7 +9,7 @@ job without its terminal event, and no event can announce a change that was not 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel
 
@@ -19,8 +19,11 @@ from service.jobs.model import Job, utcnow
 EventKind = Literal["start", "completed"]
 #: The events a job sends and a ``webhook_events_filter`` may name: running, then the terminal status.
 EVENTS: tuple[EventKind, ...] = ("start", "completed")
-#: The statuses that announce an event (their webhook ids are what erasure removes from the outbox).
-ANNOUNCED: tuple[JobStatus, ...] = ("running", "succeeded", "failed", "canceled")
+#: The statuses that announce an event (their webhook ids are what erasure removes from the outbox):
+#: running and the terminal ones.
+ANNOUNCED: tuple[JobStatus, ...] = tuple(
+    status for status in get_args(JobStatus) if status == "running" or status in TERMINAL_STATUSES
+)
 
 
 class OutboxEvent(BaseModel):

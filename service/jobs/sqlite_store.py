@@ -1,5 +1,10 @@
 """Embedded-mode stores: records and idempotency keys in one SQLite file in DATA_DIR (jobs survive a
 restart); heartbeats, leases and stage statistics in process memory (embedded mode is one process).
+
+The same rules as Redis: status order by enqueue time, then id (the enqueue time is the submission
+time, ``store.enqueued_at``: the ``created`` column); a finished record expires JOB_TTL after the
+job ended (``store.expires_at``; ``prune`` reads the record's ``finished_at``); an unfinished one
+does not expire.
 """
 
 from __future__ import annotations
@@ -14,22 +19,28 @@ from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from service.jobs.events import OutboxEvent, event_for
-from service.jobs.model import STATUSES, Job
+from service.jobs.model import STATUSES, TERMINAL, Job
 from service.jobs.store import (
     AdmissionLimits,
     AdmissionRefused,
     Clock,
     JobStores,
-    Mutation,
     StoreUnavailable,
     add_observation,
     empty_stats,
 )
+from service.jobs.transitions import Mutation
+
+#: When a finished record's job ended, in epoch seconds: its ``finished_at`` (ISO 8601 in the JSON),
+#: else its creation (``store.expires_at``'s rule).
+_ENDED = "COALESCE((julianday(json_extract(data, '$.finished_at')) - 2440587.5) * 86400.0, created)"
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, "
     "created REAL NOT NULL, data TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created)",
+    # Status order: enqueue time, then id (what Redis's sorted sets do with equal scores).
+    "DROP INDEX IF EXISTS jobs_status",
+    "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, created, id)",
     # GET /jobs: an owner's jobs newest first (the owner lives in the JSON: no column to migrate).
     "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (json_extract(data, '$.owner'), created, id)",
     "CREATE TABLE IF NOT EXISTS idempotency (scope TEXT PRIMARY KEY, data TEXT NOT NULL, "
@@ -89,11 +100,13 @@ class SqliteDatabase:
         return self.run(run)
 
     def prune(self, db: sqlite3.Connection) -> int:
-        """Finished jobs older than the TTL and expired idempotency keys (unfinished jobs are kept)."""
+        """Jobs that ended more than the TTL ago, and expired idempotency keys (unfinished jobs are
+        kept, however old)."""
         now = self.clock()
+        terminal = sorted(TERMINAL)
         dropped = db.execute(
-            "DELETE FROM jobs WHERE status IN ('succeeded', 'failed', 'canceled') AND created < ?",
-            (now - self.ttl,),
+            f"DELETE FROM jobs WHERE status IN ({', '.join('?' * len(terminal))}) AND {_ENDED} < ?",
+            (*terminal, now - self.ttl),
         ).rowcount
         db.execute("DELETE FROM idempotency WHERE expires < ?", (now,))
         return dropped
@@ -103,6 +116,13 @@ class SqliteDatabase:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _insert(db: sqlite3.Connection, job: Job) -> None:
+    db.execute(
+        "INSERT INTO jobs (id, status, created, data) VALUES (?, ?, ?, ?)",
+        (job.id, job.status, job.created_at.timestamp(), job.model_dump_json()),
+    )
 
 
 class SqliteOutbox:
@@ -139,12 +159,7 @@ class SqliteJobRecords:
         self.db = db
 
     def create(self, job: Job) -> None:
-        self.db.run(
-            lambda db: db.execute(
-                "INSERT INTO jobs (id, status, created, data) VALUES (?, ?, ?, ?)",
-                (job.id, job.status, job.created_at.timestamp(), job.model_dump_json()),
-            )
-        )
+        self.db.run(lambda db: _insert(db, job))
 
     def admit(self, job: Job, limits: AdmissionLimits) -> AdmissionRefused | None:
         def run(db: sqlite3.Connection) -> AdmissionRefused | None:  # one BEGIN IMMEDIATE transaction
@@ -160,10 +175,7 @@ class SqliteJobRecords:
                 ).fetchone()
                 if mine >= per_owner:
                     return AdmissionRefused(per_owner=True, count=mine, limit=per_owner)
-            db.execute(
-                "INSERT INTO jobs (id, status, created, data) VALUES (?, ?, ?, ?)",
-                (job.id, job.status, job.created_at.timestamp(), job.model_dump_json()),
-            )
+            _insert(db, job)
             return None
 
         return self.db.transaction(run)
@@ -208,14 +220,15 @@ class SqliteJobRecords:
         return self.db.transaction(run)
 
     def ids_by_status(self, status: str) -> list[str]:
-        query = "SELECT id FROM jobs WHERE status = ? ORDER BY created"
+        query = "SELECT id FROM jobs WHERE status = ? ORDER BY created, id"
         return [r[0] for r in self.db.run(lambda db: db.execute(query, (status,)).fetchall())]
 
     def ranks(self, status: str, job_ids: Collection[str]) -> dict[str, int]:
-        # Counted on the (status, created) index, from the row's own creation time.
+        # Counted on the (status, created, id) index, from the row's own enqueue time and id.
         query = (
             "SELECT (SELECT COUNT(*) FROM jobs AS ahead WHERE ahead.status = me.status"
-            " AND ahead.created < me.created) FROM jobs AS me WHERE me.id = ? AND me.status = ?"
+            " AND (ahead.created < me.created OR (ahead.created = me.created AND ahead.id < me.id)))"
+            " FROM jobs AS me WHERE me.id = ? AND me.status = ?"
         )
 
         def run(db: sqlite3.Connection) -> dict[str, int]:
@@ -225,7 +238,7 @@ class SqliteJobRecords:
         return self.db.run(run)
 
     def recent_ids(self, status: str, limit: int) -> list[str]:
-        query = "SELECT id FROM jobs WHERE status = ? ORDER BY created DESC LIMIT ?"
+        query = "SELECT id FROM jobs WHERE status = ? ORDER BY created DESC, id DESC LIMIT ?"
         return [r[0] for r in self.db.run(lambda db: db.execute(query, (status, limit)).fetchall())]
 
     def count_by_status(self) -> dict[str, int]:
@@ -270,6 +283,11 @@ class SqliteJobRecords:
 
     def prune(self) -> int:
         return self.db.run(self.db.prune)
+
+    def migrate(self) -> None:
+        """Open the file now: the schema is brought up to date (idempotent statements) when the
+        connection opens, so at process start rather than in the first request."""
+        self.db.run(lambda db: None)
 
     def ping(self) -> None:
         self.db.run(lambda db: db.execute("SELECT 1").fetchone())

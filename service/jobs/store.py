@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from service.jobs.events import OutboxEvent
 from service.jobs.model import Job
+from service.jobs.transitions import Mutation
 
 #: Stage-duration histogram buckets (seconds), shared by every backend.
 STAGE_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -23,7 +24,6 @@ STAGE_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 if TYPE_CHECKING:
     from service.settings import Settings
 
-Mutation = Callable[[Job], Job | None]
 Clock = Callable[[], float]
 #: What a worker's heartbeat says about it (JSON: job, model, device, GPU memory, ...).
 WorkerInfo = dict[str, Any]
@@ -97,7 +97,7 @@ class JobRecords(Protocol):
         ...
 
     def ids_by_status(self, status: str) -> list[str]:
-        """Ids in ``status``, oldest first."""
+        """Ids in ``status`` in queue order: by ``enqueued_at``, then by id."""
         ...
 
     def ranks(self, status: str, job_ids: Collection[str]) -> dict[str, int]:
@@ -106,10 +106,12 @@ class JobRecords(Protocol):
         ...
 
     def recent_ids(self, status: str, limit: int) -> list[str]:
-        """Up to ``limit`` ids in ``status``, newest first."""
+        """Up to ``limit`` ids in ``status``, the reverse of ``ids_by_status``'s order."""
         ...
 
-    def count_by_status(self) -> dict[str, int]: ...
+    def count_by_status(self) -> dict[str, int]:
+        """Records per status, read only: records past their expiry count until ``prune`` drops them."""
+        ...
 
     def owned(
         self, owner: str | None, *, status: str | None, limit: int, before: tuple[float, str] | None
@@ -124,11 +126,17 @@ class JobRecords(Protocol):
 
     def listed_by_others(self, keys: Collection[str], job_id: str) -> set[str]:
         """Those of ``keys`` (input and inversion store keys) that a stored job other than
-        ``job_id`` lists: what erasing ``job_id`` must keep. Indexed, not a scan of every record."""
+        ``job_id`` lists: what erasing ``job_id`` must keep. Read only."""
         ...
 
     def prune(self) -> int:
-        """Drop expired records and index entries; the number dropped."""
+        """Drop the records past their expiry (``expires_at``) and the index entries of records
+        that are gone: the expiry sweep's work (reads never write). The number of records dropped."""
+        ...
+
+    def migrate(self) -> None:
+        """Bring records and indexes that earlier versions wrote up to this version's rules, once
+        per store (idempotent). Run at process start and by the sweep, never in a request."""
         ...
 
     def ping(self) -> None:
@@ -227,6 +235,22 @@ class JobStores:
     counters: EventCounters
     outbox: Outbox
     close: Callable[[], None] = lambda: None
+
+
+def enqueued_at(job: Job) -> float:
+    """A job's place in the queue, and in every status index: the time it was submitted (epoch
+    seconds). A requeued job (an interrupted run: shutdown, lost worker, store outage) keeps it, so it
+    goes back to where it was, ahead of the jobs submitted after it, instead of losing its turn."""
+    return job.created_at.timestamp()
+
+
+def expires_at(job: Job, ttl: float) -> float | None:
+    """When a record expires (epoch seconds): ``ttl`` after the job ended. An unfinished job never
+    expires by time, however long it waits (the queue limit bounds how many there are); a finished
+    record without ``finished_at`` (no transition writes one) counts from its creation."""
+    if not job.finished:
+        return None
+    return (job.finished_at or job.created_at).timestamp() + ttl
 
 
 def listed_keys(job: Job) -> set[str]:

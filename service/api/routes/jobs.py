@@ -28,6 +28,7 @@ from service.api.routes.common import (
     problem,
 )
 from service.api.schemas import FieldProblem, JobList, JobOut
+from service.jobs import TERMINAL
 
 router = APIRouter()
 
@@ -36,7 +37,7 @@ _EVENT_SCHEMA = {
     "type": "object",
     "required": ["event", "data", "id"],
     "properties": {
-        "event": {"type": "string", "enum": ["progress", "succeeded", "failed", "canceled"]},
+        "event": {"type": "string", "enum": ["progress", *sorted(TERMINAL)]},
         "id": {"type": "string", "pattern": "^[0-9]+$", "description": "Increasing; send as Last-Event-ID."},
         "data": {
             "type": "string",
