@@ -259,4 +259,3 @@ def test_one_drainer_at_a_time_and_another_takes_over_when_it_dies(redis_url):
     finally:
         stores_a.close()
         stores_b.close()
-
