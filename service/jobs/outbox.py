@@ -65,34 +65,32 @@ class OutboxDispatcher:
         return self
 
     def stop(self, drain_s: float) -> None:
-        """Deliver what is pending for up to ``drain_s`` seconds, then stop; the rest stays."""
+        """Deliver what is pending for up to ``drain_s`` seconds, then stop; the rest stays (for
+        the next start, or for the replica that holds the lease: a non-holder stops at once)."""
         self._closing.set()
         if self._thread is not None:
             self._thread.join()
         deadline = time.monotonic() + drain_s
         while time.monotonic() < deadline:
             try:
-                self.drain_once()
-                if self.idle() and self.stores.outbox.count() == 0:
+                if self.drain_once() is None or (self.idle() and self.stores.outbox.count() == 0):
                     break
             except StoreUnavailable:
                 break
             self._stopping.wait(min(self.poll_s, max(deadline - time.monotonic(), 0)))
         self._stopping.set()
         self._pool.shutdown(wait=True)
-        with self._lock:
-            left = len(self._busy_jobs)
-        logger.info("event dispatcher stopped", extra={"jobs_in_flight_at_stop": left})
+        logger.info("event dispatcher stopped")
 
     def idle(self) -> bool:
         with self._lock:
             return not self._busy_jobs
 
-    def drain_once(self) -> int:
-        """Hand the pending events of every job not already being delivered to the pool, if this
-        process holds the lease; the number of jobs handed over."""
+    def drain_once(self) -> int | None:
+        """Hand the pending events of every job not already being delivered to the pool: the
+        number of jobs handed over, or None when another process holds the lease."""
         if not self.stores.workers.hold(LEASE, self.name, self.lease_s):
-            return 0
+            return None
         by_job: dict[str, list[OutboxEvent]] = {}
         for event in self.stores.outbox.pending(self.batch):
             by_job.setdefault(event.job_id, []).append(event)

@@ -7,6 +7,7 @@ when the drainer dies, drain at stop."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from svc_helpers import claim, new_job
@@ -249,8 +250,12 @@ def test_one_drainer_at_a_time_and_another_takes_over_when_it_dies(redis_url):
         assert a.drain_once() == 1, "a holds the lease and has the event in hand"
         b_sink = Sink()
         b = OutboxDispatcher(stores_b, b_sink, name="api:b", poll_s=0.01, lease_s=1.0)
-        assert b.drain_once() == 0, "b does not drain while a holds the lease"
+        assert b.drain_once() is None, "b does not drain while a holds the lease"
         # a dies: it stops renewing, and its delivery never completes.
+        stopping_since = time.monotonic()
+        b.stop(drain_s=600)
+        assert time.monotonic() - stopping_since < 60, "a replica without the lease stops at once"
+        b = OutboxDispatcher(stores_b, b_sink, name="api:b", poll_s=0.01, lease_s=1.0)
         b.start()
         wait_for(lambda: b_sink.sent == [(job.id, "running")] and stores_b.outbox.count() == 0, timeout=30)
         b.stop(drain_s=1)
