@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from qalign_core.errors import QAlignError
 from qalign_core.params import MAX_APPEARANCES, MAX_ASPECT_RATIO, TransferParams
+from qalign_schema.params import IMAGE_FORMATS
 
 
 def fail(message: str, code: int = 2) -> typing.NoReturn:
@@ -96,7 +97,8 @@ def _images(*paths: Path) -> list:
 def _pipeline(model: str | None, device: str | None, dtype: str | None):
     import os
 
-    from qalign_core.pipeline import DEFAULT_MODEL, QAlignPipeline
+    from qalign_core.params import DEFAULT_MODEL
+    from qalign_core.pipeline import QAlignPipeline
 
     _quiet_library_progress_bars()
     try:
@@ -208,8 +210,9 @@ def transfer(
     params = _params(given)
     if params.output_format == "png" and given.get("output_format") is None:
         suffix = output.suffix.lower().lstrip(".")
-        if suffix in ("jpg", "jpeg", "webp"):
-            params = params.model_copy(update={"output_format": "jpeg" if suffix == "jpg" else suffix})
+        fmt = "jpeg" if suffix == "jpg" else suffix
+        if fmt in IMAGE_FORMATS:
+            params = params.model_copy(update={"output_format": fmt})
     target = output if output.is_dir() else output.parent
     if not target.is_dir():
         fail(f"output directory {str(target)!r} does not exist")

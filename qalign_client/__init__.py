@@ -5,7 +5,8 @@
     with Client("http://127.0.0.1:8000", api_key=None) as client:
         client.run("cat.png", "cup.jpg", {"seed": 1}, path="out.png")
 
-Needs only httpx and pydantic (the shapes come from ``qalign_schema``, shared with the service).
+Needs only httpx (with its anyio) and pydantic (the shapes come from ``qalign_schema``, shared with
+the service). ``Client`` is generated from ``AsyncClient`` (aio.py): see scripts/unasync_client.py.
 """
 
 from qalign_client._core import JobEvent, RetryPolicy

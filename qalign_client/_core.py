@@ -1,5 +1,6 @@
-"""What the sync and async clients share, without I/O: request bodies, paths, the retry policy and
-the parsing of answers. Each client only adds the sending and the sleeping."""
+"""What the client needs beyond its control flow, without I/O: request bodies, paths, the retry
+policy and the parsing of answers. ``AsyncClient`` (aio.py) adds the sending, the waiting and the
+reading; ``Client`` (client.py) is generated from it."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import io
 import os
 import random
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import quote
 
 import httpx
@@ -28,26 +29,30 @@ from qalign_client.errors import (
     parse_retry_after,
 )
 from qalign_client.sse import ServerSentEvent
-from qalign_schema.jobs import JobOut, ResultOut
+from qalign_schema.jobs import TERMINAL_STATUSES, JobOut, ResultOut
 from qalign_schema.params import MAX_APPEARANCES, TransferParams
 
 #: An image input: a path, raw bytes, a binary file object, a PIL image, or an https:// URL (fetched
 #: by the service).
-ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Any
+ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | Any
 #: The appearance of a submit: one image, or a list (or tuple) of 1 to MAX_APPEARANCES images, one
 #: result per image, in order.
 Appearances = ImageInput | Sequence[ImageInput]
 #: A job: its id or its job object.
 JobRef = str | JobOut
 #: Where ``results`` writes: a directory (files named ``<job id>-<k>.<ext>``) or one path per result.
-ResultTargets = str | os.PathLike | Sequence[str | os.PathLike]
+ResultTargets = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+#: What ``wait`` calls with each job state it fetched.
+ProgressCallback = Callable[[JobOut], None]
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-TERMINAL = ("succeeded", "failed", "canceled")
 #: Answers worth retrying as they are: the service asked the caller to come back later.
 RETRY_STATUSES = frozenset({429, 503})
 #: Longest Prefer: wait the service honours.
 MAX_PREFER_WAIT = 60
+#: Read timeout of the events stream: the service sends a keep-alive comment well within it; a
+#: stream silent for longer is reconnected (resuming after the last event).
+STREAM_READ_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class JobEvent:
 
     @property
     def terminal(self) -> bool:
-        return self.event in TERMINAL
+        return self.event in TERMINAL_STATUSES
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,7 @@ class RetryPolicy:
             return None
         if retry_after is not None:
             return retry_after if retry_after <= self.max_retry_after_s else None
-        return min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
+        return min(self.max_backoff_s, self.backoff_s * 2.0**attempt) * random.uniform(0.5, 1.0)
 
 
 def resolve_server(base_url: str | None) -> str:
@@ -138,7 +143,9 @@ def _is_pil_image(value: object) -> bool:
     return pil is not None and isinstance(value, pil.Image)
 
 
-def merge_params(params: TransferParams | Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> dict:
+def merge_params(
+    params: TransferParams | Mapping[str, Any] | None, overrides: Mapping[str, Any]
+) -> dict[str, Any]:
     """The parameters the caller set, checked against the service's own schema before sending (so a
     bad value fails at once, with the same message the service would give), as JSON values."""
     if isinstance(params, TransferParams):
@@ -157,7 +164,7 @@ def merge_params(params: TransferParams | Mapping[str, Any] | None, overrides: M
     return checked.model_dump(mode="json", exclude_unset=True)
 
 
-def is_many(appearance: Appearances) -> bool:
+def is_many(appearance: Appearances) -> TypeGuard[Sequence[ImageInput]]:
     """Whether the caller passed several appearances (a list or tuple), not one image. Bytes, paths
     and file objects are one image even though some of them are sequences."""
     return isinstance(appearance, (list, tuple))
@@ -189,7 +196,7 @@ def submit_request(
     webhook_events_filter: list[str] | None,
     idempotency_key: str,
     wait: float | None,
-) -> tuple[dict, dict[str, str]]:
+) -> tuple[dict[str, Any], dict[str, str]]:
     """The JSON body and headers of POST /transfer."""
     body: dict[str, Any] = merge_params(params, overrides)
     body["structure"] = encode_image(structure, "structure")
@@ -229,15 +236,17 @@ def extension_of(content_type: str) -> str:
     return "jpg" if subtype == "jpeg" else subtype
 
 
-def result_targets(job: JobOut, target: ResultTargets | None) -> list[Path | None]:
-    """Where each of a succeeded job's results goes: nowhere (None: bytes for the caller), into a
-    directory (created when missing; files ``<job id>-<k>.<ext>``) or to exactly one path each.
-    ConflictError when the job has not succeeded (it has no results yet)."""
+def succeeded_results(job: JobOut) -> list[ResultOut]:
+    """The results of a succeeded job; ConflictError when it has not succeeded (it has none yet)."""
     if job.status != "succeeded":
         raise ConflictError(f"job {job.id} is {job.status}: it has no results (only a succeeded job has)")
-    links = result_links(job)
-    if target is None:
-        return [None] * len(links)
+    return result_links(job)
+
+
+def result_paths(job: JobOut, target: ResultTargets) -> list[Path]:
+    """Where each of a succeeded job's results goes: into a directory (created when missing; files
+    ``<job id>-<k>.<ext>``) or to exactly one path each. ConflictError when it has not succeeded."""
+    links = succeeded_results(job)
     if isinstance(target, (str, os.PathLike)):
         directory = Path(target)
         directory.mkdir(parents=True, exist_ok=True)
@@ -248,8 +257,16 @@ def result_targets(job: JobOut, target: ResultTargets | None) -> list[Path | Non
     return paths
 
 
-def retry_after_of(response: httpx.Response | None) -> float | None:
-    return parse_retry_after(response.headers.get("retry-after")) if response is not None else None
+def one_path(path: str | os.PathLike[str] | ResultTargets | None) -> str | os.PathLike[str] | None:
+    """``run``'s ``path`` for one appearance: one file (or None), not a list."""
+    if path is None or isinstance(path, (str, os.PathLike)):
+        return path
+    raise TypeError(f"one appearance makes one result: path must be one path; got {type(path).__name__}")
+
+
+def retry_after_of(response: httpx.Response) -> float | None:
+    value: str | None = response.headers.get("retry-after")
+    return parse_retry_after(value)
 
 
 def wants_retry(response: httpx.Response) -> bool:
@@ -261,13 +278,6 @@ def wants_retry(response: httpx.Response) -> bool:
         error = error_from_response(response)
         return isinstance(error, ConflictError) and (error.type or "").endswith("in-progress")
     return False
-
-
-def check(response: httpx.Response) -> httpx.Response:
-    """The response itself when it is a success; its typed error otherwise (body already read)."""
-    if response.status_code >= 400:
-        raise error_from_response(response)
-    return response
 
 
 def transport_error(exc: httpx.TransportError, method: str, url: str) -> TransportError:
@@ -283,7 +293,7 @@ def parse_job(response: httpx.Response) -> JobOut:
 
 def job_event(sse: ServerSentEvent) -> JobEvent | None:
     """The job event of an SSE message; None for messages that carry no job (unknown kinds)."""
-    if sse.event != "progress" and sse.event not in TERMINAL:
+    if sse.event != "progress" and sse.event not in TERMINAL_STATUSES:
         return None
     try:
         job = JobOut.model_validate_json(sse.data)

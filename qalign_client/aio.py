@@ -1,51 +1,74 @@
-"""The asynchronous client: the same methods as ``Client``, awaited (``stream`` and ``list`` are
-async iterators)."""
+"""The client, written once: ``AsyncClient`` in qalign_client/aio.py is the source, and ``Client`` in
+qalign_client/client.py is generated from it by ``python scripts/unasync_client.py`` (unasync drops
+``async`` and ``await`` and maps each async name onto its sync twin: ``aclose`` -> ``close``,
+``httpx.AsyncClient`` -> ``httpx.Client``, ``asleep`` -> ``sleep``...). Edit aio.py only, then
+regenerate; tests/qalign_client/test_unasync.py fails when client.py has drifted.
+
+Why generated rather than a sans-IO core with two transports: the requests and the parsing are
+already pure (``_core``); what the two clients shared by copy was the control flow (retries,
+polling, the events stream's reconnects, paging, downloads). As plain code with ``await`` that flow
+reads top to bottom and has one home; a sans-IO form would turn it into effect-yielding generators
+driven by two interpreters, more code and harder to follow. What cannot be derived (sleeping,
+file I/O kept off the event loop) is the small pair in ``_io``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import httpx
 
 from qalign_client._core import (
+    STREAM_READ_TIMEOUT_S,
     Appearances,
     ImageInput,
     JobEvent,
     JobRef,
+    ProgressCallback,
     ResultTargets,
     RetryPolicy,
-    check,
     default_headers,
     is_many,
     job_event,
     job_id,
     job_path,
     next_poll_interval,
+    one_path,
     parse_job,
     resolve_server,
     result_path,
-    result_targets,
+    result_paths,
     retry_after_of,
     submit_request,
+    succeeded_results,
     transport_error,
     wants_retry,
 )
-from qalign_client.client import STREAM_READ_TIMEOUT_S, ProgressCallback
-from qalign_client.errors import JobFailedError, JobTimeoutError, TransportError
+from qalign_client._io import AsyncSleep, arun_blocking, asleep, write_atomically
+from qalign_client.errors import JobFailedError, JobTimeoutError, TransportError, error_from_response
 from qalign_client.sse import SSEDecoder
 from qalign_schema.jobs import JobList, JobOut
 from qalign_schema.params import TransferParams
 
+__all__ = ["STREAM_READ_TIMEOUT_S", "AsyncClient", "ProgressCallback"]
+
 
 class AsyncClient:
-    """A Q-Align service over HTTP, for asyncio code. See ``Client`` for the behaviour."""
+    """A Q-Align service, over HTTP (``AsyncClient``: the same methods, awaited, for asyncio code;
+    ``stream`` and ``list`` are async iterators).
+
+    ``base_url`` defaults to $QALIGN_SERVER (else http://127.0.0.1:8000), ``api_key`` to
+    $QALIGN_API_KEY. Requests the service asks to retry (429, 503 with Retry-After) and requests
+    that never reached it are retried up to ``max_retries`` times; every submit carries an
+    Idempotency-Key, the same for all its retries, so a retry never makes a second job.
+    """
 
     def __init__(
         self,
@@ -67,7 +90,7 @@ class AsyncClient:
             timeout=timeout,
             transport=transport,
         )
-        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self._sleep: AsyncSleep = asleep
         self._clock: Callable[[], float] = time.monotonic
 
     async def aclose(self) -> None:
@@ -92,8 +115,16 @@ class AsyncClient:
         prefer_wait: float | None = None,
         **overrides: Any,
     ) -> JobOut:
-        """See ``Client.submit``."""
-        body, headers = submit_request(
+        """Submit a transfer; the job object (``queued``, or finished when ``prefer_wait`` seconds,
+        1 to 60, were enough for the service to finish it).
+
+        Images: paths, bytes, binary files, PIL images or https:// URLs. ``appearance`` is one image
+        or a list of 1 to 8: one job, one result per appearance, in order (``results``). ``params``
+        and keyword overrides (``seed=1``, ``aspect="square"``, ``size=768``) are checked against
+        TransferParams before anything is sent.
+        """
+        request = partial(  # reads and encodes the images (async: in a worker thread)
+            submit_request,
             structure,
             appearance,
             params,
@@ -103,12 +134,14 @@ class AsyncClient:
             idempotency_key=idempotency_key or str(uuid.uuid4()),
             wait=prefer_wait,
         )
+        body, headers = await arun_blocking(request)
         kwargs: dict[str, Any] = {"json": body, "headers": headers}
-        if prefer_wait is not None:
+        if prefer_wait is not None:  # the service holds the answer up to prefer_wait seconds
             kwargs["timeout"] = httpx.Timeout(self.timeout, read=self.timeout + prefer_wait)
         return parse_job(await self._send("POST", "/transfer", **kwargs))
 
     async def get(self, job: JobRef) -> JobOut:
+        """The job object now."""
         return parse_job(await self._send("GET", job_path(job)))
 
     async def wait(
@@ -120,7 +153,10 @@ class AsyncClient:
         max_poll_interval: float = 5.0,
         on_progress: ProgressCallback | None = None,
     ) -> JobOut:
-        """See ``Client.wait``."""
+        """Poll until the job is finished (succeeded, failed or canceled) and return it.
+
+        The interval grows from ``poll_interval`` to ``max_poll_interval``; a Retry-After from the
+        service wins. JobTimeoutError after ``timeout`` seconds (None: no limit)."""
         deadline = None if timeout is None else self._clock() + timeout
         interval = poll_interval
         current = job if isinstance(job, JobOut) else None
@@ -147,7 +183,11 @@ class AsyncClient:
     async def stream(
         self, job: JobRef, *, last_event_id: str | None = None, max_reconnects: int = 5
     ) -> AsyncIterator[JobEvent]:
-        """See ``Client.stream``."""
+        """The job's events (GET /jobs/{id}/events): ``progress`` events, then one terminal event
+        (``succeeded``, ``failed`` or ``canceled``), after which the iterator ends.
+
+        A broken or silent connection is reopened with Last-Event-ID (up to ``max_reconnects``
+        times in a row without an event), so no event is seen twice and none is lost."""
         decoder = SSEDecoder(last_event_id)
         failures = 0
         while True:
@@ -173,6 +213,7 @@ class AsyncClient:
                     await response.aclose()
             except (httpx.TransportError, TransportError):
                 pass  # reconnect below
+            # The stream ended or broke before the terminal event: a finished job ends it here.
             current = await self.get(job)
             if current.finished:
                 yield JobEvent(event=current.status, id=None, job=current)
@@ -184,37 +225,67 @@ class AsyncClient:
             await self._sleep(delay)
             decoder = decoder.resumed()
 
-    async def result(self, job: JobRef, path: str | os.PathLike | None = None, k: int = 0) -> bytes | Path:
-        """See ``Client.result``."""
+    @overload
+    async def result(self, job: JobRef, path: None = None, k: int = 0) -> bytes: ...
+
+    @overload
+    async def result(self, job: JobRef, path: str | os.PathLike[str], k: int = 0) -> Path: ...
+
+    async def result(
+        self, job: JobRef, path: str | os.PathLike[str] | None = None, k: int = 0
+    ) -> bytes | Path:
+        """Result ``k`` (0: the first; one per appearance, in order): its bytes, or, with ``path``,
+        written there (atomically) and the path.
+
+        Follows the service's redirect to a presigned store URL (the API key is not sent there).
+        ConflictError while the job has not succeeded; NotFoundError for a ``k`` beyond its results."""
         headers = {"Accept": "image/*, application/problem+json"}
         response = await self._send(
             "GET", result_path(job, k), stream=True, follow_redirects=True, headers=headers
         )
         try:
-            if path is None:
-                return await response.aread()
-            return await _write_atomically(Path(path), response)
+            body = await response.aread()
         except httpx.TransportError as exc:
             raise transport_error(exc, "GET", str(response.url)) from exc
         finally:
             await response.aclose()
+        if path is None:
+            return body
+        return await arun_blocking(partial(write_atomically, Path(path), body))
+
+    @overload
+    async def results(self, job: JobRef, target: None = None) -> builtins.list[bytes]: ...
+
+    @overload
+    async def results(self, job: JobRef, target: ResultTargets) -> builtins.list[Path]: ...
 
     async def results(
         self, job: JobRef, target: ResultTargets | None = None
     ) -> builtins.list[bytes] | builtins.list[Path]:
-        """See ``Client.results`` (downloaded one after another, in order)."""
+        """All of a succeeded job's results, in the appearances' order (fetched one after another):
+        their bytes, or written to ``target`` and their paths. ``target``: a directory (created when
+        missing; files ``<job id>-<k>.<ext>``) or a list of one path per result. ConflictError
+        while the job has not succeeded."""
         current = job if isinstance(job, JobOut) and job.status == "succeeded" else await self.get(job)
-        return [await self.result(current, path, k) for k, path in enumerate(result_targets(current, target))]
+        if target is None:
+            return [await self.result(current, k=k) for k in range(len(succeeded_results(current)))]
+        paths = await arun_blocking(partial(result_paths, current, target))  # may create the directory
+        return [await self.result(current, path, k) for k, path in enumerate(paths)]
 
     async def cancel(self, job: JobRef) -> JobOut:
+        """Cancel: a queued job never runs; a running one stops at its next step (the object still
+        says ``running`` until then). A finished job is returned unchanged."""
         return parse_job(await self._send("DELETE", job_path(job)))
 
     async def erase(self, job: JobRef) -> None:
+        """Erase the job and its data (record, inputs, result); a running job is canceled first.
+        Afterwards every URL of the job answers 404."""
         await self._send("DELETE", job_path(job), params={"purge": "true"})
 
     async def list_page(
         self, status: str | None = None, limit: int | None = None, cursor: str | None = None
     ) -> JobList:
+        """One page of the caller's jobs, newest first."""
         query = {k: v for k, v in (("status", status), ("limit", limit), ("cursor", cursor)) if v is not None}
         response = await self._send("GET", "/jobs", params=query)
         return JobList.model_validate_json(response.content)
@@ -222,6 +293,7 @@ class AsyncClient:
     async def list(
         self, status: str | None = None, limit: int | None = None, *, page_size: int = 20
     ) -> AsyncIterator[JobOut]:
+        """The caller's jobs, newest first, fetched page by page; at most ``limit`` of them."""
         cursor, seen = None, 0
         while True:
             size = page_size if limit is None else max(1, min(page_size, limit - seen))
@@ -241,25 +313,29 @@ class AsyncClient:
         appearance: Appearances,
         params: TransferParams | Mapping[str, Any] | None = None,
         *,
-        path: str | os.PathLike | ResultTargets | None = None,
+        path: str | os.PathLike[str] | ResultTargets | None = None,
         timeout: float | None = None,
         poll_interval: float = 0.5,
         on_progress: ProgressCallback | None = None,
         **submit_kwargs: Any,
     ) -> bytes | Path | builtins.list[bytes] | builtins.list[Path]:
-        """See ``Client.run``."""
+        """Submit, wait, download. One appearance: the result's bytes (or the ``path`` it was
+        written to). A list of appearances: a list, one per appearance (``path``: a directory or one
+        path each, as for ``results``). JobFailedError when the job fails or is canceled."""
         job = await self.submit(structure, appearance, params, **submit_kwargs)
         job = await self.wait(job, timeout=timeout, poll_interval=poll_interval, on_progress=on_progress)
         if job.status != "succeeded":
             raise JobFailedError(job)
         if is_many(appearance):
             return await self.results(job, path)
-        return await self.result(job, path)
+        return await self.result(job, one_path(path))
 
     # ---------------------------------------------------------------------------------- sending
     async def _send(
         self, method: str, url: str, *, stream: bool = False, follow_redirects: bool = False, **kwargs: Any
     ) -> httpx.Response:
+        """One request with the retry policy; a successful response (streamed when ``stream``: the
+        caller closes it) or the typed error."""
         attempt = 0
         while True:
             try:
@@ -278,19 +354,6 @@ class AsyncClient:
                     await response.aclose()
                 delay = self.retry.delay(attempt, retry_after_of(response)) if wants_retry(response) else None
                 if delay is None:
-                    check(response)
+                    raise error_from_response(response)
             await self._sleep(delay)
             attempt += 1
-
-
-async def _write_atomically(path: Path, response: httpx.Response) -> Path:
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    try:
-        with open(temp, "wb") as handle:
-            async for chunk in response.aiter_bytes():
-                handle.write(chunk)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path

@@ -1,4 +1,17 @@
-"""The synchronous client. ``AsyncClient`` (qalign_client.aio) has the same methods, awaited."""
+# Generated from qalign_client/aio.py by `python scripts/unasync_client.py`: edit aio.py, not this file.
+"""The client, written once: ``AsyncClient`` in qalign_client/aio.py is the source, and ``Client`` in
+qalign_client/client.py is generated from it by ``python scripts/unasync_client.py`` (unasync drops
+``async`` and ``await`` and maps each async name onto its sync twin: ``aclose`` -> ``close``,
+``httpx.AsyncClient`` -> ``httpx.Client``, ``asleep`` -> ``sleep``...). Edit aio.py only, then
+regenerate; tests/qalign_client/test_unasync.py fails when client.py has drifted.
+
+Why generated rather than a sans-IO core with two transports: the requests and the parsing are
+already pure (``_core``); what the two clients shared by copy was the control flow (retries,
+polling, the events stream's reconnects, paging, downloads). As plain code with ``await`` that flow
+reads top to bottom and has one home; a sans-IO form would turn it into effect-yielding generators
+driven by two interpreters, more code and harder to follow. What cannot be derived (sleeping,
+file I/O kept off the event loop) is the small pair in ``_io``.
+"""
 
 from __future__ import annotations
 
@@ -7,47 +20,50 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import httpx
 
 from qalign_client._core import (
+    STREAM_READ_TIMEOUT_S,
     Appearances,
     ImageInput,
     JobEvent,
     JobRef,
+    ProgressCallback,
     ResultTargets,
     RetryPolicy,
-    check,
     default_headers,
     is_many,
     job_event,
     job_id,
     job_path,
     next_poll_interval,
+    one_path,
     parse_job,
     resolve_server,
     result_path,
-    result_targets,
+    result_paths,
     retry_after_of,
     submit_request,
+    succeeded_results,
     transport_error,
     wants_retry,
 )
-from qalign_client.errors import JobFailedError, JobTimeoutError, TransportError
+from qalign_client._io import Sleep, run_blocking, sleep, write_atomically
+from qalign_client.errors import JobFailedError, JobTimeoutError, TransportError, error_from_response
 from qalign_client.sse import SSEDecoder
 from qalign_schema.jobs import JobList, JobOut
 from qalign_schema.params import TransferParams
 
-#: Read timeout of the events stream: the service sends a keep-alive comment well within it; a
-#: stream silent for longer is reconnected (resuming after the last event).
-STREAM_READ_TIMEOUT_S = 60.0
-ProgressCallback = Callable[[JobOut], None]
+__all__ = ["STREAM_READ_TIMEOUT_S", "Client", "ProgressCallback"]
 
 
 class Client:
-    """A Q-Align service, over HTTP.
+    """A Q-Align service, over HTTP (``AsyncClient``: the same methods, awaited, for asyncio code;
+    ``stream`` and ``list`` are async iterators).
 
     ``base_url`` defaults to $QALIGN_SERVER (else http://127.0.0.1:8000), ``api_key`` to
     $QALIGN_API_KEY. Requests the service asks to retry (429, 503 with Retry-After) and requests
@@ -75,7 +91,7 @@ class Client:
             timeout=timeout,
             transport=transport,
         )
-        self._sleep: Callable[[float], None] = time.sleep
+        self._sleep: Sleep = sleep
         self._clock: Callable[[], float] = time.monotonic
 
     def close(self) -> None:
@@ -108,7 +124,8 @@ class Client:
         and keyword overrides (``seed=1``, ``aspect="square"``, ``size=768``) are checked against
         TransferParams before anything is sent.
         """
-        body, headers = submit_request(
+        request = partial(  # reads and encodes the images (async: in a worker thread)
+            submit_request,
             structure,
             appearance,
             params,
@@ -118,6 +135,7 @@ class Client:
             idempotency_key=idempotency_key or str(uuid.uuid4()),
             wait=prefer_wait,
         )
+        body, headers = run_blocking(request)
         kwargs: dict[str, Any] = {"json": body, "headers": headers}
         if prefer_wait is not None:  # the service holds the answer up to prefer_wait seconds
             kwargs["timeout"] = httpx.Timeout(self.timeout, read=self.timeout + prefer_wait)
@@ -208,7 +226,13 @@ class Client:
             self._sleep(delay)
             decoder = decoder.resumed()
 
-    def result(self, job: JobRef, path: str | os.PathLike | None = None, k: int = 0) -> bytes | Path:
+    @overload
+    def result(self, job: JobRef, path: None = None, k: int = 0) -> bytes: ...
+
+    @overload
+    def result(self, job: JobRef, path: str | os.PathLike[str], k: int = 0) -> Path: ...
+
+    def result(self, job: JobRef, path: str | os.PathLike[str] | None = None, k: int = 0) -> bytes | Path:
         """Result ``k`` (0: the first; one per appearance, in order): its bytes, or, with ``path``,
         written there (atomically) and the path.
 
@@ -217,23 +241,33 @@ class Client:
         headers = {"Accept": "image/*, application/problem+json"}
         response = self._send("GET", result_path(job, k), stream=True, follow_redirects=True, headers=headers)
         try:
-            if path is None:
-                return response.read()
-            return _write_atomically(Path(path), response.iter_bytes())
+            body = response.read()
         except httpx.TransportError as exc:
             raise transport_error(exc, "GET", str(response.url)) from exc
         finally:
             response.close()
+        if path is None:
+            return body
+        return run_blocking(partial(write_atomically, Path(path), body))
+
+    @overload
+    def results(self, job: JobRef, target: None = None) -> builtins.list[bytes]: ...
+
+    @overload
+    def results(self, job: JobRef, target: ResultTargets) -> builtins.list[Path]: ...
 
     def results(
         self, job: JobRef, target: ResultTargets | None = None
     ) -> builtins.list[bytes] | builtins.list[Path]:
-        """All of a succeeded job's results, in the appearances' order: their bytes, or written to
-        ``target`` and their paths. ``target``: a directory (created when missing; files
-        ``<job id>-<k>.<ext>``) or a list of one path per result. ConflictError while the job has
-        not succeeded."""
+        """All of a succeeded job's results, in the appearances' order (fetched one after another):
+        their bytes, or written to ``target`` and their paths. ``target``: a directory (created when
+        missing; files ``<job id>-<k>.<ext>``) or a list of one path per result. ConflictError
+        while the job has not succeeded."""
         current = job if isinstance(job, JobOut) and job.status == "succeeded" else self.get(job)
-        return [self.result(current, path, k) for k, path in enumerate(result_targets(current, target))]
+        if target is None:
+            return [self.result(current, k=k) for k in range(len(succeeded_results(current)))]
+        paths = run_blocking(partial(result_paths, current, target))  # may create the directory
+        return [self.result(current, path, k) for k, path in enumerate(paths)]
 
     def cancel(self, job: JobRef) -> JobOut:
         """Cancel: a queued job never runs; a running one stops at its next step (the object still
@@ -276,7 +310,7 @@ class Client:
         appearance: Appearances,
         params: TransferParams | Mapping[str, Any] | None = None,
         *,
-        path: str | os.PathLike | ResultTargets | None = None,
+        path: str | os.PathLike[str] | ResultTargets | None = None,
         timeout: float | None = None,
         poll_interval: float = 0.5,
         on_progress: ProgressCallback | None = None,
@@ -291,7 +325,7 @@ class Client:
             raise JobFailedError(job)
         if is_many(appearance):
             return self.results(job, path)
-        return self.result(job, path)
+        return self.result(job, one_path(path))
 
     # ---------------------------------------------------------------------------------- sending
     def _send(
@@ -317,20 +351,6 @@ class Client:
                     response.close()
                 delay = self.retry.delay(attempt, retry_after_of(response)) if wants_retry(response) else None
                 if delay is None:
-                    check(response)
+                    raise error_from_response(response)
             self._sleep(delay)
             attempt += 1
-
-
-def _write_atomically(path: Path, chunks: Iterator[bytes]) -> Path:
-    """Write to a temporary file beside ``path`` and rename it into place: never a partial file."""
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    try:
-        with open(temp, "wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from qalign_core.errors import InvalidImageError
+from qalign_schema.params import IMAGE_FORMATS, IMAGE_FORMATS_TEXT
 
-ALLOWED_FORMATS = ("png", "jpeg", "webp")
 #: Default cap on decoded pixels (about 40 megapixels, e.g. 8000 x 5000).
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -138,11 +138,12 @@ def load_image(source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
     else:
         data = bytes(source)
     if not data:
-        raise InvalidImageError("the image is empty (0 bytes); send a PNG, JPEG or WebP file")
+        raise InvalidImageError(f"the image is empty (0 bytes); send a {IMAGE_FORMATS_TEXT} file")
     fmt = sniff_format(data)
     if fmt is None:
         raise InvalidImageError(
-            "not a PNG, JPEG or WebP image (unrecognised file signature); allowed formats: png, jpeg, webp"
+            f"not a {IMAGE_FORMATS_TEXT} image (unrecognised file signature); "
+            f"allowed formats: {', '.join(IMAGE_FORMATS)}"
         )
     check_pixel_count(data, max_pixels)
     try:
@@ -245,5 +246,5 @@ def encode_image(image: Image.Image, fmt: str) -> bytes:
     elif fmt == "webp":
         image.save(buffer, format="WEBP", quality=95, method=4)
     else:
-        raise ValueError(f"output format must be one of png, jpeg, webp; got {fmt!r}")
+        raise ValueError(f"output format must be one of {', '.join(IMAGE_FORMATS)}; got {fmt!r}")
     return buffer.getvalue()

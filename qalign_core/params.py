@@ -1,5 +1,6 @@
 """Per-request parameters of a transfer: the one definition lives in ``qalign_schema.params`` (pydantic
-only, shared with the Python client); the library re-exports it here."""
+only, shared with the Python client); the library re-exports it here. Also the model loaded when none
+is named, here rather than in ``pipeline`` so that settings can read it without importing torch."""
 
 from qalign_schema.params import (
     MAX_APPEARANCES,
@@ -10,7 +11,11 @@ from qalign_schema.params import (
     TransferParams,
 )
 
+#: The model ``QAlignPipeline.from_pretrained``, the CLI and the service load when none is named.
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
 __all__ = [
+    "DEFAULT_MODEL",
     "MAX_APPEARANCES",
     "MAX_ASPECT_RATIO",
     "MAX_STEPS",

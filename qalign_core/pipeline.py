@@ -26,7 +26,7 @@ from qalign_core.errors import InvalidParametersError, ModelLoadError, TransferC
 from qalign_core.freeu import DecoderFreeU
 from qalign_core.images import ImageInput, OutputShape, cover_crop, encode_image, load_image, output_shape
 from qalign_core.inversion import Inversion, InversionCache, inversion_key, invert, noise_seed
-from qalign_core.params import MAX_APPEARANCES, MAX_ASPECT_RATIO, TransferParams
+from qalign_core.params import DEFAULT_MODEL, MAX_APPEARANCES, MAX_ASPECT_RATIO, TransferParams
 from qalign_core.processors import AlignmentState, RowLayout, install_processors
 from qalign_core.schedule import DenoiseSchedule, schedule_for
 from qalign_core.segmentation import ObjectMasks, compute_object_masks, noun_token_positions
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
     from transformers import CLIPTextModel, PreTrainedTokenizerBase
-
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 ProgressCallback = Callable[[str, float], None]
 CancelCheck = Callable[[], bool]

@@ -152,7 +152,7 @@ class JobOut(BaseModel):
 
     @property
     def finished(self) -> bool:
-        return self.status in ("succeeded", "failed", "canceled")
+        return self.status in TERMINAL_STATUSES
 
 
 class JobList(BaseModel):

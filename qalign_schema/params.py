@@ -6,16 +6,22 @@ place is refused with the same message everywhere. Pydantic only: the client ins
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 StepRange = tuple[int, int]
 
-#: The image formats accepted as inputs and produced as results: the one home of this rule.
-IMAGE_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
+#: The image formats accepted as inputs and produced as results: the one home of this rule (the
+#: type of ``output_format``; everything else derives from it).
+ImageFormat = Literal["png", "jpeg", "webp"]
+IMAGE_FORMATS: tuple[str, ...] = get_args(ImageFormat)
 #: Their media types, in the same order (what Content-Type, Accept and the OpenAPI document name).
 IMAGE_MEDIA_TYPES: tuple[str, ...] = tuple(f"image/{fmt}" for fmt in IMAGE_FORMATS)
+#: How people write them, in the same order: PNG, JPEG, WebP.
+IMAGE_FORMAT_NAMES: tuple[str, ...] = tuple("WebP" if fmt == "webp" else fmt.upper() for fmt in IMAGE_FORMATS)
+#: The accepted formats as refusals name them: "PNG, JPEG or WebP".
+IMAGE_FORMATS_TEXT = f"{', '.join(IMAGE_FORMAT_NAMES[:-1])} or {IMAGE_FORMAT_NAMES[-1]}"
 
 #: The most DDPM steps: SD 1.5's scheduler (1000 training steps, steps_offset 1) supports up to 999.
 MAX_STEPS = 999
@@ -114,7 +120,7 @@ class TransferParams(BaseModel):
         "rounded to the model's unit (64 px for SD 1.5); `square` centre-crops to a square, as "
         "Cross-Image Attention does.",
     )
-    output_format: Literal["png", "jpeg", "webp"] = Field("png", description="Encoding of the result image.")
+    output_format: ImageFormat = Field("png", description="Encoding of the result image.")
 
     @field_validator("adain", mode="before")
     @classmethod

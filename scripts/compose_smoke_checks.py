@@ -32,6 +32,8 @@ import boto3  # noqa: E402
 import httpx  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from qalign_schema.jobs import TERMINAL_STATUSES  # noqa: E402
+
 T = TypeVar("T")
 BUCKET = "qalign"
 LONG_SERVICES = ("api", "worker", "redis", "minio")
@@ -118,9 +120,7 @@ def job(api: httpx.Client, job_id: str) -> dict:
 def terminal(api: httpx.Client, job_id: str, timeout: float = 900) -> dict:
     body = wait_for(
         f"job {job_id} finished",
-        lambda: (lambda j: j if j["status"] in ("succeeded", "failed", "canceled") else None)(
-            job(api, job_id)
-        ),
+        lambda: (lambda j: j if j["status"] in TERMINAL_STATUSES else None)(job(api, job_id)),
         timeout,
     )
     check(body["status"] == "succeeded", f"job {job_id} ended {body['status']}: {body.get('error')}")

@@ -1,6 +1,10 @@
 """Expiry: removing job records, results and inputs older than QALIGN_JOB_TTL.
 
-Records expire by themselves in Redis (key TTL) and are pruned here in SQLite. Objects are swept:
+A record expires QALIGN_JOB_TTL after its job ended (an unfinished job does not expire): Redis drops
+the key itself, SQLite rows are deleted here, and here both stores drop the index entries of expired
+records (``JobRecords.prune``; reads never write). Each pass first runs ``JobRecords.migrate``
+(a no-op once done), so records of an earlier version are brought up to date even if that failed
+at start. Objects are swept:
 a result goes when its job record is gone (or finished longer than the TTL ago); an input goes when
 no stored job references it and it was not written or reused for an hour (inputs are shared between
 jobs by content digest, and reuse refreshes them, see storage.INPUT_REFRESH_S); cached inversions
@@ -35,6 +39,7 @@ def sweep(
 ) -> dict[str, int]:
     """One expiry pass; returns how many records and objects of each kind were removed."""
     now = time.time() if now is None else now
+    stores.records.migrate()
     counts = {"records": stores.records.prune(), "results": 0, "inputs": 0, "inversions": 0, "temp_files": 0}
     live = {job.id: job for job in stores.records.all_jobs()}
     referenced = {key for job in live.values() for key in job.input_keys}

@@ -36,7 +36,7 @@ class Erasure:
 
 def erase_job(stores: JobStores, store: ObjectStore, job_id: str) -> Erasure | None:
     """Erase job ``job_id`` (ownership is the caller's check); None when it does not exist (any more)."""
-    job = stores.records.modify(job_id, transitions.cancel)  # a queued job never runs now
+    job = stores.records.apply(job_id, transitions.cancel)  # a queued job never runs now
     if job is None:
         return None
     erasure = Erasure(job=job)

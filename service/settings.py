@@ -14,10 +14,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qalign_core.params import DEFAULT_MODEL
 from qalign_schema.params import MAX_APPEARANCES
-
-#: Same value as qalign_core.pipeline.DEFAULT_MODEL, repeated so reading settings never imports torch.
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
 class Settings(BaseSettings):
@@ -92,12 +90,16 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(1.0, ge=0.0, description="First retry delay; doubles per attempt.")
     webhook_timeout_s: float = Field(5.0, gt=0.0, description="Timeout of one webhook POST (s).")
     webhook_workers: int = Field(
-        4, ge=1, le=64, description="Threads delivering webhooks per process (one bounded pool)."
+        4, ge=1, le=64, description="Jobs whose webhooks are delivered at once by the event dispatcher."
     )
-    webhook_queue_size: int = Field(
-        1000,
-        ge=1,
-        description="Webhook events waiting per process; past it an event is recorded as undelivered.",
+    webhook_drain_s: float = Field(
+        10.0,
+        ge=0.0,
+        description="At shutdown, seconds spent delivering pending events; the rest stay in the "
+        "durable outbox and go out after the next start.",
+    )
+    outbox_poll_s: float = Field(
+        0.2, gt=0.0, le=10.0, description="How often the event dispatcher looks for new events (s)."
     )
     outbound_ca_bundle: Path | None = Field(
         None,

@@ -23,15 +23,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from service.settings import Settings
 
+from qalign_schema.params import IMAGE_FORMATS, IMAGE_MEDIA_TYPES
+
 KEY_PATTERN = re.compile(
-    r"^(inputs|results|inversions)/[0-9a-f]{32,64}(-r[0-9]{1,2})?(-a[0-9]{1,4})?(\.(png|jpeg|webp))?$"
+    r"^(inputs|results|inversions)/[0-9a-f]{32,64}(-r[0-9]{1,2})?(-a[0-9]{1,4})?"
+    rf"(\.({'|'.join(IMAGE_FORMATS)}))?$"
 )
 #: An input reused after this many seconds is rewritten (S3) or touched (local), so that expiry,
 #: which goes by the object's age, never removes an input a new job has just started to use.
 INPUT_REFRESH_S = 600.0
 #: How long an input this process saw fresh in the store is trusted without a lookup.
 RECENT_INPUT_S = INPUT_REFRESH_S / 2
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
+#: Result file name extension of each output media type.
+EXTENSIONS: dict[str, str] = dict(zip(IMAGE_MEDIA_TYPES, IMAGE_FORMATS, strict=True))
 
 
 class ObjectNotFound(KeyError):

@@ -113,7 +113,7 @@ def _hard_time_limit(sender=None, exception=None, args=None, **_: object) -> Non
 
     stores = open_job_stores(settings)
     try:
-        stores.records.modify(str(args[0]), fail_if_ours)
+        stores.records.apply(str(args[0]), fail_if_ours)
     except StoreUnavailable:
         logger.warning("could not record the hard time limit of job %s", args[0], exc_info=True)
     finally:

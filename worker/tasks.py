@@ -20,12 +20,11 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from service.jobs import JobStores, StoreUnavailable, open_job_stores, worker_name
 from service.jobs.heartbeat import Heartbeat
-from service.jobs.runner import JobContext, execute_job, load_pipeline
+from service.jobs.runner import JobContext, TransferPipeline, execute_job, load_pipeline
 from service.jobs.takeover import TakeoverWatch
 from service.logs import configure_logging
 from service.settings import Settings
 from service.storage import ObjectStore, make_object_store
-from service.webhooks import JobWebhooks
 from worker.celery_app import TASK_NAME, app
 
 logger = logging.getLogger("qalign.worker")
@@ -36,12 +35,11 @@ class WorkerState:
     """What one worker process holds for all its tasks."""
 
     settings: Settings
-    pipeline: object
+    pipeline: TransferPipeline
     stores: JobStores
     store: ObjectStore
     name: str
     heartbeat: Heartbeat | None
-    events: JobWebhooks | None = None
     takeover: TakeoverWatch | None = None
 
     def context(self) -> JobContext:
@@ -50,7 +48,6 @@ class WorkerState:
             self.store,
             self.settings,
             self.pipeline,
-            events=self.events or JobWebhooks(self.settings, self.store, stores=self.stores),
             worker=self.name,
             interrupted=interrupt.is_set,
             time_limit_errors=(SoftTimeLimitExceeded,),
@@ -80,8 +77,7 @@ def worker_state() -> WorkerState:
             stores, store = open_job_stores(settings), make_object_store(settings)
             name = worker_name()
             heartbeat = Heartbeat(stores.workers, name, settings, pipeline)
-            events = JobWebhooks(settings, store, stores=stores)
-            _state = WorkerState(settings, pipeline, stores, store, name, heartbeat, events)
+            _state = WorkerState(settings, pipeline, stores, store, name, heartbeat)
             heartbeat.start()
             _state.takeover = TakeoverWatch(
                 stores.records,

@@ -12,7 +12,6 @@ from service.api.errors import JobNotFound, ResultGone, ResultNotFound, ResultNo
 from service.api.submit import idempotency_scope
 from service.erasure import erase_job
 from service.jobs import Job, JobStores, transitions
-from service.jobs.runner import JobEvents
 from service.logs import job_context
 from service.settings import Settings
 from service.storage import ObjectNotFound, ObjectStore
@@ -32,8 +31,8 @@ class ResultLocation:
 
 
 class JobAccess:
-    def __init__(self, settings: Settings, stores: JobStores, store: ObjectStore, events: JobEvents) -> None:
-        self.settings, self.stores, self.store, self.events = settings, stores, store, events
+    def __init__(self, settings: Settings, stores: JobStores, store: ObjectStore) -> None:
+        self.settings, self.stores, self.store = settings, stores, store
 
     def get(self, job_id: str, owner: str | None) -> Job:
         job = self.stores.records.get(job_id) if JOB_ID.match(job_id) else None
@@ -42,14 +41,12 @@ class JobAccess:
         return job
 
     def cancel(self, job_id: str, owner: str | None) -> Job:
-        before = self.get(job_id, owner)
-        job = self.stores.records.modify(job_id, transitions.cancel)
+        self.get(job_id, owner)
+        job = self.stores.records.apply(job_id, transitions.cancel)
         if job is None:
             raise JobNotFound(f"no job with id {job_id!r}")
         with job_context(job_id):
             logger.info("cancel requested: job is %s", job.status)
-            if before.status == "queued" and job.status == "canceled":
-                self.events.publish(job)  # it never reaches a worker, so its terminal event goes from here
         return job
 
     def erase(self, job_id: str, owner: str | None) -> None:

@@ -20,13 +20,16 @@ from service.api.openapi import install_openapi
 from service.api.problems import install_problem_handlers
 from service.api.routes import router, web
 from service.api.services import Services
+from service.jobs.runner import PipelineFactory
 from service.logs import configure_logging
 from service.settings import Settings
 
 logger = logging.getLogger("qalign.api")
 
 
-def create_app(settings: Settings | None = None, *, pipeline_factory=None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, pipeline_factory: PipelineFactory | None = None
+) -> FastAPI:
     """``pipeline_factory(settings)`` replaces the model loader of the embedded worker (tests)."""
     settings = settings or Settings()
     services = Services.from_settings(settings, pipeline_factory=pipeline_factory)

@@ -28,11 +28,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qalign_core.images import ImageTooLargeError, check_pixel_count, sniff_format
 from qalign_core.params import MAX_APPEARANCES, TransferParams
+from qalign_schema.params import IMAGE_FORMAT_NAMES, IMAGE_FORMATS, IMAGE_FORMATS_TEXT
 from service.api.problems import ApiProblem, problem_response, validation_problem
 from service.api.remote_inputs import check_input_url, fetch_input, looks_like_url
 from service.api.schemas import IMAGE_FIELDS, TUPLE_FIELDS, FieldProblem, TransferJSONRequest
+from service.jobs.events import EVENTS
 from service.settings import Settings
-from service.webhooks import EVENTS, WebhookRefused, check_webhook_url
+from service.webhooks import WebhookRefused, check_webhook_url
 
 #: Signatures of image formats we recognise but do not accept (answer 415, not 400).
 OTHER_IMAGE_SIGNATURES = {
@@ -48,6 +50,8 @@ OTHER_IMAGE_SIGNATURES = {
 }
 
 
+#: What a missing image part is told to send.
+MISSING_IMAGE = f"required: a file part ({IMAGE_FORMATS_TEXT}) or an https:// URL"
 #: Longest Idempotency-Key accepted; keys are opaque to us (a UUID is typical).
 MAX_IDEMPOTENCY_KEY = 255
 MAX_WEBHOOK_URL = 2000
@@ -75,7 +79,7 @@ def check_appearance_count(count: int) -> None:
         return
     allowed = f"1 to {MAX_APPEARANCES} appearance images"
     if count == 0:
-        message = "required: a file part (PNG, JPEG or WebP) or an https:// URL"
+        message = MISSING_IMAGE
         kind = "missing-part"
     else:
         message = f"{count} appearance images sent; at most {MAX_APPEARANCES} per job"
@@ -251,10 +255,7 @@ async def _read_form(request: Request, settings: Settings) -> _Parsed:
     parts = {name: [p for p in form.getlist(name) if isinstance(p, UploadFile) or p] for name in IMAGE_FIELDS}
     missing = [name for name in IMAGE_FIELDS if not parts[name]]
     if missing:
-        problems = [
-            FieldProblem(field=f, message="required: a file part (PNG, JPEG or WebP) or an https:// URL")
-            for f in missing
-        ]
+        problems = [FieldProblem(field=f, message=MISSING_IMAGE) for f in missing]
         raise ApiProblem(
             422, "; ".join(f"{p.field}: {p.message}" for p in problems), kind="missing-part", errors=problems
         )
@@ -373,7 +374,7 @@ def check_image(field: str, data: bytes, declared_type: str | None, settings: Se
     _check_size(field, len(data), settings)
     if not data:
         raise ApiProblem(
-            400, f"{field}: the file is empty; send a PNG, JPEG or WebP image", kind="not-an-image"
+            400, f"{field}: the file is empty; send a {IMAGE_FORMATS_TEXT} image", kind="not-an-image"
         )
     fmt = sniff_format(data)
     if fmt is None:
@@ -388,15 +389,16 @@ def _unrecognised(field: str, data: bytes, declared_type: str | None) -> ApiProb
     if other is None and len(data) >= 12 and data[4:8] == b"ftyp":
         other = data[8:12].decode("latin-1").strip()
     declared = (declared_type or "").lower()
-    if declared.startswith("image/") and declared[6:] not in ("png", "jpeg", "jpg", "webp"):
+    # image/jpg: a common misspelling of image/jpeg, not another format.
+    if declared.startswith("image/") and declared[6:] not in (*IMAGE_FORMATS, "jpg"):
         other = other or declared
     if other is not None:
         return ApiProblem(
             415,
-            f"{field}: unsupported image type ({other}); allowed: PNG, JPEG, WebP",
+            f"{field}: unsupported image type ({other}); allowed: {', '.join(IMAGE_FORMAT_NAMES)}",
             kind="unsupported-media-type",
         )
-    return ApiProblem(400, f"{field}: not an image (send a PNG, JPEG or WebP file)", kind="not-an-image")
+    return ApiProblem(400, f"{field}: not an image (send a {IMAGE_FORMATS_TEXT} file)", kind="not-an-image")
 
 
 def _decode_once(field: str, data: bytes, fmt: str, settings: Settings) -> None:

@@ -33,6 +33,7 @@ class JobStoreCollector:
             counts = self.stores.records.count_by_status()
             stages = self.stores.stages.snapshot()
             workers = self.stores.workers.live()
+            outbox = self.stores.outbox.count()
         except StoreUnavailable:
             up.add_metric([], 0)
             yield up
@@ -53,6 +54,11 @@ class JobStoreCollector:
             bounds = [str(float(b)) for b in STAGE_BUCKETS] + ["+Inf"]
             histogram.add_metric([stage], list(zip(bounds, stats["buckets"], strict=True)), stats["sum"])
         yield histogram
+        pending = GaugeMetricFamily(
+            "qalign_events_pending", "Job events (webhooks) in the durable outbox, not yet delivered"
+        )
+        pending.add_metric([], outbox)
+        yield pending
         live = GaugeMetricFamily("qalign_workers_live", "Workers with a fresh heartbeat")
         live.add_metric([], len(workers))
         yield live
@@ -104,7 +110,7 @@ class UndeliveredWebhookCollector:
             "Webhook events given up on by any process of the service (also recorded on the job)",
             labels=["reason"],
         )
-        for reason in ("queue_full", "refused", "failed"):
+        for reason in ("refused", "failed"):
             family.add_metric([reason], counts.get(reason, 0))
         yield family
 

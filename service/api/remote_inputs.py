@@ -14,6 +14,7 @@ import time
 
 import httpx
 
+from qalign_schema.params import IMAGE_MEDIA_TYPES
 from service.api.problems import ApiProblem
 from service.api.schemas import FieldProblem
 from service.netguard import NetPolicy, Resolver, UrlRefused, describe, open_pinned, pin, resolve
@@ -81,7 +82,7 @@ def fetch_input(
         if remaining <= 0:
             raise _timed_out(field, url, budget)
         try:
-            accept = {"Accept": "image/png, image/jpeg, image/webp"}
+            accept = {"Accept": ", ".join(IMAGE_MEDIA_TYPES)}
             with open_pinned(pinned, "GET", policy, timeout=remaining, headers=accept) as answer:
                 if answer.is_redirect and "location" in answer.headers:
                     try:

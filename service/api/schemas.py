@@ -12,6 +12,7 @@ from pydantic import Field
 
 from qalign_core.params import MAX_APPEARANCES, TransferParams
 from qalign_schema.jobs import ErrorOut, JobList, JobMetricsOut, JobOut, JobParams, JobUrls, ResultOut
+from qalign_schema.params import IMAGE_FORMAT_NAMES, IMAGE_MEDIA_TYPES
 from qalign_schema.problems import FieldProblem, Problem
 
 __all__ = [
@@ -26,6 +27,9 @@ __all__ = [
     "ResultOut",
 ]
 
+#: The accepted image formats as descriptions name them: PNG, JPEG, WebP.
+_FORMATS = ", ".join(IMAGE_FORMAT_NAMES)
+
 
 def _appearance_list_bounds(schema: dict[str, Any]) -> None:
     """Publish the list form's bounds (checked in service.api.intake, with a problem naming them)."""
@@ -39,10 +43,10 @@ class TransferJSONRequest(TransferParams):
     (plain or data: URL) or https:// URLs, plus parameters."""
 
     structure: str = Field(
-        description="Structure image (PNG, JPEG, WebP): base64, a data: URL or an https:// URL to fetch."
+        description=f"Structure image ({_FORMATS}): base64, a data: URL or an https:// URL to fetch."
     )
     appearance: str | list[str] = Field(
-        description="Appearance image (PNG, JPEG, WebP): base64, a data: URL or an https:// URL to fetch; "
+        description=f"Appearance image ({_FORMATS}): base64, a data: URL or an https:// URL to fetch; "
         f"or a list of 1 to {MAX_APPEARANCES} such images: one result each, in this order.",
         json_schema_extra=lambda schema: _appearance_list_bounds(schema),
     )
@@ -116,7 +120,7 @@ def multipart_openapi() -> dict[str, Any]:
     """OpenAPI requestBody (both accepted encodings, fields from TransferParams, an example of each)
     and the header parameters of POST /transfer."""
     params_schema = TransferParams.model_json_schema()
-    image_types = "image/png, image/jpeg, image/webp"
+    image_types = ", ".join(IMAGE_MEDIA_TYPES)
     form_properties: dict[str, dict[str, Any]] = {
         "structure": {
             "type": "string",

@@ -152,7 +152,7 @@ class Submitter:
     def _not_enqueued(self, job: Job, scope: str | None) -> None:
         """The broker refused the job: fail its record and free its Idempotency-Key for a retry."""
         try:
-            self.stores.records.modify(
+            self.stores.records.apply(
                 job.id, lambda j: transitions.fail(j, "not_enqueued", "the job could not be queued")
             )
             if scope is not None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from pathlib import Path
 
 from service.jobs import model, transitions
 from service.jobs.heartbeat import Heartbeat
-from service.jobs.runner import JobContext, JobEvents, NoEvents, execute_job, load_pipeline
+from service.jobs.runner import JobContext, PipelineFactory, TransferPipeline, execute_job, load_pipeline
 from service.jobs.single_writer import hold_data_dir, let_go
 from service.jobs.store import JobStores
 from service.logs import job_context
@@ -33,19 +33,18 @@ class EmbeddedRunner:
         settings: Settings,
         stores: JobStores,
         store: ObjectStore,
-        pipeline_factory: Callable[[Settings], object] = load_pipeline,
-        events: JobEvents | None = None,
+        pipeline_factory: PipelineFactory = load_pipeline,
     ) -> None:
         self.settings, self.stores, self.store = settings, stores, store
-        self.pipeline_factory, self.events = pipeline_factory, events or NoEvents()
+        self.pipeline_factory = pipeline_factory
         self.name = f"embedded:{model.worker_name()}"
-        self.pipeline = None
+        self.pipeline: TransferPipeline | None = None
         self.load_error: str | None = None
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._heartbeat: Heartbeat | None = None
-        self._data_dir_key = None
+        self._data_dir_key: Path | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -69,7 +68,7 @@ class EmbeddedRunner:
                 if current is not None and current.worker == self.name:
                     logger.info("job left running by this process: not recovered")
                     continue
-                job = self.stores.records.modify(job_id, lambda j: transitions.requeue(j, reason, limit))
+                job = self.stores.records.apply(job_id, lambda j: transitions.requeue(j, reason, limit))
                 logger.info("recovered job left running: now %s", job.status if job else "gone")
         for job_id in self.stores.records.ids_by_status("queued"):
             self._queue.put(job_id)
@@ -113,26 +112,26 @@ class EmbeddedRunner:
         except Exception as exc:  # reported by readiness; queued jobs are failed with the reason
             self.load_error = str(exc)
             logger.exception("embedded worker could not load the model")
+        ctx = None
         if self.pipeline is not None:
             self._heartbeat = Heartbeat(self.stores.workers, self.name, self.settings, self.pipeline).start()
-        ctx = JobContext(
-            self.stores,
-            self.store,
-            self.settings,
-            self.pipeline,
-            events=self.events,
-            worker=self.name,
-            interrupted=self._stop.is_set,
-        )
+            ctx = JobContext(
+                self.stores,
+                self.store,
+                self.settings,
+                self.pipeline,
+                worker=self.name,
+                interrupted=self._stop.is_set,
+            )
         while not self._stop.is_set():
             job_id = self._queue.get()
             if job_id is None or self._stop.is_set():
                 continue
             self._run_one(ctx, job_id)
 
-    def _run_one(self, ctx: JobContext, job_id: str) -> None:
+    def _run_one(self, ctx: JobContext | None, job_id: str) -> None:
         try:
-            if self.pipeline is None:
+            if ctx is None:
                 self._fail_unloaded(job_id)
                 return
             if self._heartbeat is not None:
@@ -146,7 +145,7 @@ class EmbeddedRunner:
 
     def _fail_unloaded(self, job_id: str) -> None:
         detail = f"the model could not be loaded: {self.load_error}"
-        self.stores.records.modify(
+        self.stores.records.apply(
             job_id,
             lambda j: transitions.fail(j, "model_load_error", detail, only_from=frozenset({"queued"})),
         )

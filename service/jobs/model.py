@@ -10,11 +10,12 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, Field, model_validator
 
-from qalign_schema.jobs import JobStage, JobStatus
+from qalign_schema.jobs import TERMINAL_STATUSES, JobStage, JobStatus
 
 STATUSES: tuple[str, ...] = get_args(JobStatus)
 STAGES: tuple[str, ...] = get_args(JobStage)
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+#: The statuses a job never leaves (defined once, in qalign_schema).
+TERMINAL: frozenset[str] = TERMINAL_STATUSES
 
 
 class JobError(BaseModel):

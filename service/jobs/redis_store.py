@@ -1,29 +1,34 @@
 """Redis implementations of the job-runtime stores (distributed mode: shared by every process).
 
-Records are JSON strings with a TTL; one sorted set per status (score = time entered) indexes them,
-and one per owner (score = created_at) lists an API key's jobs newest first. One set per shared
-object (an input or a cached inversion) holds the ids of the jobs that list it, for erasure.
+Records are JSON strings; a finished one expires JOB_TTL after the job ended (a key expiry at that
+time, ``store.expires_at``), an unfinished one does not expire. One sorted set per status (score =
+enqueue time, ``store.enqueued_at``) indexes them, and one per owner (score = created_at) lists an
+API key's jobs newest first. One set per shared object (an input or a cached inversion) holds the
+ids of the jobs that list it, for erasure. The index sets have no TTL of their own: reads skip the
+ids of records that are gone, and the expiry sweep (``prune``) drops them.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Collection, Iterator
 
 import redis
 
-from service.jobs.model import STATUSES, TERMINAL, Job, worker_name
+from service.jobs.events import OutboxEvent, event_for, event_ids
+from service.jobs.model import STATUSES, Job, worker_name
 from service.jobs.store import (
     STAGE_BUCKETS,
     AdmissionLimits,
     AdmissionRefused,
     JobStores,
-    Mutation,
     StoreUnavailable,
     empty_stats,
+    enqueued_at,
+    expires_at,
     listed_keys,
 )
+from service.jobs.transitions import Mutation
 
 _ERRORS = (redis.RedisError, OSError)
 
@@ -49,9 +54,9 @@ class RedisConnection:
 
 #: Admission in one atomic step: count the queued jobs (KEYS[1]) and, when ARGV[2] >= 0, the
 #: owner's unfinished ones (members of KEYS[1] and KEYS[2] in the owner index KEYS[3]); refuse
-#: with {'queue'|'owner', count}, else write what ``create`` writes and return {'ok', 0}.
-#: KEYS[4] the record, KEYS[5..] the lister sets; ARGV: max queued, max per owner (-1: none),
-#: record JSON, TTL, job id, now, created_at.
+#: with {'queue'|'owner', count}, else write what ``create`` writes for a queued job (no expiry)
+#: and return {'ok', 0}. KEYS[4] the record, KEYS[5..] the lister sets; ARGV: max queued, max per
+#: owner (-1: none), record JSON, job id, enqueue time, created_at.
 _ADMIT = """
 local queued = redis.call('ZCARD', KEYS[1])
 if queued >= tonumber(ARGV[1]) then return {'queue', queued} end
@@ -65,22 +70,61 @@ if per_owner >= 0 then
   end
   if mine >= per_owner then return {'owner', mine} end
 end
-local ttl = tonumber(ARGV[4])
-redis.call('SET', KEYS[4], ARGV[3], 'EX', ttl)
-redis.call('ZADD', KEYS[1], ARGV[6], ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[7], ARGV[5])
-redis.call('EXPIRE', KEYS[3], 2 * ttl)
+redis.call('SET', KEYS[4], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[5], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[4])
 for i = 5, #KEYS do
-  redis.call('SADD', KEYS[i], ARGV[5])
-  redis.call('EXPIRE', KEYS[i], 2 * ttl)
+  redis.call('SADD', KEYS[i], ARGV[4])
 end
 return {'ok', 0}
 """
 
+#: Layout of the records and their indexes, kept in ``records-version`` (``migrate``): 1, the
+#: listers index (older marker: ``listed-by-indexed``); 2, expiry from the job's end, status
+#: indexes by enqueue time, index sets without a TTL.
+RECORDS_VERSION = 2
+
+
+class RedisOutbox:
+    """Undelivered events: a sorted set of ids by time appended (``outbox``) and a hash of the
+    events by id (``outbox:events``). ``append`` and ``remove`` join the caller's MULTI, so an
+    event is written with its record change and removed with an erased record."""
+
+    def __init__(self, conn: RedisConnection) -> None:
+        self.conn, self.client = conn, conn.client
+        self._order, self._events = f"{conn.prefix}outbox", f"{conn.prefix}outbox:events"
+
+    def append(self, pipe: redis.client.Pipeline, event: OutboxEvent) -> None:
+        pipe.zadd(self._order, {event.id: event.at.timestamp()})
+        pipe.hset(self._events, event.id, event.model_dump_json())
+
+    def remove(self, pipe: redis.client.Pipeline, event_ids: list[str]) -> None:
+        pipe.zrem(self._order, *event_ids)
+        pipe.hdel(self._events, *event_ids)
+
+    def pending(self, limit: int) -> list[OutboxEvent]:
+        def run() -> list[OutboxEvent]:
+            ids = self.client.zrange(self._order, 0, limit - 1)
+            raws = self.client.hmget(self._events, ids) if ids else []
+            return [OutboxEvent.model_validate_json(raw) for raw in raws if raw]
+
+        return self.conn.call(run)
+
+    def ack(self, event_id: str) -> None:
+        def run() -> None:
+            pipe = self.client.pipeline()
+            self.remove(pipe, [event_id])
+            pipe.execute()
+
+        self.conn.call(run)
+
+    def count(self) -> int:
+        return int(self.conn.call(self.client.zcard, self._order))
+
 
 class RedisJobRecords:
-    def __init__(self, conn: RedisConnection, *, ttl: int) -> None:
-        self.conn, self.client, self.ttl = conn, conn.client, ttl
+    def __init__(self, conn: RedisConnection, *, ttl: int, outbox: RedisOutbox) -> None:
+        self.conn, self.client, self.ttl, self.outbox = conn, conn.client, ttl, outbox
         self._admit = self.client.register_script(_ADMIT)
 
     def _key(self, job_id: str) -> str:
@@ -96,22 +140,23 @@ class RedisJobRecords:
         return f"{self.conn.prefix}listed-by:{object_key}"
 
     def _add_listers(self, pipe: redis.client.Pipeline, job_id: str, object_keys: set[str]) -> None:
-        """Record that ``job_id`` lists ``object_keys``. The sets outlive their newest member's
-        record (it lives a TTL from its last change, and a job ends well within a TTL of its
-        creation); ids of expired records are dropped when read."""
+        """Record that ``job_id`` lists ``object_keys`` (the sets have no TTL: ``prune`` drops the
+        ids of records that are gone)."""
         for object_key in object_keys:
             pipe.sadd(self._listers_key(object_key), job_id)
-            pipe.expire(self._listers_key(object_key), 2 * self.ttl)
+
+    def _expiry(self, job: Job) -> dict[str, int]:
+        """SET's expiry argument for ``job``'s record: at its end plus the TTL (``expires_at``);
+        none while it is unfinished (a SET without one also clears an earlier expiry)."""
+        at = expires_at(job, self.ttl)
+        return {} if at is None else {"pxat": int(at * 1000)}
 
     def create(self, job: Job) -> None:
         def run() -> None:
             pipe = self.client.pipeline()
-            pipe.set(self._key(job.id), job.model_dump_json(), ex=self.ttl)
-            pipe.zadd(self._status_key(job.status), {job.id: time.time()})
-            owner_key = self._owner_key(job.owner)
-            pipe.zadd(owner_key, {job.id: job.created_at.timestamp()})
-            # The index outlives the owner's newest record by a TTL; older entries are pruned.
-            pipe.expire(owner_key, 2 * self.ttl)
+            pipe.set(self._key(job.id), job.model_dump_json(), **self._expiry(job))
+            pipe.zadd(self._status_key(job.status), {job.id: enqueued_at(job)})
+            pipe.zadd(self._owner_key(job.owner), {job.id: job.created_at.timestamp()})
             self._add_listers(pipe, job.id, listed_keys(job))
             pipe.execute()
 
@@ -134,9 +179,8 @@ class RedisJobRecords:
             limits.max_queued,
             per_owner,
             job.model_dump_json(),
-            self.ttl,
             job.id,
-            repr(time.time()),
+            repr(enqueued_at(job)),
             repr(job.created_at.timestamp()),
         ]
         verdict, count = self.conn.call(self._admit, keys=keys, args=args)
@@ -156,7 +200,7 @@ class RedisJobRecords:
         raws = self.conn.call(self.client.mget, [self._key(i) for i in job_ids])
         return [Job.model_validate_json(raw) for raw in raws if raw]
 
-    def modify(self, job_id: str, change: Mutation) -> Job | None:
+    def apply(self, job_id: str, transition: Mutation) -> Job | None:
         key = self._key(job_id)
 
         def run() -> Job | None:
@@ -168,17 +212,19 @@ class RedisJobRecords:
                         if not raw:
                             return None
                         job = Job.model_validate_json(raw)
-                        new = change(job)
+                        new = transition(job)
                         if new is None:
                             pipe.unwatch()
                             return job
                         new = new.model_copy(update={"revision": job.revision + 1})
                         pipe.multi()
-                        pipe.set(key, new.model_dump_json(), ex=self.ttl)
+                        pipe.set(key, new.model_dump_json(), **self._expiry(new))
                         if new.status != job.status:
                             pipe.zrem(self._status_key(job.status), job_id)
-                            pipe.zadd(self._status_key(new.status), {job_id: time.time()})
+                            pipe.zadd(self._status_key(new.status), {job_id: enqueued_at(new)})
                         self._add_listers(pipe, job_id, listed_keys(new) - listed_keys(job))
+                        if (event := event_for(job, new)) is not None:
+                            self.outbox.append(pipe, event)
                         pipe.execute()
                         return new
                     except redis.WatchError:
@@ -206,6 +252,7 @@ class RedisJobRecords:
                         pipe.zrem(self._owner_key(job.owner), job_id)
                         for object_key in listed_keys(job):
                             pipe.srem(self._listers_key(object_key), job_id)
+                        self.outbox.remove(pipe, event_ids(job_id))
                         pipe.execute()
                         return job
                     except redis.WatchError:
@@ -235,19 +282,10 @@ class RedisJobRecords:
 
     def count_by_status(self) -> dict[str, int]:
         def run() -> dict[str, int]:
-            pipe = self.client.pipeline()
+            pipe = self.client.pipeline(transaction=False)
             for status in STATUSES:
-                # Terminal records expire with their TTL; forget their ids in the index as well.
-                if status in TERMINAL:
-                    pipe.zremrangebyscore(self._status_key(status), "-inf", time.time() - self.ttl)
                 pipe.zcard(self._status_key(status))
-            replies = iter(pipe.execute())
-            counts = {}
-            for status in STATUSES:
-                if status in TERMINAL:
-                    next(replies)  # the pruning reply
-                counts[status] = next(replies)
-            return counts
+            return dict(zip(STATUSES, pipe.execute(), strict=True))
 
         return self.conn.call(run)
 
@@ -287,9 +325,12 @@ class RedisJobRecords:
             yield sorted((i for i in ties if i < last_id), reverse=True)
             top = f"({last_score!r}"
 
-    def all_jobs(self) -> Iterator[Job]:
+    def _record_keys(self) -> list[str]:
         pattern = f"{self.conn.prefix}job:*"
-        keys = self.conn.call(lambda: list(self.client.scan_iter(match=pattern, count=500)))
+        return self.conn.call(lambda: list(self.client.scan_iter(match=pattern, count=500)))
+
+    def all_jobs(self) -> Iterator[Job]:
+        keys = self._record_keys()
         for start in range(0, len(keys), 200):
             for raw in self.conn.call(self.client.mget, keys[start : start + 200]):
                 if raw:
@@ -299,7 +340,6 @@ class RedisJobRecords:
         keys = list(dict.fromkeys(keys))
         if not keys:
             return set()
-        self._index_listers_once()
 
         def run() -> set[str]:
             pipe = self.client.pipeline(transaction=False)
@@ -309,45 +349,79 @@ class RedisJobRecords:
             candidates = sorted(set().union(*listers.values()))
             for candidate in candidates:
                 pipe.exists(self._key(candidate))
+            # Ids whose record has expired are skipped here and dropped by ``prune``.
             alive = {cid for cid, found in zip(candidates, pipe.execute(), strict=True) if found}
-            for object_key, ids in listers.items():  # ids whose record expired: forget them
-                if ids - alive:
-                    pipe.srem(self._listers_key(object_key), *(ids - alive))
-            pipe.execute()
             return {key for key, ids in listers.items() if ids & alive}
 
         return self.conn.call(run)
 
-    def _index_listers_once(self) -> None:
-        """Records written before the listers index existed are added to it once per Redis
-        database (a marker key says it was done); until then every lookup runs this first."""
-        marker = f"{self.conn.prefix}listed-by-indexed"
-        if self.conn.call(self.client.exists, marker):
-            return
-        for job in self.all_jobs():  # idempotent: concurrent indexers add the same members
-            self.conn.call(self._add_listers_now, job)
-        self.conn.call(self.client.set, marker, str(time.time()))
-
-    def _add_listers_now(self, job: Job) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        self._add_listers(pipe, job.id, listed_keys(job))
-        pipe.execute()
-
     def prune(self) -> int:
-        """Record keys expire by TTL; drop index entries whose record has expired."""
-        dropped = 0
-        for status in STATUSES:
-            ids = self.ids_by_status(status)
-            for start in range(0, len(ids), 200):
-                chunk = ids[start : start + 200]
-                exists = self.conn.call(self.client.mget, [self._key(i) for i in chunk])
-                gone = [i for i, raw in zip(chunk, exists, strict=True) if not raw]
-                if gone:
-                    dropped += int(self.conn.call(self.client.zrem, self._status_key(status), *gone))
-        owner_keys = self.conn.call(lambda: list(self.client.scan_iter(match=f"{self.conn.prefix}owner:*")))
-        for key in owner_keys:  # owner indexes: entries older than any live record could be
-            self.conn.call(self.client.zremrangebyscore, key, "-inf", time.time() - 2 * self.ttl)
+        """Records expire by themselves (key expiry, from the job's end); this drops the ids of the
+        records that are gone from the status, owner and lister indexes. The number of records
+        forgotten (each had one status index entry)."""
+        dropped = sum(self._forget_gone(self._status_key(status), ordered=True) for status in STATUSES)
+        for pattern, ordered in (("owner:*", True), ("listed-by:*", False)):
+            keys = self.conn.call(lambda p=pattern: list(self.client.scan_iter(match=self.conn.prefix + p)))
+            for key in keys:
+                self._forget_gone(key, ordered=ordered)
         return dropped
+
+    def _forget_gone(self, index_key: str, *, ordered: bool) -> int:
+        """Remove from the index (a sorted set when ``ordered``, else a set) the ids whose record
+        is gone; how many were removed. A gone record never comes back (ids are never reused)."""
+        if ordered:
+            ids, remove = self.conn.call(self.client.zrange, index_key, 0, -1), self.client.zrem
+        else:
+            ids, remove = sorted(self.conn.call(self.client.smembers, index_key)), self.client.srem
+        removed = 0
+        for start in range(0, len(ids), 200):
+            chunk = ids[start : start + 200]
+            records = self.conn.call(self.client.mget, [self._key(i) for i in chunk])
+            gone = [i for i, raw in zip(chunk, records, strict=True) if not raw]
+            if gone:
+                removed += int(self.conn.call(remove, index_key, *gone))
+        return removed
+
+    def migrate(self) -> None:
+        """Rewrite what earlier versions left under ``RECORDS_VERSION``'s rules, once per Redis
+        database (``records-version`` says it was done; concurrent runs write the same values)."""
+        marker = f"{self.conn.prefix}records-version"
+        if int(self.conn.call(self.client.get, marker) or 0) >= RECORDS_VERSION:
+            return
+        for key in self._record_keys():
+            self.conn.call(self._migrate_record, key)
+        self.conn.call(self.client.set, marker, RECORDS_VERSION)
+
+    def _migrate_record(self, key: str) -> None:
+        """One record under this version's rules: its expiry, its status index entry scored by its
+        enqueue time, its owner and lister entries, and no TTL on those index sets. Watched like
+        ``apply``: a write that lands meanwhile makes it read the record again, never undone."""
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if not raw:
+                        pipe.unwatch()
+                        return
+                    job = Job.model_validate_json(raw)
+                    at = expires_at(job, self.ttl)
+                    pipe.multi()
+                    if at is None:
+                        pipe.persist(key)
+                    else:
+                        pipe.pexpireat(key, int(at * 1000))
+                    pipe.zadd(self._status_key(job.status), {job.id: enqueued_at(job)})
+                    owner_key = self._owner_key(job.owner)
+                    pipe.zadd(owner_key, {job.id: job.created_at.timestamp()})
+                    pipe.persist(owner_key)
+                    self._add_listers(pipe, job.id, listed_keys(job))
+                    for object_key in listed_keys(job):
+                        pipe.persist(self._listers_key(object_key))
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
 
     def ping(self) -> None:
         self.conn.call(self.client.ping)
@@ -412,6 +486,15 @@ return found
 """
 
 
+#: Take the lease KEYS[1] for ARGV[1], or renew it when ARGV[1] holds it, for ARGV[2] ms.
+_HOLD_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
 class RedisWorkerRegistry:
     """Heartbeats are keys with a TTL (``worker:<name>``); a set of the names that heartbeated
     indexes them, so finding the live workers never scans the keyspace (which holds every job
@@ -421,6 +504,7 @@ class RedisWorkerRegistry:
         self.conn, self.client = conn, conn.client
         self._names_key = f"{conn.prefix}workers"
         self._live = self.client.register_script(_LIVE_WORKERS)
+        self._hold = self.client.register_script(_HOLD_LEASE)
 
     def heartbeat(self, name: str, info: dict, ttl: float) -> None:
         def run() -> None:
@@ -438,6 +522,10 @@ class RedisWorkerRegistry:
     def try_lock(self, name: str, ttl: float) -> bool:
         key = f"{self.conn.prefix}lock:{name}"
         return bool(self.conn.call(self.client.set, key, worker_name(), nx=True, px=int(ttl * 1000)))
+
+    def hold(self, name: str, holder: str, ttl: float) -> bool:
+        key = f"{self.conn.prefix}lease:{name}"
+        return bool(self.conn.call(self._hold, keys=[key], args=[holder, int(ttl * 1000)]))
 
     def uptime(self) -> float | None:
         return float(self.conn.call(self.client.info, "server")["uptime_in_seconds"])
@@ -492,11 +580,13 @@ class RedisEventCounters:
 def open_redis_stores(url: str, *, ttl: int, prefix: str = "qalign:") -> JobStores:
     """The stores over one connection pool (nothing connects until the first call)."""
     conn = RedisConnection(url, prefix=prefix)
+    outbox = RedisOutbox(conn)
     return JobStores(
-        records=RedisJobRecords(conn, ttl=ttl),
+        records=RedisJobRecords(conn, ttl=ttl, outbox=outbox),
         idempotency=RedisIdempotencyKeys(conn),
         workers=RedisWorkerRegistry(conn),
         stages=RedisStageStatistics(conn),
         counters=RedisEventCounters(conn),
+        outbox=outbox,
         close=conn.close,
     )

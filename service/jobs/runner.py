@@ -3,17 +3,20 @@
 claim the record -> read inputs from the store -> pipeline.transfer (the structure and every
 appearance in one call; progress and cancel checks through the job record) -> upload one result per
 appearance -> final record. Failures become a ``failed`` record
-with a typed error; nothing a job does can take the worker down. Webhooks go out through the
-injected ``events`` publisher, so this module needs neither HTTP nor Celery.
+with a typed error; nothing a job does can take the worker down. Every record change goes through
+``JobRecords.apply``, which writes the change's event (webhooks) to the durable outbox in the same
+store operation: this module announces nothing itself and needs neither HTTP nor Celery.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -34,19 +37,40 @@ from service.storage import (
     result_key,
 )
 
+if TYPE_CHECKING:  # the API process never imports torch: the pipeline is loaded by load_pipeline
+    from qalign_core.pipeline import QAlignPipeline, TransferResult
+
 logger = logging.getLogger("qalign.job")
 T = TypeVar("T")
 
 
-class JobEvents(Protocol):
-    """Where status changes are announced (webhooks); must never raise."""
+class TransferPipeline(Protocol):
+    """What a run needs of ``qalign_core.pipeline.QAlignPipeline`` (tests pass a small fake)."""
 
-    def publish(self, job: Job) -> None: ...
+    def transfer(
+        self,
+        structure: bytes,
+        appearances: Sequence[bytes],
+        params: TransferParams,
+        *,
+        progress: Callable[[str, float], None],
+        should_cancel: Callable[[], bool],
+        inversion_cache: StoreInversionCache | None,
+    ) -> TransferResult: ...
 
 
-class NoEvents:
-    def publish(self, job: Job) -> None:
-        return None
+#: Builds the pipeline a worker runs from settings (``load_pipeline``; tests pass a fake's).
+PipelineFactory = Callable[[Settings], TransferPipeline]
+
+
+class StopReason(enum.Enum):
+    """Why a run stopped before its end (the pipeline saw ``should_cancel`` return True)."""
+
+    CANCELED = "canceled"  # the record carries a cancel request: the job ends canceled
+    ERASED = "erased"  # the record is gone: nothing more is written
+    LOST = "lost"  # the record names another run (taken over, re-queued): nothing is written
+    SHUTDOWN = "shutdown"  # the process is stopping: the job goes back to the queue
+    TIME_LIMIT = "time_limit"  # past QALIGN_JOB_TIME_LIMIT: the job fails with time_limit
 
 
 @dataclass
@@ -55,14 +79,14 @@ class JobContext:
 
     ``interrupted`` says the process is shutting down (the run stops at its next step and the job
     goes back to the queue); ``time_limit_errors`` are the exceptions the host raises when a run
-    is over its time limit (Celery's soft limit), which fail the job with ``time_limit``.
+    is over its time limit (Celery's soft limit), which fail the job with ``time_limit`` like the
+    runner's own check of QALIGN_JOB_TIME_LIMIT at every step.
     """
 
     stores: JobStores
     store: ObjectStore
     settings: Settings
-    pipeline: object
-    events: JobEvents = NoEvents()
+    pipeline: TransferPipeline
     worker: str | None = None
     interrupted: Callable[[], bool] | None = None
     time_limit_errors: tuple[type[BaseException], ...] = ()
@@ -90,27 +114,24 @@ class TrackedInversionCache(StoreInversionCache):
 
 
 class JobTracker:
-    """Turns pipeline callbacks into throttled job-record writes, stage timings and cancel checks.
+    """Turns pipeline callbacks into throttled job-record writes, stage timings and stop checks.
 
-    The run stops (``should_cancel``) for one of three reasons, kept in ``stop_reason``: the record
-    carries a cancel request ("canceled"), the record is gone because the job was erased
-    ("erased"), or the record no longer names this run (taken over or re-queued elsewhere: "lost").
-    Only the first ends the job ``canceled``: a job nobody canceled never becomes canceled.
+    The run stops (``should_cancel``) for a ``StopReason``, kept in ``stop_reason``: a shutdown, the
+    time limit (QALIGN_JOB_TIME_LIMIT, counted from the claim, in both modes), a cancel request on
+    the record, the record gone (erased), or the record no longer naming this run (lost). Only a
+    cancel request ends the job ``canceled``: a job nobody canceled never becomes canceled.
     """
 
     def __init__(self, ctx: JobContext, job: Job) -> None:
         self.ctx, self.job_id = ctx, job.id
         self.claimed_by, self.attempt = job.worker, job.attempts
+        self.started = time.monotonic()
         self.stage: str | None = None
-        self.stage_started = time.monotonic()
+        self.stage_started = self.started
         self.last_write = 0.0
         self.last_check = 0.0
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self.cache = TrackedInversionCache(ctx.store) if ctx.settings.inversion_cache else None
-
-    @property
-    def cancel_seen(self) -> bool:
-        return self.stop_reason == "canceled"
 
     def held(self, change: transitions.Mutation) -> transitions.Mutation:
         """``change`` applied only while the record still names this run (transitions.as_holder)."""
@@ -127,7 +148,7 @@ class JobTracker:
             return
         self.last_write = now
         try:
-            self.ctx.stores.records.modify(
+            self.ctx.stores.records.apply(
                 self.job_id, self.held(lambda job: transitions.progress(job, stage, fraction))
             )
         except StoreUnavailable:  # progress is best effort: a Redis blip must not cost the run
@@ -143,11 +164,16 @@ class JobTracker:
             self.stage = None
 
     def should_cancel(self) -> bool:
-        if self.ctx.interrupted is not None and self.ctx.interrupted():
+        if self.stop_reason is not None:
             return True
+        if self.ctx.interrupted is not None and self.ctx.interrupted():
+            return True  # not kept: an outage wait at shutdown still tells a final write from a step
         now = time.monotonic()
-        if self.stop_reason or now - self.last_check < self.ctx.settings.cancel_check_interval:
-            return self.stop_reason is not None
+        if now - self.started > self.ctx.settings.job_time_limit:
+            self.stop_reason = StopReason.TIME_LIMIT
+            return True
+        if now - self.last_check < self.ctx.settings.cancel_check_interval:
+            return False
         self.last_check = now
         try:
             job = self.ctx.stores.records.get(self.job_id)
@@ -157,14 +183,14 @@ class JobTracker:
         return self.stop_reason is not None
 
 
-def stop_reason(job: Job | None, worker: str | None, attempt: int) -> str | None:
+def stop_reason(job: Job | None, worker: str | None, attempt: int) -> StopReason | None:
     """Why a run of ``job`` by ``worker`` (its ``attempt``-th) must stop, or None to go on."""
     if job is None:
-        return "erased"
+        return StopReason.ERASED
     if job.cancel_requested:
-        return "canceled"
+        return StopReason.CANCELED
     if job.status != "running" or job.worker != worker or job.attempts != attempt:
-        return "lost"
+        return StopReason.LOST
     return None
 
 
@@ -175,17 +201,15 @@ def claim_job(ctx: JobContext, job_id: str) -> tuple[Job | None, Job | None]:
     before: list[Job] = []
 
     def tracked(job: Job) -> Job | None:
-        before[:] = [job]  # modify may call this again after a conflicting write
+        before[:] = [job]  # apply may call this again after a conflicting write
         return transitions.claim(
             job, worker=worker, live_workers=live, max_attempts=ctx.settings.max_attempts
         )
 
-    after = ctx.stores.records.modify(job_id, tracked)
-    changed = bool(before) and after is not None and after is not before[0]
-    claimed = after if changed and after.status == "running" and after.worker == worker else None
-    if changed and after is not None and after.finished:  # the claim ended it (attempts, cancel)
-        ctx.events.publish(after)
-    return claimed, after
+    after = ctx.stores.records.apply(job_id, tracked)
+    if after is None or not before or after is before[0]:  # unknown id, or the claim changed nothing
+        return None, after
+    return (after if after.status == "running" and after.worker == worker else None), after
 
 
 def execute_job(ctx: JobContext, job_id: str) -> Job | None:
@@ -196,11 +220,7 @@ def execute_job(ctx: JobContext, job_id: str) -> Job | None:
             logger.info("job not run: %s", current.status if current else "unknown id")
             return current
         logger.info("job started", extra={"attempt": job.attempts, "worker": job.worker})
-        ctx.events.publish(job)
-        final = _attempt(ctx, job)
-        if final is not None and final.finished:
-            ctx.events.publish(final)
-        return final
+        return _attempt(ctx, job)
 
 
 def _attempt(ctx: JobContext, job: Job) -> Job | None:
@@ -222,14 +242,21 @@ def _outcome(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
         return _run(ctx, job, tracker)
     except TransferCanceled:
         tracker.end_stage()
-        if tracker.stop_reason is None and ctx.interrupted is not None and ctx.interrupted():
+        reason = tracker.stop_reason
+        if reason is None and ctx.interrupted is not None and ctx.interrupted():
+            reason = StopReason.SHUTDOWN
+        if reason is StopReason.SHUTDOWN:
             logger.info("job interrupted by shutdown; requeued")
-            reason, limit = "the worker stopped during the run", ctx.settings.max_attempts
-            return _noting(ctx, tracker, lambda j: transitions.requeue(j, reason, limit, refund=True))
-        if tracker.stop_reason == "canceled":
+            why, limit = "the worker stopped during the run", ctx.settings.max_attempts
+            return _noting(ctx, tracker, lambda j: transitions.requeue(j, why, limit, refund=True))
+        if reason is StopReason.TIME_LIMIT:
+            kind, detail = TIME_LIMIT_ERROR
+            logger.warning("job failed: %s", detail, extra={"error_type": kind})
+            return _noting(ctx, tracker, lambda j: transitions.fail(j, kind, detail))
+        if reason is StopReason.CANCELED:
             logger.info("job canceled")
             return _noting(ctx, tracker, transitions.canceled)
-        if tracker.stop_reason == "erased":
+        if reason is StopReason.ERASED:
             logger.info("job erased during the run; stopped")
             return None
         return _lost(records.get(job.id))
@@ -261,17 +288,17 @@ def _noting(
     a job-store outage (up to STORAGE_OUTAGE_DEADLINE) if ``wait``."""
     used = tracker.cache.used if tracker.cache is not None else []
 
-    def apply(job: Job) -> Job | None:
+    def with_inversions(job: Job) -> Job | None:
         new = change(job)
         missing = [key for key in dict.fromkeys(used) if key not in job.inversion_keys]
         if not missing:
             return new
         return (new or job).model_copy(update={"inversion_keys": [*job.inversion_keys, *missing]})
 
-    def modify() -> Job | None:
-        return ctx.stores.records.modify(tracker.job_id, tracker.held(apply))
+    def write() -> Job | None:
+        return ctx.stores.records.apply(tracker.job_id, tracker.held(with_inversions))
 
-    return through_outage(ctx, "record the outcome", modify) if wait else modify()
+    return through_outage(ctx, "record the outcome", write) if wait else write()
 
 
 def _discard_writes(ctx: JobContext, job: Job, tracker: JobTracker) -> None:
@@ -294,7 +321,7 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
     store = ctx.store
     structure = through_outage(ctx, "read the inputs", lambda: store.get(job.structure_key), tracker)
     appearances = [
-        through_outage(ctx, "read the inputs", lambda key=key: store.get(key), tracker)
+        through_outage(ctx, "read the inputs", functools.partial(store.get, key), tracker)
         for key in job.appearance_keys
     ]
     result = ctx.pipeline.transfer(
@@ -311,7 +338,7 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
         logger.info("job erased during the run; its results are not uploaded")
         return None
     if transitions.superseded(current, tracker.claimed_by or "", tracker.attempt):  # taken over
-        tracker.stop_reason = "lost"
+        tracker.stop_reason = StopReason.LOST
         raise TransferCanceled("the job is no longer held by this run")
     tracker.progress("uploading", 0.0)
     upload_started = time.perf_counter()
@@ -328,7 +355,7 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
         through_outage(
             ctx,
             "upload the result",
-            lambda key=key, data=data: store.put(key, data, result.content_type),
+            functools.partial(store.put, key, data, result.content_type),
             tracker,
         )
         keys.append(key)
@@ -345,14 +372,16 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
     if final is None:
         logger.info("job erased during the upload; its results are deleted again")
     elif transitions.superseded(final, tracker.claimed_by or "", tracker.attempt):
-        tracker.stop_reason = "lost"
+        tracker.stop_reason = StopReason.LOST
         raise TransferCanceled("the job is no longer held by this run")
     else:
         logger.info("job succeeded", extra={"metrics": metrics})
     return final
 
 
-def describe_result(job: Job, result, keys: list[str]) -> tuple[list[JobResult], dict, dict]:
+def describe_result(
+    job: Job, result: TransferResult, keys: list[str]
+) -> tuple[list[JobResult], dict[str, int | bool], dict[str, Any]]:
     """(stored results in order, output shape, metrics) of a pipeline result.
 
     The pipeline's diagnostics give AdaIN per image (lists); each stored result keeps its own, and
@@ -394,7 +423,7 @@ def describe_result(job: Job, result, keys: list[str]) -> tuple[list[JobResult],
     return stored, output, metrics
 
 
-def _per_image(value: object, count: int) -> list:
+def _per_image(value: object, count: int) -> list[Any]:
     """A diagnostic as one value per image: a list as given, a single value repeated."""
     if isinstance(value, (list, tuple)):
         return [*value, *[None] * (count - len(value))][:count]
@@ -457,11 +486,15 @@ def _pause(ctx: JobContext, seconds: float, tracker: JobTracker | None) -> None:
         time.sleep(min(left, 0.25))
 
 
+#: The error of a run stopped at QALIGN_JOB_TIME_LIMIT (the runner's check or Celery's soft limit).
+TIME_LIMIT_ERROR = ("time_limit", "the job ran longer than QALIGN_JOB_TIME_LIMIT and was stopped")
+
+
 def classify(exc: BaseException, time_limit_errors: tuple[type[BaseException], ...] = ()) -> tuple[str, str]:
     """(error type, caller-facing detail). Only the library's deliberate errors carry their text;
     anything else is an internal error whose text stays in the worker logs."""
     if time_limit_errors and isinstance(exc, time_limit_errors):
-        return "time_limit", "the job ran longer than QALIGN_JOB_TIME_LIMIT and was stopped"
+        return TIME_LIMIT_ERROR
     if isinstance(exc, InvalidImageError):
         return "invalid_image", str(exc)
     if isinstance(exc, ModelLoadError):
@@ -477,7 +510,7 @@ def classify(exc: BaseException, time_limit_errors: tuple[type[BaseException], .
     return "internal_error", f"the worker failed unexpectedly ({type(exc).__name__}); see the worker logs"
 
 
-def load_pipeline(settings: Settings):
+def load_pipeline(settings: Settings) -> QAlignPipeline:
     """The pipeline a worker runs, from settings; imported here so the API never pays for torch."""
     from qalign_core.pipeline import QAlignPipeline
     from service.logs import route_library_logs

@@ -1,5 +1,10 @@
 """Embedded-mode stores: records and idempotency keys in one SQLite file in DATA_DIR (jobs survive a
 restart); heartbeats, leases and stage statistics in process memory (embedded mode is one process).
+
+The same rules as Redis: status order by enqueue time, then id (the enqueue time is the submission
+time, ``store.enqueued_at``: the ``created`` column); a finished record expires JOB_TTL after the
+job ended (``store.expires_at``; ``prune`` reads the record's ``finished_at``); an unfinished one
+does not expire.
 """
 
 from __future__ import annotations
@@ -13,26 +18,36 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
-from service.jobs.model import STATUSES, Job
+from service.jobs.events import OutboxEvent, event_for
+from service.jobs.model import STATUSES, TERMINAL, Job
 from service.jobs.store import (
     AdmissionLimits,
     AdmissionRefused,
     Clock,
     JobStores,
-    Mutation,
     StoreUnavailable,
     add_observation,
     empty_stats,
 )
+from service.jobs.transitions import Mutation
+
+#: When a finished record's job ended, in epoch seconds: its ``finished_at`` (ISO 8601 in the JSON),
+#: else its creation (``store.expires_at``'s rule).
+_ENDED = "COALESCE((julianday(json_extract(data, '$.finished_at')) - 2440587.5) * 86400.0, created)"
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, "
     "created REAL NOT NULL, data TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created)",
+    # Status order: enqueue time, then id (what Redis's sorted sets do with equal scores).
+    "DROP INDEX IF EXISTS jobs_status",
+    "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, created, id)",
     # GET /jobs: an owner's jobs newest first (the owner lives in the JSON: no column to migrate).
     "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (json_extract(data, '$.owner'), created, id)",
     "CREATE TABLE IF NOT EXISTS idempotency (scope TEXT PRIMARY KEY, data TEXT NOT NULL, "
     "expires REAL NOT NULL)",
+    # The durable outbox: seq orders the events; written in the transaction of the record change.
+    "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
+    "job_id TEXT NOT NULL, data TEXT NOT NULL)",
 )
 
 
@@ -85,11 +100,13 @@ class SqliteDatabase:
         return self.run(run)
 
     def prune(self, db: sqlite3.Connection) -> int:
-        """Finished jobs older than the TTL and expired idempotency keys (unfinished jobs are kept)."""
+        """Jobs that ended more than the TTL ago, and expired idempotency keys (unfinished jobs are
+        kept, however old)."""
         now = self.clock()
+        terminal = sorted(TERMINAL)
         dropped = db.execute(
-            "DELETE FROM jobs WHERE status IN ('succeeded', 'failed', 'canceled') AND created < ?",
-            (now - self.ttl,),
+            f"DELETE FROM jobs WHERE status IN ({', '.join('?' * len(terminal))}) AND {_ENDED} < ?",
+            (*terminal, now - self.ttl),
         ).rowcount
         db.execute("DELETE FROM idempotency WHERE expires < ?", (now,))
         return dropped
@@ -101,17 +118,48 @@ class SqliteDatabase:
                 self._conn = None
 
 
+def _insert(db: sqlite3.Connection, job: Job) -> None:
+    db.execute(
+        "INSERT INTO jobs (id, status, created, data) VALUES (?, ?, ?, ?)",
+        (job.id, job.status, job.created_at.timestamp(), job.model_dump_json()),
+    )
+
+
+class SqliteOutbox:
+    """Undelivered events in the ``outbox`` table of the job database, oldest (lowest seq) first."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    @staticmethod
+    def append(db: sqlite3.Connection, event: OutboxEvent) -> None:
+        """Inside the caller's transaction (``SqliteJobRecords.apply``)."""
+        db.execute(
+            "INSERT INTO outbox (id, job_id, data) VALUES (?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+            (event.id, event.job_id, event.model_dump_json()),
+        )
+
+    def pending(self, limit: int) -> list[OutboxEvent]:
+        rows = self.db.run(
+            lambda db: db.execute("SELECT data FROM outbox ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        )
+        return [OutboxEvent.model_validate_json(data) for (data,) in rows]
+
+    def ack(self, event_id: str) -> None:
+        self.db.run(lambda db: db.execute("DELETE FROM outbox WHERE id = ?", (event_id,)))
+
+    def count(self) -> int:
+        (count,) = self.db.run(lambda db: db.execute("SELECT COUNT(*) FROM outbox").fetchone())
+        return int(count)
+
+
 class SqliteJobRecords:
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
 
     def create(self, job: Job) -> None:
-        self.db.run(
-            lambda db: db.execute(
-                "INSERT INTO jobs (id, status, created, data) VALUES (?, ?, ?, ?)",
-                (job.id, job.status, job.created_at.timestamp(), job.model_dump_json()),
-            )
-        )
+        self.db.run(lambda db: _insert(db, job))
 
     def admit(self, job: Job, limits: AdmissionLimits) -> AdmissionRefused | None:
         def run(db: sqlite3.Connection) -> AdmissionRefused | None:  # one BEGIN IMMEDIATE transaction
@@ -127,10 +175,7 @@ class SqliteJobRecords:
                 ).fetchone()
                 if mine >= per_owner:
                     return AdmissionRefused(per_owner=True, count=mine, limit=per_owner)
-            db.execute(
-                "INSERT INTO jobs (id, status, created, data) VALUES (?, ?, ?, ?)",
-                (job.id, job.status, job.created_at.timestamp(), job.model_dump_json()),
-            )
+            _insert(db, job)
             return None
 
         return self.db.transaction(run)
@@ -143,13 +188,13 @@ class SqliteJobRecords:
         jobs = (self.get(job_id) for job_id in job_ids)
         return [job for job in jobs if job is not None]
 
-    def modify(self, job_id: str, change: Mutation) -> Job | None:
+    def apply(self, job_id: str, transition: Mutation) -> Job | None:
         def run(db: sqlite3.Connection) -> Job | None:
             row = db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return None
             job = Job.model_validate_json(row[0])
-            new = change(job)
+            new = transition(job)
             if new is None:
                 return job
             new = new.model_copy(update={"revision": job.revision + 1})
@@ -157,6 +202,8 @@ class SqliteJobRecords:
                 "UPDATE jobs SET status = ?, data = ? WHERE id = ?",
                 (new.status, new.model_dump_json(), job_id),
             )
+            if (event := event_for(job, new)) is not None:
+                SqliteOutbox.append(db, event)
             return new
 
         return self.db.transaction(run)
@@ -167,19 +214,21 @@ class SqliteJobRecords:
             if row is None:
                 return None
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            db.execute("DELETE FROM outbox WHERE job_id = ?", (job_id,))
             return Job.model_validate_json(row[0])
 
         return self.db.transaction(run)
 
     def ids_by_status(self, status: str) -> list[str]:
-        query = "SELECT id FROM jobs WHERE status = ? ORDER BY created"
+        query = "SELECT id FROM jobs WHERE status = ? ORDER BY created, id"
         return [r[0] for r in self.db.run(lambda db: db.execute(query, (status,)).fetchall())]
 
     def ranks(self, status: str, job_ids: Collection[str]) -> dict[str, int]:
-        # Counted on the (status, created) index, from the row's own creation time.
+        # Counted on the (status, created, id) index, from the row's own enqueue time and id.
         query = (
             "SELECT (SELECT COUNT(*) FROM jobs AS ahead WHERE ahead.status = me.status"
-            " AND ahead.created < me.created) FROM jobs AS me WHERE me.id = ? AND me.status = ?"
+            " AND (ahead.created < me.created OR (ahead.created = me.created AND ahead.id < me.id)))"
+            " FROM jobs AS me WHERE me.id = ? AND me.status = ?"
         )
 
         def run(db: sqlite3.Connection) -> dict[str, int]:
@@ -189,7 +238,7 @@ class SqliteJobRecords:
         return self.db.run(run)
 
     def recent_ids(self, status: str, limit: int) -> list[str]:
-        query = "SELECT id FROM jobs WHERE status = ? ORDER BY created DESC LIMIT ?"
+        query = "SELECT id FROM jobs WHERE status = ? ORDER BY created DESC, id DESC LIMIT ?"
         return [r[0] for r in self.db.run(lambda db: db.execute(query, (status, limit)).fetchall())]
 
     def count_by_status(self) -> dict[str, int]:
@@ -234,6 +283,11 @@ class SqliteJobRecords:
 
     def prune(self) -> int:
         return self.db.run(self.db.prune)
+
+    def migrate(self) -> None:
+        """Open the file now: the schema is brought up to date (idempotent statements) when the
+        connection opens, so at process start rather than in the first request."""
+        self.db.run(lambda db: None)
 
     def ping(self) -> None:
         self.db.run(lambda db: db.execute("SELECT 1").fetchone())
@@ -294,6 +348,9 @@ class MemoryWorkerRegistry:
     def try_lock(self, name: str, ttl: float) -> bool:
         return True  # one process: nobody to share the lease with
 
+    def hold(self, name: str, holder: str, ttl: float) -> bool:
+        return True  # one process: nobody to share the lease with
+
     def uptime(self) -> float | None:
         return None  # heartbeats live as long as this process
 
@@ -336,5 +393,6 @@ def open_sqlite_stores(path: Path, *, ttl: int, clock: Clock = time.time) -> Job
         workers=MemoryWorkerRegistry(),
         stages=MemoryStageStatistics(),
         counters=MemoryEventCounters(),
+        outbox=SqliteOutbox(db),
         close=db.close,
     )

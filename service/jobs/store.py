@@ -3,7 +3,8 @@
 Concerns with different lifetimes and sharing needs, each with a Redis implementation
 (distributed mode, shared by every process) and an embedded one (SQLite file, or process memory for
 what only one process reads): job records, idempotency keys, the worker registry (heartbeats and
-leases), stage statistics and event counters.
+leases), stage statistics and event counters; plus the durable outbox of job events, which
+lives with the records because ``JobRecords.apply`` writes both in one atomic operation.
 """
 
 from __future__ import annotations
@@ -11,15 +12,31 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
+from service.jobs.events import OutboxEvent
 from service.jobs.model import Job
+from service.jobs.transitions import Mutation
 
 #: Stage-duration histogram buckets (seconds), shared by every backend.
 STAGE_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
-Mutation = Callable[[Job], Job | None]
+if TYPE_CHECKING:
+    from service.settings import Settings
+
 Clock = Callable[[], float]
+#: What a worker's heartbeat says about it (JSON: job, model, device, GPU memory, ...).
+WorkerInfo = dict[str, Any]
+#: An Idempotency-Key's record (JSON: the job id and the request fingerprint).
+IdempotencyRecord = dict[str, Any]
+
+
+class StageStats(TypedDict):
+    """One stage's histogram: cumulative counts per STAGE_BUCKETS and +Inf, sum and count."""
+
+    buckets: list[int]
+    sum: float
+    count: int
 
 
 class StoreUnavailable(Exception):
@@ -62,22 +79,25 @@ class JobRecords(Protocol):
         """The records that still exist, in the order asked."""
         ...
 
-    def modify(self, job_id: str, change: Mutation) -> Job | None:
-        """Apply ``change`` atomically (it returns the new job, or None to leave the record alone);
-        every write bumps ``Job.revision``, so readers can tell that a record changed.
+    def apply(self, job_id: str, transition: Mutation) -> Job | None:
+        """The one place a record changes: ``transition`` (a pure function of the record, from
+        ``service.jobs.transitions``; None leaves the record alone) applied atomically. In the same
+        atomic store operation, the change's event (``events.event_for``) is appended to the
+        outbox, so a status change is never stored without its event, nor an event without its
+        change. Every write bumps ``Job.revision``, so readers can tell that a record changed.
 
         Returns the record after the call (changed or not), or None for an unknown id.
         """
         ...
 
     def delete(self, job_id: str) -> Job | None:
-        """Remove the record and its index entries atomically (erasure); the record as it was at
-        removal, or None for an unknown id. Later ``modify`` calls find nothing, so no late write
-        can bring it back."""
+        """Remove the record, its index entries and its undelivered events atomically (erasure: an
+        erased job sends nothing more); the record as it was at removal, or None for an unknown
+        id. Later ``apply`` calls find nothing, so no late write can bring it back."""
         ...
 
     def ids_by_status(self, status: str) -> list[str]:
-        """Ids in ``status``, oldest first."""
+        """Ids in ``status`` in queue order: by ``enqueued_at``, then by id."""
         ...
 
     def ranks(self, status: str, job_ids: Collection[str]) -> dict[str, int]:
@@ -86,10 +106,12 @@ class JobRecords(Protocol):
         ...
 
     def recent_ids(self, status: str, limit: int) -> list[str]:
-        """Up to ``limit`` ids in ``status``, newest first."""
+        """Up to ``limit`` ids in ``status``, the reverse of ``ids_by_status``'s order."""
         ...
 
-    def count_by_status(self) -> dict[str, int]: ...
+    def count_by_status(self) -> dict[str, int]:
+        """Records per status, read only: records past their expiry count until ``prune`` drops them."""
+        ...
 
     def owned(
         self, owner: str | None, *, status: str | None, limit: int, before: tuple[float, str] | None
@@ -104,11 +126,17 @@ class JobRecords(Protocol):
 
     def listed_by_others(self, keys: Collection[str], job_id: str) -> set[str]:
         """Those of ``keys`` (input and inversion store keys) that a stored job other than
-        ``job_id`` lists: what erasing ``job_id`` must keep. Indexed, not a scan of every record."""
+        ``job_id`` lists: what erasing ``job_id`` must keep. Read only."""
         ...
 
     def prune(self) -> int:
-        """Drop expired records and index entries; the number dropped."""
+        """Drop the records past their expiry (``expires_at``) and the index entries of records
+        that are gone: the expiry sweep's work (reads never write). The number of records dropped."""
+        ...
+
+    def migrate(self) -> None:
+        """Bring records and indexes that earlier versions wrote up to this version's rules, once
+        per store (idempotent). Run at process start and by the sweep, never in a request."""
         ...
 
     def ping(self) -> None:
@@ -120,11 +148,11 @@ class IdempotencyKeys(Protocol):
     """``scope`` is a digest of (owner, Idempotency-Key); the record names the job and the request
     fingerprint. Reservation is atomic (SET NX / primary key)."""
 
-    def reserve(self, scope: str, record: dict, ttl: int) -> dict | None:
+    def reserve(self, scope: str, record: IdempotencyRecord, ttl: int) -> IdempotencyRecord | None:
         """Store ``record`` unless ``scope`` has a live one: None if stored, else the existing record."""
         ...
 
-    def get(self, scope: str) -> dict | None: ...
+    def get(self, scope: str) -> IdempotencyRecord | None: ...
 
     def confirm(self, scope: str, ttl: int) -> None:
         """The job exists now: keep the key as long as the job (``ttl`` seconds)."""
@@ -138,12 +166,17 @@ class IdempotencyKeys(Protocol):
 class WorkerRegistry(Protocol):
     """Who is alive (heartbeats with a TTL) and best-effort leases shared by API processes."""
 
-    def heartbeat(self, name: str, info: dict, ttl: float) -> None: ...
+    def heartbeat(self, name: str, info: WorkerInfo, ttl: float) -> None: ...
 
-    def live(self) -> dict[str, dict]: ...
+    def live(self) -> dict[str, WorkerInfo]: ...
 
     def try_lock(self, name: str, ttl: float) -> bool:
         """A lease held for ``ttl`` seconds (one expiry sweep per interval across replicas)."""
+        ...
+
+    def hold(self, name: str, holder: str, ttl: float) -> bool:
+        """Take lease ``name`` for ``holder``, or renew it if ``holder`` has it, for ``ttl``
+        seconds; False while another holder has it (the outbox has one drainer at a time)."""
         ...
 
     def uptime(self) -> float | None:
@@ -152,10 +185,26 @@ class WorkerRegistry(Protocol):
         ...
 
 
+class Outbox(Protocol):
+    """The durable outbox: events appended by ``JobRecords.apply``, removed once delivered."""
+
+    def pending(self, limit: int) -> list[OutboxEvent]:
+        """Up to ``limit`` undelivered events, oldest first (a job's events in their order)."""
+        ...
+
+    def ack(self, event_id: str) -> None:
+        """Event ``event_id`` is done (delivered, or given up on and recorded): remove it."""
+        ...
+
+    def count(self) -> int:
+        """Undelivered events (the backlog gauge)."""
+        ...
+
+
 class StageStatistics(Protocol):
     def observe(self, stage: str, seconds: float) -> None: ...
 
-    def snapshot(self) -> dict[str, dict]:
+    def snapshot(self) -> dict[str, StageStats]:
         """stage -> {"buckets": [cumulative counts per STAGE_BUCKETS and +Inf], "sum": s, "count": n}."""
         ...
 
@@ -171,7 +220,7 @@ class EventCounters(Protocol):
         ...
 
 
-#: EventCounters name of the webhook events given up on (labels: queue_full, refused, failed).
+#: EventCounters name of the webhook events given up on (labels: refused, failed).
 WEBHOOKS_UNDELIVERED = "webhooks_undelivered"
 
 
@@ -184,7 +233,24 @@ class JobStores:
     workers: WorkerRegistry
     stages: StageStatistics
     counters: EventCounters
+    outbox: Outbox
     close: Callable[[], None] = lambda: None
+
+
+def enqueued_at(job: Job) -> float:
+    """A job's place in the queue, and in every status index: the time it was submitted (epoch
+    seconds). A requeued job (an interrupted run: shutdown, lost worker, store outage) keeps it, so it
+    goes back to where it was, ahead of the jobs submitted after it, instead of losing its turn."""
+    return job.created_at.timestamp()
+
+
+def expires_at(job: Job, ttl: float) -> float | None:
+    """When a record expires (epoch seconds): ``ttl`` after the job ended. An unfinished job never
+    expires by time, however long it waits (the queue limit bounds how many there are); a finished
+    record without ``finished_at`` (no transition writes one) counts from its creation."""
+    if not job.finished:
+        return None
+    return (job.finished_at or job.created_at).timestamp() + ttl
 
 
 def listed_keys(job: Job) -> set[str]:
@@ -192,11 +258,11 @@ def listed_keys(job: Job) -> set[str]:
     return {*job.input_keys, *job.inversion_keys}
 
 
-def empty_stats() -> dict:
+def empty_stats() -> StageStats:
     return {"buckets": [0] * (len(STAGE_BUCKETS) + 1), "sum": 0.0, "count": 0}
 
 
-def add_observation(stats: dict, seconds: float) -> None:
+def add_observation(stats: StageStats, seconds: float) -> None:
     for i, bound in enumerate((*STAGE_BUCKETS, float("inf"))):
         if seconds <= bound:
             stats["buckets"][i] += 1
@@ -204,7 +270,7 @@ def add_observation(stats: dict, seconds: float) -> None:
     stats["count"] += 1
 
 
-def open_job_stores(settings) -> JobStores:
+def open_job_stores(settings: Settings) -> JobStores:
     """Redis when QALIGN_REDIS_URL is set, else the embedded SQLite file in DATA_DIR."""
     if settings.redis_url:
         from service.jobs.redis_store import open_redis_stores

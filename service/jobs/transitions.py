@@ -7,6 +7,7 @@ Stores apply them atomically through ``JobRecords.modify``; unit tests call them
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from service.jobs.model import Job, JobError, JobResult, utcnow
 
@@ -22,7 +23,9 @@ STAGE_SPANS: dict[str, tuple[float, float]] = {
 }
 
 
-def claim(job: Job, *, worker: str, live_workers: Mapping[str, dict], max_attempts: int) -> Job | None:
+def claim(
+    job: Job, *, worker: str, live_workers: Mapping[str, Mapping[str, Any]], max_attempts: int
+) -> Job | None:
     """Queued -> running for ``worker``; None when the job must not run (taken by a live worker, finished).
 
     A job left ``running`` by a worker that lost it (see ``holder_lost``) is taken over, up to
@@ -55,7 +58,7 @@ def claim(job: Job, *, worker: str, live_workers: Mapping[str, dict], max_attemp
     )
 
 
-def holder_lost(job: Job, live_workers: Mapping[str, dict], claimer: str) -> bool:
+def holder_lost(job: Job, live_workers: Mapping[str, Mapping[str, Any]], claimer: str) -> bool:
     """Whether the worker named by a running record no longer runs it, so a redelivery may take it over.
 
     Lost: no fresh heartbeat; or its heartbeat names the job it runs and that is another job (or none);
@@ -103,8 +106,8 @@ def succeed(
     job: Job,
     *,
     results: Sequence[JobResult],
-    params: dict,
-    metrics: dict,
+    params: dict[str, Any],
+    metrics: dict[str, Any],
     output: dict[str, int | bool] | None = None,
 ) -> Job | None:
     """The run produced its results (one per appearance, in order); a record that already ended

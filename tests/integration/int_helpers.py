@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import httpx
 import testkit
 from PIL import Image
 from testkit import TERMINAL, RedisServer, free_port, stop_process, wait_for  # noqa: F401 (re-exported)
@@ -126,3 +127,33 @@ def worker_env(settings_env: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, **settings_env, "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
+
+
+def serve_command(port: int) -> list[str]:
+    """`qalign serve` (the embedded service) on 127.0.0.1:``port``."""
+    return [sys.executable, "-m", "qalign_cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def serve_env(data_dir, model: str) -> dict[str, str]:
+    """The embedded service's environment: ``model`` on the CPU, data in ``data_dir``, no Redis or S3."""
+    env = {
+        **os.environ,
+        "QALIGN_MODEL": model,
+        "QALIGN_DEVICE": "cpu",
+        "QALIGN_DATA_DIR": str(data_dir),
+        "QALIGN_PROGRESS_INTERVAL": "0.2",
+        "QALIGN_CANCEL_CHECK_INTERVAL": "0.1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("QALIGN_REDIS_URL", None)
+    env.pop("QALIGN_S3_BUCKET", None)
+    return env
+
+
+def service_ready(client: httpx.Client) -> bool:
+    """The service at ``client`` answers /readyz with 200."""
+    try:
+        return client.get("/readyz").status_code == 200
+    except httpx.TransportError:
+        return False

@@ -3,35 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import httpx
 import pytest
-from int_helpers import FAST, REPO, free_port, poll, stop_process, submit, wait_for
+from int_helpers import (
+    FAST,
+    REPO,
+    free_port,
+    poll,
+    serve_command,
+    serve_env,
+    service_ready,
+    stop_process,
+    submit,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
-
-
-def serve_command(port: int) -> list[str]:
-    return [sys.executable, "-m", "qalign_cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)]
-
-
-def serve_env(data_dir, model: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "QALIGN_MODEL": model,
-        "QALIGN_DEVICE": "cpu",
-        "QALIGN_DATA_DIR": str(data_dir),
-        "QALIGN_PROGRESS_INTERVAL": "0.2",
-        "QALIGN_CANCEL_CHECK_INTERVAL": "0.1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.pop("QALIGN_REDIS_URL", None)
-    env.pop("QALIGN_S3_BUCKET", None)
-    return env
 
 
 def test_a_second_process_on_the_same_data_dir_refuses_and_the_first_job_succeeds(
@@ -43,7 +32,7 @@ def test_a_second_process_on_the_same_data_dir_refuses_and_the_first_job_succeed
         first = subprocess.Popen(serve_command(port), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            wait_for(lambda: _ready(client), timeout=120)
+            wait_for(lambda: service_ready(client), timeout=120)
             job = submit(client, photo_bytes, **FAST)
             # Running (the tiny model on a busy machine runs this for many seconds; the second
             # process needs only its imports to give up, so it very likely overlaps the run).
@@ -68,10 +57,3 @@ def test_a_second_process_on_the_same_data_dir_refuses_and_the_first_job_succeed
     finally:
         stop_process(first, 30)
     assert "recovered job left running" not in log_path.read_text()
-
-
-def _ready(client: httpx.Client) -> bool:
-    try:
-        return client.get("/readyz").status_code == 200
-    except httpx.TransportError:
-        return False

@@ -1,20 +1,31 @@
 """qalign_client.Client and AsyncClient against scripted answers (httpx.MockTransport): the retry
 policy, idempotency, typed errors, polling, the events stream's reconnects, downloads and pages.
 
+Every test that takes ``connect`` runs twice, through the sync and through the async client, with
+the same script and the same assertions: the two must behave alike (Client is generated from
+AsyncClient; tests/qalign_client/test_unasync.py keeps it so).
+
 These are unit tests of the client's own logic; the same calls run against the real services in
 tests/integration/test_client_embedded.py and test_client_distributed.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import contextlib
+import functools
 import io
 import json
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import anyio
 import httpx
 import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 from PIL import Image
 
 import qalign_client
@@ -112,24 +123,64 @@ class FakeTime:
         self.sleep(seconds)
 
 
-def make_client(script: Script, **kwargs) -> tuple[Client, FakeTime]:
-    client = Client(BASE, api_key="secret-key", transport=httpx.MockTransport(script), **kwargs)
-    fake = FakeTime()
-    client._sleep, client._clock = fake.sleep, lambda: fake.now
-    return client, fake
+class Blocking:
+    """One client behind plain calls, so a test reads the same for both: the sync client's methods
+    as they are, the async client's run to completion on the portal's event loop; iterators
+    (``stream``, ``list``) come back as lists."""
+
+    def __init__(self, client: Client | AsyncClient, portal: BlockingPortal | None) -> None:
+        self.client, self.portal = client, portal
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.client, name)
+        if not callable(attribute):
+            return attribute
+        if self.portal is None:
+            return lambda *args, **kwargs: _collect(attribute(*args, **kwargs))
+        portal = self.portal
+        return lambda *args, **kwargs: portal.call(functools.partial(_acollect, attribute, *args, **kwargs))
 
 
-def make_async(script: Script, **kwargs) -> tuple[AsyncClient, FakeTime]:
-    client = AsyncClient(BASE, api_key="secret-key", transport=httpx.MockTransport(script), **kwargs)
-    fake = FakeTime()
-    client._sleep, client._clock = fake.asleep, lambda: fake.now
-    return client, fake
+def _collect(out: Any) -> Any:
+    return list(out) if isinstance(out, Iterator) else out
+
+
+async def _acollect(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    out = method(*args, **kwargs)
+    return [item async for item in out] if isinstance(out, AsyncIterator) else await out
+
+
+Connect = Callable[..., tuple[Blocking, FakeTime]]
+
+
+@pytest.fixture(params=["sync", "async"])
+def connect(request: pytest.FixtureRequest) -> Iterator[Connect]:
+    """Makes clients of one kind (the test runs once per kind) on a scripted transport, with a fake
+    clock; closes them afterwards. The async ones run on one event loop in a portal thread."""
+    with contextlib.ExitStack() as stack:
+        portal = stack.enter_context(start_blocking_portal()) if request.param == "async" else None
+        made: list[Blocking] = []
+
+        def make(
+            script: Script, base_url: str | None = BASE, api_key: str | None = "secret-key", **kwargs: Any
+        ) -> tuple[Blocking, FakeTime]:
+            kind = Client if portal is None else AsyncClient
+            client = kind(base_url, api_key, transport=httpx.MockTransport(script), **kwargs)
+            fake = FakeTime()
+            client._sleep = fake.sleep if portal is None else fake.asleep
+            client._clock = lambda: fake.now
+            made.append(Blocking(client, portal))
+            return made[-1], fake
+
+        yield make
+        for client in made:
+            client.close() if portal is None else client.aclose()
 
 
 # ---------------------------------------------------------------------------------------------- submit
-def test_submit_sends_json_with_images_params_key_and_auth():
+def test_submit_sends_json_with_images_params_key_and_auth(connect):
     script = Script(answer(202, job()))
-    client, _ = make_client(script)
+    client, _ = connect(script)
     out = client.submit(PNG, "https://example.com/cup.jpg", {"seed": 3}, steps=10, webhook_url="https://h/x")
     assert isinstance(out, qalign_client.JobOut) and out.status == "queued"
     (request,) = script.requests
@@ -143,12 +194,12 @@ def test_submit_sends_json_with_images_params_key_and_auth():
     assert "prefer" not in request.headers
 
 
-def test_submit_accepts_paths_files_and_pil_images(tmp_path):
+def test_submit_accepts_paths_files_and_pil_images(connect, tmp_path):
     path = tmp_path / "s.png"
     path.write_bytes(PNG)
     image = Image.new("RGB", (4, 3), "red")
     script = Script(answer(202, job()), answer(202, job()))
-    client, _ = make_client(script)
+    client, _ = connect(script)
     client.submit(path, str(path), qalign_client.TransferParams(steps=4, align_steps_fine=(1, 9)))
     with open(path, "rb") as handle:
         client.submit(handle, image, prefer_wait=30)
@@ -163,9 +214,9 @@ def test_submit_accepts_paths_files_and_pil_images(tmp_path):
         client.submit(PNG, PNG, prefer_wait=61)
 
 
-def test_bad_parameters_fail_before_sending():
+def test_bad_parameters_fail_before_sending(connect):
     script = Script()
-    client, _ = make_client(script)
+    client, _ = connect(script)
     with pytest.raises(ValidationError) as caught:
         client.submit(PNG, PNG, {"steps": 1}, colour="blue")
     assert caught.value.status == 422
@@ -173,7 +224,7 @@ def test_bad_parameters_fail_before_sending():
     assert script.requests == []
 
 
-def test_submit_retries_503_and_429_with_one_idempotency_key_honouring_retry_after():
+def test_submit_retries_503_and_429_with_one_idempotency_key_honouring_retry_after(connect):
     script = Script(
         answer(503, problem(503, "no worker"), {"Retry-After": "7"}),
         answer(429, problem(429, "queue full"), {"Retry-After": "3"}),
@@ -182,7 +233,7 @@ def test_submit_retries_503_and_429_with_one_idempotency_key_honouring_retry_aft
                {"Retry-After": "1"}),
         answer(200, job()),
     )  # fmt: skip
-    client, fake = make_client(script)
+    client, fake = connect(script)
     assert client.submit(PNG, PNG).id == "j1"
     keys = {r.headers["idempotency-key"] for r in script.requests}
     assert len(script.requests) == 5 and len(keys) == 1
@@ -190,9 +241,9 @@ def test_submit_retries_503_and_429_with_one_idempotency_key_honouring_retry_aft
     assert 0 < fake.sleeps[2] <= 2  # no Retry-After on a connection error: backoff
 
 
-def test_retries_give_up_with_the_typed_error():
+def test_retries_give_up_with_the_typed_error(connect):
     script = Script(*[answer(503, problem(503, "store down"), {"Retry-After": "1"})] * 3)
-    client, fake = make_client(script, max_retries=2)
+    client, fake = connect(script, max_retries=2)
     with pytest.raises(UnavailableError) as caught:
         client.submit(PNG, PNG)
     error = caught.value
@@ -200,17 +251,17 @@ def test_retries_give_up_with_the_typed_error():
     assert isinstance(error, ServerError) and len(script.requests) == 3 and fake.sleeps == [1, 1]
 
 
-def test_a_retry_after_beyond_the_limit_is_not_waited_out():
+def test_a_retry_after_beyond_the_limit_is_not_waited_out(connect):
     script = Script(answer(429, problem(429, "busy"), {"Retry-After": "3600"}))
-    client, fake = make_client(script)
+    client, fake = connect(script)
     with pytest.raises(RateLimitedError) as caught:
         client.submit(PNG, PNG)
     assert caught.value.retry_after == 3600 and fake.sleeps == []
 
 
-def test_connection_failures_end_as_transport_error():
+def test_connection_failures_end_as_transport_error(connect):
     script = Script(*[httpx.ConnectError("refused")] * 3)
-    client, _ = make_client(script, max_retries=2)
+    client, _ = connect(script, max_retries=2)
     with pytest.raises(TransportError, match="cannot reach the service"):
         client.get("j1")
 
@@ -223,10 +274,10 @@ def test_connection_failures_end_as_transport_error():
         (422, ValidationError), (500, ServerError),
     ],
 )  # fmt: skip
-def test_refusals_are_typed_and_carry_the_problem(status, error_class):
+def test_refusals_are_typed_and_carry_the_problem(connect, status, error_class):
     errors = [{"field": "steps", "message": "too big", "allowed": ">= 2"}] if status == 422 else None
     script = Script(answer(status, problem(status, "what to change", "/problems/x", errors=errors)))
-    client, _ = make_client(script)
+    client, _ = connect(script)
     with pytest.raises(error_class) as caught:
         client.get("j1")
     error = caught.value
@@ -237,44 +288,44 @@ def test_refusals_are_typed_and_carry_the_problem(status, error_class):
         assert error.errors[0].field == "steps" and error.errors[0].allowed == ">= 2"
 
 
-def test_a_refusal_that_is_not_problem_details_still_says_something():
+def test_a_refusal_that_is_not_problem_details_still_says_something(connect):
     script = Script(httpx.Response(502, text="<html>bad gateway</html>"))
-    client, _ = make_client(script)
+    client, _ = connect(script)
     with pytest.raises(ServerError) as caught:
         client.get("j1")
     assert caught.value.status == 502 and "bad gateway" in caught.value.detail
 
 
 # ---------------------------------------------------------------------------------------------- wait
-def test_wait_polls_with_growing_interval_and_honours_retry_after():
+def test_wait_polls_with_growing_interval_and_honours_retry_after(connect):
     script = Script(
         answer(200, job("queued")),
         answer(200, job("running", progress=0.5), {"Retry-After": "4"}),
         answer(200, job("running", progress=0.7)),
         answer(200, job("succeeded", progress=1.0)),
     )
-    client, fake = make_client(script)
+    client, fake = connect(script)
     seen = []
     done = client.wait("j1", poll_interval=1.0, on_progress=lambda j: seen.append(j.progress))
     assert done.status == "succeeded" and seen == [0.0, 0.5, 0.7, 1.0]
     assert fake.sleeps == [1.0, 4.0, 2.25]
 
 
-def test_wait_on_a_finished_job_object_sends_nothing_and_times_out_with_the_last_state():
-    client, _ = make_client(Script())
+def test_wait_on_a_finished_job_object_sends_nothing_and_times_out_with_the_last_state(connect):
+    client, _ = connect(Script())
     finished = qalign_client.JobOut.model_validate(job("failed"))
     assert client.wait(finished) is finished
 
     script = Script(*[answer(200, job("running", progress=0.3))] * 10)
-    client, fake = make_client(script)
+    client, fake = connect(script)
     with pytest.raises(JobTimeoutError) as caught:
         client.wait("j1", timeout=2.0, poll_interval=0.5)
     assert caught.value.job.progress == 0.3 and sum(fake.sleeps) == pytest.approx(2.0)
 
 
-def test_run_raises_job_failed():
+def test_run_raises_job_failed(connect):
     script = Script(answer(202, job()), answer(200, job("failed")))
-    client, _ = make_client(script)
+    client, _ = connect(script)
     with pytest.raises(JobFailedError, match="internal_error: boom") as caught:
         client.run(PNG, PNG)
     assert caught.value.job.status == "failed"
@@ -288,17 +339,28 @@ def sse(event: str, event_id: int, body: dict) -> bytes:
     return f"event: {event}\nid: {event_id}\ndata: {json.dumps(body)}\n\n".encode()
 
 
-def broken_stream(*chunks: bytes) -> Callable[[httpx.Request], httpx.Response]:
-    """An events answer that sends ``chunks`` and then loses the connection."""
+class BreakingBody(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A body that sends ``chunks`` and then loses the connection, to either client."""
 
-    def generate():
-        yield from chunks
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
         raise httpx.ReadError("connection reset")
 
-    return lambda request: httpx.Response(200, headers=EVENT_STREAM, content=generate())
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+        raise httpx.ReadError("connection reset")
 
 
-def test_stream_resumes_after_a_break_with_last_event_id():
+def broken_stream(*chunks: bytes) -> Callable[[httpx.Request], httpx.Response]:
+    """An events answer that sends ``chunks`` and then loses the connection."""
+    return lambda request: httpx.Response(200, headers=EVENT_STREAM, stream=BreakingBody(*chunks))
+
+
+def test_stream_resumes_after_a_break_with_last_event_id(connect):
     first = [
         b": ping\n\n",
         sse("progress", 1, job("running", progress=0.1, stage="inverting")),
@@ -311,7 +373,7 @@ def test_stream_resumes_after_a_break_with_last_event_id():
         answer(200, job("running", progress=0.1)),  # the client checks the job is still going
         httpx.Response(200, headers=EVENT_STREAM, content=second),
     )  # fmt: skip
-    client, fake = make_client(script)
+    client, fake = connect(script)
     events = list(client.stream("j1"))
     assert [(e.event, e.id, e.job.progress) for e in events] == [
         ("progress", "1", 0.1), ("progress", "2", 0.5), ("succeeded", "3", 1.0),
@@ -322,30 +384,30 @@ def test_stream_resumes_after_a_break_with_last_event_id():
     assert opened[0].headers["accept"] == "text/event-stream" and len(fake.sleeps) == 1
 
 
-def test_stream_of_a_job_that_ended_meanwhile_ends_with_its_terminal_state():
+def test_stream_of_a_job_that_ended_meanwhile_ends_with_its_terminal_state(connect):
     script = Script(
         httpx.Response(200, headers=EVENT_STREAM, content=b": ping\n\n"),
         answer(200, job("canceled")),
     )
-    client, _ = make_client(script)
+    client, _ = connect(script)
     (event,) = list(client.stream(qalign_client.JobOut.model_validate(job("running"))))
     assert event.event == "canceled" and event.terminal and event.id is None
 
 
-def test_stream_refusal_is_typed_and_endless_breaks_give_up():
-    client, _ = make_client(Script(answer(404, problem(404, "no job j1"))))
+def test_stream_refusal_is_typed_and_endless_breaks_give_up(connect):
+    client, _ = connect(Script(answer(404, problem(404, "no job j1"))))
     with pytest.raises(NotFoundError):
         list(client.stream("j1"))
 
     empty = httpx.Response(200, headers=EVENT_STREAM, content=b"")
     script = Script(*[empty, answer(200, job("running"))] * 3)
-    client, _ = make_client(script)
+    client, _ = connect(script)
     with pytest.raises(TransportError, match="kept breaking"):
         list(client.stream("j1", max_reconnects=2))
 
 
 # ---------------------------------------------------------------------------------------------- result
-def test_result_follows_the_redirect_without_the_api_key(tmp_path):
+def test_result_follows_the_redirect_without_the_api_key(connect, tmp_path):
     store = "http://store.test/bucket/results/j1.png?X-Amz-Signature=abc"
     script = Script(
         httpx.Response(307, headers={"location": store}),
@@ -353,7 +415,7 @@ def test_result_follows_the_redirect_without_the_api_key(tmp_path):
         httpx.Response(307, headers={"location": store}),
         httpx.Response(200, content=PNG, headers={"content-type": "image/png"}),
     )
-    client, _ = make_client(script)
+    client, _ = connect(script)
     assert client.result("j1") == PNG
     out = client.result("j1", tmp_path / "out.png")
     assert out == tmp_path / "out.png" and out.read_bytes() == PNG
@@ -363,15 +425,15 @@ def test_result_follows_the_redirect_without_the_api_key(tmp_path):
     assert str(s3.url) == store
 
 
-def test_result_not_ready_is_a_conflict_and_leaves_no_file(tmp_path):
-    client, _ = make_client(Script(answer(409, problem(409, "job j1 is running"))))
+def test_result_not_ready_is_a_conflict_and_leaves_no_file(connect, tmp_path):
+    client, _ = connect(Script(answer(409, problem(409, "job j1 is running"))))
     with pytest.raises(ConflictError, match="running"):
         client.result("j1", tmp_path / "out.png")
     assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------- the rest
-def test_cancel_erase_and_list_pages():
+def test_cancel_erase_and_list_pages(connect):
     pages = [
         {"jobs": [job("succeeded", "a"), job("failed", "b")], "next_cursor": "c1"},
         {"jobs": [job("succeeded", "c")], "next_cursor": None},
@@ -383,7 +445,7 @@ def test_cancel_erase_and_list_pages():
         answer(200, pages[1]),
         answer(200, pages[0]),
     )
-    client, _ = make_client(script)
+    client, _ = connect(script)
     assert client.cancel("j1").status == "running"
     assert client.erase("j1") is None
     assert [j.id for j in client.list(status="succeeded", page_size=2)] == ["a", "b", "c"]
@@ -396,18 +458,18 @@ def test_cancel_erase_and_list_pages():
     assert dict(limited.url.params) == {"limit": "1"}
 
 
-def test_job_ids_are_quoted_and_env_defaults(monkeypatch):
+def test_job_ids_are_quoted_and_env_defaults(connect, monkeypatch):
     script = Script(answer(200, job()))
     monkeypatch.setenv("QALIGN_SERVER", BASE + "/")
     monkeypatch.setenv("QALIGN_API_KEY", "env-key")
-    client = Client(transport=httpx.MockTransport(script))
+    client, _ = connect(script, base_url=None, api_key=None)
     client.get("a/b")
     assert client.base_url == BASE and script.requests[0].url.raw_path == b"/jobs/a%2Fb"
     assert script.requests[0].headers["authorization"] == "Bearer env-key"
 
 
-# ---------------------------------------------------------------------------------------------- async
-def test_async_client_has_the_same_behaviour(tmp_path):
+# ---------------------------------------------------------------------------------------------- a whole job
+def test_a_whole_job_submit_stream_wait_download_list_cancel_erase(connect, tmp_path):
     events = sse("progress", 1, job("running", progress=0.4)) + sse("succeeded", 2, job("succeeded"))
     script = Script(
         answer(503, problem(503, "not ready"), {"Retry-After": "2"}),
@@ -417,34 +479,73 @@ def test_async_client_has_the_same_behaviour(tmp_path):
         answer(200, job("succeeded")),
         httpx.Response(200, content=PNG),
         answer(200, {"jobs": [job("succeeded")], "next_cursor": None}),
+        answer(200, job("succeeded")),  # cancel: a finished job comes back unchanged
         httpx.Response(204),
         answer(404, problem(404, "gone")),
     )
-
-    async def scenario():
-        client, fake = make_async(script)
-        async with client:
-            submitted = await client.submit(PNG, PNG, seed=2)
-            streamed = [e async for e in client.stream(submitted)]
-            done = await client.wait(submitted.id, poll_interval=0.25)
-            path = await client.result(done, tmp_path / "r.png")
-            listed = [j.id async for j in client.list()]
-            await client.erase(done)
-            with pytest.raises(NotFoundError):
-                await client.get(done)
-        return fake, streamed, done, path, listed
-
-    fake, streamed, done, path, listed = asyncio.run(scenario())
+    client, fake = connect(script)
+    submitted = client.submit(PNG, PNG, seed=2)
+    streamed = client.stream(submitted)
+    done = client.wait(submitted.id, poll_interval=0.25)
+    path = client.result(done, tmp_path / "r.png")
+    listed = [j.id for j in client.list()]
+    assert client.cancel(done).status == "succeeded"
+    client.erase(done)
+    with pytest.raises(NotFoundError):
+        client.get(done)
     assert script.requests[0].headers["idempotency-key"] == script.requests[1].headers["idempotency-key"]
     assert fake.sleeps == [2, 0.25]
     assert [e.event for e in streamed] == ["progress", "succeeded"]
     assert done.status == "succeeded" and path.read_bytes() == PNG and listed == ["j1"]
+    assert [p.name for p in tmp_path.iterdir()] == ["r.png"]
+
+
+def test_a_download_that_breaks_leaves_no_file(connect, tmp_path):
+    body = BreakingBody(PNG[:8])
+    script = Script(*[httpx.Response(200, headers={"content-type": "image/png"}, stream=body)] * 3)
+    client, _ = connect(script, max_retries=0)
+    with pytest.raises(TransportError, match="cannot reach the service"):
+        client.result("j1", tmp_path / "out.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_async_client_reads_and_writes_files_off_the_event_loop(tmp_path, monkeypatch):
+    """Input images are read, and results written and renamed into place, in worker threads."""
+    touched: list[tuple[str, int]] = []
+    real_read, real_write, real_replace = Path.read_bytes, Path.write_bytes, os.replace
+
+    def record(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            touched.append((name, threading.get_ident()))
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(Path, "read_bytes", record("read", real_read))
+    monkeypatch.setattr(Path, "write_bytes", record("write", real_write))
+    monkeypatch.setattr(os, "replace", record("replace", real_replace))
+    structure = tmp_path / "structure.png"
+    real_write(structure, PNG)
+    done = job("succeeded", results=2)
+    script = Script(answer(202, job()), answer(200, done), *[httpx.Response(200, content=PNG)] * 2)
+
+    async def scenario() -> tuple[int, list[Path]]:
+        async with AsyncClient(BASE, transport=httpx.MockTransport(script)) as client:
+            submitted = await client.submit(structure, structure)
+            paths = await client.results(submitted.id, tmp_path / "out")
+        return threading.get_ident(), paths
+
+    loop_thread, paths = anyio.run(scenario)
+    seen = list(touched)
+    assert [name for name, _ in seen] == ["read", "read", "write", "replace", "write", "replace"]
+    assert all(thread != loop_thread for _, thread in seen), seen
+    assert [p.name for p in paths] == ["j1-0.webp", "j1-1.webp"] and paths[1].read_bytes() == PNG
 
 
 # ------------------------------------------------------------------------------- several appearances
-def test_several_appearances_go_as_a_json_list_in_order_with_aspect():
+def test_several_appearances_go_as_a_json_list_in_order_with_aspect(connect):
     script = Script(answer(202, job()), answer(202, job()))
-    client, _ = make_client(script)
+    client, _ = connect(script)
     client.submit(PNG, [b"a", "https://example.com/b.jpg", (b"c")], aspect="square", size=320)
     client.submit(PNG, (b"only",))  # a list of one is one appearance: sent as a single value
     first, second = (json.loads(r.content) for r in script.requests)
@@ -457,9 +558,9 @@ def test_several_appearances_go_as_a_json_list_in_order_with_aspect():
 
 
 @pytest.mark.parametrize("count", [0, 9])
-def test_too_few_or_too_many_appearances_fail_before_sending(count):
+def test_too_few_or_too_many_appearances_fail_before_sending(connect, count):
     script = Script()
-    client, _ = make_client(script)
+    client, _ = connect(script)
     with pytest.raises(ValidationError) as caught:
         client.submit(PNG, [PNG] * count)
     error = caught.value
@@ -472,7 +573,7 @@ def test_too_few_or_too_many_appearances_fail_before_sending(count):
         client.submit(PNG, [PNG, 42])
 
 
-def test_result_k_and_results_to_bytes_a_directory_or_paths(tmp_path):
+def test_result_k_and_results_to_bytes_a_directory_or_paths(connect, tmp_path):
     done = job("succeeded", results=3)
     image = [
         httpx.Response(200, content=bytes([k]) * 4, headers={"content-type": "image/webp"}) for k in range(3)
@@ -483,7 +584,7 @@ def test_result_k_and_results_to_bytes_a_directory_or_paths(tmp_path):
         *image,  # results(job object, directory)
         *image,  # results(job object, paths)
     )  # fmt: skip
-    client, _ = make_client(script)
+    client, _ = connect(script)
     assert client.result("j1", k=2) == b"\x02" * 4
     assert client.results("j1") == [bytes([k]) * 4 for k in range(3)]
     finished = qalign_client.JobOut.model_validate(done)
@@ -504,10 +605,10 @@ def test_result_k_and_results_to_bytes_a_directory_or_paths(tmp_path):
         client.result("j1", k=-1)
 
 
-def test_results_of_an_unfinished_job_is_a_conflict_and_an_old_service_gives_one(tmp_path):
+def test_results_of_an_unfinished_job_is_a_conflict_and_an_old_service_gives_one(connect, tmp_path):
     old = job("succeeded")  # no results list: a service before v1.2
     script = Script(answer(200, job("running")), answer(200, old), httpx.Response(200, content=PNG))
-    client, _ = make_client(script)
+    client, _ = connect(script)
     with pytest.raises(ConflictError, match="running"):
         client.results("j1", tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -515,45 +616,14 @@ def test_results_of_an_unfinished_job_is_a_conflict_and_an_old_service_gives_one
     assert [r.url.path for r in script.requests] == ["/jobs/j1", "/jobs/j1", "/jobs/j1/result"]
 
 
-def test_run_with_several_appearances_returns_one_result_each(tmp_path):
+def test_run_with_several_appearances_returns_one_result_each(connect, tmp_path):
     script = Script(
         answer(202, job()),
         answer(200, job("succeeded", results=2)),
         httpx.Response(200, content=b"zero"),
         httpx.Response(200, content=b"one"),
     )
-    client, _ = make_client(script)
+    client, _ = connect(script)
     out = client.run(PNG, [PNG, PNG], path=tmp_path, aspect="structure")
     assert [p.read_bytes() for p in out] == [b"zero", b"one"]
     assert json.loads(script.requests[0].content)["aspect"] == "structure"
-
-
-def test_async_client_has_the_same_several_appearances_behaviour(tmp_path):
-    done = job("succeeded", results=2)
-    script = Script(
-        answer(202, job()),
-        answer(200, done),  # wait
-        httpx.Response(200, content=b"zero"),
-        httpx.Response(200, content=b"one"),
-        answer(200, done),  # results(id)
-        httpx.Response(200, content=b"zero"),
-        httpx.Response(200, content=b"one"),
-        httpx.Response(200, content=b"one"),  # result(k=1)
-    )
-
-    async def scenario():
-        client, _ = make_async(script)
-        async with client:
-            paths = await client.run(PNG, [PNG, "https://example.com/b.png"], path=tmp_path, aspect="square")
-            data = await client.results("j1")
-            one = await client.result("j1", k=1)
-            with pytest.raises(ValidationError, match="got 9"):
-                await client.submit(PNG, [PNG] * 9)
-        return paths, data, one
-
-    paths, data, one = asyncio.run(scenario())
-    body = json.loads(script.requests[0].content)
-    assert len(body["appearance"]) == 2 and body["aspect"] == "square"
-    assert [p.name for p in paths] == ["j1-0.webp", "j1-1.webp"] and paths[1].read_bytes() == b"one"
-    assert data == [b"zero", b"one"] and one == b"one"
-    assert script.requests[-1].url.path == "/jobs/j1/results/1" and len(script.requests) == 8

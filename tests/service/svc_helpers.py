@@ -160,7 +160,7 @@ def new_job(stores: JobStores, **fields) -> Job:
 def claim(stores: JobStores, job_id: str, worker: str, max_attempts: int = 2) -> Job | None:
     """What a worker's claim does to the record; the claimed job, or None when it must not run."""
     live = stores.workers.live()
-    job = stores.records.modify(
+    job = stores.records.apply(
         job_id, lambda j: transitions.claim(j, worker=worker, live_workers=live, max_attempts=max_attempts)
     )
     return job if job is not None and job.status == "running" and job.worker == worker else None

@@ -110,3 +110,27 @@ def test_sweep_keeps_every_result_of_a_multi_appearance_job(tmp_path, embedded_s
     assert sweep(stores, store, embedded_settings)["results"] == 1
     assert all(store.age(key) is not None for key in named) and store.age(stray) is None
     stores.close()
+
+
+def test_sweep_migrates_records_of_an_earlier_version_first(tmp_path, embedded_settings, redis_url):
+    """Migration the API start could not run (Redis away then) is done by the next sweep."""
+    from service.cleanup import sweep
+    from service.jobs.redis_store import open_redis_stores
+
+    stores = open_redis_stores(redis_url, ttl=3600, prefix=f"t{new_job_id()}:")
+    records = stores.records
+    try:
+        job = Job(
+            id=new_job_id(),
+            created_at=utcnow(),
+            structure_key=input_key(b"s"),
+            appearance_keys=[input_key(b"a")],
+        )
+        # As the previous version left it: a TTL from the last write, no lister index.
+        records.client.set(records._key(job.id), job.model_dump_json(), ex=600)
+        records.client.zadd(records._status_key("queued"), {job.id: time.time()})
+        sweep(stores, LocalStore(tmp_path / "objects"), embedded_settings)
+        assert records.client.ttl(records._key(job.id)) == -1
+        assert records.listed_by_others(job.input_keys, new_job_id()) == set(job.input_keys)
+    finally:
+        stores.close()

@@ -34,7 +34,7 @@ def finish(stores, store, job: Job) -> Job:
     def succeed(record: Job) -> Job | None:
         return transitions.succeed(record, results=[result], params={}, metrics={})
 
-    return stores.records.modify(job.id, succeed)
+    return stores.records.apply(job.id, succeed)
 
 
 def keys_in(store: LocalStore) -> set[str]:

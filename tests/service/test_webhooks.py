@@ -13,8 +13,6 @@ from testkit import assert_problem, poll, submit, wait_for
 from qalign_schema.signing import signature_matches
 from service.webhooks import (
     SIGNATURE_HEADER,
-    WebhookDelivery,
-    WebhookEvent,
     WebhookRefused,
     check_webhook_url,
     deliver,
@@ -148,7 +146,7 @@ def test_webhook_id_is_stable_across_retries_and_https_is_verified(tmp_path):
             ca_bundle=str(tls.ca),
             resolver=resolver,
         )
-        assert outcome == (True, "HTTP 204")
+        assert outcome[:2] == (True, "HTTP 204")
         first, second = server.seen
         assert first.headers["webhook-id"] == second.headers["webhook-id"] == "job_j_succeeded"
         for seen in (first, second):
@@ -161,63 +159,13 @@ def test_webhook_id_is_stable_across_retries_and_https_is_verified(tmp_path):
         server.close()
 
 
-def test_delivery_uses_a_bounded_pool_and_keeps_each_jobs_order():
-    """Regression: one unbounded thread was started per webhook; now at most max_workers deliver."""
-    release, received, lock = threading.Event(), [], threading.Lock()
-    in_flight = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server API
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            with lock:
-                in_flight.append(body)
-            release.wait(10)
-            with lock:
-                received.append((body["job"], body["n"]))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    delivery = WebhookDelivery("s", allow_hosts=["127.0.0.1"], attempts=1, max_workers=2)
-    before = {t for t in threading.enumerate() if t.name == "qalign-webhook"}
-    try:
-        for n in range(2):
-            for job in range(10):
-                body = json.dumps({"job": job, "n": n}).encode()
-                delivery.post(WebhookEvent(f"job{job}", ("running", "succeeded")[n], url, body))
-        wait_for(lambda: len(in_flight) == 2, timeout=10)
-        threads = {t for t in threading.enumerate() if t.name == "qalign-webhook"} - before
-        assert len(threads) == 2, "20 events, 10 jobs, and only the pool's 2 threads"
-        release.set()
-        wait_for(lambda: delivery.idle() and len(received) == 20, timeout=20)
-        for job in range(10):
-            assert [n for j, n in received if j == job] == [0, 1], "a job's events stay in order"
-    finally:
-        release.set()
-        delivery.close()
-        server.shutdown()
-        server.server_close()
-
-
-def test_full_delivery_queue_records_the_event_as_undelivered(caplog):
-    given_up = []
-    delivery = WebhookDelivery(
-        "s", attempts=1, max_workers=1, max_pending=1, on_undelivered=lambda *a: given_up.append(a)
-    )
-    delivery._threads.append(object())  # a busy pool: nothing drains during the test
-    delivery.post(WebhookEvent("a", "running", "http://192.0.2.1/h", b"{}"))
-    delivery.post(WebhookEvent("b", "running", "http://192.0.2.1/h", b"{}"))
-    assert delivery._pending == 1, "the post returned at once, the second event was not queued"
-    assert [(event.job_id, reason) for event, reason, _ in given_up] == [("b", "queue_full")]
-    assert "webhook undelivered: the delivery queue is full" in caplog.text
-
-
 # ------------------------------------------------------------- through the API (a real receiver)
+def events_done(client) -> bool:
+    """The app's event dispatcher has nothing in hand and the outbox is empty."""
+    services = client.app.state.services
+    return services.events.idle() and services.stores.outbox.count() == 0
+
+
 class Receiver:
     """A real HTTP receiver on loopback that verifies signatures like a client would."""
 
@@ -285,8 +233,7 @@ def test_failing_receiver_never_fails_the_job(make_client, hooked, small_images)
         client = make_client(hooked)
         job_id = submit(client, small_images, webhook_url=receiver.url).json()["id"]
         assert poll(client, job_id)["status"] == "succeeded"
-        delivery = client.app.state.services.webhooks.delivery
-        wait_for(lambda: receiver.attempts >= 6 and delivery.idle(), timeout=10)
+        wait_for(lambda: receiver.attempts >= 6 and events_done(client), timeout=10)
         assert receiver.attempts == 6, "3 attempts x (running, succeeded), and no more"
     finally:
         receiver.close()
@@ -380,7 +327,7 @@ def test_events_filter_sends_only_the_chosen_events(make_client, hooked, small_i
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]
         poll(client, job_id)
-        wait_for(lambda: receiver.events and client.app.state.services.webhooks.delivery.idle(), timeout=10)
+        wait_for(lambda: receiver.events and events_done(client), timeout=10)
         assert [e["status"] for e in receiver.events] == ["succeeded"], "no start event"
         record = client.app.state.services.stores.records.get(job_id)
         assert record.webhook_events == ["completed"]
@@ -397,8 +344,7 @@ def test_start_only_filter_and_both_in_one_field(make_client, hooked, small_imag
         poll(client, start_only["id"])
         both = submit(client, small_images, seed=3, **hook, webhook_events_filter="start, completed")
         poll(client, both.json()["id"])
-        delivery = client.app.state.services.webhooks.delivery
-        wait_for(lambda: len(receiver.events) >= 3 and delivery.idle(), timeout=10)
+        wait_for(lambda: len(receiver.events) >= 3 and events_done(client), timeout=10)
         by_job = {}
         for event in receiver.events:
             by_job.setdefault(event["id"], []).append(event["status"])
@@ -454,33 +400,33 @@ def test_undelivered_events_are_on_the_job_record_and_counted(make_client, hooke
         receiver.close()
 
 
-def test_events_past_the_queue_bound_are_recorded_on_their_jobs(make_client, hooked, small_images):
-    """A bound of one event (queued or in delivery), held by the first job's event while its slow
-    receiver stalls: the next jobs' events are recorded as undelivered on their records, counted,
-    and nothing blocks."""
+def test_a_stalled_receiver_holds_back_only_its_own_jobs_events(make_client, hooked, small_images):
+    """Events of different jobs go out in parallel (WEBHOOK_WORKERS at once): one receiver that
+    stalls delays its own job's event, not the others'; its event goes out once it answers."""
     release = threading.Event()
     slow = LocalServer(lambda seen, handler: release.wait(30) and Reply(204))
-    bound = {"webhook_workers": 1, "webhook_queue_size": 1, "webhook_attempts": 1}
-    hook = {"webhook_url": slow.url(path="/h"), "webhook_events_filter": "completed"}
-    settings = hooked.model_copy(update=bound)
+    fast = Receiver("hook-secret")
+    completed = {"webhook_events_filter": "completed"}
     try:
-        client = make_client(settings)
-        ids = [submit(client, small_images, seed=n, **hook).json()["id"] for n in range(4)]
-        for job_id in ids:
+        client = make_client(hooked.model_copy(update={"webhook_workers": 2, "webhook_attempts": 1}))
+        stalled = submit(client, small_images, webhook_url=slow.url(path="/h"), **completed).json()["id"]
+        poll(client, stalled)
+        wait_for(lambda: slow.seen, timeout=20)
+        others = [
+            submit(client, small_images, seed=n, webhook_url=fast.url, **completed).json()["id"]
+            for n in range(1, 4)
+        ]
+        for job_id in others:
             poll(client, job_id)
-        records = client.app.state.services.stores.records
-        wait_for(lambda: sum(len(records.get(j).webhook_undelivered) for j in ids) >= 3, timeout=20)
-        dropped = [j for j in ids if records.get(j).webhook_undelivered]
-        assert dropped == ids[1:], "the jobs run in order; the first one's event holds the bound"
-        assert all(records.get(j).webhook_undelivered[0].reason == "queue_full" for j in dropped)
-        assert 'qalign_webhooks_undelivered_total{reason="queue_full"} 3.0' in client.get("/metrics").text
+        wait_for(lambda: len(fast.events) == 3, timeout=20)
+        assert sorted(e["id"] for e in fast.events) == sorted(others) and not release.is_set()
         release.set()
-        delivery = client.app.state.services.webhooks.delivery
-        wait_for(delivery.idle, timeout=20)
-        assert [seen.headers["webhook-id"] for seen in slow.seen] == [f"job_{ids[0]}_succeeded"]
+        wait_for(lambda: events_done(client), timeout=20)
+        assert [seen.headers["webhook-id"] for seen in slow.seen] == [f"job_{stalled}_succeeded"]
     finally:
         release.set()
         slow.close()
+        fast.close()
 
 
 def test_a_malformed_whsec_secret_is_refused_at_start():
@@ -517,6 +463,56 @@ def test_a_host_that_does_not_resolve_yet_is_retried():
             resolver=flaky,
             sleep=sleeps.append,
         )
-        assert outcome == (True, "HTTP 204") and sleeps == [0.01] and len(server.seen) == 1
+        assert outcome[:2] == (True, "HTTP 204") and sleeps == [0.01] and len(server.seen) == 1
     finally:
         server.close()
+
+
+def test_the_sender_sends_nothing_for_an_erased_job_and_records_what_it_gives_up(tmp_path, hooked):
+    """WebhookSender, the dispatcher's sink: an event whose job is gone (erased, expired) is dropped
+    unsent; one whose receiver fails every attempt is counted and noted on its record."""
+    from svc_helpers import claim, new_job
+
+    from service.jobs.sqlite_store import open_sqlite_stores
+    from service.storage import LocalStore
+    from service.webhooks import WebhookSender
+
+    server = LocalServer(lambda seen, handler: Reply(500))
+    stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
+    try:
+        sender = WebhookSender(
+            hooked.model_copy(update={"webhook_attempts": 2}), LocalStore(tmp_path), stores
+        )
+        erased, kept = (new_job(stores, webhook_url=server.url(path="/h")) for _ in range(2))
+        claim(stores, erased.id, "w:1")
+        claim(stores, kept.id, "w:1")
+        (gone_event, kept_event) = stores.outbox.pending(10)
+        stores.records.delete(erased.id)
+        assert sender.send(gone_event, threading.Event()) and server.seen == []
+        assert sender.send(kept_event, threading.Event()) and len(server.seen) == 2
+        (note,) = stores.records.get(kept.id).webhook_undelivered
+        assert note.webhook_id == f"job_{kept.id}_running" and note.reason == "failed"
+        assert stores.counters.snapshot("webhooks_undelivered") == {"failed": 1}
+    finally:
+        stores.close()
+        server.close()
+
+
+def test_the_embedded_time_limit_fails_a_stuck_job_with_one_terminal_webhook(
+    make_client, hooked, small_images
+):
+    """QALIGN_JOB_TIME_LIMIT in embedded mode: a run that would never end is stopped at its next
+    step, failed with time_limit, announced once, and the only worker is free for the next job."""
+    receiver = Receiver("hook-secret")
+    stuck = FakePipeline(gate=threading.Event())  # never released: only the time limit ends it
+    try:
+        client = make_client(hooked.model_copy(update={"job_time_limit": 1}), pipeline=stuck)
+        job_id = submit(client, small_images, webhook_url=receiver.url).json()["id"]
+        failed = poll(client, job_id, timeout=60)
+        assert failed["status"] == "failed" and failed["error"]["type"] == "time_limit"
+        wait_for(lambda: len(receiver.events) >= 2 and events_done(client), timeout=20)
+        assert [e["status"] for e in receiver.events] == ["running", "failed"]
+        stuck.gate.set()
+        assert poll(client, submit(client, small_images, seed=1).json()["id"])["status"] == "succeeded"
+    finally:
+        receiver.close()

@@ -64,12 +64,14 @@ def running_job_store(fresh_settings, monkeypatch, tmp_path):
             status="running",
             worker=holder,
             attempts=1,
+            webhook_url="https://example.com/hook",
         )
         stores.records.create(job)
         task = type("Task", (), {"name": signals.TASK_NAME})()
         signals._hard_time_limit(sender=task, exception=TimeLimitExceeded(), args=[job.id])
         return stores.records.get(job.id)
 
+    hard_limit_hits.outbox = stores.outbox
     yield hard_limit_hits
     stores.close()
 
@@ -84,6 +86,10 @@ def test_hard_time_limit_fails_the_job_its_killed_child_held(running_job_store):
         child.wait()
     gone = running_job_store(f"{socket.gethostname()}:{child.pid}")  # reaped, as the pool does
     assert gone.status == "failed" and gone.error.type == "time_limit"
+    events = running_job_store.outbox.pending(10)
+    assert [(e.job_id, e.status) for e in events] == [(alive.id, "failed"), (gone.id, "failed")], (
+        "the hard time limit announces the job's end: one terminal event each"
+    )
 
 
 @pytest.mark.parametrize("holder", ["another-host:4242", "parent"])
@@ -94,3 +100,4 @@ def test_hard_time_limit_leaves_a_job_taken_over_by_another_worker(running_job_s
         holder = f"{socket.gethostname()}:{os.getppid()}"
     job = running_job_store(holder)
     assert job.status == "running" and job.error is None and job.worker == holder
+    assert running_job_store.outbox.pending(10) == [], "nothing ended, nothing announced"

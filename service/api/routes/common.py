@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from qalign_schema.jobs import TERMINAL_STATUSES
 from service.api.schemas import FieldProblem, JobOut, Problem
 
 #: Response declarations by status code, as FastAPI's ``responses=`` takes them.
@@ -112,7 +113,7 @@ def _job_example(status: str) -> dict[str, Any]:
     """A job object as the API sends it, in ``status`` (validated by the model, so it stays valid)."""
     created = "2026-01-05T10:00:00Z"
     running = status != "queued"
-    done = status in ("succeeded", "failed", "canceled")
+    done = status in TERMINAL_STATUSES
     base = f"{EXAMPLE_BASE}/jobs/{EXAMPLE_ID}"
     job: dict[str, Any] = {
         "id": EXAMPLE_ID,

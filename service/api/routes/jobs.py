@@ -12,6 +12,7 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from qalign_schema.jobs import JobStatus
+from qalign_schema.params import IMAGE_MEDIA_TYPES
 from service.api.deps import Owner, ServicesDep
 from service.api.links import request_base
 from service.api.listing import DEFAULT_LIMIT, MAX_LIMIT
@@ -28,6 +29,7 @@ from service.api.routes.common import (
     problem,
 )
 from service.api.schemas import FieldProblem, JobList, JobOut
+from service.jobs import TERMINAL
 
 if TYPE_CHECKING:
     from service.api.access import ResultLocation
@@ -35,13 +37,12 @@ if TYPE_CHECKING:
 
 router = APIRouter()
 
-_IMAGE = {"schema": {"type": "string", "format": "binary"}}
 #: One event of the stream (OpenAPI 3.1: the schema of a text/event-stream describes each event).
 _EVENT_SCHEMA = {
     "type": "object",
     "required": ["event", "data", "id"],
     "properties": {
-        "event": {"type": "string", "enum": ["progress", "succeeded", "failed", "canceled"]},
+        "event": {"type": "string", "enum": ["progress", *sorted(TERMINAL)]},
         "id": {"type": "string", "pattern": "^[0-9]+$", "description": "Increasing; send as Last-Event-ID."},
         "data": {
             "type": "string",
@@ -185,9 +186,12 @@ def erase_job_data(job_id: str, svc: ServicesDep, owner: Owner) -> Response:
     return Response(status_code=204)
 
 
+#: Each output format's media type with a binary schema: what makes generators type the body as a file
+#: (openapi-python-client: a ``File``, once its ``content_type_overrides`` maps these media types to
+#: application/octet-stream, the only binary one it knows; contentMediaType alone gives a string).
 _RESULT_IMAGE = {
     "description": "The image, in the job's output_format.",
-    "content": {"image/png": _IMAGE, "image/jpeg": _IMAGE, "image/webp": _IMAGE},
+    "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in IMAGE_MEDIA_TYPES},
 }
 _RESULT_REDIRECT = {
     "description": "Redirect to a fresh presigned URL of the object store.",

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from qalign_schema.params import IMAGE_FORMAT_NAMES, IMAGE_FORMATS_TEXT
 from service.api.deps import Owner, ServicesDep
 from service.api.intake import read_submission
 from service.api.links import request_base
@@ -29,7 +30,7 @@ _REFUSALS: Responses = {
     400: problem(
         400,
         "not-an-image",
-        "appearance: not an image (send a PNG, JPEG or WebP file)",
+        f"appearance: not an image (send a {IMAGE_FORMATS_TEXT} file)",
         title="Bad Request",
         description="Not an image, a corrupt image, invalid JSON or base64, or a bad Idempotency-Key.",
         instance="/transfer",
@@ -55,7 +56,7 @@ _REFUSALS: Responses = {
     415: problem(
         415,
         "unsupported-media-type",
-        "appearance: unsupported image type (gif); allowed: PNG, JPEG, WebP",
+        f"appearance: unsupported image type (gif); allowed: {', '.join(IMAGE_FORMAT_NAMES)}",
         title="Unsupported Media Type",
         description="A recognised but unsupported image type, or a body that is neither multipart nor JSON.",
         instance="/transfer",

@@ -39,3 +39,11 @@ def test_no_module_of_service_imports_worker():
         if line.lstrip().startswith(("import worker", "from worker"))
     ]
     assert offenders == []
+
+
+def test_the_worker_sends_no_webhooks_itself():
+    """Events leave through the outbox and the API's dispatcher: a worker process loads neither
+    the webhook sender nor the HTTP layer, and the job runtime does not import the sender."""
+    loaded = _fresh_import("worker.tasks")
+    assert not {"service.webhooks", "service.netguard", "service.api"} & loaded
+    assert "service.webhooks" not in _fresh_import("service.jobs, service.jobs.outbox, service.jobs.runner")

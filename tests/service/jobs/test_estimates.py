@@ -24,7 +24,7 @@ def test_positions_count_the_jobs_queued_ahead(stores):
     assert queue.position(stores.records.get(running.id)) == 0
     assert queue.position(first) == 0, "the oldest queued job runs next"
     assert queue.position(second) == 1
-    canceled = stores.records.modify(second.id, transitions.cancel)
+    canceled = stores.records.apply(second.id, transitions.cancel)
     assert queue.position(canceled) is None and queue.eta_s(canceled) is None
 
 
@@ -38,7 +38,7 @@ def test_eta_from_mean_stage_durations(stores):
     stores.workers.heartbeat("w1", {}, ttl=30)
     running, queued = new_job(stores), new_job(stores)
     claimed = claim(stores, running.id, "w1")
-    halfway = stores.records.modify(claimed.id, lambda j: transitions.progress(j, "denoising", 0.5))
+    halfway = stores.records.apply(claimed.id, lambda j: transitions.progress(j, "denoising", 0.5))
     queue = QueueSnapshot.read(stores, [halfway, queued])
     # Half of denoising (2.5 s) and decoding (1 s) are left.
     assert queue.eta_s(halfway) == pytest.approx(3.5)
@@ -65,7 +65,7 @@ def test_a_job_that_left_the_queue_after_it_was_read_counts_as_running_next(stor
 
 def test_ranks_follow_the_queue_order_and_skip_other_statuses(stores):
     jobs = [new_job(stores) for _ in range(4)]
-    stores.records.modify(jobs[1].id, transitions.cancel)
+    stores.records.apply(jobs[1].id, transitions.cancel)
     ids = [job.id for job in jobs]
     assert stores.records.ranks("queued", ids) == {ids[0]: 0, ids[2]: 1, ids[3]: 2}
     assert stores.records.ranks("queued", []) == {}
@@ -78,7 +78,7 @@ def test_eta_scales_with_the_rows_of_the_job(stores):
     stores.workers.heartbeat("w1", {}, ttl=30)
     many = ["inputs/" + c * 64 for c in "bcde"]
     running = claim(stores, new_job(stores, appearance_keys=many).id, "w1")
-    halfway = stores.records.modify(running.id, lambda j: transitions.progress(j, "denoising", 0.5))
+    halfway = stores.records.apply(running.id, lambda j: transitions.progress(j, "denoising", 0.5))
     single, four = new_job(stores), new_job(stores, appearance_keys=many)
     queue = QueueSnapshot.read(stores, [halfway, single, four])
     assert rows_factor(1) == 1.0 and rows_factor(4) == 3.25 and rows_factor(8) == 6.25

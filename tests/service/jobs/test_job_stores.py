@@ -3,10 +3,13 @@ keep heartbeats, leases and stage statistics the same way."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 from svc_helpers import claim, new_job
@@ -21,7 +24,7 @@ def test_create_get_roundtrip_and_unknown(stores):
     job = new_job(stores)
     assert stores.records.get(job.id) == job
     assert stores.records.get(new_job_id()) is None
-    assert stores.records.modify(new_job_id(), lambda j: j) is None
+    assert stores.records.apply(new_job_id(), lambda j: j) is None
     assert stores.records.get_many([job.id, new_job_id()]) == [job]
 
 
@@ -38,16 +41,16 @@ def test_claim_then_finish(stores):
 
 def test_cancel_queued_running_and_finished(stores):
     queued = new_job(stores)
-    assert stores.records.modify(queued.id, transitions.cancel).status == "canceled"
+    assert stores.records.apply(queued.id, transitions.cancel).status == "canceled"
     assert claim(stores, queued.id, "w") is None, "a canceled job never runs"
 
     running = new_job(stores)
     claim(stores, running.id, "w")
-    flagged = stores.records.modify(running.id, transitions.cancel)
+    flagged = stores.records.apply(running.id, transitions.cancel)
     assert flagged.status == "running" and flagged.cancel_requested
 
     done = new_job(stores, status="succeeded")
-    assert stores.records.modify(done.id, transitions.cancel).status == "succeeded"
+    assert stores.records.apply(done.id, transitions.cancel).status == "succeeded"
     assert stores.records.count_by_status() == {
         "queued": 0,
         "running": 1,
@@ -84,7 +87,7 @@ def test_claim_and_cancel_race_has_one_winner(stores):
 
         def canceller(job=job, results=results, barrier=barrier):
             barrier.wait()
-            results.append(("cancel", stores.records.modify(job.id, transitions.cancel)))
+            results.append(("cancel", stores.records.apply(job.id, transitions.cancel)))
 
         threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(3)]
         threads += [threading.Thread(target=canceller) for _ in range(3)]
@@ -116,6 +119,33 @@ def test_sqlite_survives_reopen(tmp_path):
     assert open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600).records.get(job.id) == job
 
 
+def test_sqlite_file_of_an_earlier_version_gets_the_queue_index_at_open(tmp_path):
+    """The status index becomes (status, created, id), by idempotent statements run when the file
+    opens (``migrate`` at process start), and the rows already there keep working."""
+    path = tmp_path / "jobs.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, created REAL NOT NULL,"
+        " data TEXT NOT NULL)"
+    )
+    old.execute("CREATE INDEX jobs_status ON jobs (status, created)")
+    job = Job(id=new_job_id(), created_at=utcnow(), structure_key="inputs/a", appearance_keys=["inputs/b"])
+    old.execute(
+        "INSERT INTO jobs VALUES (?, ?, ?, ?)",
+        (job.id, job.status, job.created_at.timestamp(), job.model_dump_json()),
+    )
+    old.commit()
+    old.close()
+    for _ in range(2):
+        stores = open_sqlite_stores(path, ttl=3600)
+        stores.records.migrate()
+        assert stores.records.ids_by_status("queued") == [job.id]
+        stores.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "jobs_queue" in indexes and "jobs_status" not in indexes
+
+
 def _failing_trigger(path, table: str, event: str) -> None:
     """A trigger that aborts the whole transaction, as a full disk or I/O error would."""
     conn = sqlite3.connect(path)
@@ -133,10 +163,10 @@ def test_sqlite_modify_rolls_back_and_reports_the_real_error(tmp_path):
     job = new_job(stores)
     _failing_trigger(tmp_path / "jobs.sqlite3", "jobs", "UPDATE")
     with pytest.raises(StoreUnavailable, match="disk says no"):
-        stores.records.modify(job.id, transitions.cancel)
+        stores.records.apply(job.id, transitions.cancel)
     assert stores.records.get(job.id).status == "queued"
     with pytest.raises(RuntimeError):  # an error in the change itself leaves no open transaction
-        stores.records.modify(job.id, lambda j: (_ for _ in ()).throw(RuntimeError("bug")))
+        stores.records.apply(job.id, lambda j: (_ for _ in ()).throw(RuntimeError("bug")))
     assert new_job(stores).status == "queued", "no transaction was left open"
     stores.close()
 
@@ -218,7 +248,7 @@ def test_delete_returns_the_last_record_and_later_writes_find_nothing(stores):
     gone = stores.records.delete(job.id)
     assert gone is not None and gone.id == job.id and gone.status == "running" == claimed.status
     assert stores.records.get(job.id) is None and stores.records.delete(job.id) is None
-    assert stores.records.modify(job.id, lambda j: transitions.progress(j, "denoising", 0.5)) is None
+    assert stores.records.apply(job.id, lambda j: transitions.progress(j, "denoising", 0.5)) is None
     assert stores.records.get(job.id) is None, "a late write does not bring the record back"
     assert job.id not in stores.records.ids_by_status("running")
     assert stores.records.count_by_status()["running"] == 0
@@ -239,29 +269,156 @@ def test_listed_by_others_names_the_objects_another_stored_job_lists(stores):
     assert records.listed_by_others([], erased.id) == set()
 
     # Inversions a run records later count too, and a deleted job lists nothing any more.
-    records.modify(other.id, lambda job: job.model_copy(update={"inversion_keys": [inversion]}))
+    records.apply(other.id, lambda job: job.model_copy(update={"inversion_keys": [inversion]}))
     assert records.listed_by_others(candidates, erased.id) == {shared_input, inversion}
     records.delete(other.id)
     assert records.listed_by_others(candidates, erased.id) == set()
 
 
-def test_redis_listers_index_covers_older_records_and_forgets_expired_ones(redis_url):
-    """Records stored before the index existed are indexed on the first lookup; ids of records that
-    expired (key TTL) are dropped from it."""
+def test_a_record_expires_ttl_after_its_job_ended_never_while_unfinished(stores):
+    """Expiry counts from the job's end in both stores: not from its creation (SQLite before), not
+    from its last write (Redis before); queued and running jobs stay however old they are."""
+    ttl = 3600  # the ``stores`` fixture's
+    long_ago = utcnow() - timedelta(seconds=10 * ttl)
+    ended_now = new_job(stores, created_at=long_ago)
+    stores.records.apply(ended_now.id, transitions.cancel)  # submitted long ago, ended just now
+    ended_long_ago = new_job(
+        stores, created_at=long_ago, status="failed", finished_at=utcnow() - timedelta(seconds=ttl + 60)
+    )  # and written just now
+    waiting = new_job(stores, created_at=long_ago)
+    running = new_job(stores, created_at=long_ago)
+    claim(stores, running.id, "w")
+
+    assert stores.records.prune() == 1
+    assert stores.records.get(ended_long_ago.id) is None
+    assert [job.id for job in stores.records.get_many([ended_now.id, waiting.id, running.id])] == [
+        ended_now.id,
+        waiting.id,
+        running.id,
+    ]
+    assert stores.records.count_by_status() == {
+        "queued": 1,
+        "running": 1,
+        "succeeded": 0,
+        "failed": 0,
+        "canceled": 1,
+    }
+    assert stores.records.prune() == 0
+
+
+def test_count_by_status_only_reads_and_prune_drops_the_expired(stores):
+    """Reads never prune: a record past its expiry is counted (and its index entries stay) until
+    ``prune``, the expiry sweep, drops it; then both stores agree it is gone everywhere."""
+    shared = "inputs/" + "9" * 64
+    expired = new_job(
+        stores, structure_key=shared, status="succeeded", finished_at=utcnow() - timedelta(seconds=3700)
+    )
+    kept = new_job(stores, status="succeeded", finished_at=utcnow())
+    for _ in range(2):
+        assert stores.records.count_by_status()["succeeded"] == 2
+    assert stores.records.prune() == 1
+    assert stores.records.count_by_status()["succeeded"] == 1
+    assert stores.records.ids_by_status("succeeded") == [kept.id]
+    assert stores.records.listed_by_others([shared], kept.id) == set()
+    assert expired.id not in {
+        job.id for job in stores.records.owned(None, status=None, limit=10, before=None)
+    }
+
+
+def test_queue_order_is_enqueue_time_and_a_requeued_job_keeps_its_place(stores):
+    """Every status index is ordered by enqueue time (the submission time), then id: a job that
+    went back to the queue (interrupted run) is ahead of those submitted after it, and the order
+    of running jobs does not depend on when each started."""
+    t0 = utcnow() - timedelta(minutes=10)
+    first, second, third = (new_job(stores, created_at=t0 + timedelta(seconds=s)) for s in (0, 1, 2))
+    records = stores.records
+    stores.workers.heartbeat("w", {}, ttl=30)
+    claim(stores, first.id, "w")
+    assert records.ids_by_status("queued") == [second.id, third.id]
+    records.apply(first.id, lambda j: transitions.requeue(j, "shutdown", 3, refund=True))
+    assert records.ids_by_status("queued") == [first.id, second.id, third.id]
+    assert records.ranks("queued", [third.id, first.id, second.id]) == {
+        first.id: 0,
+        second.id: 1,
+        third.id: 2,
+    }
+    assert records.recent_ids("queued", 2) == [third.id, second.id]
+
+    claim(stores, third.id, "w2")
+    claim(stores, first.id, "w3")  # started after third, submitted before it
+    assert records.ids_by_status("running") == [first.id, third.id]
+    assert records.ranks("running", [third.id]) == {third.id: 1}
+
+    same_time = t0 + timedelta(seconds=5)  # ties go by id, in both stores
+    tied = sorted(new_job(stores, created_at=same_time).id for _ in range(3))
+    assert records.ids_by_status("queued") == [second.id, *tied]
+    assert records.ranks("queued", tied) == {tied[0]: 1, tied[1]: 2, tied[2]: 3}
+    assert records.recent_ids("queued", 10) == [*reversed(tied), second.id]
+
+
+def _as_version_1_left_it(records, job: Job, *, status_entered: float) -> None:
+    """What the previous version wrote for ``job``: a key TTL from the last write, the status index
+    scored by the time the job entered its status, no lister entries, owner index with a TTL."""
+    records.client.set(records._key(job.id), job.model_dump_json(), ex=records.ttl)
+    records.client.zadd(records._status_key(job.status), {job.id: status_entered})
+    records.client.zadd(records._owner_key(job.owner), {job.id: job.created_at.timestamp()})
+    records.client.expire(records._owner_key(job.owner), 2 * records.ttl)
+
+
+def test_redis_migrate_brings_older_records_up_to_date_once_and_erasure_never_does(redis_url):
+    """Records of the previous version get this version's expiry, queue order and lister index from
+    ``migrate`` (process start, sweep), once; ``listed_by_others`` (erasure) only reads."""
     stores = open_redis_stores(redis_url, ttl=3600, prefix=f"t{new_job_id()}:")
     records = stores.records
     try:
         shared = "inputs/" + "f" * 64
-        old, new, expired = (new_job(stores, structure_key=shared) for _ in range(3))
-        # As an older version left them: no index at all.
-        for key in records.client.scan_iter(match=f"{records.conn.prefix}listed-by*"):
-            records.client.delete(key)
-        assert records.listed_by_others([shared], new.id) == {shared}
-        assert records.client.exists(f"{records.conn.prefix}listed-by-indexed")
-        records.client.delete(records._key(expired.id))  # what the key TTL does after JOB_TTL
-        records.client.delete(records._key(old.id))
-        assert records.listed_by_others([shared], new.id) == set()
-        assert records.client.smembers(records._listers_key(shared)) == {new.id}
+        t0 = utcnow() - timedelta(hours=3)
+        requeued = Job(id=new_job_id(), created_at=t0, structure_key=shared, appearance_keys=["inputs/b"])
+        later = requeued.model_copy(update={"id": new_job_id(), "created_at": t0 + timedelta(minutes=1)})
+        done = later.model_copy(
+            update={
+                "id": new_job_id(),
+                "status": "succeeded",
+                "finished_at": utcnow() - timedelta(seconds=600),
+            }
+        )
+        _as_version_1_left_it(records, later, status_entered=later.created_at.timestamp())
+        _as_version_1_left_it(records, requeued, status_entered=time.time())  # back at the end
+        _as_version_1_left_it(records, done, status_entered=time.time())
+
+        assert records.listed_by_others([shared], done.id) == set(), "erasure does not migrate"
+        assert not records.client.exists(records._listers_key(shared))
+
+        records.migrate()
+        assert records.ids_by_status("queued") == [requeued.id, later.id]
+        assert records.client.ttl(records._key(requeued.id)) == -1, "an unfinished job does not expire"
+        assert 2900 < records.client.ttl(records._key(done.id)) <= 3000, "a TTL from its end"
+        assert records.client.ttl(records._owner_key(None)) == -1
+        assert records.listed_by_others([shared], done.id) == {shared}
+        assert records.client.get(f"{records.conn.prefix}records-version") == "2"
+
+        records.client.delete(records._listers_key(shared))
+        records.migrate()  # done already: the marker says so
+        assert not records.client.exists(records._listers_key(shared))
+    finally:
+        stores.close()
+
+
+def test_redis_a_later_write_keeps_the_expiry_from_the_jobs_end(redis_url):
+    """A write after the end (an undelivered webhook noted, say) does not push the expiry back."""
+    stores = open_redis_stores(redis_url, ttl=3600, prefix=f"t{new_job_id()}:")
+    records = stores.records
+    try:
+        job = new_job(stores, status="succeeded", finished_at=utcnow() - timedelta(seconds=600))
+        records.apply(job.id, lambda j: j.model_copy(update={"metrics": {"noted": True}}))
+        assert 2900 < records.client.ttl(records._key(job.id)) <= 3000
+        records.client.delete(records._key(job.id))  # what the key expiry does at its time
+        assert records.listed_by_others(job.input_keys, new_job_id()) == set()
+        assert records.client.sismember(records._listers_key(job.structure_key), job.id), "reads only read"
+        assert records.prune() == 1
+        assert not records.client.exists(records._listers_key(job.structure_key))
+        assert records.owned(None, status=None, limit=10, before=None) == []
+        assert not records.client.exists(records._owner_key(None))
     finally:
         stores.close()
 
@@ -335,6 +492,7 @@ def test_records_of_the_previous_version_load_as_one_item_lists(stores):
         id=new_job_id(), created_at=utcnow(), status="succeeded", structure_key=shared, appearance_keys=[own]
     )
     store_raw(stores, done, v1_1_record(done, result_key=f"results/{done.id}.png"))
+    stores.records.migrate()  # what every process start does
 
     loaded = stores.records.get(queued.id)
     assert loaded.appearance_keys == [own] and loaded.results == [] and loaded.result is None

@@ -13,7 +13,7 @@ from svc_helpers import FakePipeline, fake_colour
 from qalign_core.errors import InvalidImageError, QAlignError
 from service.erasure import erase_job
 from service.jobs import Job, new_job_id, transitions, utcnow
-from service.jobs.runner import JobContext, classify, execute_job, stop_reason
+from service.jobs.runner import JobContext, StopReason, classify, execute_job, stop_reason
 from service.jobs.sqlite_store import open_sqlite_stores
 from service.settings import Settings
 from service.storage import LocalStore, ObjectNotFound, StorageUnavailable, result_key
@@ -42,12 +42,9 @@ def test_time_limit_is_recognised_by_the_class_the_host_passes_not_by_name():
     assert classify(SoftTimeLimitExceeded(), (SoftTimeLimitExceeded,))[0] == "time_limit"
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-
-    def publish(self, job: Job) -> None:
-        self.events.append((job.id, job.status))
+def announced(ctx: JobContext) -> list[tuple[str, str]]:
+    """(job id, status) of the events in the outbox, in their order."""
+    return [(event.job_id, event.status) for event in ctx.stores.outbox.pending(100)]
 
 
 @pytest.fixture
@@ -55,13 +52,14 @@ def context(tmp_path, small_images):
     stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
     store = LocalStore(tmp_path / "objects")
     settings = Settings(_env_file=None, data_dir=tmp_path, progress_interval=0, cancel_check_interval=0)
-    ctx = JobContext(stores, store, settings, FakePipeline(), events=Recorder(), worker="w:1")
+    ctx = JobContext(stores, store, settings, FakePipeline(), worker="w:1")
     yield ctx
     stores.close()
 
 
 def queued(ctx: JobContext, images, **fields) -> Job:
     keys = [ctx.store.put_input(data, "image/png") for data in images]
+    fields.setdefault("webhook_url", "https://example.com/hook")  # so the outbox records its events
     job = Job(
         id=new_job_id(), created_at=utcnow(), structure_key=keys[0], appearance_keys=[keys[1]], **fields
     )
@@ -73,7 +71,7 @@ def test_execute_job_runs_to_success_and_announces_start_and_end(context, small_
     job = queued(context, small_images, webhook_url="https://example.com/h")
     done = execute_job(context, job.id)
     assert done.status == "succeeded" and done.result.width == 64 and done.metrics["total_s"] == 0.04
-    assert context.events.events == [(job.id, "running"), (job.id, "succeeded")]
+    assert announced(context) == [(job.id, "running"), (job.id, "succeeded")]
     assert context.stores.stages.snapshot()["denoising"]["count"] == 1
     assert execute_job(context, job.id).status == "succeeded", "a finished job is not run again"
     assert len(context.pipeline.calls) == 1 and execute_job(context, new_job_id()) is None
@@ -130,10 +128,23 @@ def test_host_time_limit_errors_fail_with_time_limit(context, small_images):
     assert execute_job(context, queued(context, small_images).id).error.type == "time_limit"
 
 
+def test_the_time_limit_stops_a_run_at_its_next_step_with_one_terminal_event(context, small_images):
+    """QALIGN_JOB_TIME_LIMIT holds without Celery (embedded mode): a run that never ends by itself
+    is stopped at its next step and failed with time_limit, announced once."""
+    context.settings = context.settings.model_copy(update={"job_time_limit": 1})
+    context.pipeline = FakePipeline(gate=threading.Event())  # never released: only the limit ends it
+    job = queued(context, small_images)
+    thread, done = _run_in_thread(context, job.id)
+    thread.join(60)
+    assert not thread.is_alive() and done[0].status == "failed" and done[0].error.type == "time_limit"
+    assert "QALIGN_JOB_TIME_LIMIT" in done[0].error.detail
+    assert announced(context) == [(job.id, "running"), (job.id, "failed")]
+
+
 def test_claim_that_ends_the_job_announces_it(context, small_images):
     job = queued(context, small_images, cancel_requested=True)
     assert execute_job(context, job.id).status == "canceled"
-    assert context.events.events == [(job.id, "canceled")] and not context.pipeline.calls
+    assert announced(context) == [(job.id, "canceled")] and not context.pipeline.calls
 
 
 class FlakyStore:
@@ -181,7 +192,7 @@ def test_a_job_store_outage_at_the_final_write_is_waited_out(context, small_imag
 
     monkeypatch.setattr("service.jobs.runner.OUTAGE_FIRST_DELAY_S", 0.01)
     job = queued(context, small_images)
-    records, real_modify, failures = context.stores.records, context.stores.records.modify, []
+    records, real_modify, failures = context.stores.records, context.stores.records.apply, []
 
     def modify(job_id, change):
         probe = change(records.get(job_id))
@@ -190,7 +201,7 @@ def test_a_job_store_outage_at_the_final_write_is_waited_out(context, small_imag
             raise StoreUnavailable("Redis is unreachable")
         return real_modify(job_id, change)
 
-    monkeypatch.setattr(records, "modify", modify)
+    monkeypatch.setattr(records, "apply", modify)
     assert execute_job(context, job.id).status == "succeeded" and len(failures) == 2
 
 
@@ -208,7 +219,7 @@ def test_a_run_whose_job_was_taken_over_stops_and_writes_nothing(context, small_
     runner.start()
     assert context.pipeline.running.wait(10)
     takeover = {"worker": "other:2", "attempts": 2, "progress": 0.0}
-    taken = context.stores.records.modify(job.id, lambda j: j.model_copy(update=takeover))
+    taken = context.stores.records.apply(job.id, lambda j: j.model_copy(update=takeover))
     context.pipeline.gate.set()
     runner.join(10)
     after = context.stores.records.get(job.id)
@@ -238,12 +249,12 @@ def test_a_run_whose_record_was_requeued_elsewhere_stops_and_does_not_cancel(con
     job = queued(context, small_images)
     thread, done = _run_in_thread(context, job.id)
     assert context.pipeline.running.wait(10)
-    context.stores.records.modify(job.id, lambda j: transitions.requeue(j, "other process", 3))
+    context.stores.records.apply(job.id, lambda j: transitions.requeue(j, "other process", 3))
     thread.join(30)
     assert not thread.is_alive()
     record = context.stores.records.get(job.id)
     assert record.status == "queued" and not record.cancel_requested
-    assert done == [record] and (job.id, "canceled") not in context.events.events
+    assert done == [record] and (job.id, "canceled") not in announced(context)
 
 
 def test_only_a_cancel_request_cancels_a_run(context, small_images):
@@ -251,7 +262,7 @@ def test_only_a_cancel_request_cancels_a_run(context, small_images):
     job = queued(context, small_images)
     thread, done = _run_in_thread(context, job.id)
     assert context.pipeline.running.wait(10)
-    context.stores.records.modify(job.id, transitions.cancel)
+    context.stores.records.apply(job.id, transitions.cancel)
     thread.join(30)
     assert done[0].status == "canceled" and done[0].cancel_requested
 
@@ -260,10 +271,11 @@ def test_stop_reasons():
     job = Job(id=new_job_id(), created_at=utcnow(), structure_key="k", appearance_keys=["k"])
     running = transitions.claim(job, worker="w", live_workers={}, max_attempts=3)
     assert stop_reason(running, "w", 1) is None
-    assert stop_reason(None, "w", 1) == "erased"
-    assert stop_reason(transitions.cancel(running), "w", 1) == "canceled"
-    assert stop_reason(running, "other", 1) == "lost" and stop_reason(running, "w", 2) == "lost"
-    assert stop_reason(transitions.requeue(running, "x", 3), "w", 1) == "lost"
+    assert stop_reason(None, "w", 1) is StopReason.ERASED
+    assert stop_reason(transitions.cancel(running), "w", 1) is StopReason.CANCELED
+    assert stop_reason(running, "other", 1) is StopReason.LOST
+    assert stop_reason(running, "w", 2) is StopReason.LOST
+    assert stop_reason(transitions.requeue(running, "x", 3), "w", 1) is StopReason.LOST
 
 
 class ErasingStore(LocalStore):
@@ -286,7 +298,7 @@ def test_a_result_uploaded_after_erasure_is_deleted_again(context, small_images,
     assert context.stores.records.get(job.id) is None
     left = [key for folder in ("inputs", "results", "inversions") for key, _ in store.list_objects(folder)]
     assert left == [], "result and cached inversions of the erased run are deleted"
-    assert context.events.events == [(job.id, "running")], "no terminal event for an erased job"
+    assert announced(context) == [], "erasure removes the job's events: an erased job sends none"
 
 
 def test_a_run_that_holds_its_job_to_the_end_is_logged_as_succeeded(context, small_images, caplog):

@@ -60,12 +60,12 @@ def test_the_watch_republishes_once_per_lost_attempt_and_only_when_heartbeats_ca
     assert watch.scan() == [lost.id] and published == [lost.id]
     clock.advance(1)
     assert watch.scan() == [], "the lease keeps a second watcher (or scan) from publishing it again"
-    stores.records.modify(lost.id, lambda j: j.model_copy(update={"worker": "dead:3", "attempts": 2}))
+    stores.records.apply(lost.id, lambda j: j.model_copy(update={"worker": "dead:3", "attempts": 2}))
     assert watch.scan() == [lost.id], "the next attempt's holder was lost too"
 
     workers.started = clock()  # the store restarted: no scan until heartbeats had time to come back
     clock.advance(61)
-    stores.records.modify(lost.id, lambda j: j.model_copy(update={"worker": "dead:4", "attempts": 3}))
+    stores.records.apply(lost.id, lambda j: j.model_copy(update={"worker": "dead:4", "attempts": 3}))
     workers.started = clock()
     assert watch.scan() == []
     stores.close()

@@ -90,3 +90,21 @@ def test_nothing_becomes_canceled_without_a_cancel_request():
         transitions.claim(job(cancel_requested=True), worker="w", live_workers={}, max_attempts=2),
     ]
     assert all(end.status == "canceled" and end.cancel_requested for end in every_end)
+
+
+def test_only_the_transitions_write_a_status():
+    """The one choke point: a status is set only by a transition here (applied by
+    ``JobRecords.apply``, which writes its event to the outbox), never by a hand-made update."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[3]
+    writes = re.compile(r"""update=\{[^}]*["']status["']""")
+    offenders = [
+        str(path.relative_to(repo))
+        for folder in ("service", "worker")
+        for path in (repo / folder).rglob("*.py")
+        if path.name != "transitions.py" and writes.search(path.read_text())
+    ]
+    assert offenders == []
+    assert writes.search((repo / "service/jobs/transitions.py").read_text()), "the check sees a write"
