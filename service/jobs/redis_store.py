@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterator
+from typing import Any, TypeVar, cast
 
 import redis
 
@@ -21,8 +22,11 @@ from service.jobs.store import (
     STAGE_BUCKETS,
     AdmissionLimits,
     AdmissionRefused,
+    IdempotencyRecord,
     JobStores,
+    StageStats,
     StoreUnavailable,
+    WorkerInfo,
     empty_stats,
     enqueued_at,
     expires_at,
@@ -31,6 +35,7 @@ from service.jobs.store import (
 from service.jobs.transitions import Mutation
 
 _ERRORS = (redis.RedisError, OSError)
+T = TypeVar("T")
 
 
 class RedisConnection:
@@ -42,11 +47,17 @@ class RedisConnection:
         )
         self.prefix = prefix
 
-    def call(self, fn: Callable, *args, **kwargs):
+    def run(self, fn: Callable[[], T]) -> T:
+        """``fn()``, a function of Redis calls; a Redis error becomes StoreUnavailable (503)."""
         try:
-            return fn(*args, **kwargs)
+            return fn()
         except _ERRORS as exc:
             raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``run`` for one client method. Any: redis-py types replies as bytes or str whatever
+        ``decode_responses`` says, so each caller states the type it reads."""
+        return self.run(lambda: fn(*args, **kwargs))
 
     def close(self) -> None:
         self.client.close()
@@ -104,11 +115,11 @@ class RedisOutbox:
 
     def pending(self, limit: int) -> list[OutboxEvent]:
         def run() -> list[OutboxEvent]:
-            ids = self.client.zrange(self._order, 0, limit - 1)
-            raws = self.client.hmget(self._events, ids) if ids else []
+            ids = cast(list[str], self.client.zrange(self._order, 0, limit - 1))
+            raws = cast(list[str | None], self.client.hmget(self._events, ids) if ids else [])
             return [OutboxEvent.model_validate_json(raw) for raw in raws if raw]
 
-        return self.conn.call(run)
+        return self.conn.run(run)
 
     def ack(self, event_id: str) -> None:
         def run() -> None:
@@ -116,7 +127,7 @@ class RedisOutbox:
             self.remove(pipe, [event_id])
             pipe.execute()
 
-        self.conn.call(run)
+        self.conn.run(run)
 
     def count(self) -> int:
         return int(self.conn.call(self.client.zcard, self._order))
@@ -145,22 +156,22 @@ class RedisJobRecords:
         for object_key in object_keys:
             pipe.sadd(self._listers_key(object_key), job_id)
 
-    def _expiry(self, job: Job) -> dict[str, int]:
-        """SET's expiry argument for ``job``'s record: at its end plus the TTL (``expires_at``);
-        none while it is unfinished (a SET without one also clears an earlier expiry)."""
+    def _expiry_ms(self, job: Job) -> int | None:
+        """SET's ``pxat`` for ``job``'s record: at its end plus the TTL (``expires_at``); None
+        while it is unfinished (a SET without one also clears an earlier expiry)."""
         at = expires_at(job, self.ttl)
-        return {} if at is None else {"pxat": int(at * 1000)}
+        return None if at is None else int(at * 1000)
 
     def create(self, job: Job) -> None:
         def run() -> None:
             pipe = self.client.pipeline()
-            pipe.set(self._key(job.id), job.model_dump_json(), **self._expiry(job))
+            pipe.set(self._key(job.id), job.model_dump_json(), pxat=self._expiry_ms(job))
             pipe.zadd(self._status_key(job.status), {job.id: enqueued_at(job)})
             pipe.zadd(self._owner_key(job.owner), {job.id: job.created_at.timestamp()})
             self._add_listers(pipe, job.id, listed_keys(job))
             pipe.execute()
 
-        self.conn.call(run)
+        self.conn.run(run)
 
     def admit(self, job: Job, limits: AdmissionLimits) -> AdmissionRefused | None:
         if job.status != "queued":
@@ -218,7 +229,7 @@ class RedisJobRecords:
                             return job
                         new = new.model_copy(update={"revision": job.revision + 1})
                         pipe.multi()
-                        pipe.set(key, new.model_dump_json(), **self._expiry(new))
+                        pipe.set(key, new.model_dump_json(), pxat=self._expiry_ms(new))
                         if new.status != job.status:
                             pipe.zrem(self._status_key(job.status), job_id)
                             pipe.zadd(self._status_key(new.status), {job_id: enqueued_at(new)})
@@ -230,7 +241,7 @@ class RedisJobRecords:
                     except redis.WatchError:
                         continue
 
-        return self.conn.call(run)
+        return self.conn.run(run)
 
     def delete(self, job_id: str) -> Job | None:
         key = self._key(job_id)
@@ -258,7 +269,7 @@ class RedisJobRecords:
                     except redis.WatchError:
                         continue
 
-        return self.conn.call(run)
+        return self.conn.run(run)
 
     def ids_by_status(self, status: str) -> list[str]:
         return list(self.conn.call(self.client.zrange, self._status_key(status), 0, -1))
@@ -274,7 +285,7 @@ class RedisJobRecords:
                 pipe.zrank(self._status_key(status), job_id)
             return pipe.execute()
 
-        ranks = self.conn.call(run)
+        ranks = self.conn.run(run)
         return {job_id: rank for job_id, rank in zip(job_ids, ranks, strict=True) if rank is not None}
 
     def recent_ids(self, status: str, limit: int) -> list[str]:
@@ -287,7 +298,7 @@ class RedisJobRecords:
                 pipe.zcard(self._status_key(status))
             return dict(zip(STATUSES, pipe.execute(), strict=True))
 
-        return self.conn.call(run)
+        return self.conn.run(run)
 
     def owned(
         self, owner: str | None, *, status: str | None, limit: int, before: tuple[float, str] | None
@@ -327,7 +338,8 @@ class RedisJobRecords:
 
     def _record_keys(self) -> list[str]:
         pattern = f"{self.conn.prefix}job:*"
-        return self.conn.call(lambda: list(self.client.scan_iter(match=pattern, count=500)))
+        keys: list[str] = self.conn.call(lambda: list(self.client.scan_iter(match=pattern, count=500)))
+        return keys
 
     def all_jobs(self) -> Iterator[Job]:
         keys = self._record_keys()
@@ -353,7 +365,7 @@ class RedisJobRecords:
             alive = {cid for cid, found in zip(candidates, pipe.execute(), strict=True) if found}
             return {key for key, ids in listers.items() if ids & alive}
 
-        return self.conn.call(run)
+        return self.conn.run(run)
 
     def prune(self) -> int:
         """Records expire by themselves (key expiry, from the job's end); this drops the ids of the
@@ -434,7 +446,7 @@ class RedisIdempotencyKeys:
     def _key(self, scope: str) -> str:
         return f"{self.conn.prefix}idem:{scope}"
 
-    def reserve(self, scope: str, record: dict, ttl: int) -> dict | None:
+    def reserve(self, scope: str, record: IdempotencyRecord, ttl: int) -> IdempotencyRecord | None:
         key = self._key(scope)
         if self.conn.call(self.client.set, key, json.dumps(record), nx=True, ex=ttl):
             return None
@@ -444,7 +456,7 @@ class RedisIdempotencyKeys:
             return None
         return existing or record
 
-    def get(self, scope: str) -> dict | None:
+    def get(self, scope: str) -> IdempotencyRecord | None:
         raw = self.conn.call(self.client.get, self._key(scope))
         return json.loads(raw) if raw else None
 
@@ -466,7 +478,7 @@ class RedisIdempotencyKeys:
                 except redis.WatchError:
                     pass  # someone else changed it: it is no longer ours to release
 
-        self.conn.call(run)
+        self.conn.run(run)
 
 
 #: The live workers and their heartbeats in one atomic step: every name in the set (KEYS[1]) whose
@@ -506,16 +518,16 @@ class RedisWorkerRegistry:
         self._live = self.client.register_script(_LIVE_WORKERS)
         self._hold = self.client.register_script(_HOLD_LEASE)
 
-    def heartbeat(self, name: str, info: dict, ttl: float) -> None:
+    def heartbeat(self, name: str, info: WorkerInfo, ttl: float) -> None:
         def run() -> None:
             pipe = self.client.pipeline()  # atomic: a heartbeat key always has its name in the set
             pipe.set(f"{self.conn.prefix}worker:{name}", json.dumps(info), px=int(ttl * 1000))
             pipe.sadd(self._names_key, name)
             pipe.execute()
 
-        self.conn.call(run)
+        self.conn.run(run)
 
-    def live(self) -> dict[str, dict]:
+    def live(self) -> dict[str, WorkerInfo]:
         flat = self.conn.call(self._live, keys=[self._names_key], args=[f"{self.conn.prefix}worker:"])
         return {name: json.loads(info) for name, info in zip(flat[::2], flat[1::2], strict=True)}
 
@@ -547,20 +559,20 @@ class RedisStageStatistics:
             pipe.sadd(f"{self.conn.prefix}stages", stage)
             pipe.execute()
 
-        self.conn.call(run)
+        self.conn.run(run)
 
-    def snapshot(self) -> dict[str, dict]:
-        def run() -> dict[str, dict]:
-            result = {}
-            for stage in sorted(self.client.smembers(f"{self.conn.prefix}stages")):
-                raw = self.client.hgetall(f"{self.conn.prefix}stage:{stage}")
+    def snapshot(self) -> dict[str, StageStats]:
+        def run() -> dict[str, StageStats]:
+            result: dict[str, StageStats] = {}
+            for stage in sorted(cast(set[str], self.client.smembers(f"{self.conn.prefix}stages"))):
+                raw = cast(dict[str, str], self.client.hgetall(f"{self.conn.prefix}stage:{stage}"))
                 stats = empty_stats()
                 stats["buckets"] = [int(raw.get(f"b{i}", 0)) for i in range(len(STAGE_BUCKETS) + 1)]
                 stats["sum"], stats["count"] = float(raw.get("sum", 0)), int(raw.get("count", 0))
                 result[stage] = stats
             return result
 
-        return self.conn.call(run)
+        return self.conn.run(run)
 
 
 class RedisEventCounters:

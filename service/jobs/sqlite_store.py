@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from service.jobs.events import OutboxEvent, event_for
 from service.jobs.model import STATUSES, TERMINAL, Job
@@ -24,8 +25,11 @@ from service.jobs.store import (
     AdmissionLimits,
     AdmissionRefused,
     Clock,
+    IdempotencyRecord,
     JobStores,
+    StageStats,
     StoreUnavailable,
+    WorkerInfo,
     add_observation,
     empty_stats,
 )
@@ -34,6 +38,8 @@ from service.jobs.transitions import Mutation
 #: When a finished record's job ended, in epoch seconds: its ``finished_at`` (ISO 8601 in the JSON),
 #: else its creation (``store.expires_at``'s rule).
 _ENDED = "COALESCE((julianday(json_extract(data, '$.finished_at')) - 2440587.5) * 86400.0, created)"
+
+T = TypeVar("T")
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, "
@@ -76,17 +82,17 @@ class SqliteDatabase:
             self._conn = conn
         return self._conn
 
-    def run(self, fn: Callable[[sqlite3.Connection], object]):
+    def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
             try:
                 return fn(self._db())
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"job database error: {exc}") from exc
 
-    def transaction(self, fn: Callable[[sqlite3.Connection], object]):
+    def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn`` inside BEGIN IMMEDIATE: committed when it returns, rolled back when it raises."""
 
-        def run(db: sqlite3.Connection):
+        def run(db: sqlite3.Connection) -> T:
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(db)
@@ -250,7 +256,8 @@ class SqliteJobRecords:
     def owned(
         self, owner: str | None, *, status: str | None, limit: int, before: tuple[float, str] | None
     ) -> list[Job]:
-        query, args = "SELECT data FROM jobs WHERE json_extract(data, '$.owner') IS ?", [owner]
+        query = "SELECT data FROM jobs WHERE json_extract(data, '$.owner') IS ?"
+        args: list[str | float | int | None] = [owner]
         if status is not None:
             query, args = query + " AND status = ?", [*args, status]
         if before is not None:
@@ -297,14 +304,15 @@ class SqliteIdempotencyKeys:
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
 
-    def reserve(self, scope: str, record: dict, ttl: int) -> dict | None:
-        def run(db: sqlite3.Connection) -> dict | None:
+    def reserve(self, scope: str, record: IdempotencyRecord, ttl: int) -> IdempotencyRecord | None:
+        def run(db: sqlite3.Connection) -> IdempotencyRecord | None:
             now = self.db.clock()
             row = db.execute(
                 "SELECT data FROM idempotency WHERE scope = ? AND expires >= ?", (scope, now)
             ).fetchone()
             if row is not None:
-                return json.loads(row[0])
+                existing: IdempotencyRecord = json.loads(row[0])
+                return existing
             # The primary key makes a second live reservation impossible; an expired one is replaced.
             db.execute(
                 "INSERT OR REPLACE INTO idempotency (scope, data, expires) VALUES (?, ?, ?)",
@@ -314,10 +322,11 @@ class SqliteIdempotencyKeys:
 
         return self.db.transaction(run)
 
-    def get(self, scope: str) -> dict | None:
+    def get(self, scope: str) -> IdempotencyRecord | None:
         query = "SELECT data FROM idempotency WHERE scope = ? AND expires >= ?"
         row = self.db.run(lambda db: db.execute(query, (scope, self.db.clock())).fetchone())
-        return json.loads(row[0]) if row else None
+        record: IdempotencyRecord | None = json.loads(row[0]) if row else None
+        return record
 
     def confirm(self, scope: str, ttl: int) -> None:
         query = "UPDATE idempotency SET expires = ? WHERE scope = ?"
@@ -334,13 +343,13 @@ class MemoryWorkerRegistry:
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self.clock = clock
         self._lock = threading.Lock()
-        self._workers: dict[str, tuple[float, dict]] = {}
+        self._workers: dict[str, tuple[float, WorkerInfo]] = {}
 
-    def heartbeat(self, name: str, info: dict, ttl: float) -> None:
+    def heartbeat(self, name: str, info: WorkerInfo, ttl: float) -> None:
         with self._lock:
             self._workers[name] = (self.clock() + ttl, info)
 
-    def live(self) -> dict[str, dict]:
+    def live(self) -> dict[str, WorkerInfo]:
         now = self.clock()
         with self._lock:
             return {name: info for name, (until, info) in self._workers.items() if until > now}
@@ -358,15 +367,17 @@ class MemoryWorkerRegistry:
 class MemoryStageStatistics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stages: dict[str, dict] = {}
+        self._stages: dict[str, StageStats] = {}
 
     def observe(self, stage: str, seconds: float) -> None:
         with self._lock:
             add_observation(self._stages.setdefault(stage, empty_stats()), seconds)
 
-    def snapshot(self) -> dict[str, dict]:
+    def snapshot(self) -> dict[str, StageStats]:
         with self._lock:
-            return json.loads(json.dumps(self._stages))
+            return {
+                stage: {**stats, "buckets": list(stats["buckets"])} for stage, stats in self._stages.items()
+            }
 
 
 class MemoryEventCounters:
