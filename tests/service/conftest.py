@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 from PIL import Image
-from svc_helpers import KEYS, FakePipeline, encode
+from svc_helpers import KEYS, LIVE_KEY, FakePipeline, encode
 from testkit import LiveService, RedisServer
 
 from service.auth import hash_key
@@ -118,3 +118,21 @@ def keyed(embedded_settings):
             "revoked_api_keys": f"old:{hash_key(KEYS['old'])}",
         }
     )
+
+
+@pytest.fixture(scope="module")
+def live_keyed_service(tiny_model_dir, tmp_path_factory):
+    """The embedded service with the tiny model under a real uvicorn, one API key (LIVE_KEY); one
+    per test module."""
+    from service.app import create_app
+
+    settings = Settings(
+        _env_file=None,
+        model=tiny_model_dir,
+        device="cpu",
+        data_dir=tmp_path_factory.mktemp("live"),
+        api_keys=f"tester:{hash_key(LIVE_KEY)}",
+        readiness_cache_s=0.0,
+    )
+    with LiveService(create_app(settings)) as live:
+        yield live

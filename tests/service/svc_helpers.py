@@ -166,6 +166,9 @@ def claim(stores: JobStores, job_id: str, worker: str, max_attempts: int = 2) ->
     return job if job is not None and job.status == "running" and job.worker == worker else None
 
 
+#: The API key of ``live_keyed_service`` (conftest): the tiny-model service over real HTTP.
+LIVE_KEY = "live-service-key"
+
 #: API keys of the keyed test apps (settings fixture ``keyed`` in conftest).
 KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key", "old": "revoked-key"}
 

@@ -9,31 +9,11 @@ import schemathesis
 import schemathesis.core.failures
 import testkit
 from hypothesis import HealthCheck, given, settings
-from testkit import LiveService
-
-from service.auth import hash_key
+from svc_helpers import LIVE_KEY as KEY
 
 pytestmark = pytest.mark.timeout(240)
 
-KEY = "openapi-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-@pytest.fixture(scope="module")
-def live_service(tiny_model_dir, tmp_path_factory):
-    from service.app import create_app
-    from service.settings import Settings
-
-    settings = Settings(
-        _env_file=None,
-        model=tiny_model_dir,
-        device="cpu",
-        data_dir=tmp_path_factory.mktemp("openapi"),
-        api_keys=f"tester:{hash_key(KEY)}",
-        readiness_cache_s=0.0,
-    )
-    with LiveService(create_app(settings)) as live:
-        yield live
 
 
 #: What JSON Schema cannot say about POST /transfer, and the service checks: that the bytes of a
@@ -69,16 +49,16 @@ CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def api_schema(live_service):
+def api_schema(live_keyed_service):
     config = schemathesis.config.SchemathesisConfig.from_dict(CONFIG)
-    return schemathesis.openapi.from_url(f"{live_service.url}/openapi.json", config=config)
+    return schemathesis.openapi.from_url(f"{live_keyed_service.url}/openapi.json", config=config)
 
 
-def test_a_real_jobs_responses_match_the_published_schema(api_schema, live_service, photo_bytes):
+def test_a_real_jobs_responses_match_the_published_schema(api_schema, live_keyed_service, photo_bytes):
     """Random ids only reach 404s: a finished job's object, result and cancel answers are checked too."""
     import httpx
 
-    with httpx.Client(base_url=live_service.url, headers=AUTH, timeout=60) as client:
+    with httpx.Client(base_url=live_keyed_service.url, headers=AUTH, timeout=60) as client:
         files = [("structure", ("s.png", photo_bytes[0], "image/png"))]
         files += [("appearance", (f"a{k}.jpg", photo_bytes[1], "image/jpeg")) for k in range(2)]
         data = {"steps": "4", "skip_steps": "0", "size": "64"}

@@ -14,38 +14,21 @@ import sys
 import httpx
 import pytest
 from PIL import Image
-from testkit import LiveService, wait_for
+from svc_helpers import LIVE_KEY as KEY
+from testkit import wait_for
 
 from qalign_schema.jobs import TERMINAL_STATUSES
 from qalign_schema.params import IMAGE_MEDIA_TYPES
-from service.auth import hash_key
 
 pytestmark = pytest.mark.timeout(240)
 
-KEY = "generated-client-key"
 PACKAGE = "qalign_generated_client"
 #: Any attempt of the generator to reach a network goes to a closed loopback port and fails.
 NO_NETWORK = "http://127.0.0.1:9"
 
 
 @pytest.fixture(scope="module")
-def live_service(tiny_model_dir, tmp_path_factory):
-    from service.app import create_app
-    from service.settings import Settings
-
-    settings = Settings(
-        _env_file=None,
-        model=tiny_model_dir,
-        device="cpu",
-        data_dir=tmp_path_factory.mktemp("generated-client"),
-        api_keys=f"tester:{hash_key(KEY)}",
-    )
-    with LiveService(create_app(settings)) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def generated(live_service, tmp_path_factory):
+def generated(live_keyed_service, tmp_path_factory):
     """The client package openapi-python-client generates from the served document, imported.
 
     The generator knows application/json, application/octet-stream and text/* responses only; its
@@ -53,7 +36,9 @@ def generated(live_service, tmp_path_factory):
     (ruff formatting the generated code) are switched off: they change layout, not behaviour."""
     root = tmp_path_factory.mktemp("generated")
     document = root / "openapi.json"
-    document.write_bytes(httpx.get(f"{live_service.url}/openapi.json", timeout=30).raise_for_status().content)
+    document.write_bytes(
+        httpx.get(f"{live_keyed_service.url}/openapi.json", timeout=30).raise_for_status().content
+    )
     config = root / "generator.yml"
     overrides = "".join(f"  {media}: application/octet-stream\n" for media in IMAGE_MEDIA_TYPES)
     config.write_text(f"post_hooks: []\ncontent_type_overrides:\n{overrides}")
@@ -73,7 +58,9 @@ def generated(live_service, tmp_path_factory):
             del sys.modules[name]
 
 
-def test_generated_client_submits_follows_and_downloads_typed_results(generated, live_service, small_images):
+def test_generated_client_submits_follows_and_downloads_typed_results(
+    generated, live_keyed_service, small_images
+):
     submit = importlib.import_module(f"{PACKAGE}.api.default.submit_transfer_transfer_post")
     get_job = importlib.import_module(f"{PACKAGE}.api.default.get_job_jobs_job_id_get")
     get_result = importlib.import_module(f"{PACKAGE}.api.default.get_result_jobs_job_id_result_get")
@@ -92,7 +79,7 @@ def test_generated_client_submits_follows_and_downloads_typed_results(generated,
         skip_steps=0,
         size=64,
     )
-    with generated.AuthenticatedClient(base_url=live_service.url, token=KEY, timeout=60) as client:
+    with generated.AuthenticatedClient(base_url=live_keyed_service.url, token=KEY, timeout=60) as client:
         submitted = submit.sync(client=client, body=body)
         assert isinstance(submitted, models.JobOut), submitted
 
