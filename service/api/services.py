@@ -87,11 +87,11 @@ class Services:
             logger.warning(
                 "open mode: no API keys configured (QALIGN_API_KEYS), anyone who can reach the API can use it"
             )
-        self.dispatcher.start()
         try:  # records of an earlier version, brought up to date here and never in a request
             self.stores.records.migrate()
         except StoreUnavailable as exc:
             logger.warning("job records not migrated at start (the expiry sweep retries): %s", exc)
+        self.dispatcher.start()
         self.events.start()
         if self.sweeper is not None:
             self.sweeper.start()
