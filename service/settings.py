@@ -140,8 +140,9 @@ class Settings(BaseSettings):
     job_time_limit: int = Field(
         3600,
         ge=1,
-        description="Seconds one run of a job may take: then it is stopped and failed (error time_limit); "
-        "the Celery soft time limit. The hard limit (process killed) is job_hard_time_limit.",
+        description="Seconds one run of a job may take: then it is stopped at its next step and failed "
+        "(error time_limit), in both modes; also the Celery soft time limit. The hard limit (process "
+        "killed, distributed mode) is job_hard_time_limit.",
     )
     visibility_timeout: int | None = Field(
         None,
