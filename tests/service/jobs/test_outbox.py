@@ -234,6 +234,11 @@ def test_stop_drains_what_it_can_and_leaves_the_rest_for_the_next_start(stores):
     assert sink.sent == [(job.id, "running"), (job.id, "succeeded")]
 
 
+#: The lease in the handover test: long enough that b's first look surely falls within a's lease
+#: on a busy machine, short enough that the takeover test stays quick.
+LEASE_S = 8.0
+
+
 def test_one_drainer_at_a_time_and_another_takes_over_when_it_dies(redis_url):
     """Two API replicas share the outbox in Redis: only the lease holder delivers; when it dies
     (here: stops renewing its lease with an event in hand, never acknowledged), the other one
@@ -246,18 +251,18 @@ def test_one_drainer_at_a_time_and_another_takes_over_when_it_dies(redis_url):
     try:
         job = running(stores_a)
         dying = Sink(gate=threading.Event())
-        a = OutboxDispatcher(stores_a, dying, name="api:a", poll_s=0.01, lease_s=1.0)
+        a = OutboxDispatcher(stores_a, dying, name="api:a", poll_s=0.01, lease_s=LEASE_S)
         assert a.drain_once() == 1, "a holds the lease and has the event in hand"
         b_sink = Sink()
-        b = OutboxDispatcher(stores_b, b_sink, name="api:b", poll_s=0.01, lease_s=1.0)
+        b = OutboxDispatcher(stores_b, b_sink, name="api:b", poll_s=0.01, lease_s=LEASE_S)
         assert b.drain_once() is None, "b does not drain while a holds the lease"
         # a dies: it stops renewing, and its delivery never completes.
         stopping_since = time.monotonic()
         b.stop(drain_s=600)
         assert time.monotonic() - stopping_since < 60, "a replica without the lease stops at once"
-        b = OutboxDispatcher(stores_b, b_sink, name="api:b", poll_s=0.01, lease_s=1.0)
+        b = OutboxDispatcher(stores_b, b_sink, name="api:b", poll_s=0.01, lease_s=LEASE_S)
         b.start()
-        wait_for(lambda: b_sink.sent == [(job.id, "running")] and stores_b.outbox.count() == 0, timeout=30)
+        wait_for(lambda: b_sink.sent == [(job.id, "running")] and stores_b.outbox.count() == 0, timeout=60)
         b.stop(drain_s=1)
         a.stop(drain_s=0)
         assert dying.sent == []
