@@ -79,7 +79,7 @@ class OutboxDispatcher:
                 break
             self._stopping.wait(min(self.poll_s, max(deadline - time.monotonic(), 0)))
         self._stopping.set()
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)  # chains not started stay in the outbox
         logger.info("event dispatcher stopped")
 
     def idle(self) -> bool:
