@@ -30,11 +30,20 @@ class OutboxEvent(BaseModel):
     """One event waiting in the durable outbox until the dispatcher has delivered it."""
 
     id: str  # the webhook-id: the same for every retry and every redelivery of this event
-    job_id: str
-    status: JobStatus
-    kind: EventKind
     job: Job  # the record right after the change: the webhook body is built from it
     at: datetime
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    @property
+    def status(self) -> JobStatus:
+        return self.job.status
+
+    @property
+    def kind(self) -> EventKind | None:
+        return event_kind(self.status)
 
 
 def event_kind(status: str) -> EventKind | None:
@@ -62,11 +71,4 @@ def event_for(before: Job, after: Job) -> OutboxEvent | None:
     kind = event_kind(after.status)
     if kind is None or not after.webhook_url or kind not in (after.webhook_events or EVENTS):
         return None
-    return OutboxEvent(
-        id=webhook_id(after.id, after.status),
-        job_id=after.id,
-        status=after.status,
-        kind=kind,
-        job=after,
-        at=utcnow(),
-    )
+    return OutboxEvent(id=webhook_id(after.id, after.status), job=after, at=utcnow())
