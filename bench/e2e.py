@@ -29,7 +29,7 @@ def _measure(
     # AlignmentState, so pipelines must never share one UNet.
     fused = QAlignPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
     six = QAlignPipeline.from_pretrained(
-        model_dir, device=device, dtype=dtype, config=PipelineConfig(fused_swap_pass=False)
+        model_dir, device=device, dtype=dtype, qalign_config=PipelineConfig(fused_swap_pass=False)
     )
     structure, appearance = test_images()
     warm = params.model_copy(update={"steps": 4})

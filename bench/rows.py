@@ -47,7 +47,7 @@ def run(*, device: str = "cpu", quick: bool = False) -> dict[str, Any]:
     counted: dict[str, dict[str, int]] = {}
     for label, fused in (("fused", True), ("six_row", False)):
         pipe = QAlignPipeline.from_pretrained(
-            tiny_model_dir(), device=device, config=PipelineConfig(fused_swap_pass=fused)
+            tiny_model_dir(), device=device, qalign_config=PipelineConfig(fused_swap_pass=fused)
         )
         counted[label] = pipe.transfer(structure, appearance, params).unet_rows
     tiny_predicted = {"fused": predicted_rows(params, True), "six_row": predicted_rows(params, False)}

@@ -4,37 +4,27 @@ CIA's UNet (models/unet_2d_condition.py) changes ``h``, the features an up block
 block below, before the block concatenates its skip features: where ``h`` has 1280 channels the
 first 640 are scaled by 1.2 and ``h`` is Fourier-filtered with scale 0.9; where it has 640 channels
 the first 320 are scaled by 1.4 and the filter scale is 0.2. Stages are matched by channel count,
-as CIA does, so the values are SD 1.5's (SD 2.x has the same widths). diffusers' ``enable_freeu``
-is a different operation (it also filters the skip features): the pipeline offers it as an option.
+as CIA does (SD 1.5 and SDXL both have 1280- and 640-channel decoder inputs); each backbone brings
+its factors (``qalign_core.backbones``). diffusers' ``enable_freeu`` is a different operation (it
+also filters the skip features): the pipeline offers it as an option.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.fft import fftn, fftshift, ifftn, ifftshift
+
+from qalign_core.backbones import SD15_FREEU, FreeUStage
 
 if TYPE_CHECKING:
     # diffusers' top-level names resolve to placeholder classes for type checkers: import the module.
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
 
-@dataclass(frozen=True)
-class FreeUStage:
-    """What FreeU does to decoder-stage inputs with ``channels`` channels."""
-
-    channels: int
-    #: The first ``boosted`` channels are multiplied by ``backbone_scale``.
-    boosted: int
-    backbone_scale: float
-    #: Scale of the centred 2 x 2 low-frequency square of the 2-D spectrum.
-    low_frequency_scale: float
-
-
-#: CIA's values (SD 1.5 widths).
-CIA_STAGES: tuple[FreeUStage, ...] = (FreeUStage(1280, 640, 1.2, 0.9), FreeUStage(640, 320, 1.4, 0.2))
+#: CIA's values (SD 1.5).
+CIA_STAGES: tuple[FreeUStage, ...] = SD15_FREEU
 
 
 def fourier_filter(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:

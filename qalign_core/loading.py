@@ -1,18 +1,21 @@
-"""Loading a Stable Diffusion 1.5 model for production: safetensors only, low memory, offline.
+"""Loading SD 1.5 and SDXL models for production: safetensors only, low memory, offline.
 
-Two shapes of model are accepted:
+``QAlignPipeline.from_pretrained`` (diffusers' loader underneath) accepts:
 
-* a **diffusers directory** or Hugging Face id (``unet/``, ``vae/``, ``text_encoder/``,
-  ``tokenizer/``, ``scheduler/``), the shape ``save_pretrained`` writes;
+* a **diffusers directory** or Hugging Face id (``model_index.json``, ``unet/``, ``vae/``,
+  ``text_encoder/`` and on SDXL ``text_encoder_2/``, tokenizers, ``scheduler/``), the shape
+  ``save_pretrained`` writes;
 * a **single-file checkpoint** (``model.safetensors`` in the original Stable Diffusion key layout:
-  ``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.transformer.*``), the
-  shape most fine-tuned SD 1.5 models are shared in. diffusers' ``from_single_file`` converts it;
-  the architecture and the tokenizer come from a *local* diffusers-format config directory, never
-  from the network.
+  ``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.transformer.*``, or SDXL's
+  ``conditioner.embedders.*``), the shape most fine-tuned models are shared in. diffusers'
+  ``from_single_file`` converts it; the architecture and the tokenizers come from a *local*
+  diffusers-format config directory, never from the network.
+
+This module holds the checks and error texts around that, and no settings: the caller passes them
+(the service reads QALIGN_ALLOW_PICKLE_WEIGHTS and QALIGN_MODEL_CONFIG_DIR and hands them in).
 
 Why safetensors only: a ``.bin``/``.ckpt`` file is a pickle, and unpickling runs code chosen by
-whoever made the file. Pickle weights load only when the caller (``allow_pickle=True``) or the
-environment (``QALIGN_ALLOW_PICKLE_WEIGHTS=1``) says so.
+whoever made the file. Pickle weights load only when the caller says so (``allow_pickle=True``).
 
 Why accelerate: with it installed, diffusers and transformers build the modules on the ``meta``
 device and fill them from the checkpoint (``low_cpu_mem_usage``), instead of allocating random
@@ -26,19 +29,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from qalign_core.errors import ModelLoadError
-
-if TYPE_CHECKING:
-    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
-    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
-    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
-    from transformers import CLIPTextModel, CLIPTokenizer
 
 #: File name endings of single-file checkpoints; only the first is safe to open.
 SAFE_SINGLE_FILE_SUFFIXES = (".safetensors",)
@@ -46,27 +42,17 @@ PICKLE_SINGLE_FILE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 #: Hub id whose configs (no weights) describe every SD 1.5 fine-tune; read from the local cache only.
 SD15_CONFIG_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 #: What a config directory needs (a few kB, plus the tokenizer's ~1.5 MB vocabulary).
-CONFIG_PATTERNS = ["model_index.json", "*/config.json", "scheduler/*.json", "tokenizer/*"]
+CONFIG_PATTERNS = ["model_index.json", "*/config.json", "scheduler/*.json", "tokenizer/*", "tokenizer_2/*"]
+
+#: The same for SDXL base models (single-file checkpoints of SDXL fine-tunes).
+SDXL_CONFIG_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 
 #: Key prefixes of the original (CompVis / LDM) single-file layout.
 LDM_UNET = "model.diffusion_model."
 LDM_VAE = "first_stage_model."
 LDM_TEXT = "cond_stage_model.transformer."
-
-
-@dataclass
-class Components:
-    """The five parts QAlignPipeline is built from."""
-
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    tokenizer: CLIPTokenizer
-    scheduler: DDIMScheduler
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+#: SDXL's second (OpenCLIP) text encoder in its original layout: what tells an SDXL checkpoint apart.
+LDM_SDXL_TEXT_2 = "conditioner.embedders.1.model."
 
 
 def is_single_file(model: str | os.PathLike[str]) -> bool:
@@ -74,75 +60,73 @@ def is_single_file(model: str | os.PathLike[str]) -> bool:
     return str(model).lower().endswith(SAFE_SINGLE_FILE_SUFFIXES + PICKLE_SINGLE_FILE_SUFFIXES)
 
 
-def load_components(
-    model: str,
-    torch_dtype: torch.dtype,
-    *,
-    allow_pickle: bool | None = None,
-    config_dir: str | None = None,
-) -> Components:
-    """Load the five parts of ``model``; ``None`` arguments fall back to QALIGN_* variables."""
-    if allow_pickle is None:
-        allow_pickle = env_flag("QALIGN_ALLOW_PICKLE_WEIGHTS")
-    if config_dir is None:
-        config_dir = os.environ.get("QALIGN_MODEL_CONFIG_DIR") or None
-    if is_single_file(model):
-        return _load_single_file(model, torch_dtype, allow_pickle=allow_pickle, config_dir=config_dir)
-    return _load_directory(model, torch_dtype, allow_pickle=allow_pickle)
+def looks_like_path(model: str) -> bool:
+    """Hub ids are "org/name"; anything else with slashes or a leading ./~ is meant as a path."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1
 
 
-def _reason(exc: BaseException) -> str:
+def check_model_path(model: str) -> None:
+    """Refuse a model given as a path that does not exist, before diffusers tries the network."""
+    if looks_like_path(model) and not is_single_file(model) and not os.path.isdir(os.path.expanduser(model)):
+        raise ModelLoadError(f"model directory {model!r} does not exist")
+
+
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0].rstrip(". ") if text else type(exc).__name__
 
 
-def _load_directory(model: str, torch_dtype: torch.dtype, *, allow_pickle: bool) -> Components:
-    # Imported from their modules: diffusers' top-level names are placeholder classes to type checkers.
-    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
-    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
-    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
-    from transformers import CLIPTextModel, CLIPTokenizer
+def load_error(model: str, exc: BaseException, allow_pickle: bool) -> ModelLoadError:
+    """The error for a model diffusers could not load, with what to do about it."""
+    hint = (
+        ""
+        if allow_pickle
+        else " (only .safetensors weights are loaded; allow_pickle=True (QALIGN_ALLOW_PICKLE_WEIGHTS=1 "
+        "in the service) also allows .bin pickle files, which can run code when opened: only for "
+        "weights you trust)"
+    )
+    return ModelLoadError(
+        f"cannot load model {model!r}: {first_line(exc)}{hint}. Give a local model directory or a "
+        "Hugging Face id that is available (offline machines need it in the local cache)"
+    )
 
-    # True: only *.safetensors are looked for, a directory with only .bin weights is an error.
-    # None: diffusers/transformers prefer safetensors and fall back to pickle files.
-    use_safetensors = None if allow_pickle else True
-    try:
-        unet = UNet2DConditionModel.from_pretrained(
-            model, subfolder="unet", torch_dtype=torch_dtype, use_safetensors=use_safetensors
-        )
-        vae = AutoencoderKL.from_pretrained(
-            model, subfolder="vae", torch_dtype=torch_dtype, use_safetensors=use_safetensors
-        )
-        text_encoder = CLIPTextModel.from_pretrained(
-            model, subfolder="text_encoder", torch_dtype=torch_dtype, use_safetensors=use_safetensors
-        )
-        tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
-        scheduler = DDIMScheduler.from_pretrained(model, subfolder="scheduler")
-    except (OSError, ValueError) as exc:
-        hint = (
-            ""
-            if allow_pickle
-            else " (only .safetensors weights are loaded; QALIGN_ALLOW_PICKLE_WEIGHTS=1 also allows "
-            ".bin pickle files, which can run code when opened: only for weights you trust)"
-        )
+
+def is_sdxl_checkpoint(path: str) -> bool:
+    """Whether a single-file checkpoint holds SDXL's second text encoder (read from its key names only)."""
+    if not path.lower().endswith(SAFE_SINGLE_FILE_SUFFIXES):
+        return False
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        return any(key.startswith(LDM_SDXL_TEXT_2) for key in handle.keys())  # noqa: SIM118 - not a dict
+
+
+def single_file_config(model: str, *, allow_pickle: bool, config_dir: str | None) -> str:
+    """The local config directory a single-file checkpoint loads with, after the checks that keep
+    pickles out and name a missing file."""
+    path = os.path.expanduser(model)
+    if not model.lower().endswith(SAFE_SINGLE_FILE_SUFFIXES) and not allow_pickle:
         raise ModelLoadError(
-            f"cannot load model {model!r}: {_reason(exc)}{hint}. Give a local model directory or a "
-            "Hugging Face id that is available (offline machines need it in the local cache)"
-        ) from exc
-    return Components(unet, vae, text_encoder, tokenizer, scheduler)
+            f"model file {model!r} is a pickle checkpoint, which can run code when opened; give a "
+            ".safetensors file, or allow pickles (QALIGN_ALLOW_PICKLE_WEIGHTS=1) for a file you trust"
+        )
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"model file {model!r} does not exist")
+    default = SDXL_CONFIG_REPO if is_sdxl_checkpoint(path) else SD15_CONFIG_REPO
+    return resolve_config_dir(config_dir, default)
 
 
-def resolve_config_dir(config_dir: str | None) -> str:
-    """A local diffusers-format directory describing SD 1.5 (configs + tokenizer, weights not needed).
+def resolve_config_dir(config_dir: str | None, default: str = SD15_CONFIG_REPO) -> str:
+    """A local diffusers-format directory describing the model (configs + tokenizers, no weights).
 
     ``config_dir`` is a directory, or a Hub id looked up in the local Hugging Face cache only; unset
-    means SD 1.5's own configs from that cache. Nothing is downloaded here.
+    means the base model's own configs (``default``) from that cache. Nothing is downloaded here.
     """
-    candidate = config_dir or SD15_CONFIG_REPO
+    candidate = config_dir or default
     expanded = os.path.expanduser(candidate)
     if os.path.isdir(expanded):
         directory = expanded
-    elif candidate.startswith((".", "/", "~")) or candidate.count("/") > 1:
+    elif looks_like_path(candidate):
         raise ModelLoadError(f"model config directory {candidate!r} (QALIGN_MODEL_CONFIG_DIR) does not exist")
     else:
         from huggingface_hub import snapshot_download
@@ -151,9 +135,9 @@ def resolve_config_dir(config_dir: str | None) -> str:
             directory = snapshot_download(candidate, local_files_only=True, allow_patterns=CONFIG_PATTERNS)
         except Exception as exc:  # huggingface_hub raises several kinds for "not cached"
             raise ModelLoadError(
-                f"a single-file checkpoint needs the SD 1.5 configs and tokenizer, and {candidate!r} is not "
-                "in the local Hugging Face cache. Set QALIGN_MODEL_CONFIG_DIR to a local diffusers model "
-                f"directory (weights not needed), or pre-seed it: huggingface-cli download {candidate} "
+                f"a single-file checkpoint needs its base model's configs and tokenizer, and {candidate!r} "
+                "is not in the local Hugging Face cache. Set QALIGN_MODEL_CONFIG_DIR to a local diffusers "
+                f"model directory (weights not needed), or pre-seed it: huggingface-cli download {candidate} "
                 f"--include {' '.join(repr(p) for p in CONFIG_PATTERNS)}"
             ) from exc
     missing = [
@@ -163,45 +147,10 @@ def resolve_config_dir(config_dir: str | None) -> str:
     ]
     if missing or not os.path.isdir(os.path.join(directory, "tokenizer")):
         raise ModelLoadError(
-            f"model config directory {directory!r} is not a diffusers SD 1.5 layout: missing "
+            f"model config directory {directory!r} is not a diffusers model layout: missing "
             f"{', '.join(missing) or 'tokenizer/'}"
         )
     return directory
-
-
-def _load_single_file(
-    model: str, torch_dtype: torch.dtype, *, allow_pickle: bool, config_dir: str | None
-) -> Components:
-    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
-    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
-
-    path = os.path.expanduser(model)
-    if not model.lower().endswith(SAFE_SINGLE_FILE_SUFFIXES) and not allow_pickle:
-        raise ModelLoadError(
-            f"model file {model!r} is a pickle checkpoint, which can run code when opened; give a "
-            ".safetensors file, or set QALIGN_ALLOW_PICKLE_WEIGHTS=1 for a file you trust"
-        )
-    if not os.path.isfile(path):
-        raise ModelLoadError(f"model file {model!r} does not exist")
-    config = resolve_config_dir(config_dir)
-    try:
-        pipe = StableDiffusionPipeline.from_single_file(
-            path,
-            config=config,
-            local_files_only=True,
-            torch_dtype=torch_dtype,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(
-            f"cannot load single-file checkpoint {model!r} with the configs of {config!r}: {_reason(exc)}. "
-            "It must be a Stable Diffusion 1.x checkpoint in the original layout"
-        ) from exc
-    # Our pipeline runs DDIM with SD 1.5's schedule, whatever scheduler the config directory names.
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    return Components(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler)
 
 
 # ------------------------------------------------------------------ writing the single-file layout

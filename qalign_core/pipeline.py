@@ -12,16 +12,28 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from diffusers.loaders.single_file import FromSingleFileMixin
+
+# Imported from their modules: diffusers' top-level names are placeholder classes to type checkers.
+# At run time, not under TYPE_CHECKING: diffusers reads __init__'s annotations to check components.
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, PreTrainedTokenizerBase
 
 from qalign_core.adain import adain, masked_adain
-from qalign_core.ddpm import DDPMSchedule, NoiseScheduler
+from qalign_core.backbones import Backbone, backbone_from_configs, check_size
+from qalign_core.ddpm import DDPMSchedule
 from qalign_core.errors import InvalidParametersError, ModelLoadError, TransferCanceled
 from qalign_core.freeu import DecoderFreeU
 from qalign_core.images import ImageInput, OutputShape, cover_crop, encode_image, load_image, output_shape
@@ -31,16 +43,14 @@ from qalign_core.processors import AlignmentState, RowLayout, install_processors
 from qalign_core.schedule import DenoiseSchedule, schedule_for
 from qalign_core.segmentation import ObjectMasks, compute_object_masks, noun_token_positions
 
-if TYPE_CHECKING:
-    # diffusers' top-level names resolve to placeholder classes for type checkers: import the modules.
-    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
-    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
-    from transformers import CLIPTextModel, PreTrainedTokenizerBase
-
 ProgressCallback = Callable[[str, float], None]
 CancelCheck = Callable[[], bool]
 #: ``predict_noise(latents, i)``: the model's noise estimate at step i.
 NoisePredictor = Callable[[torch.Tensor, int], torch.Tensor]
+#: diffusers' ``callback_on_step_end(pipe, step, timestep, tensors) -> tensors``.
+StepEndCallback = Callable[
+    ["QAlignPipeline", int, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor] | None
+]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -139,31 +149,107 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return _DTYPES[dtype]
 
 
-class QAlignPipeline:
+@dataclass(frozen=True)
+class Conditioning:
+    """What the UNet is conditioned on, per row: the text embeddings and, on SDXL, the pooled text
+    embedding and the micro-conditioning ``add_time_ids`` (original size, crop, target size)."""
+
+    text: torch.Tensor  # [rows, L, D]
+    pooled: torch.Tensor | None = None  # [rows, P]
+    time_ids: torch.Tensor | None = None  # [rows, 6]
+
+    @property
+    def rows(self) -> int:
+        return len(self.text)
+
+    def expand(self, rows: int) -> Conditioning:
+        """A one-row conditioning repeated for ``rows`` rows (a view, no copy)."""
+        if self.rows == rows:
+            return self
+        return Conditioning(
+            self.text.expand(rows, -1, -1),
+            None if self.pooled is None else self.pooled.expand(rows, -1),
+            None if self.time_ids is None else self.time_ids.expand(rows, -1),
+        )
+
+    @staticmethod
+    def cat(parts: Sequence[Conditioning]) -> Conditioning:
+        pooled = [p.pooled for p in parts if p.pooled is not None]
+        time_ids = [p.time_ids for p in parts if p.time_ids is not None]
+        return Conditioning(
+            torch.cat([p.text for p in parts]),
+            torch.cat(pooled) if pooled else None,
+            torch.cat(time_ids) if time_ids else None,
+        )
+
+    def unet_kwargs(self) -> dict[str, object]:
+        added = None
+        if self.pooled is not None and self.time_ids is not None:
+            added = {"text_embeds": self.pooled, "time_ids": self.time_ids}
+        return {"encoder_hidden_states": self.text, "added_cond_kwargs": added}
+
+
+class QAlignPipeline(DiffusionPipeline, FromSingleFileMixin):  # type: ignore[misc]
+    """Q-Align appearance transfer as a diffusers pipeline, on SD 1.5 or SDXL.
+
+    The backbone is read from the UNet's own config (``qalign_core.backbones``): one class serves
+    both, conditioning the UNet with one text encoder (SD 1.5) or two plus the pooled embedding and
+    micro-conditioning (SDXL). The method lives in the attention processors; this class only
+    orchestrates named steps. ``transfer`` is the library's call (progress and cancel callbacks for
+    the service); ``__call__`` is the same run with diffusers' ``callback_on_step_end``.
+    """
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
+    _optional_components = ["text_encoder_2", "tokenizer_2"]
+    _callback_tensor_inputs = ["latents"]
+
     def __init__(
         self,
-        unet: UNet2DConditionModel,
         vae: AutoencoderKL,
         text_encoder: CLIPTextModel,
         tokenizer: PreTrainedTokenizerBase,
-        scheduler: NoiseScheduler,
-        *,
-        model_id: str,
-        config: PipelineConfig | None = None,
+        unet: UNet2DConditionModel,
+        scheduler: SchedulerMixin,
+        text_encoder_2: CLIPTextModelWithProjection | None = None,
+        tokenizer_2: PreTrainedTokenizerBase | None = None,
+        force_zeros_for_empty_prompt: bool = False,
+        qalign_config: PipelineConfig | None = None,
     ) -> None:
-        self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
-        self.scheduler = scheduler
-        self.model_id = model_id
-        self.config = config or PipelineConfig()
-        self.device, self.dtype = unet.device, unet.dtype
+        from diffusers.image_processor import VaeImageProcessor
+        from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+
+        super().__init__()
+        # The method runs edit-friendly DDPM from the scheduler's timesteps and alphas: whatever
+        # scheduler the model ships (PNDM for SD 1.5, Euler for SDXL), DDIM's reading of its config.
+        if not isinstance(scheduler, DDIMScheduler):
+            scheduler = DDIMScheduler.from_config(scheduler.config)
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+        )
+        self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
         # diffusers types a model's config as a plain dict (its keys are also attributes).
-        self.vae_scale: int = 2 ** (len(vae.config["block_out_channels"]) - 1)
-        self.native_size = int(unet.config["sample_size"]) * self.vae_scale
-        self.state = AlignmentState(chunk_size=self.config.chunk_size)
-        if self.config.freeu == "cia":
-            DecoderFreeU().attach(unet)
-        elif self.config.freeu == "diffusers":
-            unet.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
+        self.backbone: Backbone = backbone_from_configs(unet.config, vae.config)
+        if self.backbone.name == "sdxl" and (text_encoder_2 is None or tokenizer_2 is None):
+            raise ModelLoadError("an SDXL model needs text_encoder_2 and tokenizer_2; this one has none")
+        self.qalign_config = qalign_config or PipelineConfig()
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.backbone.vae_scale)
+        self.vae_scale: int = self.backbone.vae_scale
+        self.native_size = self.backbone.native_size
+        self.state = AlignmentState(chunk_size=self.qalign_config.chunk_size)
+        if self.qalign_config.freeu == "cia":
+            DecoderFreeU(self.backbone.freeu).attach(unet)
+        elif self.qalign_config.freeu == "diffusers":
+            fine, coarse = self.backbone.freeu
+            unet.enable_freeu(
+                s1=fine.low_frequency_scale, s2=coarse.low_frequency_scale,
+                b1=fine.backbone_scale, b2=coarse.backbone_scale,
+            )  # fmt: skip
         share_timestep_rows(unet)
         # The pipeline owns the UNet's processors from here on: inversion and denoising both run
         # through them (plain while state.iteration is None), never through whatever was set before.
@@ -171,51 +257,121 @@ class QAlignPipeline:
         self._installed_method = "qalign"
         self._rows = {"inversion": 0, "denoising": 0}
         self._step_rows: dict[int, int] = {}
+        self._interrupt = False
+        self._step_callback: StepEndCallback | None = None
 
     @classmethod
-    def from_pretrained(
+    def from_pretrained(  # type: ignore[override]
         cls,
-        model: str = DEFAULT_MODEL,
+        pretrained_model_name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
-        config: PipelineConfig | None = None,
+        qalign_config: PipelineConfig | None = None,
         *,
-        allow_pickle: bool | None = None,
+        allow_pickle: bool = False,
         model_config_dir: str | None = None,
+        **kwargs: Any,
     ) -> QAlignPipeline:
-        """Load Stable Diffusion from a Hugging Face id, a local directory or one ``.safetensors`` file.
+        """Load SD 1.5 or SDXL from a Hugging Face id, a diffusers directory or one ``.safetensors`` file.
 
-        Safetensors only unless ``allow_pickle`` (default: QALIGN_ALLOW_PICKLE_WEIGHTS); a single-file
-        checkpoint takes its architecture and tokenizer from ``model_config_dir`` (default:
-        QALIGN_MODEL_CONFIG_DIR, else SD 1.5's configs in the local cache). See qalign_core.loading.
+        The backbone comes from the model's own config. Safetensors only unless ``allow_pickle``; a
+        single-file checkpoint takes its architecture and tokenizers from ``model_config_dir`` (else
+        the base model's configs in the local Hugging Face cache). Other keyword arguments go to
+        diffusers' loader. See qalign_core.loading.
         """
-        from qalign_core.loading import is_single_file, load_components
+        from qalign_core.loading import check_model_path, is_single_file, load_error
 
+        model = str(pretrained_model_name_or_path)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
-        # Hub ids are "org/name"; anything else that is not a directory is a mistyped path.
-        looks_like_path = str(model).startswith((".", "/", "~")) or str(model).count("/") > 1
-        if (
-            looks_like_path
-            and not is_single_file(model)
-            and not os.path.isdir(os.path.expanduser(str(model)))
-        ):
-            raise ModelLoadError(f"model directory {str(model)!r} does not exist")
-        parts = load_components(
-            str(model), torch_dtype, allow_pickle=allow_pickle, config_dir=model_config_dir
-        )
-        modules: tuple[torch.nn.Module, ...] = (parts.unet, parts.vae, parts.text_encoder)
-        for module in modules:
-            module.to(torch_device).eval().requires_grad_(False)
-        return cls(
-            parts.unet,
-            parts.vae,
-            parts.text_encoder,
-            parts.tokenizer,
-            parts.scheduler,
-            model_id=str(model),
-            config=config,
-        )
+        check_model_path(model)
+        if is_single_file(model):
+            return cls.from_single_file(
+                model, device=torch_device, dtype=torch_dtype, qalign_config=qalign_config,
+                allow_pickle=allow_pickle, model_config_dir=model_config_dir, **kwargs,
+            )  # fmt: skip
+        try:
+            with warnings.catch_warnings():  # newer diffusers call torch_dtype dtype; older know only it
+                warnings.simplefilter("ignore", FutureWarning)
+                pipe: QAlignPipeline = super().from_pretrained(
+                    model,
+                    torch_dtype=torch_dtype,
+                    # True: only *.safetensors are looked for; None: diffusers prefers them, falls back.
+                    use_safetensors=None if allow_pickle else True,
+                    qalign_config=qalign_config,
+                    **kwargs,
+                )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise load_error(model, exc, allow_pickle) from exc
+        return pipe.to(torch_device)
+
+    @classmethod
+    def from_single_file(  # type: ignore[override]
+        cls,
+        pretrained_model_link_or_path: str | os.PathLike[str],
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        qalign_config: PipelineConfig | None = None,
+        *,
+        allow_pickle: bool = False,
+        model_config_dir: str | None = None,
+        **kwargs: Any,
+    ) -> QAlignPipeline:
+        """Load a single-file SD 1.5 or SDXL checkpoint (original layout) with local configs only."""
+        from qalign_core.loading import first_line, single_file_config
+
+        model = str(pretrained_model_link_or_path)
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        config = single_file_config(model, allow_pickle=allow_pickle, config_dir=model_config_dir)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                pipe: QAlignPipeline = super().from_single_file(
+                    os.path.expanduser(model),
+                    config=config,
+                    local_files_only=True,
+                    torch_dtype=torch_dtype,
+                    qalign_config=qalign_config,
+                    **kwargs,
+                )
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+            raise ModelLoadError(
+                f"cannot load single-file checkpoint {model!r} with the configs of {config!r}: "
+                f"{first_line(exc)}. It must be an SD 1.x or SDXL checkpoint in the original layout"
+            ) from exc
+        pipe.register_to_config(_name_or_path=model)  # diffusers records it for directories only
+        return pipe.to(torch_device)
+
+    @property
+    def model_id(self) -> str:
+        """What the model was loaded from (part of every inversion cache key)."""
+        return str(self.config.get("_name_or_path", "") or "")
+
+    @property
+    def interrupt(self) -> bool:
+        """Set by a ``callback_on_step_end`` (``pipe._interrupt = True``) to stop the run: it raises
+        TransferCanceled at the next step."""
+        return self._interrupt
+
+    def __call__(
+        self,
+        structure: ImageInput,
+        appearance: ImageInput | Sequence[ImageInput],
+        params: TransferParams | None = None,
+        *,
+        callback_on_step_end: StepEndCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        **kwargs: Any,
+    ) -> TransferResult:
+        """``transfer`` with diffusers' step callback: called after every denoising iteration with
+        ``latents`` (the batch's rows); it may return replaced ``latents`` or set ``_interrupt``."""
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs: only {self._callback_tensor_inputs} are given"
+            )
+        return self.transfer(structure, appearance, params, step_callback=callback_on_step_end, **kwargs)
 
     # ---------------------------------------------------------------- the run
     @torch.inference_mode()
@@ -228,12 +384,14 @@ class QAlignPipeline:
         should_cancel: CancelCheck | None = None,
         inversion_cache: InversionCache | None = None,
         object_masks: tuple[ImageInput, ImageInput] | None = None,
+        step_callback: StepEndCallback | None = None,
     ) -> TransferResult:
         """Give ``structure``'s layout the look of ``appearance``, or of each of several appearances.
 
         Returns one image per appearance, each equal to the single-pair transfer with that
         appearance. ``object_masks`` (structure, appearance; white = object) turns on the leakage
-        diagnostic (single-appearance transfers only).
+        diagnostic (single-appearance transfers only). ``step_callback`` is diffusers'
+        ``callback_on_step_end`` (see ``__call__``).
         """
         appearances = self._appearance_list(appearance)
         params = params or TransferParams()
@@ -243,16 +401,33 @@ class QAlignPipeline:
         self._check_size(size)
         if object_masks is not None and len(appearances) > 1:
             raise InvalidParametersError("object_masks (the leakage diagnostic) takes one appearance image")
-        report = _Reporter(progress, should_cancel)
+        self._interrupt = False
+        report = _Reporter(progress, should_cancel, lambda: self._interrupt)
         self._rows = {"inversion": 0, "denoising": 0}
         self._step_rows = {}
+        self._step_callback = step_callback
+        try:
+            return self._run(structure, appearances, params, report, inversion_cache, object_masks)
+        finally:
+            self._step_callback = None
+
+    def _run(
+        self,
+        structure: ImageInput,
+        appearances: list[ImageInput],
+        params: TransferParams,
+        report: _Reporter,
+        inversion_cache: InversionCache | None,
+        object_masks: tuple[ImageInput, ImageInput] | None,
+    ) -> TransferResult:
         started = time.perf_counter()
+        size = params.size or self.native_size
 
         report("loading", 0.0)
         structure_image = load_image(structure)
         shape = output_shape(structure_image.size, size, self.size_unit, params.aspect, MAX_ASPECT_RATIO)
         pixels = [self.prepare_image(image, shape) for image in (structure_image, *appearances)]
-        cond, uncond = self.encode_prompt(params.effective_prompt)
+        cond, uncond = self.encode_prompt(params.effective_prompt, shape)
         self.state.leakage.clear()
         self.state.leakage_masks = (
             None
@@ -263,7 +438,7 @@ class QAlignPipeline:
 
         t0 = self._now()
         ddpm = self.ddpm_schedule(params.steps)
-        plan = schedule_for(params, self.config.injection_every, self.config.injection_before)
+        plan = schedule_for(params, self.qalign_config.injection_every, self.qalign_config.injection_before)
         inversions, hits = self.invert_images(
             pixels, params, ddpm, plan, cond, uncond, report, inversion_cache
         )
@@ -313,10 +488,9 @@ class QAlignPipeline:
     # ---------------------------------------------------------------- steps
     @property
     def size_unit(self) -> int:
-        """Output sides are multiples of this (the VAE factor x 2^downsamplings; 64 px for SD 1.5),
-        so every token grid of the UNet halves exactly."""
-        unit: int = self.vae_scale * 2 ** (len(self.unet.config["block_out_channels"]) - 1)
-        return unit
+        """Output sides are multiples of this (the VAE factor x 2^downsamplings; 64 px for SD 1.5,
+        32 for SDXL), so every token grid of the UNet halves exactly."""
+        return self.backbone.size_unit
 
     def prepare_image(self, source: ImageInput, shape: int | OutputShape) -> torch.Tensor:
         """Decode, cover-crop around the centre to the output's aspect ratio and resize.
@@ -332,22 +506,61 @@ class QAlignPipeline:
         """An object mask cropped like its image: ``[height, width]`` in [0, 1], white = object."""
         return self.prepare_image(source, shape).float().mean(dim=0) / 255.0
 
-    def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text embeddings ``[1, L, D]`` of the prompt and of the empty prompt."""
-        tokens = self.tokenizer(
-            [prompt, ""],
+    def encode_prompt(
+        self, prompt: str, shape: OutputShape | None = None
+    ) -> tuple[Conditioning, Conditioning]:
+        """The UNet's conditioning for the prompt and for the empty prompt (inversion's CFG).
+
+        SD 1.5: the text encoder's last hidden states. SDXL, as diffusers' SDXL pipeline: both
+        encoders' penultimate hidden states side by side, the second's pooled projection, and the
+        micro-conditioning of an uncropped image of the output's size (``shape``; default native);
+        the empty prompt is all zeros when the model's config says ``force_zeros_for_empty_prompt``.
+        """
+        device, dtype = self._execution_device, self.unet.dtype
+        if self.backbone.name == "sd15":
+            tokens = self._tokenize(self.tokenizer, [prompt, ""]).to(device)
+            embeddings = self.text_encoder(tokens)[0].to(dtype)
+            return Conditioning(embeddings[:1]), Conditioning(embeddings[1:])
+        assert self.text_encoder_2 is not None and self.tokenizer_2 is not None  # checked at __init__
+        hidden, pooled = [], None
+        for tokenizer, encoder in (
+            (self.tokenizer, self.text_encoder),
+            (self.tokenizer_2, self.text_encoder_2),
+        ):
+            output = encoder(self._tokenize(tokenizer, [prompt, ""]).to(device), output_hidden_states=True)
+            hidden.append(output.hidden_states[-2])
+            pooled = output[0]  # the second encoder's projection of the end token: the pooled embedding
+        text, pooled = torch.cat(hidden, dim=-1).to(dtype), pooled.to(dtype)
+        shape = shape or OutputShape(self.native_size, self.native_size)
+        size = [shape.height, shape.width]
+        time_ids = torch.tensor([size + [0, 0] + size], dtype=dtype, device=device)
+        cond = Conditioning(text[:1], pooled[:1], time_ids)
+        if self.config.get("force_zeros_for_empty_prompt", False):
+            uncond = Conditioning(torch.zeros_like(text[:1]), torch.zeros_like(pooled[:1]), time_ids)
+        else:
+            uncond = Conditioning(text[1:], pooled[1:], time_ids)
+        return cond, uncond
+
+    @staticmethod
+    def _tokenize(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> torch.Tensor:
+        ids: torch.Tensor = tokenizer(
+            prompts,
             padding="max_length",
-            max_length=self.tokenizer.model_max_length,
+            max_length=tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
-        )
-        embeddings = self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
-        return embeddings[:1], embeddings[1:]
+        ).input_ids
+        return ids
 
     def encode_images(self, pixels: list[torch.Tensor]) -> torch.Tensor:
-        batch = torch.stack(pixels).to(self.device, self.dtype) / 127.5 - 1.0
-        latents: torch.Tensor = self.vae.encode(batch).latent_dist.mean
-        return latents * self.latent_scale
+        """VAE latents of prepared images (``[3, H, W]`` uint8), through diffusers' image processor."""
+        images = [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]
+        height, width = pixels[0].shape[-2:]
+        batch = self.image_processor.preprocess(images, height=height, width=width)
+        with self._vae_precision() as dtype:
+            encoded = self.vae.encode(batch.to(self._execution_device, dtype)).latent_dist.mean
+        latents: torch.Tensor = encoded.to(self.unet.dtype) * self.latent_scale
+        return latents
 
     def ddpm_schedule(self, steps: int) -> DDPMSchedule:
         """The scheduler's timesteps for ``steps``; an error naming ``steps`` if this scheduler cannot."""
@@ -362,11 +575,11 @@ class QAlignPipeline:
         return ddpm
 
     def inversion_noise(
-        self, schedule: DDPMSchedule, cond: torch.Tensor, uncond: torch.Tensor, batch: int
+        self, schedule: DDPMSchedule, cond: Conditioning, uncond: Conditioning, batch: int
     ) -> NoisePredictor:
         """``predict_noise(latents, i)`` of the inversion: the UNet with CFG, plain attention."""
-        embeddings = torch.cat([uncond.expand(batch, -1, -1), cond.expand(batch, -1, -1)])
-        guidance = self.config.inversion_guidance
+        embeddings = Conditioning.cat([uncond.expand(batch), cond.expand(batch)])
+        guidance = self.qalign_config.inversion_guidance
 
         def predict_noise(latents: torch.Tensor, i: int) -> torch.Tensor:
             eps_uncond, eps_cond = self._unet(
@@ -382,8 +595,8 @@ class QAlignPipeline:
         params: TransferParams,
         schedule: DDPMSchedule,
         plan: DenoiseSchedule,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
+        cond: Conditioning,
+        uncond: Conditioning,
         report: ProgressCallback,
         cache: InversionCache | None,
     ) -> tuple[list[Inversion], int]:
@@ -396,7 +609,7 @@ class QAlignPipeline:
                 zip(raw, pixels, strict=True)]  # fmt: skip
         found = [self._cached(cache, key) for key in keys]
         missing = [n for n, inv in enumerate(found) if inv is None]
-        batch = self.config.max_pairs_per_batch + 1
+        batch = self.qalign_config.max_pairs_per_batch + 1
         batches = [missing[b : b + batch] for b in range(0, len(missing), batch)]
         self.state.iteration = None  # inversion is plain self-attention
         inverted: dict[int, Inversion] = {}
@@ -427,7 +640,7 @@ class QAlignPipeline:
         params: TransferParams,
         schedule: DDPMSchedule,
         plan: DenoiseSchedule,
-        cond: torch.Tensor,
+        cond: Conditioning,
         report: ProgressCallback,
     ) -> tuple[torch.Tensor, list[ObjectMasks | None], list[str]]:
         """Denoise every (structure, appearance) pair, ``max_pairs_per_batch`` pairs per batch.
@@ -437,7 +650,7 @@ class QAlignPipeline:
         """
         self._use_method(params, plan)
         self.state.log.clear()
-        size = self.config.max_pairs_per_batch
+        size = self.qalign_config.max_pairs_per_batch
         batches = [list(appearances[b : b + size]) for b in range(0, len(appearances), size)]
         latents: list[torch.Tensor] = []
         masks: list[ObjectMasks | None] = []
@@ -462,7 +675,7 @@ class QAlignPipeline:
         params: TransferParams,
         schedule: DDPMSchedule,
         plan: DenoiseSchedule,
-        cond: torch.Tensor,
+        cond: Conditioning,
         report: Callable[[float], None],
     ) -> tuple[torch.Tensor, list[ObjectMasks | None], list[str]]:
         """Rows [OUT_1..OUT_m, APP_1..APP_m, STRUCT] through the run: alignment, swap guidance, AdaIN."""
@@ -472,7 +685,9 @@ class QAlignPipeline:
         maps = [structure.noise_maps] * rows.pairs + [a.noise_maps for a in appearances]
         x = torch.stack([*starts, structure.start_latent])
         noise = torch.stack([*maps, structure.noise_maps], dim=1)
-        self.state.grid = self.state.capture.grid = (x.shape[-2], x.shape[-1])
+        # Grid levels count from the finest grid with attention (the latent's on SD 1.5, half of
+        # it on SDXL): the processors and the segmentation capture read them off this grid.
+        self.state.grid = self.state.capture.grid = self.backbone.attention_grid((x.shape[-2], x.shape[-1]))
         start = params.swap_guidance_scale
         guidance = np.linspace(start, max(start / 2, 1.0), plan.iterations)
         masks: list[ObjectMasks | None] = [None] * rows.pairs
@@ -489,6 +704,7 @@ class QAlignPipeline:
                 if params.adain != "none" and plan.adain_after(n):
                     for pair in range(rows.pairs):
                         applied[pair] = self._apply_adain(x, pair, rows, masks[pair], params.adain)
+                x = self._step_end(n, schedule.timesteps[i], x)
                 report((n + 1) / plan.iterations)
         finally:
             self.state.iteration = None
@@ -496,11 +712,22 @@ class QAlignPipeline:
             self.state.capture.clear()
         return x[rows.out], masks, applied
 
-    @staticmethod
+    def _step_end(self, n: int, timestep: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """diffusers' ``callback_on_step_end`` after iteration n: it may replace the latents."""
+        if self._step_callback is None:
+            return x
+        returned = self._step_callback(self, n, timestep, {"latents": x}) or {}
+        latents: torch.Tensor = returned.get("latents", x)
+        return latents
+
     def _apply_adain(
-        x: torch.Tensor, pair: int, rows: RowLayout, masks: ObjectMasks | None, adain_mode: str
+        self, x: torch.Tensor, pair: int, rows: RowLayout, masks: ObjectMasks | None, adain_mode: str
     ) -> str:
-        """AdaIN of one pair's OUT row toward its APP row, in place; returns the kind applied."""
+        """AdaIN of one pair's OUT row toward its APP row, in place; returns the kind applied.
+
+        Masks come at the finest grid with attention; on SDXL (half the latent's sides) each mask
+        cell covers 2 x 2 latent positions.
+        """
         out, app = pair, rows.app.start + pair
         if (
             adain_mode == "masked"
@@ -509,7 +736,12 @@ class QAlignPipeline:
             and masks.appearance is not None
             and masks.found
         ):
-            x[out] = masked_adain(x[out], x[app], masks.structure.to(x.device), masks.appearance.to(x.device))
+            factor = 2**self.backbone.first_level
+            structure_mask, appearance_mask = (
+                mask.repeat_interleave(factor, 0).repeat_interleave(factor, 1).to(x.device)
+                for mask in (masks.structure, masks.appearance)
+            )
+            x[out] = masked_adain(x[out], x[app], structure_mask, appearance_mask)
             return "masked"
         x[out] = adain(x[out], x[app])
         return "plain"
@@ -530,9 +762,25 @@ class QAlignPipeline:
         return scale
 
     def decode(self, latent: torch.Tensor) -> Image.Image:
-        image = self.vae.decode(latent.unsqueeze(0) / self.latent_scale).sample[0]
-        array = ((image.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-        return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
+        with self._vae_precision() as dtype:
+            image = self.vae.decode(latent.unsqueeze(0).to(dtype) / self.latent_scale).sample
+        decoded: Image.Image = self.image_processor.postprocess(image.float(), output_type="pil")[0]
+        return decoded
+
+    @contextmanager
+    def _vae_precision(self) -> Iterator[torch.dtype]:
+        """The dtype the VAE runs in: float32 for SDXL's VAE in float16 (``force_upcast``: its
+        activations overflow in half precision), as diffusers' SDXL pipeline does; else its own."""
+        dtype = self.vae.dtype
+        upcast = self.backbone.name == "sdxl" and dtype == torch.float16 and self.vae.config["force_upcast"]
+        if not upcast:
+            yield dtype
+            return
+        self.vae.to(torch.float32)
+        try:
+            yield torch.float32
+        finally:
+            self.vae.to(dtype)
 
     # ---------------------------------------------------------------- helpers
     def _guided_noise(
@@ -542,7 +790,7 @@ class QAlignPipeline:
         i: int,
         n: int,
         plan: DenoiseSchedule,
-        cond: torch.Tensor,
+        cond: Conditioning,
         scale: float,
     ) -> torch.Tensor:
         """CIA's noise at iteration n: ``eps_plain + s_n (eps_swap - eps_plain)`` if guided, else eps_swap.
@@ -553,16 +801,15 @@ class QAlignPipeline:
         self.state.iteration = n
         out = self.state.rows.out
         if not plan.any_mixed(n) or not (scale > 1.0 and plan.guided(n)):
-            return self._unet(x, schedule, i, cond.expand(len(x), -1, -1), "denoising", n)
-        if self.config.fused_swap_pass:  # rows OUT(swap), APP, STRUCT, OUT(plain): 3m+1
+            return self._unet(x, schedule, i, cond, "denoising", n)
+        if self.qalign_config.fused_swap_pass:  # rows OUT(swap), APP, STRUCT, OUT(plain): 3m+1
             rows = torch.cat([x, x[out]])
-            eps = self._unet(rows, schedule, i, cond.expand(len(rows), -1, -1), "denoising", n)
+            eps = self._unet(rows, schedule, i, cond, "denoising", n)
             eps_swap, eps_plain = eps[: len(x)], eps[len(x) :]
         else:  # two passes of 2m+1 rows: one with alignment, one without
-            embeddings = cond.expand(len(x), -1, -1)
-            eps_swap = self._unet(x, schedule, i, embeddings, "denoising", n)
+            eps_swap = self._unet(x, schedule, i, cond, "denoising", n)
             self.state.iteration = None
-            eps_plain = self._unet(x, schedule, i, embeddings, "denoising", n)[out]
+            eps_plain = self._unet(x, schedule, i, cond, "denoising", n)[out]
             self.state.iteration = n
         eps_swap = eps_swap.clone()
         eps_swap[out] = eps_plain + scale * (eps_swap[out] - eps_plain)
@@ -573,15 +820,16 @@ class QAlignPipeline:
         latents: torch.Tensor,
         schedule: DDPMSchedule,
         i: int,
-        embeddings: torch.Tensor,
+        cond: Conditioning,
         phase: str,
         n: int | None = None,
     ) -> torch.Tensor:
+        """The UNet's noise prediction for ``latents``; a one-row ``cond`` serves every row."""
         self._rows[phase] += len(latents)
         if n is not None:
             self._step_rows[n] = self._step_rows.get(n, 0) + len(latents)
-        t = schedule.timesteps[i].to(self.device)
-        noise: torch.Tensor = self.unet(latents, t, encoder_hidden_states=embeddings).sample
+        t = schedule.timesteps[i].to(self._execution_device)
+        noise: torch.Tensor = self.unet(latents, t, **cond.expand(len(latents)).unet_kwargs()).sample
         return noise
 
     def _use_method(self, params: TransferParams, plan: DenoiseSchedule) -> None:
@@ -601,66 +849,92 @@ class QAlignPipeline:
             skip_steps=skip,
             prompt=params.effective_prompt,
             seed=params.seed,
-            guidance=self.config.inversion_guidance,
-            dtype=str(self.dtype),
-            freeu=self.config.freeu,
+            guidance=self.qalign_config.inversion_guidance,
+            dtype=str(self.unet.dtype),
+            freeu=self.qalign_config.freeu,
         )
 
     def _cached(self, cache: InversionCache | None, key: str) -> Inversion | None:
         data = cache.get(key) if cache is not None else None
-        return Inversion.from_bytes(data, self.device, self.dtype) if data is not None else None
+        return (
+            Inversion.from_bytes(data, self._execution_device, self.unet.dtype) if data is not None else None
+        )
 
     def _check_size(self, size: int) -> None:
-        if size % self.size_unit:
-            raise InvalidParametersError(
-                f"size must be a multiple of {self.size_unit} for this model; got {size}"
-            )
+        refusal = check_size(self.backbone, size)
+        if refusal is not None:
+            raise InvalidParametersError(refusal)
 
     def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        device = self._execution_device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         return time.perf_counter()
 
 
-class SharedRows(torch.nn.Module):
-    """Runs a per-row module once when every row of its input is the same, and broadcasts.
+def share_rows(module: torch.nn.Module) -> None:
+    """Make ``module`` run once when every row of its input is the same, and broadcast (idempotent).
 
-    Wraps the UNet's timestep-embedding layers: all rows of a call share the timestep, and
-    small-batch matrix products are not bit-identical across batch sizes, so without this one
-    4-row call would differ from two 3-row calls by rounding (and it saves the repeated work).
+    For the UNet's timestep-embedding layers: all rows of a call share the timestep (and on SDXL the
+    conditioning), and small-batch matrix products are not bit-identical across batch sizes, so
+    without this one 4-row call would differ from two 3-row calls by rounding (and it saves the
+    repeated work). Forward hooks, not a wrapper module: the weights keep their names, so
+    ``save_pretrained`` writes a model that loads back.
     """
+    if getattr(module, "_qalign_shares_rows", False):
+        return
+    shared: list[int] = []  # per call in flight: the rows to broadcast to, 0 when not shared
 
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
+    def before(
+        _: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        x = args[0] if args else None
+        others = [*args[1:], *kwargs.values()]
+        if (
+            isinstance(x, torch.Tensor)
+            and len(x) > 1
+            and all(a is None for a in others)
+            and bool((x == x[:1]).all())
+        ):
+            shared.append(len(x))
+            return (x[:1], *args[1:]), kwargs
+        shared.append(0)
+        return None
 
-    def forward(self, x: torch.Tensor, *args: torch.Tensor | None) -> torch.Tensor:
-        if all(a is None for a in args) and len(x) > 1 and bool((x == x[:1]).all()):
-            first: torch.Tensor = self.inner(x[:1])
-            return first.expand(len(x), *first.shape[1:])
-        out: torch.Tensor = self.inner(x, *args)
-        return out
+    def after(
+        _: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: torch.Tensor
+    ) -> torch.Tensor | None:
+        rows = shared.pop()
+        return output.expand(rows, *output.shape[1:]) if rows else None
+
+    module.register_forward_pre_hook(before, with_kwargs=True)
+    module.register_forward_hook(after, with_kwargs=True)
+    module._qalign_shares_rows = True  # type: ignore[assignment]
 
 
 def share_timestep_rows(unet: torch.nn.Module) -> None:
-    """Wrap the timestep embedding and every resnet's projection of it in SharedRows (idempotent)."""
-    time_embedding = unet.get_submodule("time_embedding")
-    if not isinstance(time_embedding, SharedRows):
-        unet.time_embedding = SharedRows(time_embedding)
+    """Share rows in the timestep embedding, SDXL's added embedding and every resnet's projection."""
+    for name in ("time_embedding", "add_embedding"):
+        embedding = getattr(unet, name, None)
+        if embedding is not None:
+            share_rows(embedding)
     for module in unet.modules():
         projection = getattr(module, "time_emb_proj", None)
-        if projection is not None and not isinstance(projection, SharedRows):
-            module.time_emb_proj = SharedRows(projection)
+        if projection is not None:
+            share_rows(projection)
 
 
 class _Reporter:
-    """Calls the progress callback and raises TransferCanceled when the cancel check says so."""
+    """Calls the progress callback and raises TransferCanceled when the cancel check (or the
+    pipeline's ``interrupt``) says so."""
 
-    def __init__(self, progress: ProgressCallback | None, should_cancel: CancelCheck | None) -> None:
-        self.progress, self.should_cancel = progress, should_cancel
+    def __init__(
+        self, progress: ProgressCallback | None, should_cancel: CancelCheck | None, interrupted: CancelCheck
+    ) -> None:
+        self.progress, self.should_cancel, self.interrupted = progress, should_cancel, interrupted
 
     def __call__(self, stage: str, fraction: float) -> None:
-        if self.should_cancel is not None and self.should_cancel():
+        if self.interrupted() or (self.should_cancel is not None and self.should_cancel()):
             raise TransferCanceled(f"transfer canceled during {stage}")
         if self.progress is not None:
             self.progress(stage, fraction)

@@ -23,6 +23,11 @@ IMAGE_FORMAT_NAMES: tuple[str, ...] = tuple("WebP" if fmt == "webp" else fmt.upp
 #: The accepted formats as refusals name them: "PNG, JPEG or WebP".
 IMAGE_FORMATS_TEXT = f"{', '.join(IMAGE_FORMAT_NAMES[:-1])} or {IMAGE_FORMAT_NAMES[-1]}"
 
+#: Bounds of an output's longer side over every backbone; each model narrows them (its unit: 64 px
+#: for SD 1.5, 32 for SDXL; at most twice its native size). ``GET /readyz`` states the served model's.
+MIN_SIZE = 64
+MAX_SIZE = 1536
+SIZE_UNIT = 32
 #: The most DDPM steps: SD 1.5's scheduler (1000 training steps, steps_offset 1) supports up to 999.
 MAX_STEPS = 999
 #: The most appearance images one job may carry (one structure, one result per appearance).
@@ -107,17 +112,19 @@ class TransferParams(BaseModel):
     )
     size: int | None = Field(
         None,
-        ge=64,
-        le=1024,
-        multiple_of=64,
-        description="The output's longer side in pixels; default the model's native size. The shorter "
-        "side follows `aspect`.",
+        ge=MIN_SIZE,
+        le=MAX_SIZE,
+        multiple_of=SIZE_UNIT,
+        description="The output's longer side in pixels; default the model's native size (512 for "
+        "SD 1.5, 1024 for SDXL). The model narrows the range: a multiple of its unit (64 px for SD 1.5, "
+        "32 for SDXL) up to twice its native size (1024 for SD 1.5, 1536 for SDXL). The shorter side "
+        "follows `aspect`.",
     )
     aspect: Literal["structure", "square"] = Field(
         "structure",
         description="Output shape: `structure` keeps the structure image's aspect ratio (between 1:2 "
         "and 2:1; beyond, it is centre-cropped to 2:1 and the result says so), the shorter side "
-        "rounded to the model's unit (64 px for SD 1.5); `square` centre-crops to a square, as "
+        "rounded to the model's unit (64 px for SD 1.5, 32 for SDXL); `square` centre-crops to a square, as "
         "Cross-Image Attention does.",
     )
     output_format: ImageFormat = Field("png", description="Encoding of the result image.")

@@ -16,6 +16,20 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_model_dir(tmp_path_factory) -> str:
+    """The tiny model in SDXL's shape (two text encoders, no attention on the latent's grid)."""
+    from qalign_core.testing import save_tiny_model
+
+    return str(save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sdxl", backbone="sdxl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_model_dir, tiny_sdxl_model_dir) -> dict[str, str]:
+    """Both tiny models by backbone name."""
+    return {"sd15": tiny_model_dir, "sdxl": tiny_sdxl_model_dir}
+
+
+@pytest.fixture(scope="session")
 def photos() -> tuple[Image.Image, Image.Image]:
     """(structure, appearance): scikit-image's cat and coffee cup."""
     from skimage import data

@@ -210,7 +210,7 @@ def test_plain_generation_from_inverted_latents_reconstructs_the_image_latent(ti
     from qalign_core.pipeline import PipelineConfig, QAlignPipeline
 
     pipe = QAlignPipeline.from_pretrained(
-        tiny_model_dir, device="cpu", config=PipelineConfig(inversion_guidance=1.0)
+        tiny_model_dir, device="cpu", qalign_config=PipelineConfig(inversion_guidance=1.0)
     )
     params = TransferParams(
         steps=20, skip_steps=25, align_steps_fine=(0, 0), align_steps_coarse=(0, 0), adain="none", size=128
