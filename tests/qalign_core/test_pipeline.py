@@ -59,8 +59,8 @@ def _latents(pipe, structure, appearances, params, config=None):
 
     if params.size is None:
         params = params.model_copy(update={"size": pipe.native_size})
-    original = pipe.config
-    pipe.config = config or original
+    original = pipe.qalign_config
+    pipe.qalign_config = config or original
     try:
         with torch.inference_mode():
             shape = output_shape(structure.size, params.size, pipe.size_unit, params.aspect)
@@ -74,7 +74,7 @@ def _latents(pipe, structure, appearances, params, config=None):
                 inversions[0], inversions[1:], params, ddpm, plan, cond, lambda *a: None
             )
     finally:
-        pipe.config = original
+        pipe.qalign_config = original
     return latents
 
 
@@ -122,16 +122,16 @@ def test_batches_of_pairs_bound_the_rows_and_keep_the_images(pipe, photos, four_
     params = TransferParams(steps=16, size=128, adain="plain")
     looks = four_looks[:3]
     one_batch = _latents(pipe, photos[0], looks, params)
-    split = dataclasses.replace(pipe.config, max_pairs_per_batch=2)
+    split = dataclasses.replace(pipe.qalign_config, max_pairs_per_batch=2)
     two_batches = _latents(pipe, photos[0], looks, params, config=split)
     for k in range(3):
         assert _relative_error(two_batches[k], one_batch[k]) <= 1e-5
-    original = pipe.config
-    pipe.config = split
+    original = pipe.qalign_config
+    pipe.qalign_config = split
     try:
         assert pipe.transfer(photos[0], looks, params).rows_per_step == 7 + 4
     finally:
-        pipe.config = original
+        pipe.qalign_config = original
 
 
 @pytest.mark.parametrize("count", [0, 9])
@@ -171,13 +171,13 @@ def test_four_rows_per_step_equal_the_six_row_way(pipe, photos, fast_params):
     other grids the CPU's convolutions may round differently by batch size, see the batch test)."""
     square = fast_params.model_copy(update={"aspect": "square"})
     fused = pipe.transfer(*photos, square)
-    original = pipe.config
-    pipe.config = dataclasses.replace(original, fused_swap_pass=False)
+    original = pipe.qalign_config
+    pipe.qalign_config = dataclasses.replace(original, fused_swap_pass=False)
     try:
         six_rows = pipe.transfer(*photos, square)
-        non_square_six = _latents(pipe, photos[0], [photos[1]], fast_params, pipe.config)
+        non_square_six = _latents(pipe, photos[0], [photos[1]], fast_params, pipe.qalign_config)
     finally:
-        pipe.config = original
+        pipe.qalign_config = original
     assert np.array_equal(np.asarray(fused.image), np.asarray(six_rows.image))
     non_square_fused = _latents(pipe, photos[0], [photos[1]], fast_params)
     assert _relative_error(non_square_fused, non_square_six) <= 1e-5
