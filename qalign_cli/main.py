@@ -95,6 +95,7 @@ def _images(*paths: Path) -> list:
 
 
 def _pipeline(model: str | None, device: str | None, dtype: str | None):
+    """The local pipeline, with the loading settings the service reads (the library reads none)."""
     import os
 
     from qalign_core.params import DEFAULT_MODEL
@@ -103,7 +104,12 @@ def _pipeline(model: str | None, device: str | None, dtype: str | None):
     _quiet_library_progress_bars()
     try:
         return QAlignPipeline.from_pretrained(
-            model or os.environ.get("QALIGN_MODEL") or DEFAULT_MODEL, device=device, dtype=dtype
+            model or os.environ.get("QALIGN_MODEL") or DEFAULT_MODEL,
+            device=device,
+            dtype=dtype,
+            allow_pickle=os.environ.get("QALIGN_ALLOW_PICKLE_WEIGHTS", "").strip().lower()
+            in {"1", "true", "yes", "on"},
+            model_config_dir=os.environ.get("QALIGN_MODEL_CONFIG_DIR") or None,
         )
     except (QAlignError, ValueError) as exc:
         fail(str(exc), code=1)
@@ -411,19 +417,28 @@ def _quiet_library_progress_bars() -> None:
     help="Also write DIRECTORY/tiny.safetensors (SD's original one-file layout) and DIRECTORY/config "
     "(configs and tokenizer, no weights): QALIGN_MODEL and QALIGN_MODEL_CONFIG_DIR for the single-file path.",
 )
-def make_tiny_model(directory: Path, single_file: bool) -> None:
-    """Write a tiny random-weight SD-1.5-shaped model to DIRECTORY (for tests and offline demos)."""
+@click.option(
+    "--backbone",
+    type=click.Choice(["sd15", "sdxl"]),
+    default="sd15",
+    show_default=True,
+    help="The architecture's shape: SD 1.5's, or SDXL's (two text encoders, micro-conditioning).",
+)
+def make_tiny_model(directory: Path, single_file: bool, backbone: str) -> None:
+    """Write a tiny random-weight model in SD 1.5's or SDXL's shape to DIRECTORY (tests, offline demos)."""
     from qalign_core.testing import save_tiny_model
 
+    if single_file and backbone != "sd15":
+        fail("--single-file writes SD 1.5's original layout only; drop it for --backbone sdxl")
     try:
-        save_tiny_model(directory)
+        save_tiny_model(directory, backbone=backbone)
         if single_file:
             from qalign_core.loading import save_single_file
 
             save_single_file(directory, directory / "tiny.safetensors", config_dir=directory / "config")
     except OSError as exc:
         fail(f"cannot write {str(directory)!r}: {exc.strerror or exc}")
-    click.echo(f"wrote tiny model to {directory}")
+    click.echo(f"wrote tiny {backbone} model to {directory}")
     if single_file:
         click.echo(f"wrote {directory / 'tiny.safetensors'} and its config directory {directory / 'config'}")
 

@@ -222,7 +222,7 @@ class QAlignPipeline(DiffusionPipeline, FromSingleFileMixin):  # type: ignore[mi
         # The method runs edit-friendly DDPM from the scheduler's timesteps and alphas: whatever
         # scheduler the model ships (PNDM for SD 1.5, Euler for SDXL), DDIM's reading of its config.
         if not isinstance(scheduler, DDIMScheduler):
-            scheduler = DDIMScheduler.from_config(scheduler.config)
+            scheduler = DDIMScheduler.from_config(scheduler.config)  # type: ignore[attr-defined]
         self.register_modules(
             vae=vae,
             text_encoder=text_encoder,
@@ -261,7 +261,7 @@ class QAlignPipeline(DiffusionPipeline, FromSingleFileMixin):  # type: ignore[mi
         self._step_callback: StepEndCallback | None = None
 
     @classmethod
-    def from_pretrained(  # type: ignore[override]
+    def from_pretrained(
         cls,
         pretrained_model_name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
         device: str | torch.device | None = None,
@@ -303,10 +303,11 @@ class QAlignPipeline(DiffusionPipeline, FromSingleFileMixin):  # type: ignore[mi
                 )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise load_error(model, exc, allow_pickle) from exc
-        return pipe.to(torch_device)
+        moved: QAlignPipeline = pipe.to(torch_device)
+        return moved
 
     @classmethod
-    def from_single_file(  # type: ignore[override]
+    def from_single_file(
         cls,
         pretrained_model_link_or_path: str | os.PathLike[str],
         device: str | torch.device | None = None,
@@ -341,7 +342,8 @@ class QAlignPipeline(DiffusionPipeline, FromSingleFileMixin):  # type: ignore[mi
                 f"{first_line(exc)}. It must be an SD 1.x or SDXL checkpoint in the original layout"
             ) from exc
         pipe.register_to_config(_name_or_path=model)  # diffusers records it for directories only
-        return pipe.to(torch_device)
+        moved: QAlignPipeline = pipe.to(torch_device)
+        return moved
 
     @property
     def model_id(self) -> str:
@@ -522,15 +524,15 @@ class QAlignPipeline(DiffusionPipeline, FromSingleFileMixin):  # type: ignore[mi
             embeddings = self.text_encoder(tokens)[0].to(dtype)
             return Conditioning(embeddings[:1]), Conditioning(embeddings[1:])
         assert self.text_encoder_2 is not None and self.tokenizer_2 is not None  # checked at __init__
-        hidden, pooled = [], None
+        hidden = []
         for tokenizer, encoder in (
             (self.tokenizer, self.text_encoder),
             (self.tokenizer_2, self.text_encoder_2),
         ):
             output = encoder(self._tokenize(tokenizer, [prompt, ""]).to(device), output_hidden_states=True)
             hidden.append(output.hidden_states[-2])
-            pooled = output[0]  # the second encoder's projection of the end token: the pooled embedding
-        text, pooled = torch.cat(hidden, dim=-1).to(dtype), pooled.to(dtype)
+        # The second encoder's projection of the end token: the pooled embedding.
+        text, pooled = torch.cat(hidden, dim=-1).to(dtype), output[0].to(dtype)
         shape = shape or OutputShape(self.native_size, self.native_size)
         size = [shape.height, shape.width]
         time_ids = torch.tensor([size + [0, 0] + size], dtype=dtype, device=device)

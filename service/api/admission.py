@@ -7,10 +7,10 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 from service.api.dispatch import Check, Checks, Dispatcher
-from service.api.errors import NotReady, QueueFull
+from service.api.errors import InvalidInput, NotReady, QueueFull
 from service.jobs import Job, JobStores, StoreUnavailable
 from service.jobs.store import AdmissionLimits, AdmissionRefused
 from service.settings import Settings
@@ -28,6 +28,8 @@ class Verdict(TypedDict):
     ready: bool
     mode: Literal["embedded", "distributed"]
     checks: Checks
+    #: The served model as the live workers report it (None until one has loaded it).
+    model: dict[str, Any] | None
 
 
 class Readiness:
@@ -64,10 +66,39 @@ class Readiness:
             "ready": all(c["ok"] for c in checks.values()),
             "mode": "embedded" if self.settings.embedded else "distributed",
             "checks": checks,
+            "model": self._served_model(),
         }
         with self._lock:
             self._cached = (time.monotonic(), verdict)
         return verdict
+
+    def _served_model(self) -> dict[str, Any] | None:
+        """The model the live workers serve: its name, backbone, native size and size limits.
+
+        One worker deployment serves one model; the first live worker that reports one speaks for it.
+        """
+        try:
+            workers = self.stores.workers.live()
+        except StoreUnavailable:
+            return None
+        for info in workers.values():
+            backbone = info.get("backbone")
+            if isinstance(backbone, dict):
+                return {"name": info.get("model"), **backbone}
+        return None
+
+    def check_size(self, size: int | None) -> None:
+        """Refuse an output size the served model cannot run (422 naming its limits), when known."""
+        model = self.verdict().get("model")
+        if size is None or not model:
+            return
+        unit, low, high = model["size_unit"], model["min_size"], model["max_size"]
+        if size % unit or not low <= size <= high:
+            raise InvalidInput(
+                "size",
+                f"{size} does not fit the served model ({model['title']}, native {model['native_size']} px)",
+                f"a multiple of {unit} from {low} to {high}",
+            )
 
     def require(self) -> None:
         """Raise NotReady naming every failing dependency; a model still loading does not refuse jobs

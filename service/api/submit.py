@@ -81,6 +81,7 @@ class Submitter:
             if existing is not None:
                 return self._replay(existing, fingerprint, owner), False
         self.readiness.require()
+        self.readiness.check_size(submission.params.size)
         self.capacity.require(owner)  # early, before storing inputs; capacity.admit decides
         structure_key = self.store.put_input(*submission.structure)
         appearance_keys = [self.store.put_input(data, ctype) for data, ctype in submission.appearances]

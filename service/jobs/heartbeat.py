@@ -21,6 +21,14 @@ def gpu_memory_bytes(pipeline: object) -> int | None:
     return int(torch.cuda.memory_allocated(device))
 
 
+def model_description(pipeline: object) -> dict[str, object] | None:
+    """The loaded model's backbone, native size and size limits (``Backbone.describe``): what
+    GET /readyz shows and POST /transfer checks sizes against; None for a pipeline without one."""
+    backbone = getattr(pipeline, "backbone", None)
+    describe = getattr(backbone, "describe", None)
+    return describe() if callable(describe) else None
+
+
 class Heartbeat:
     """Refreshes this worker's record in a daemon thread, also while a job runs.
 
@@ -38,6 +46,7 @@ class Heartbeat:
         return {
             "ts": time.time(),
             "model": self.settings.model,
+            "backbone": model_description(self.pipeline),
             "job": self.current_job,
             "gpu_memory_bytes": gpu_memory_bytes(self.pipeline),
         }

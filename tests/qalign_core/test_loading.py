@@ -67,7 +67,8 @@ def test_pickle_weights_are_refused_unless_allowed(tiny_model_dir, tmp_path):
     weights = model / "unet" / "diffusion_pytorch_model.safetensors"
     torch.save(load_file(str(weights)), model / "unet" / "diffusion_pytorch_model.bin")
     weights.unlink()
-    with pytest.raises(ModelLoadError, match="only .safetensors weights are loaded.*QALIGN_ALLOW_PICKLE_WEIGHTS"):
+    refusal = "only .safetensors weights are loaded.*QALIGN_ALLOW_PICKLE_WEIGHTS"
+    with pytest.raises(ModelLoadError, match=refusal):
         QAlignPipeline.from_pretrained(str(model), device="cpu")
     assert QAlignPipeline.from_pretrained(str(model), device="cpu", allow_pickle=True).unet is not None
 

@@ -34,7 +34,7 @@ def test_defaults_are_the_spec_defaults():
         ("contrast_strength", float("nan"), "finite"),
         ("swap_guidance_scale", float("inf"), "finite"),
         ("size", 100, "multiple of 32"),
-            ("size", 2048, "less than or equal to 1536"),
+        ("size", 2048, "less than or equal to 1536"),
         ("method", "magic", "qalign"),
         ("output_format", "gif", "png"),
         ("domain", "", "at least 1"),

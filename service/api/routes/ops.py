@@ -25,9 +25,44 @@ _READINESS_SCHEMA = {
                 "properties": {"ok": {"type": "boolean"}, "detail": {"type": "string"}},
             },
         },
+        "model": {
+            "description": "The served model as its workers report it (null until one has loaded it): "
+            "backbone (sd15 or sdxl), native size, and the output sizes it takes (`size`: a multiple of "
+            "size_unit from min_size to max_size).",
+            "anyOf": [
+                {
+                    "type": "object",
+                    "required": ["backbone", "native_size", "size_unit", "min_size", "max_size"],
+                    "properties": {
+                        "name": {"type": ["string", "null"]},
+                        "backbone": {"type": "string", "enum": ["sd15", "sdxl"]},
+                        "title": {"type": "string"},
+                        "native_size": {"type": "integer"},
+                        "size_unit": {"type": "integer"},
+                        "min_size": {"type": "integer"},
+                        "max_size": {"type": "integer"},
+                    },
+                },
+                {"type": "null"},
+            ],
+        },
     },
 }
-_READY = {"ready": True, "mode": "embedded", "checks": {"jobs": {"ok": True}, "store": {"ok": True}}}
+_MODEL = {
+    "name": "stabilityai/stable-diffusion-xl-base-1.0",
+    "backbone": "sdxl",
+    "title": "Stable Diffusion XL",
+    "native_size": 1024,
+    "size_unit": 32,
+    "min_size": 64,
+    "max_size": 1536,
+}
+_READY = {
+    "ready": True,
+    "mode": "embedded",
+    "checks": {"jobs": {"ok": True}, "store": {"ok": True}},
+    "model": _MODEL,
+}
 _NOT_READY = {
     "ready": False,
     "mode": "distributed",
@@ -36,6 +71,7 @@ _NOT_READY = {
         "store": {"ok": True},
         "workers": {"ok": False, "detail": "no live worker"},
     },
+    "model": None,
 }
 
 
@@ -50,7 +86,7 @@ def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Job store, object store, broker and a live worker are reachable",
+    summary="Job store, object store, broker and a live worker are reachable; the served model",
     response_class=JSONResponse,
     responses={
         200: {
