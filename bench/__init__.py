@@ -6,4 +6,4 @@ reports ratios, because absolute timings on a shared machine are noise; see docs
 
 from __future__ import annotations
 
-BENCHMARKS: tuple[str, ...] = ("layer", "rows", "unet_step", "e2e", "appearances", "kmeans")
+BENCHMARKS: tuple[str, ...] = ("layer", "rows", "unet_step", "e2e", "appearances", "kmeans", "sdxl")

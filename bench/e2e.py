@@ -3,7 +3,7 @@
 Per repeat, interleaved: the 6-row way without cache (the plain reference), this project (4-row
 swap pass) without cache, and this project again with both inversions served from a fresh
 ``MemoryInversionCache`` that the previous call filled. On CUDA it also runs SD 1.5's architecture
-at 512x512 in float16 with random weights built from configs.
+at 512x512 and SDXL's at 1024x1024, in float16, with random weights built from their configs.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def _compare(case: str, measured: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run(*, device: str = "cpu", quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
-    """Tiny model everywhere; SD 1.5 at 512 px in float16 where ``device`` is cuda."""
+    """Tiny model everywhere; SD 1.5 at 512 px and SDXL at 1024 px in float16 where ``device`` is cuda."""
     repeats = repeats if repeats is not None else (1 if quick or device == "cpu" else 3)
     params = TransferParams(**QUICK_PARAMS) if quick else TransferParams()
     comparisons, details = [], {}
@@ -121,9 +121,15 @@ def run(*, device: str = "cpu", quick: bool = False, repeats: int | None = None)
         sd15 = _measure(str(model_dir), device, "float16", params.model_copy(update={"size": 512}), repeats)
         comparisons += _compare(f"SD 1.5 arch 512px fp16, {params.steps} steps", sd15)
         details["sd15_512_fp16"] = sd15
+        from bench.sdxl import save_sdxl_model
+
+        model_dir = save_sdxl_model(Path(tempfile.mkdtemp(prefix="qalign-sdxl-")) / "sdxl")
+        sdxl = _measure(str(model_dir), device, "float16", params.model_copy(update={"size": 1024}), repeats)
+        comparisons += _compare(f"SDXL arch 1024px fp16, {params.steps} steps", sdxl)
+        details["sdxl_1024_fp16"] = sdxl
     else:
-        details["sd15_512_fp16"] = "not run: needs --device cuda"
-    for measured in (tiny, details.get("sd15_512_fp16")):
+        details["sd15_512_fp16"] = details["sdxl_1024_fp16"] = "not run: needs --device cuda"
+    for measured in (tiny, details.get("sd15_512_fp16"), details.get("sdxl_1024_fp16")):
         if isinstance(measured, dict):
             runs = measured["timings"]
             measured["inversion_s_saved"] = median([t["inversion_s"] for t in runs["4-row"]]) - median(

@@ -6,8 +6,9 @@
 #   - a Python (>= 3.11) with torch built for CUDA, diffusers, transformers, safetensors, pillow,
 #     numpy, pydantic and click already installed; choose it with PYTHON=/path/to/python
 #     (default: python3 on PATH);
-#   - a CUDA GPU visible to torch (about 10 GiB of GPU memory is enough: SD 1.5 in float16);
-#   - a few GiB of free disk in $TMPDIR: the SD 1.5-shaped random-weight model directory is written
+#   - a CUDA GPU visible to torch (about 40 GiB of GPU memory: the end-to-end benchmark holds two
+#     copies of SDXL in float16 at 1024 px; SD 1.5 alone needs about 10 GiB);
+#   - about 12 GiB of free disk in $TMPDIR: the SD 1.5- and SDXL-shaped random-weight model directories are written
 #     there (no weights are downloaded; everything is built from configs).
 # The suite runs from the repository root with it on PYTHONPATH; if qalign_core is still not
 # importable there, the package is installed from this checkout with

@@ -171,3 +171,43 @@ def test_bad_input_gets_problem_details(embedded_client, photo_bytes, tmp_path):
         embedded_client.post("/transfer", files={"structure": ("cat.png", cat, "image/png")}), 422
     )
     assert body["errors"][0]["field"] == "appearance"
+
+
+def test_an_sdxl_model_serves_two_looks_on_a_3_2_photo_in_its_shape(
+    tiny_sdxl_model_dir, photos, photo_bytes, tmp_path
+):
+    """The embedded service on the tiny SDXL model: /readyz names the backbone and its sizes, a
+    2-appearance job on a 3:2 photo succeeds in the photo's shape (SDXL's 32 px unit), and a size
+    the model cannot run is refused at submission, naming what it takes."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(_env_file=None, model=tiny_sdxl_model_dir, device="cpu", data_dir=tmp_path / "e")
+    with TestClient(create_app(settings)) as client:
+        wait_for(lambda: client.get("/readyz").json()["model"] is not None, timeout=180)
+        model = client.get("/readyz").json()["model"]
+        assert model == {
+            "name": tiny_sdxl_model_dir,
+            "backbone": "sdxl",
+            "title": "Stable Diffusion XL",
+            "native_size": 128,
+            "size_unit": 32,
+            "min_size": 64,
+            "max_size": 256,
+        }
+        structure = crop_to(photos[0], (3, 2))
+        job = submit_many(client, png(structure), [photo_bytes[1], png(photos[0].rotate(180))], **FAST)
+        done = poll(client, job["id"])
+        assert done["status"] == "succeeded", done
+        shape = (done["output"]["width"], done["output"]["height"])
+        assert shape == (128, 96)  # 3:2 at 128 px: 85.3 px rounds to three 32 px units
+        assert_shape_kept(shape, structure.size, 128, unit=32)
+        assert [decode(client.get(r["url"]).content).size for r in done["results"]] == [shape, shape]
+        files = {
+            "structure": ("s.png", png(structure), "image/png"),
+            "appearance": ("a.jpg", photo_bytes[1], "image/jpeg"),
+        }
+        body = _problem(client.post("/transfer", files=files, data={"size": "512"}), 422)
+        assert "a multiple of 32 from 64 to 256" in body["detail"]
