@@ -27,6 +27,22 @@ from service.settings import Settings
 logger = logging.getLogger("qalign.api")
 
 
+def api_description(settings: Settings) -> str:
+    """The OpenAPI description: what the API does and the model this deployment serves."""
+    from qalign_core.backbones import describe_model
+
+    text = "Submit a structure and an appearance image, poll the job, download the result."
+    backbone = describe_model(settings.model, settings.model_config_dir)
+    served = f"This deployment serves `{settings.model}`"
+    if backbone is None:
+        return f"{text} {served}; its backbone, native size and sizes are in GET /readyz under `model`."
+    return (
+        f"{text} {served}: {backbone.title}, native size {backbone.native_size} px (the default `size`); "
+        f"`size` takes a multiple of {backbone.size_unit} from {backbone.min_size} to {backbone.max_size}. "
+        "GET /readyz shows what the live workers report under `model`."
+    )
+
+
 def create_app(
     settings: Settings | None = None, *, pipeline_factory: PipelineFactory | None = None
 ) -> FastAPI:
@@ -48,7 +64,7 @@ def create_app(
     app = FastAPI(
         title="Q-Align appearance transfer",
         version="1",
-        description="Submit a structure and an appearance image, poll the job, download the result.",
+        description=api_description(settings),
         lifespan=lifespan,
         docs_url=None,  # served by routes.web from local assets (no CDN)
         redoc_url=None,

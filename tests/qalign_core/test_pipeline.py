@@ -359,3 +359,42 @@ def test_steps_the_scheduler_cannot_run_are_refused_naming_steps(pipe, steps):
     with pytest.raises(InvalidParametersError, match=r"^steps: .*at most 999; got"):
         pipe.ddpm_schedule(steps)
     assert len(pipe.ddpm_schedule(999)) == 999
+
+
+def test_callback_on_step_end_sees_every_iteration_and_interrupt_stops_the_run(pipe, photos, fast_params):
+    """diffusers' step callback: called after each denoising iteration with the batch's latents;
+    setting ``_interrupt`` stops the run with TransferCanceled at the next step."""
+    plan = schedule_for(fast_params)
+    seen: list[tuple[int, tuple[int, ...]]] = []
+
+    def record(p, step, timestep, tensors):
+        seen.append((step, tuple(tensors["latents"].shape)))
+        return tensors
+
+    result = pipe(*photos, fast_params, callback_on_step_end=record)
+    assert [step for step, _ in seen] == list(range(plan.iterations))
+    assert seen[0][1][0] == 3  # OUT, APP, STRUCT
+    assert result.image.size == (128, 64)
+
+    def stop_after_two(p, step, timestep, tensors):
+        if step == 1:
+            p._interrupt = True
+        return tensors
+
+    with pytest.raises(TransferCanceled, match="denoising"):
+        pipe(*photos, fast_params, callback_on_step_end=stop_after_two)
+    assert pipe.transfer(*photos, fast_params).encode() == result.encode(), "the flag resets per run"
+
+
+def test_sdxl_vae_runs_in_float32_when_the_model_is_half(tiny_sdxl_model_dir):
+    """SDXL's VAE overflows in float16: with ``force_upcast`` it encodes and decodes in float32 and
+    goes back to float16 afterwards (diffusers' SDXL pipelines do the same)."""
+    from qalign_core.pipeline import QAlignPipeline
+
+    pipe = QAlignPipeline.from_pretrained(tiny_sdxl_model_dir, device="cpu", dtype="float16")
+    seen: list[torch.dtype] = []
+    pipe.vae.decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    with torch.inference_mode():
+        image = pipe.decode(torch.zeros(4, 8, 8, dtype=torch.float16))
+    assert seen == [torch.float32] and pipe.vae.dtype == torch.float16
+    assert image.size == (64, 64)

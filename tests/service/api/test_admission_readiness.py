@@ -23,10 +23,13 @@ class Up:
     def ping(self) -> None:
         return None
 
+    def live(self) -> dict[str, dict[str, object]]:
+        return {}
+
 
 def test_a_burst_waits_for_one_check(embedded_settings):
     settings = embedded_settings.model_copy(update={"readiness_cache_s": 60.0})
-    stores = type("Stores", (), {"records": Up()})()
+    stores = type("Stores", (), {"records": Up(), "workers": Up()})()
     dispatcher = SlowDispatcher()
     readiness = Readiness(settings, stores, Up(), dispatcher)
     barrier = threading.Barrier(8)

@@ -237,7 +237,7 @@ CORPUS = {
         415,
     ),
     "form-urlencoded": ("POST", "/transfer", lambda p, j: {"data": {"steps": "10"}}, 415),
-    "multipart: size not a multiple of 64": (
+    "multipart: size not a multiple of 32": (
         "POST",
         "/transfer",
         lambda p, j: multipart(p, j, size=100),

@@ -72,7 +72,7 @@ def test_json_submit_with_plain_and_data_url_base64(client, small_images):
     [
         ({"steps": 1000}, "steps", ">= 2 and <= 999"),
         ({"skip_steps": 100}, "skip_steps", ">= 0 and <= 99"),
-        ({"size": 100}, "size", ">= 64 and <= 1024 and a multiple of 64"),
+        ({"size": 100}, "size", ">= 64 and <= 1536 and a multiple of 32"),
         ({"method": "magic"}, "method", "one of qalign, cross_image"),
         ({"contrast_strength": "abc"}, "contrast_strength", "> 0.0 and <= 10.0"),
         ({"bogus": 1}, "bogus", None),
