@@ -250,6 +250,7 @@ def transfer(
         f"{result.timings['total_s']:.1f} s)"
     )
     _say_aspect_clamped(result.diagnostics.get("aspect_clamped"))
+    _say_model(pipe.backbone)
     masks = result.object_masks  # one per appearance (None where masked AdaIN did not run)
     for k, pair in enumerate(masks):
         if pair is not None and not pair.found:
@@ -257,6 +258,14 @@ def transfer(
             click.echo(f"masked AdaIN fell back to plain AdaIN{which}: {pair.reason}")
     if save_masks is not None:
         _write_masks(save_masks, masks, result.image.size)
+
+
+def _say_model(backbone) -> None:
+    """Which backbone ran and the sizes it takes: what --size may be for this model."""
+    click.echo(
+        f"model: {backbone.title}, native {backbone.native_size} px; --size takes a multiple of "
+        f"{backbone.size_unit} from {backbone.min_size} to {backbone.max_size}"
+    )
 
 
 def _say_aspect_clamped(clamped: bool | None) -> None:

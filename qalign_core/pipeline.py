@@ -558,7 +558,9 @@ class QAlignPipeline(DiffusionPipeline, FromSingleFileMixin):  # type: ignore[mi
         """VAE latents of prepared images (``[3, H, W]`` uint8), through diffusers' image processor."""
         images = [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]
         height, width = pixels[0].shape[-2:]
-        batch = self.image_processor.preprocess(images, height=height, width=width)
+        # The processor returns a channels-last view; contiguous, so the convolutions (and their
+        # rounding) are those of a plain NCHW batch.
+        batch = self.image_processor.preprocess(images, height=height, width=width).contiguous()
         with self._vae_precision() as dtype:
             encoded = self.vae.encode(batch.to(self._execution_device, dtype)).latent_dist.mean
         latents: torch.Tensor = encoded.to(self.unet.dtype) * self.latent_scale

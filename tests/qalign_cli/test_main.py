@@ -49,6 +49,10 @@ def test_transfer_writes_a_valid_image(files, tiny_model_dir):
         # native size), the shorter 128 * 300 / 451 = 85 rounded to the model's 64 px unit.
         assert image.format == "WEBP" and image.size == (128, 64)
     assert "wrote" in result.output
+    assert (
+        "model: Stable Diffusion 1.5, native 128 px; --size takes a multiple of 64 from 64 to 256"
+        in result.output
+    )
 
 
 def test_transfer_saves_masked_adains_masks(files, tiny_model_dir):
@@ -72,6 +76,26 @@ def test_transfer_saves_masked_adains_masks(files, tiny_model_dir):
 def test_make_tiny_model(tmp_path):
     result = _run("make-tiny-model", str(tmp_path / "m"))
     assert result.exit_code == 0 and (tmp_path / "m" / "unet" / "config.json").exists()
+    assert not (tmp_path / "m" / "text_encoder_2").exists()
+
+
+def test_make_tiny_sdxl_model_runs_a_transfer(files, tmp_path):
+    """``make-tiny-model --backbone sdxl`` writes an SDXL-shaped model the CLI runs: the 3:2 cat
+    comes back 128 x 96 (SDXL's 32 px unit), and the CLI names the backbone."""
+    result = _run("make-tiny-model", str(tmp_path / "xl"), "--backbone", "sdxl")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "xl" / "text_encoder_2" / "config.json").exists()
+    out = tmp_path / "out.png"
+    run = _run(
+        "transfer", "--structure", str(files / "cat.png"), "--appearance", str(files / "cup.jpg"),
+        "--output", str(out), "--model", str(tmp_path / "xl"), *FAST,
+    )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    with Image.open(out) as image:
+        assert image.size == (128, 96)
+    assert "model: Stable Diffusion XL, native 128 px; --size takes a multiple of 32" in run.output
+    refused = _run("make-tiny-model", str(tmp_path / "x2"), "--backbone", "sdxl", "--single-file")
+    assert refused.exit_code != 0 and "--single-file" in refused.output
 
 
 @pytest.mark.parametrize(

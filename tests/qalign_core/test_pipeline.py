@@ -398,3 +398,20 @@ def test_sdxl_vae_runs_in_float32_when_the_model_is_half(tiny_sdxl_model_dir):
         image = pipe.decode(torch.zeros(4, 8, 8, dtype=torch.float16))
     assert seen == [torch.float32] and pipe.vae.dtype == torch.float16
     assert image.size == (64, 64)
+
+
+def test_images_go_through_vae_image_processor_bit_for_bit(pipe, photos):
+    """VaeImageProcessor's conversions give exactly the plain formulas: ``x / 127.5 - 1`` in NCHW
+    (its channels-last view, convolved as is, would round differently) and ``round(255 * clamp)``."""
+    from qalign_core.images import OutputShape
+
+    with torch.inference_mode():
+        pixels = [pipe.prepare_image(image, OutputShape(128, 64)) for image in photos]
+        plain = (
+            pipe.vae.encode(torch.stack(pixels).float() / 127.5 - 1.0).latent_dist.mean * pipe.latent_scale
+        )
+        assert torch.equal(pipe.encode_images(pixels), plain)
+        latent = torch.randn(4, 8, 16, generator=torch.Generator().manual_seed(0))
+        decoded = pipe.vae.decode(latent[None] / pipe.latent_scale).sample[0]
+        expected = ((decoded / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        assert np.array_equal(np.asarray(pipe.decode(latent)), expected)
