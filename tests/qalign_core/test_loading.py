@@ -127,3 +127,18 @@ def test_to_moves_and_casts_like_any_diffusers_pipeline(tiny_models):
     pipe.to(dtype=torch.bfloat16)
     assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder_2.dtype == torch.bfloat16
     assert pipe.device.type == "cpu"
+
+
+def test_an_sdxl_single_file_asks_for_sdxl_base_configs(tmp_path, monkeypatch):
+    """A checkpoint with SDXL's second text encoder (``conditioner.embedders.1.model.*``) is loaded
+    with SDXL base's configs, not SD 1.5's; without them in the cache the error names what to fetch."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "xl.safetensors"
+    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2)}, str(path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    with pytest.raises(
+        ModelLoadError, match="stabilityai/stable-diffusion-xl-base-1.0.*huggingface-cli download"
+    ):
+        QAlignPipeline.from_pretrained(str(path))
