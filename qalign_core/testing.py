@@ -139,6 +139,19 @@ SDXL_MODEL_INDEX = {
     "image_encoder": [None, None],
 }
 
+#: The tiny models' VAE: SD's 4 levels and 8x downsampling, narrow.
+TINY_VAE: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "block_out_channels": (16, 16, 32, 32),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": 128,
+}
+
 #: What the tiny models are built in the shape of.
 TINY_BACKBONES = ("sd15", "sdxl")
 
@@ -155,7 +168,7 @@ def save_tiny_model(path: str | Path, seed: int = 0, *, golden: bool = False, ba
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
     from diffusers.schedulers.scheduling_ddim import DDIMScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     if backbone not in TINY_BACKBONES:
         raise ValueError(f"backbone must be one of {', '.join(TINY_BACKBONES)}; got {backbone!r}")
@@ -170,18 +183,7 @@ def save_tiny_model(path: str | Path, seed: int = 0, *, golden: bool = False, ba
             _write_tiny_sdxl(path)
             return path
         vocab_size = write_tokenizer(path / "tokenizer", GOLDEN_MERGES if golden else TINY_MERGES)
-        text_config = CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=32,
-            bos_token_id=vocab_size - 2,
-            eos_token_id=vocab_size - 1,
-            pad_token_id=vocab_size - 1,
-        )
+        text_config = _text_config(vocab_size)
         CLIPTextModel(text_config).save_pretrained(path / "text_encoder")
         _prefix_text_encoder_keys(path / "text_encoder" / "model.safetensors")
         if golden:
@@ -213,17 +215,7 @@ def save_tiny_model(path: str | Path, seed: int = 0, *, golden: bool = False, ba
             cross_attention_dim=32,
             **unet_shape,
         ).save_pretrained(path / "unet")
-        AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            block_out_channels=(16, 16, 32, 32),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=1,
-            norm_num_groups=8,
-            sample_size=128,
-        ).save_pretrained(path / "vae")
+        AutoencoderKL(**TINY_VAE).save_pretrained(path / "vae")
         DDIMScheduler(**SD15_SCHEDULER).save_pretrained(path / "scheduler")
     finally:
         torch.random.set_rng_state(generator_state)
@@ -282,19 +274,8 @@ def _write_tiny_sdxl(path: Path) -> None:
         projection_class_embeddings_input_dim=32 + 6 * time_embed_dim,
         norm_num_groups=8,
     ).save_pretrained(path / "unet")
-    AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(16, 16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=128,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    ).save_pretrained(path / "vae")
+    # SDXL's VAE has SD's shape, its own scaling factor, and asks for float32 (``force_upcast``).
+    AutoencoderKL(**TINY_VAE, scaling_factor=0.13025, force_upcast=True).save_pretrained(path / "vae")
     EulerDiscreteScheduler(
         **{k: v for k, v in SD15_SCHEDULER.items() if k not in ("clip_sample", "set_alpha_to_one")},
         timestep_spacing="leading",
