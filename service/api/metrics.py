@@ -84,7 +84,6 @@ class JobStoreCollector:
                 gpu.add_metric([name], info["gpu_memory_bytes"])
         yield gpu
 
-
     def _oldest_queued_age(self) -> float:
         """The age of the first job in queue order (the queue holds at most QALIGN_MAX_QUEUE_DEPTH)."""
         first = self.stores.records.ids_by_status("queued")[:1]
