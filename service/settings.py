@@ -62,6 +62,32 @@ class Settings(BaseSettings):
         description="Largest POST body; default: room for 1 + 8 (appearances) MAX_UPLOAD_BYTES files as "
         "base64 plus 1 MiB.",
     )
+    max_json_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="Largest JSON body (parsed in memory, about 3x its size at peak); default: a structure "
+        "and one appearance of MAX_UPLOAD_BYTES as base64 plus 1 MiB. More or larger images go as "
+        "multipart/form-data (spooled to disk) or URL inputs.",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request head (request line + headers), bytes.",
+    )
+    max_header_count: int = Field(100, ge=10, le=10_000, description="Most request header fields.")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        description="Seconds a client has to send a complete request head, from connecting (or from the "
+        "first byte of a later request on a kept-alive connection); then the connection is closed.",
+    )
+    keepalive_timeout_s: float = Field(
+        5.0, gt=0.0, description="Seconds an idle kept-alive connection stays open between requests."
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections per server process; connections over it are closed at once."
+    )
     max_queue_depth: int = Field(100, ge=1, description="Queued jobs before POST answers 429.")
     max_inflight_per_key: int | None = Field(
         None, ge=1, description="Queued + running jobs one API key may have before 429; unset = no limit."
@@ -186,6 +212,14 @@ class Settings(BaseSettings):
         if self.max_request_bytes is not None:
             return self.max_request_bytes
         return ((1 + MAX_APPEARANCES) * self.max_upload_bytes * 4) // 3 + 4 + 1024 * 1024
+
+    @property
+    def json_limit(self) -> int:
+        """The JSON body limit: MAX_JSON_BYTES, or two MAX_UPLOAD_BYTES files as base64 plus 1 MiB of
+        fields; never above the POST body limit."""
+        if self.max_json_bytes is not None:
+            return min(self.max_json_bytes, self.request_limit)
+        return min((2 * self.max_upload_bytes * 4) // 3 + 4 + 1024 * 1024, self.request_limit)
 
     @property
     def allowed_input_url_hosts(self) -> tuple[str, ...]:

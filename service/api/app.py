@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from service.api.intake import BodyLimitMiddleware
+from service.api.intake import RequestLimitMiddleware
 from service.api.links import ForwardedHeadersMiddleware
 from service.api.metrics import MetricsMiddleware
 from service.api.openapi import install_openapi
@@ -59,7 +59,12 @@ def create_app(
     app.mount(web.PAGE_ASSETS, StaticFiles(directory=web.PAGE_DIR), name="page-assets")
     app.mount(web.DOCS_ASSETS, StaticFiles(directory=web.DOCS_ASSETS_DIR), name="docs-assets")
     install_openapi(app, settings)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.request_limit)
+    app.add_middleware(
+        RequestLimitMiddleware,
+        body_limit=settings.request_limit,
+        json_limit=settings.json_limit,
+        max_headers=settings.max_header_count,
+    )
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     app.add_middleware(ForwardedHeadersMiddleware, trusted=settings.forwarded_allow_ips)
     return app

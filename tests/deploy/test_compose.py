@@ -76,10 +76,11 @@ def test_services_present(compose):
     assert set(compose["services"]) >= SERVICES, set(compose["services"])
 
 
-def test_api_runs_uvicorn_with_several_workers(compose):
+def test_api_runs_qalign_serve_with_several_workers(compose):
+    """`qalign serve` (not bare uvicorn): the edge limits of service.edge apply."""
     api = compose["services"]["api"]
     command = command_of(api)
-    assert command[:2] == ["uvicorn", "service.app:app"]
+    assert command[:2] == ["qalign", "serve"]
     assert option(command, "--host") == "0.0.0.0"
     assert option(command, "--port") == "8000"
     assert int(option(command, "--workers")) >= 2
