@@ -196,7 +196,10 @@ def test_a_huge_json_body_is_refused_with_bounded_memory(server):
     json_limit = Settings(_env_file=None).json_limit
     peak_before = server.memory("VmHWM")
     with server.connect() as sock:
-        head = f"POST /transfer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {150 * MiB}\r\n\r\n"
+        head = (
+            "POST /transfer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {150 * MiB}\r\n\r\n"
+        )
         sock.sendall(head.encode() + b'{"structure": "' + b"A" * MiB)
         status, problem = read_response(sock)
     assert status == 413 and f"the limit is {json_limit} bytes" in problem["detail"]
@@ -226,7 +229,7 @@ def test_connections_over_the_cap_are_closed_at_once(tmp_path):
         try:
             for sock in [*held, *extra]:
                 sock.settimeout(0.05)
-            wait_for(lambda: all(closed_by_server(s) for s in extra), timeout=30)
+            wait_for(lambda extra=extra: all(closed_by_server(s) for s in extra), timeout=30)
             assert not any(closed_by_server(s) for s in held), "the first 20 stay open (head deadline 120 s)"
         finally:
             for sock in [*held, *extra]:
