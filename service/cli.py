@@ -69,6 +69,9 @@ def serve(host: str, port: int, *, workers: int = 1, graceful_shutdown_s: int = 
 
     settings = Settings()
     configure_logging(settings.log_level)
+    if (refusal := settings.open_mode_refusal()) is not None:
+        logger.error("not started: %s", refusal)
+        raise SystemExit(1)
     # uvicorn's proxy handling is off: the app's ForwardedHeadersMiddleware (QALIGN_FORWARDED_ALLOW_IPS)
     # does it.
     common = {

@@ -104,6 +104,27 @@ class Settings(BaseSettings):
         None, description="Comma list of name:sha256hex API keys (python -m service.auth); unset = open mode."
     )
     revoked_api_keys: str | None = Field(None, description="Comma list of revoked name:sha256hex entries.")
+    require_api_keys: bool = Field(
+        False,
+        description="Refuse to start the API without API_KEYS, so a deployment cannot come up in open mode "
+        "by omission (compose and Kubernetes set it; open mode is then chosen by setting it false).",
+    )
+    readiness_details: bool = Field(
+        False,
+        description="GET /readyz shows every check's detail to any caller; otherwise only to a caller with a "
+        "valid API key (or anyone in open mode) and others see just ready true/false.",
+    )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma list of Host names the API answers for (*.example.com allowed) when "
+        "PUBLIC_BASE_URL is unset; other Hosts get 400, so no link is built from an untrusted Host; "
+        "empty = any Host.",
+    )
+    cors_allow_origins: str = Field(
+        "",
+        description="Comma list of browser origins (https://app.example.com) allowed to call the API "
+        "cross-origin; empty = no CORS headers (same-origin only).",
+    )
     metrics_require_key: bool = Field(False, description="GET /metrics needs an API key like the job routes.")
     webhook_secret: str | None = Field(
         None, description="HMAC-SHA256 key of webhook signatures; unset = webhook_url is refused (422)."
@@ -226,6 +247,14 @@ class Settings(BaseSettings):
         return tuple(h.strip().lower() for h in self.input_url_allow_hosts.split(",") if h.strip())
 
     @property
+    def allowed_host_names(self) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        return tuple(o.strip().rstrip("/") for o in self.cors_allow_origins.split(",") if o.strip())
+
+    @property
     def allowed_webhook_hosts(self) -> tuple[str, ...]:
         return tuple(h.strip().lower() for h in self.webhook_allow_hosts.split(",") if h.strip())
 
@@ -267,6 +296,16 @@ class Settings(BaseSettings):
                 message = "QALIGN_WEBHOOK_SECRET starts with whsec_ but is not base64 after it"
                 raise ValueError(message) from exc
         return self
+
+    def open_mode_refusal(self) -> str | None:
+        """Why the API must not start (keys required, none given), or None."""
+        if self.require_api_keys and not self.api_keys:
+            return (
+                "QALIGN_API_KEYS is empty and QALIGN_REQUIRE_API_KEYS is true: the API would be open to "
+                "anyone who reaches it. Add keys ('qalign hash-key NAME' prints an entry) or choose open "
+                "mode explicitly with QALIGN_REQUIRE_API_KEYS=false."
+            )
+        return None
 
     @property
     def embedded(self) -> bool:
