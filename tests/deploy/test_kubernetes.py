@@ -219,6 +219,13 @@ def test_external_redis_takes_the_url_from_the_secret():
         assert "QALIGN_REDIS_URL" not in _env(container["containers"][0])
 
 
+def test_api_keys_are_required_and_links_use_the_public_address():
+    assert find(objects("base"), "ConfigMap", "qalign-config")["data"]["QALIGN_REQUIRE_API_KEYS"] == "true"
+    docs = objects("overlays/production")
+    public = find(docs, "ConfigMap", "qalign-config")["data"]["QALIGN_PUBLIC_BASE_URL"]
+    assert public == "https://" + find(docs, "Ingress", "qalign-api")["spec"]["rules"][0]["host"]
+
+
 def test_production_sets_the_model_volume_storage_class():
     assert "storageClassName" not in find(objects("base"), "PersistentVolumeClaim", "qalign-models")["spec"]
     claim = find(objects("overlays/production"), "PersistentVolumeClaim", "qalign-models")["spec"]
