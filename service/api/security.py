@@ -21,10 +21,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.problems import problem_response
 from service.settings import Settings
 
-#: The web page: its own script, styles and images (data: and blob: for previews of chosen files).
+#: The web page: its own script, styles and images (data: and blob: for previews of chosen files and
+#: results; connect-src blob: so the page can read back an object URL it made, e.g. a result to save).
 PAGE_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    "connect-src 'self' blob:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 #: Everything else (JSON, problem details, images, event streams): nothing runs, nothing frames it.
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"
