@@ -466,11 +466,20 @@ def hash_key_command(name: str) -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, type=int, show_default=True)
-def serve(host: str, port: int) -> None:
-    """Run the HTTP API (embedded mode, with an in-process worker, when QALIGN_REDIS_URL is unset)."""
+@click.option(
+    "--workers", default=1, type=click.IntRange(1, 64), show_default=True,
+    help="API processes (distributed mode only; embedded mode is one process).",
+)  # fmt: skip
+@click.option(
+    "--timeout-graceful-shutdown", "graceful_shutdown_s", default=30, type=click.IntRange(0, 3600),
+    show_default=True, help="Seconds running requests get to finish after SIGTERM.",
+)  # fmt: skip
+def serve(host: str, port: int, workers: int, graceful_shutdown_s: int) -> None:
+    """Run the HTTP API (embedded mode, with an in-process worker, when QALIGN_REDIS_URL is unset),
+    with the header, timeout and connection limits of the QALIGN_* settings."""
     from service.cli import serve as run_server
 
-    run_server(host, port)
+    run_server(host, port, workers=workers, graceful_shutdown_s=graceful_shutdown_s)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

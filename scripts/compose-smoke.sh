@@ -268,6 +268,9 @@ QALIGN_SMOKE_MODEL_DIR=$MODEL_DIR
 QALIGN_SMOKE_API_PORT=$(free_port)
 QALIGN_SMOKE_REDIS_PORT=$(free_port)
 QALIGN_SMOKE_S3_PORT=$(free_port)
+REDIS_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+MINIO_ROOT_USER=smoke
+MINIO_ROOT_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 EOF
 log "starting the stack (project $PROJECT; $(tr '\n' ' ' <"$WORK/smoke.env" | grep -oE '[A-Z0-9_]+PORT=[0-9]+' | tr '\n' ' '))"
 started=$(date +%s)

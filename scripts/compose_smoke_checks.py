@@ -152,7 +152,8 @@ def record(job_id: str):
     """The job's record in Redis (attempts, worker): what the public job object does not show."""
     from service.jobs.redis_store import open_redis_stores
 
-    stores = open_redis_stores(f"redis://127.0.0.1:{os.environ['QALIGN_SMOKE_REDIS_PORT']}/0", ttl=3600)
+    url = f"redis://:{os.environ['REDIS_PASSWORD']}@127.0.0.1:{os.environ['QALIGN_SMOKE_REDIS_PORT']}/0"
+    stores = open_redis_stores(url, ttl=3600)
     try:
         return stores.records.get(job_id)
     finally:

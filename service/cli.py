@@ -56,17 +56,37 @@ class ReadyAnnouncer:
             time.sleep(self.interval)
 
 
-def serve(host: str, port: int) -> None:
-    """Run the API; in embedded mode, refuse at once (one log line, exit 1) when another process
-    holds the data directory, before uvicorn starts or the port is bound."""
+def serve(host: str, port: int, *, workers: int = 1, graceful_shutdown_s: int = 30) -> None:
+    """Run the API with the edge limits of service.edge (every start path comes through here: the
+    image, compose and Kubernetes run ``qalign serve``). Embedded mode is one process and refuses
+    at once (one log line, exit 1) when another process holds the data directory, before uvicorn
+    starts or the port is bound."""
     import uvicorn
 
+    from service.edge import uvicorn_options
     from service.logs import configure_logging
     from service.settings import Settings
 
     settings = Settings()
     configure_logging(settings.log_level)
+    if (refusal := settings.open_mode_refusal()) is not None:
+        logger.error("not started: %s", refusal)
+        raise SystemExit(1)
+    # uvicorn's proxy handling is off: the app's ForwardedHeadersMiddleware (QALIGN_FORWARDED_ALLOW_IPS)
+    # does it.
+    common = {
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "timeout_graceful_shutdown": graceful_shutdown_s,
+        "log_level": settings.log_level.lower(),
+        "proxy_headers": False,
+        **uvicorn_options(settings, workers=workers),
+    }
     if settings.embedded:
+        if workers > 1:
+            logger.error("not started: embedded mode (QALIGN_REDIS_URL unset) runs one process; --workers 1")
+            raise SystemExit(1)
         from service.jobs.single_writer import DataDirLocked, hold_data_dir
 
         try:
@@ -74,19 +94,11 @@ def serve(host: str, port: int) -> None:
         except DataDirLocked as exc:
             logger.error("not started: %s", exc)
             raise SystemExit(1) from None
+    if workers > 1:  # stateless processes (jobs live in Redis and the store); each imports the app
+        uvicorn.run("service.app:app", workers=workers, **common)
+        return
     from service.app import app
 
-    # One process: the embedded mode's worker thread and SQLite store are per process. uvicorn's
-    # proxy handling is off: the app's ForwardedHeadersMiddleware (QALIGN_FORWARDED_ALLOW_IPS) does it.
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        timeout_graceful_shutdown=30,
-        log_level=settings.log_level.lower(),
-        proxy_headers=False,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, **common))
     ReadyAnnouncer(server, app.state.services.readiness, host).start()
     server.run()

@@ -1,11 +1,18 @@
 """Outbound HTTP to URLs a caller chose (webhooks, URL inputs), guarded against SSRF and DNS rebinding.
 
-``pin`` resolves the host once and checks every address it resolves to: loopback, private,
-link-local (cloud metadata lives there), multicast, reserved and unspecified addresses are refused
-unless an allow-list entry (a host name, an IP address or a CIDR network) exempts them. ``open_pinned``
-then connects to exactly those checked addresses, never resolving the name again: the request URL
-carries the pinned IP, while the ``Host`` header and the TLS server name (SNI, and so the certificate
-check) stay the original host name. Nothing here follows redirects; callers re-pin every hop.
+``pin`` resolves the host once and checks every address it resolves to by an allow-list: only
+globally routable addresses (``ipaddress``'s ``is_global``) pass, minus the ranges that Python counts
+as global although they lead elsewhere (6to4 2002::/16 and its relay 192.88.99.0/24, which embed or
+reach any IPv4 address; NAT64 prefixes are judged by the IPv4 address they embed). Loopback, private,
+shared (100.64.0.0/10: carrier NAT and cloud metadata such as 100.100.100.200), link-local,
+documentation and every other special-purpose address is refused unless an allow-list entry (a host
+name, an IP address or a CIDR network) of the operator exempts it. ``open_pinned`` then connects to
+exactly those checked addresses, never resolving the name again: the request URL carries the pinned
+IP, while the ``Host`` header and the TLS server name (SNI, and so the certificate check) stay the
+original host name. Nothing here follows redirects; callers re-pin every hop.
+
+What a caller is told about a failed connection (``public_reason``) is a category, never the
+network or TLS error text: that text would tell a caller what answers at an address.
 """
 
 from __future__ import annotations
@@ -23,7 +30,15 @@ import httpx
 
 #: ``resolver(host, port)`` -> the addresses to try, in order (tests inject one).
 Resolver = Callable[[str, int], list[str]]
-_FORBIDDEN = ("unspecified", "loopback", "link_local", "multicast", "reserved", "private")
+#: The names refusals give, in the order they are tried; an address that is none of these and still
+#: not global is "non-global" (e.g. 100.64.0.0/10 reads "shared").
+_KINDS = ("unspecified", "loopback", "link_local", "multicast", "reserved", "private")
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+#: Counted as global by ``is_global`` (Python 3.11) but not a destination of its own: 6to4 embeds an
+#: IPv4 address (2002:a9fe:a9fe:: is 169.254.169.254) and 192.88.99.0/24 is the 6to4 relay anycast.
+_TUNNELS = (ipaddress.ip_network("2002::/16"), ipaddress.ip_network("192.88.99.0/24"))
+#: NAT64 prefixes: the last 32 bits are the IPv4 address actually reached.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 
 class UrlRefused(ValueError):
@@ -86,14 +101,27 @@ class PinnedUrl:
 
 
 def forbidden_kind(address: str) -> str | None:
-    """Why ``address`` is not public ("loopback", "private", ...), or None when it is."""
+    """Why ``address`` is not a public destination ("loopback", "private", "shared", "6to4", ...),
+    or None when it is globally routable."""
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    for attribute in _FORBIDDEN:
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        elif any(ip in net for net in _NAT64):
+            embedded = forbidden_kind(str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)))
+            return f"NAT64 to {embedded}" if embedded else None
+    if ip.is_multicast:  # 224.0.0.1 counts as global in Python 3.11
+        return "multicast"
+    if any(ip in net for net in _TUNNELS):
+        return "6to4"
+    if ip.is_global:
+        return None
+    if ip in _SHARED:
+        return "shared"
+    for attribute in _KINDS:
         if getattr(ip, f"is_{attribute}"):
             return attribute.replace("_", "-")
-    return None
+    return "non-global"
 
 
 def pin(url: str, policy: NetPolicy, *, name: str) -> PinnedUrl:
@@ -129,8 +157,8 @@ def pin(url: str, policy: NetPolicy, *, name: str) -> PinnedUrl:
                 setting = policy.allow_setting
                 hint = f" (operators can allow hosts with {setting})" if setting else ""
                 raise UrlRefused(
-                    f"{name} host {host!r} resolves to {kind} address {address}; only public addresses "
-                    f"are allowed{hint}"
+                    f"{name} host {host!r} resolves to {kind} address {address}; only globally "
+                    f"routable (public) addresses are allowed{hint}"
                 )
     return PinnedUrl(url=parsed, host=host, port=port, addresses=tuple(addresses))
 
@@ -184,6 +212,32 @@ def open_pinned(
 
 
 def describe(exc: BaseException) -> str:
-    """A short reason for a failed request: the exception class and its message."""
+    """A short reason for a failed request for logs: the exception class and its message."""
     message = str(exc).strip()
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def public_reason(exc: BaseException) -> str:
+    """What a caller may learn of a failed request: a category only. Connection refused, host
+    unreachable and a failed TLS handshake read the same, so no answer tells what listens where."""
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return "could not connect or complete the TLS handshake"
+    if isinstance(exc, httpx.RemoteProtocolError):  # it connected: the answer itself was wrong
+        return f"the answer was not valid HTTP ({exc})"
+    return "the connection failed"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user information, query and fragment (they often carry tokens), for logs and
+    messages."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return url.split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1][:300]
+    return f"{parts.scheme}://{host}{port}{parts.path}"[:300]

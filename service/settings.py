@@ -62,6 +62,32 @@ class Settings(BaseSettings):
         description="Largest POST body; default: room for 1 + 8 (appearances) MAX_UPLOAD_BYTES files as "
         "base64 plus 1 MiB.",
     )
+    max_json_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="Largest JSON body (parsed in memory, about 3x its size at peak); default: a structure "
+        "and one appearance of MAX_UPLOAD_BYTES as base64 plus 1 MiB. More or larger images go as "
+        "multipart/form-data (spooled to disk) or URL inputs.",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request head (request line + headers), bytes.",
+    )
+    max_header_count: int = Field(100, ge=10, le=10_000, description="Most request header fields.")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        description="Seconds a client has to send a complete request head, from connecting (or from the "
+        "first byte of a later request on a kept-alive connection); then the connection is closed.",
+    )
+    keepalive_timeout_s: float = Field(
+        5.0, gt=0.0, description="Seconds an idle kept-alive connection stays open between requests."
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections per server process; connections over it are closed at once."
+    )
     max_queue_depth: int = Field(100, ge=1, description="Queued jobs before POST answers 429.")
     max_inflight_per_key: int | None = Field(
         None, ge=1, description="Queued + running jobs one API key may have before 429; unset = no limit."
@@ -78,6 +104,27 @@ class Settings(BaseSettings):
         None, description="Comma list of name:sha256hex API keys (python -m service.auth); unset = open mode."
     )
     revoked_api_keys: str | None = Field(None, description="Comma list of revoked name:sha256hex entries.")
+    require_api_keys: bool = Field(
+        False,
+        description="Refuse to start the API without API_KEYS, so a deployment cannot come up in open mode "
+        "by omission (compose and Kubernetes set it; open mode is then chosen by setting it false).",
+    )
+    readiness_details: bool = Field(
+        False,
+        description="GET /readyz shows every check's detail to any caller; otherwise only to a caller with a "
+        "valid API key (or anyone in open mode) and others see just ready true/false.",
+    )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma list of Host names the API answers for (*.example.com allowed) when "
+        "PUBLIC_BASE_URL is unset; other Hosts get 400, so no link is built from an untrusted Host; "
+        "empty = any Host.",
+    )
+    cors_allow_origins: str = Field(
+        "",
+        description="Comma list of browser origins (https://app.example.com) allowed to call the API "
+        "cross-origin; empty = no CORS headers (same-origin only).",
+    )
     metrics_require_key: bool = Field(False, description="GET /metrics needs an API key like the job routes.")
     webhook_secret: str | None = Field(
         None, description="HMAC-SHA256 key of webhook signatures; unset = webhook_url is refused (422)."
@@ -188,8 +235,24 @@ class Settings(BaseSettings):
         return ((1 + MAX_APPEARANCES) * self.max_upload_bytes * 4) // 3 + 4 + 1024 * 1024
 
     @property
+    def json_limit(self) -> int:
+        """The JSON body limit: MAX_JSON_BYTES, or two MAX_UPLOAD_BYTES files as base64 plus 1 MiB of
+        fields; never above the POST body limit."""
+        if self.max_json_bytes is not None:
+            return min(self.max_json_bytes, self.request_limit)
+        return min((2 * self.max_upload_bytes * 4) // 3 + 4 + 1024 * 1024, self.request_limit)
+
+    @property
     def allowed_input_url_hosts(self) -> tuple[str, ...]:
         return tuple(h.strip().lower() for h in self.input_url_allow_hosts.split(",") if h.strip())
+
+    @property
+    def allowed_host_names(self) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        return tuple(o.strip().rstrip("/") for o in self.cors_allow_origins.split(",") if o.strip())
 
     @property
     def allowed_webhook_hosts(self) -> tuple[str, ...]:
@@ -233,6 +296,16 @@ class Settings(BaseSettings):
                 message = "QALIGN_WEBHOOK_SECRET starts with whsec_ but is not base64 after it"
                 raise ValueError(message) from exc
         return self
+
+    def open_mode_refusal(self) -> str | None:
+        """Why the API must not start (keys required, none given), or None."""
+        if self.require_api_keys and not self.api_keys:
+            return (
+                "QALIGN_API_KEYS is empty and QALIGN_REQUIRE_API_KEYS is true: the API would be open to "
+                "anyone who reaches it. Add keys ('qalign hash-key NAME' prints an entry) or choose open "
+                "mode explicitly with QALIGN_REQUIRE_API_KEYS=false."
+            )
+        return None
 
     @property
     def embedded(self) -> bool:

@@ -39,6 +39,8 @@ from service.netguard import (
     describe,
     open_pinned,
     pin,
+    public_reason,
+    redact_url,
     resolve,
 )
 from service.settings import Settings
@@ -113,13 +115,15 @@ def deliver(
         except HostNotResolved as exc:  # DNS trouble may pass: retried like a failed POST
             pinned, outcome = None, str(exc)
         except UrlRefused as exc:
-            log.warning("webhook refused", extra={"url": url, "reason": str(exc)})
+            log.warning("webhook refused", extra={"url": redact_url(url), "reason": str(exc)})
             return Outcome(False, f"refused: {exc}")
         if pinned is not None:
             status, outcome = _post(pinned, policy, body, secret, msg_id, int(clock()), timeout_s)
             if status is not None and 200 <= status < 300:
                 return Outcome(True, outcome)
-        log.warning("webhook attempt failed", extra={"url": url, "attempt": attempt, "outcome": outcome})
+        log.warning(
+            "webhook attempt failed", extra={"url": redact_url(url), "attempt": attempt, "outcome": outcome}
+        )
         if attempt < attempts:
             if stop is not None:
                 if stop.wait(backoff_s * 2 ** (attempt - 1)):
@@ -150,7 +154,9 @@ def _post(
         with open_pinned(pinned, "POST", policy, timeout=timeout_s, content=body, headers=headers) as answer:
             return answer.status_code, f"HTTP {answer.status_code}"
     except httpx.HTTPError as exc:
-        return None, describe(exc)
+        # The outcome is recorded on the job, which the caller reads: a category, not the error text.
+        log.info("webhook POST failed", extra={"url": redact_url(str(pinned.url)), "error": describe(exc)})
+        return None, public_reason(exc)
 
 
 class WebhookSender:
@@ -210,7 +216,7 @@ class WebhookSender:
             detail,
             extra={
                 "job_id": event.job_id,
-                "url": event.job.webhook_url,
+                "url": redact_url(event.job.webhook_url or ""),
                 "webhook_id": event.id,
                 "reason": reason,
             },

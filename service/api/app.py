@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from service.api.intake import BodyLimitMiddleware
+from service.api.intake import RequestLimitMiddleware
 from service.api.links import ForwardedHeadersMiddleware
 from service.api.metrics import MetricsMiddleware
 from service.api.openapi import install_openapi
 from service.api.problems import install_problem_handlers
 from service.api.routes import router, web
+from service.api.security import SecurityHeadersMiddleware, install_cors, install_host_check
 from service.api.services import Services
 from service.jobs.runner import PipelineFactory
 from service.logs import configure_logging
@@ -43,11 +44,17 @@ def api_description(settings: Settings) -> str:
     )
 
 
+class OpenModeRefused(RuntimeError):
+    """The settings ask for API keys and give none: the API does not start."""
+
+
 def create_app(
     settings: Settings | None = None, *, pipeline_factory: PipelineFactory | None = None
 ) -> FastAPI:
     """``pipeline_factory(settings)`` replaces the model loader of the embedded worker (tests)."""
     settings = settings or Settings()
+    if (refusal := settings.open_mode_refusal()) is not None:
+        raise OpenModeRefused(refusal)
     services = Services.from_settings(settings, pipeline_factory=pipeline_factory)
 
     @contextlib.asynccontextmanager
@@ -55,6 +62,11 @@ def create_app(
         configure_logging(settings.log_level)
         services.start()
         logger.info("api started", extra={"mode": "embedded" if settings.embedded else "distributed"})
+        if not settings.embedded and not settings.public_base and not settings.allowed_host_names:
+            logger.warning(
+                "links in job objects and webhooks are built from each request's Host header: set "
+                "QALIGN_PUBLIC_BASE_URL (or QALIGN_ALLOWED_HOSTS) so a caller cannot choose them"
+            )
         try:
             yield
         finally:
@@ -75,9 +87,17 @@ def create_app(
     app.mount(web.PAGE_ASSETS, StaticFiles(directory=web.PAGE_DIR), name="page-assets")
     app.mount(web.DOCS_ASSETS, StaticFiles(directory=web.DOCS_ASSETS_DIR), name="docs-assets")
     install_openapi(app, settings)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.request_limit)
+    app.add_middleware(
+        RequestLimitMiddleware,
+        body_limit=settings.request_limit,
+        json_limit=settings.json_limit,
+        max_headers=settings.max_header_count,
+    )
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    install_host_check(app, settings)
     app.add_middleware(ForwardedHeadersMiddleware, trusted=settings.forwarded_allow_ips)
+    app.add_middleware(SecurityHeadersMiddleware)
+    install_cors(app, settings)
     return app
 
 

@@ -102,26 +102,45 @@ class _Parsed:
     urls: dict[str, str] = dataclasses.field(default_factory=dict)  # image label -> https URL to fetch
 
 
-class BodyLimitMiddleware:
-    """Refuses request bodies over ``limit`` bytes (413): from Content-Length before reading, and by
+class RequestLimitMiddleware:
+    """Refuses, before a route reads anything: more than ``max_headers`` header fields (431), and
+    bodies over their limit (413): ``json_limit`` for JSON (parsed whole in memory), ``body_limit``
+    for multipart uploads (spooled to disk). Checked from Content-Length before reading, and by
     counting while the body streams in (chunked uploads declare no length)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, body_limit: int, json_limit: int, max_headers: int) -> None:
+        self.app, self.body_limit, self.json_limit, self.max_headers = (
+            app,
+            body_limit,
+            json_limit,
+            max_headers,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
+        raw_headers = scope.get("headers") or []
+        if len(raw_headers) > self.max_headers:
+            detail = (
+                f"the request has {len(raw_headers)} header fields; at most {self.max_headers} are "
+                "accepted (QALIGN_MAX_HEADER_COUNT)"
+            )
+            response = problem_response(431, detail, kind="headers-too-large", instance=scope.get("path"))
+            await response(scope, receive, send)
+            return
+        headers = dict(raw_headers)
+        multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
+        limit = self.body_limit if multipart else self.json_limit
+        what = "request body" if multipart else "JSON body (send large images as multipart/form-data)"
         declared = headers.get(b"content-length")
         if declared is not None:
             text = declared.decode("latin-1").strip()
             status, detail = 0, ""
             if not text.isdigit():
                 status, detail = 400, f"invalid Content-Length header {text[:40]!r}"
-            elif int(text) > self.limit:
-                status, detail = 413, f"request body is {int(text)} bytes; the limit is {self.limit} bytes"
+            elif int(text) > limit:
+                status, detail = 413, f"{what} is {int(text)} bytes; the limit is {limit} bytes"
             if status:
                 kind = "too-large" if status == 413 else "bad-request"
                 response = problem_response(status, detail, kind=kind, instance=scope.get("path"))
@@ -134,10 +153,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise ApiProblem(
-                        413, f"request body is over the limit of {self.limit} bytes", kind="too-large"
-                    )
+                if received > limit:
+                    raise ApiProblem(413, f"{what} is over the limit of {limit} bytes", kind="too-large")
             return message
 
         await self.app(scope, limited, send)

@@ -16,7 +16,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.jobs.store import STAGE_BUCKETS, WEBHOOKS_UNDELIVERED, EventCounters, JobStores, StoreUnavailable
+from service.jobs.store import (
+    STAGE_BUCKETS,
+    WEBHOOKS_UNDELIVERED,
+    EventCounters,
+    JobStores,
+    StoreUnavailable,
+    enqueued_at,
+)
 
 logger = logging.getLogger("qalign.metrics")
 
@@ -34,6 +41,7 @@ class JobStoreCollector:
             stages = self.stores.stages.snapshot()
             workers = self.stores.workers.live()
             outbox = self.stores.outbox.count()
+            oldest = self._oldest_queued_age()
         except StoreUnavailable:
             up.add_metric([], 0)
             yield up
@@ -47,6 +55,12 @@ class JobStoreCollector:
         depth = GaugeMetricFamily("qalign_queue_depth", "Jobs waiting for a worker")
         depth.add_metric([], counts.get("queued", 0))
         yield depth
+        age = GaugeMetricFamily(
+            "qalign_queue_oldest_age_seconds",
+            "Seconds the longest-waiting queued job has waited since submission (0 when none waits)",
+        )
+        age.add_metric([], oldest)
+        yield age
         histogram = HistogramMetricFamily(
             "qalign_stage_duration_seconds", "Time jobs spent in each stage", labels=["stage"]
         )
@@ -69,6 +83,12 @@ class JobStoreCollector:
             if info.get("gpu_memory_bytes") is not None:
                 gpu.add_metric([name], info["gpu_memory_bytes"])
         yield gpu
+
+    def _oldest_queued_age(self) -> float:
+        """The age of the first job in queue order (the queue holds at most QALIGN_MAX_QUEUE_DEPTH)."""
+        first = self.stores.records.ids_by_status("queued")[:1]
+        job = self.stores.records.get(first[0]) if first else None
+        return max(0.0, time.time() - enqueued_at(job)) if job is not None else 0.0
 
 
 class ServiceMetrics:

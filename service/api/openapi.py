@@ -61,7 +61,12 @@ def correct(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
     schemas["Problem"] = problem_schema
     for path, path_item in spec.get("paths", {}).items():
         for operation in path_item.values():
-            keyless = not settings.api_keys or (path == "/metrics" and not settings.metrics_require_key)
+            # /readyz answers without a key (the key only adds the details).
+            keyless = (
+                not settings.api_keys
+                or path == "/readyz"
+                or (path == "/metrics" and not settings.metrics_require_key)
+            )
             if keyless and operation.get("security") and {} not in operation["security"]:
                 operation["security"] = [*operation["security"], {}]
             responses = operation.get("responses", {})

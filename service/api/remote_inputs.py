@@ -9,6 +9,7 @@ through the same image validation as an upload.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 
@@ -17,9 +18,20 @@ import httpx
 from qalign_schema.params import IMAGE_MEDIA_TYPES
 from service.api.problems import ApiProblem
 from service.api.schemas import FieldProblem
-from service.netguard import NetPolicy, Resolver, UrlRefused, describe, open_pinned, pin, resolve
+from service.netguard import (
+    NetPolicy,
+    Resolver,
+    UrlRefused,
+    describe,
+    open_pinned,
+    pin,
+    public_reason,
+    redact_url,
+    resolve,
+)
 from service.settings import Settings
 
+log = logging.getLogger("qalign.inputs")
 MAX_REDIRECTS = 5
 #: A string with a URL scheme ("https:", "ftp:", "file:"). Base64 never contains ":", so a JSON
 #: image field is a URL exactly when it matches (``data:`` URLs are handled before).
@@ -108,13 +120,15 @@ def fetch_input(
         except httpx.TimeoutException as exc:
             raise _timed_out(field, url, budget) from exc
         except httpx.HTTPError as exc:
-            raise _failed(field, f"could not fetch {_show(current)}: {describe(exc)}") from exc
+            # The caller learns a category; the error text (what answered, which certificate) is logged.
+            log.info("URL input fetch failed", extra={"url": _show(current), "error": describe(exc)})
+            raise _failed(field, f"could not fetch {_show(current)}: {public_reason(exc)}") from exc
     raise _failed(field, f"{_show(url)} redirected more than {MAX_REDIRECTS} times")
 
 
 def _show(url: str) -> str:
-    """The URL without its query (signed URLs carry credentials there), for messages and logs."""
-    return url.split("?", 1)[0][:300]
+    """The URL without user information and query (signed URLs carry credentials there)."""
+    return redact_url(url)
 
 
 def _failed(field: str, reason: str) -> ApiProblem:

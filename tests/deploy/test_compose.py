@@ -33,6 +33,12 @@ CORE_SETTINGS = {
 }
 # Compose-only interpolation variables (host ports); not settings of the qalign package.
 COMPOSE_ONLY = {"QALIGN_API_PORT"}
+# The secrets compose requires (no defaults); the CLI tests pass these.
+TEST_SECRETS = {
+    "REDIS_PASSWORD": "test-redis-password",
+    "MINIO_ROOT_USER": "test-user",
+    "MINIO_ROOT_PASSWORD": "test-minio-password",
+}
 
 
 def env_of(service: dict) -> dict[str, str]:
@@ -76,10 +82,11 @@ def test_services_present(compose):
     assert set(compose["services"]) >= SERVICES, set(compose["services"])
 
 
-def test_api_runs_uvicorn_with_several_workers(compose):
+def test_api_runs_qalign_serve_with_several_workers(compose):
+    """`qalign serve` (not bare uvicorn): the edge limits of service.edge apply."""
     api = compose["services"]["api"]
     command = command_of(api)
-    assert command[:2] == ["uvicorn", "service.app:app"]
+    assert command[:2] == ["qalign", "serve"]
     assert option(command, "--host") == "0.0.0.0"
     assert option(command, "--port") == "8000"
     assert int(option(command, "--workers")) >= 2
@@ -123,7 +130,6 @@ def test_api_and_worker_share_image_and_settings(compose):
     api_env, worker_env = env_of(api), env_of(worker)
     expected = {
         "QALIGN_MODEL": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        "QALIGN_REDIS_URL": "redis://redis:6379/0",
         "QALIGN_S3_BUCKET": "qalign",
         "QALIGN_S3_ENDPOINT_URL": "http://minio:9000",
         "QALIGN_S3_PUBLIC_ENDPOINT_URL": "http://localhost:9000",
@@ -133,6 +139,9 @@ def test_api_and_worker_share_image_and_settings(compose):
     }
     for env in (api_env, worker_env):
         assert {k: default_of(env.get(k, "")) for k in expected} == expected
+        redis_url = env["QALIGN_REDIS_URL"]
+        assert redis_url.startswith("redis://:${REDIS_PASSWORD:?") and redis_url.endswith("}@redis:6379/0")
+        assert default_of(env["QALIGN_REQUIRE_API_KEYS"]) == "true", "open mode only when chosen"
     # Store credentials are the MinIO root credentials, through the same variables.
     minio_env = env_of(compose["services"]["minio"])
     for env in (api_env, worker_env):
@@ -140,12 +149,29 @@ def test_api_and_worker_share_image_and_settings(compose):
         assert env["AWS_SECRET_ACCESS_KEY"] == minio_env["MINIO_ROOT_PASSWORD"]
 
 
-def test_redis_append_only(compose):
+def test_redis_append_only_with_a_password_and_unpublished(compose):
     redis = compose["services"]["redis"]
-    command = command_of(redis)
-    assert command[0] == "redis-server"
-    assert option(command, "--appendonly") == "yes"
+    script = " ".join(command_of(redis))
+    assert "exec redis-server - --appendonly yes" in script
+    assert "requirepass $$REDIS_PASSWORD" in script, "the password on stdin, not in argv"
+    env = env_of(redis)
+    assert (
+        env["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+        and env["REDISCLI_AUTH"] == env["REDIS_PASSWORD"]
+    )
+    assert not redis.get("ports"), "Redis is reached on the compose network only"
     assert any(str(v).split(":")[0] == "redis-data" for v in redis["volumes"])
+
+
+def test_no_credential_has_a_default(compose_text):
+    for name in TEST_SECRETS:
+        assert not re.search(r"\$\{" + name + r":?-", compose_text), f"{name} has a default"
+        assert "${" + name + ":?" in compose_text
+
+
+def test_minio_is_published_on_loopback_only(compose):
+    for port in compose["services"]["minio"]["ports"]:
+        assert str(port).startswith("${MINIO_BIND:-127.0.0.1}:"), port
 
 
 def test_volumes(compose):
@@ -238,15 +264,14 @@ def test_env_example_documents_every_interpolated_variable(root, compose_text):
 # --- the Compose CLI (no daemon needed) -----------------------------------------------------------
 
 
-def run_compose(compose_cmd: list[str], *args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*compose_cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=clean_env()
-    )
+def run_compose(compose_cmd: list[str], *args: str, cwd, secrets: bool = True) -> subprocess.CompletedProcess:
+    env = {**clean_env(), **(TEST_SECRETS if secrets else {})}
+    return subprocess.run([*compose_cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=env)
 
 
 def clean_env() -> dict[str, str]:
     """The caller's environment without anything that would change interpolation."""
-    drop = ("COMPOSE_", "DOCKER_HOST", "QALIGN_", "MINIO_", "HF_", "AWS_")
+    drop = ("COMPOSE_", "DOCKER_HOST", "QALIGN_", "MINIO_", "HF_", "AWS_", "REDIS_")
     return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
 
 
@@ -264,7 +289,11 @@ def test_docker_compose_config_resolves_anchors(compose_cmd, root):
     assert result.returncode == 0, result.stderr
     model = json.loads(result.stdout)
     worker_env = model["services"]["worker"]["environment"]
-    assert worker_env["QALIGN_REDIS_URL"] == "redis://redis:6379/0"
+    assert worker_env["QALIGN_REDIS_URL"] == f"redis://:{TEST_SECRETS['REDIS_PASSWORD']}@redis:6379/0"
+    assert worker_env["QALIGN_REQUIRE_API_KEYS"] == "true"
+    ports = {p["target"]: p for p in model["services"]["minio"]["ports"]}
+    assert ports[9000]["host_ip"] == ports[9001]["host_ip"] == "127.0.0.1"
+    assert "ports" not in model["services"]["redis"]
     assert worker_env["QALIGN_DEVICE"] == "cuda"
     assert model["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 1
 
@@ -292,3 +321,29 @@ def test_multi_gpu_override_snippet_in_docs(compose_cmd, root, tmp_path):
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices == [{"driver": "nvidia", "device_ids": [gpu], "capabilities": ["gpu"]}]
         assert services[name]["command"][:4] == ["celery", "-A", "worker.celery_app", "worker"]
+
+
+@pytest.mark.parametrize("env_file", [None, ".env.example"], ids=["defaults", "env-example"])
+def test_compose_stops_while_a_secret_is_missing(compose_cmd, root, env_file):
+    """No fixed credentials: without the secrets (scripts/compose-env.sh makes them) nothing starts,
+    and the error names each missing variable."""
+    args = ["--env-file", env_file] if env_file else []
+    result = run_compose(compose_cmd, *args, "config", "-q", cwd=root, secrets=False)
+    assert result.returncode != 0
+    for name in TEST_SECRETS:
+        assert name in result.stderr and "scripts/compose-env.sh" in result.stderr, result.stderr
+
+
+def test_compose_env_script_fills_every_secret(compose_cmd, root, tmp_path):
+    target = tmp_path / "generated.env"
+    done = subprocess.run(
+        [str(root / "scripts" / "compose-env.sh"), str(target)], capture_output=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    values = dict(
+        line.split("=", 1) for line in target.read_text().splitlines() if "=" in line and line[0] != "#"
+    )
+    assert all(len(values[name]) >= 12 for name in TEST_SECRETS), "random values"
+    assert (target.stat().st_mode & 0o077) == 0, "readable by its owner only"
+    result = run_compose(compose_cmd, "--env-file", str(target), "config", "-q", cwd=root, secrets=False)
+    assert result.returncode == 0, result.stderr

@@ -54,6 +54,7 @@ def test_cpu_override_is_valid_compose(compose_cmd, root, tmp_path):
         "QALIGN_SMOKE_IMAGE=qalign-smoke/qalign:local\nQALIGN_SMOKE_DEPS_IMAGE=qalign-smoke/deps:local\n"
         f"QALIGN_SMOKE_MODEL_DIR={tmp_path}\nQALIGN_SMOKE_API_PORT=18000\n"
         "QALIGN_SMOKE_REDIS_PORT=16379\nQALIGN_SMOKE_S3_PORT=19000\n"
+        "REDIS_PASSWORD=smoke-redis\nMINIO_ROOT_USER=smoke\nMINIO_ROOT_PASSWORD=smoke-minio\n"
     )
     files = [
         "-f",
@@ -74,3 +75,7 @@ def test_cpu_override_is_valid_compose(compose_cmd, root, tmp_path):
         assert "deploy" not in service or not service["deploy"], f"{name} still reserves a device"
     assert "--host" in services["api"]["command"] and "127.0.0.1" in services["api"]["command"]
     assert services["worker"]["environment"]["QALIGN_DEVICE"] == "cpu"
+    assert services["api"]["environment"]["QALIGN_REDIS_URL"] == "redis://:smoke-redis@127.0.0.1:16379/0"
+    assert services["api"]["environment"]["QALIGN_REQUIRE_API_KEYS"] == "false", (
+        "open mode chosen, on loopback"
+    )

@@ -2,13 +2,15 @@
 
 - ``kubectl kustomize`` renders the base and every overlay (kubectl is on these machines; no cluster).
 - Every object is validated against the Kubernetes OpenAPI schemas by ``kubernetes-validate``
-  (PyPI; the schemas ship inside the package, nothing is downloaded). KEDA's ScaledObject is a
-  custom resource that package has no schema for: it is skipped there, and its fields are checked
-  here instead (test_scaledobject_scales_on_the_celery_queue_to_zero).
+  (PyPI; the schemas ship inside the package, nothing is downloaded). KEDA's ScaledObject and the
+  Prometheus Operator's ServiceMonitor and PrometheusRule are custom resources that package has no
+  schema for: they are skipped there, and their fields are checked here instead
+  (test_scaledobject_scales_on_the_celery_queue_to_zero, test_monitoring_scrapes_...).
 - checkov (PyPI) reports no failed check. Offline checkov has no severities (they come from its
   paid platform), so the bar is every check, not only HIGH ones: each one skipped is justified in
-  the object's ``checkov.io/skipN: CHECK_ID=reason`` annotation (7 in the base: image digests set
-  per release, credentials as environment variables, the worker's exec probes).
+  the object's ``checkov.io/skipN: CHECK_ID=reason`` annotation (image digests set per release,
+  credentials as environment variables, the worker's exec probes).
+- test_network_policies.py computes who may connect to whom from the same renders.
 
 The validators live in .venv-tools/ (scripts/deploy-tools.sh, run by scripts/test.sh), apart from
 the project's environment because checkov pins many shared libraries.
@@ -17,16 +19,19 @@ the project's environment because checkov pins many shared libraries.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
-import yaml
+from kube_render import ROOT, find, objects, render
 
-ROOT = Path(__file__).resolve().parents[2]
-KUBE = ROOT / "deploy" / "kubernetes"
-TARGETS = ["base", "overlays/production", "overlays/external-redis"]
+OVERLAYS = ["base", "overlays/production", "overlays/external-redis"]
+#: Everything rendered and validated: the overlays and the weights-loader Job (applied on its own).
+TARGETS = [*OVERLAYS, "weights-loader"]
+#: Custom resources kubernetes-validate has no schema for (it reports them as unchecked); their
+#: fields are checked by the tests below instead.
+CUSTOM_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
 TOOLS = ROOT / ".venv-tools" / "bin"
 KUBERNETES_VERSION = "1.32"
 
@@ -39,31 +44,6 @@ def _tool(name: str) -> str:
     if found is None:
         pytest.skip(f"{name} is not installed: scripts/test.sh installs it (scripts/deploy-tools.sh)")
     return found
-
-
-def _kubectl() -> str:
-    found = shutil.which("kubectl")
-    if found is None:
-        pytest.skip("kubectl is not installed (it renders the kustomizations; apt-get install kubectl)")
-    return found
-
-
-def render(target: str) -> str:
-    done = subprocess.run(
-        [_kubectl(), "kustomize", str(KUBE / target)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def objects(target: str) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all(render(target)) if doc]
-
-
-def find(docs: list[dict], kind: str, name: str) -> dict:
-    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert matches, f"no {kind} {name}"
-    return matches[0]
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -79,12 +59,12 @@ def test_renders_and_validates_against_the_kubernetes_schemas(target, tmp_path):
     lines = (done.stdout + done.stderr).splitlines()
     assert done.returncode == 0, "\n".join(lines)
     docs = objects(target)
-    builtin = [d for d in docs if d["kind"] != "ScaledObject"]
-    # Every built-in object passed; the only object without a schema is KEDA's custom resource.
+    builtin = [d for d in docs if d["kind"] not in CUSTOM_KINDS]
+    # Every built-in object passed; the only objects without a schema are the custom resources.
     assert len([line for line in lines if " passed for resource " in line]) == len(builtin), lines
     unchecked = [line for line in lines if "Couldn't find schema" in line]
-    assert unchecked == [line for line in unchecked if "kind ScaledObject" in line], unchecked
-    assert len(unchecked) == len(docs) - len(builtin) == 1
+    assert unchecked == [line for line in unchecked if any(f"kind {k}" in line for k in CUSTOM_KINDS)]
+    assert len(unchecked) == len(docs) - len(builtin)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -110,7 +90,8 @@ def test_checkov_finds_nothing_that_is_not_justified(target, tmp_path):
     report = json.loads(done.stdout)
     reports = report if isinstance(report, list) else [report]
     assert reports and all(r["summary"]["parsing_errors"] == 0 for r in reports)
-    assert sum(r["summary"]["passed"] for r in reports) > 100, "checkov ran its Kubernetes checks"
+    least = 20 if target == "weights-loader" else 100  # one Job, or the whole deployment
+    assert sum(r["summary"]["passed"] for r in reports) > least, "checkov ran its Kubernetes checks"
     failed = [
         f"{c['check_id']} {c['resource']}: {c['check_name']}"
         for r in reports
@@ -159,7 +140,7 @@ def test_api_probes_hpa_and_scale_to_zero_setting():
 def test_every_pod_is_non_root_with_a_read_only_root():
     for target in TARGETS:
         for doc in objects(target):
-            if doc["kind"] not in ("Deployment", "StatefulSet"):
+            if doc["kind"] not in ("Deployment", "StatefulSet", "Job"):
                 continue
             pod = doc["spec"]["template"]["spec"]
             assert pod["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
@@ -175,7 +156,7 @@ def test_scaledobject_scales_on_the_celery_queue_to_zero():
     """Checked here because no offline validator has KEDA's schema: the fields KEDA reads."""
     from service.queue import QUEUE
 
-    for target in TARGETS:
+    for target in OVERLAYS:
         docs = objects(target)
         scaled = find(docs, "ScaledObject", "qalign-worker")
         assert scaled["apiVersion"] == "keda.sh/v1alpha1"
@@ -195,6 +176,115 @@ def test_scaledobject_scales_on_the_celery_queue_to_zero():
 
 def test_external_redis_overlay_drops_the_in_cluster_redis():
     docs = objects("overlays/external-redis")
-    assert not [d for d in docs if "redis" in d["metadata"]["name"] and d["kind"] != "ScaledObject"]
+    assert not [d for d in docs if d["metadata"]["name"].startswith("qalign-redis")]
     config = find(docs, "ConfigMap", "qalign-config")["data"]
     assert "QALIGN_REDIS_URL" not in config, "the URL with its password comes from the Secret"
+
+
+def test_worker_rollout_needs_no_spare_gpu():
+    strategy = find(objects("base"), "Deployment", "qalign-worker")["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_redis_requires_the_password_from_the_secret():
+    docs = objects("base")
+    redis = find(docs, "StatefulSet", "qalign-redis")["spec"]["template"]["spec"]["containers"][0]
+    env = _env(redis)
+    for name in ("REDIS_PASSWORD", "REDISCLI_AUTH"):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "qalign-secrets", "key": "REDIS_PASSWORD"}
+    script = " ".join(redis["command"])
+    assert "requirepass $REDIS_PASSWORD" in script and "redis-server -" in script
+    assert "QALIGN_REDIS_URL" not in find(docs, "ConfigMap", "qalign-config")["data"]
+    for name in ("qalign-api", "qalign-worker"):
+        container = find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        env = _env(container)
+        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "REDIS_PASSWORD"
+        assert env["QALIGN_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@qalign-redis:6379/0"
+        names = list(env)
+        assert names.index("REDIS_PASSWORD") < names.index("QALIGN_REDIS_URL"), (
+            "$(VAR) needs it defined first"
+        )
+    trigger = find(docs, "ScaledObject", "qalign-worker")["spec"]["triggers"][0]["metadata"]
+    assert trigger["passwordFromEnv"] == "REDIS_PASSWORD"
+
+
+def test_external_redis_takes_the_url_from_the_secret():
+    for name in ("qalign-api", "qalign-worker"):
+        container = find(objects("overlays/external-redis"), "Deployment", name)["spec"]["template"]["spec"]
+        assert "QALIGN_REDIS_URL" not in _env(container["containers"][0])
+
+
+def test_api_keys_are_required_and_links_use_the_public_address():
+    assert find(objects("base"), "ConfigMap", "qalign-config")["data"]["QALIGN_REQUIRE_API_KEYS"] == "true"
+    docs = objects("overlays/production")
+    public = find(docs, "ConfigMap", "qalign-config")["data"]["QALIGN_PUBLIC_BASE_URL"]
+    assert public == "https://" + find(docs, "Ingress", "qalign-api")["spec"]["rules"][0]["host"]
+
+
+def test_production_sets_the_model_volume_storage_class():
+    assert "storageClassName" not in find(objects("base"), "PersistentVolumeClaim", "qalign-models")["spec"]
+    claim = find(objects("overlays/production"), "PersistentVolumeClaim", "qalign-models")["spec"]
+    assert claim["storageClassName"] and claim["accessModes"] == ["ReadWriteMany"]
+
+
+def test_weights_loader_fills_the_models_volume_read_write():
+    docs = objects("weights-loader")
+    job = find(docs, "Job", "qalign-weights-loader")
+    assert job["metadata"]["namespace"] == "qalign"
+    pod = job["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert volume["persistentVolumeClaim"] == {"claimName": "qalign-models"}
+    container = pod["containers"][0]
+    assert "service.weights_loader" in " ".join(container["command"])
+    env = _env(container)
+    assert env["HF_HOME"]["value"] == "/models" and env["HF_HUB_OFFLINE"]["value"] == "0"
+    mount = [m for m in container["volumeMounts"] if m["name"] == volume["name"]][0]
+    assert mount["mountPath"] == "/models" and not mount.get("readOnly")
+
+
+def test_ingress_fits_the_service_limits():
+    """The proxy must pass the largest valid request and hold a Prefer: wait or an events stream."""
+    from service.api.watch import MAX_WAIT_S
+    from service.settings import Settings
+
+    settings = Settings(_env_file=None)
+    docs = objects("overlays/production")
+    ingress = find(docs, "Ingress", "qalign-api")
+    notes = ingress["metadata"]["annotations"]
+    size = notes["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert size.endswith("m") and int(size[:-1]) * 1024 * 1024 >= settings.request_limit
+    read_timeout = int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"])
+    assert read_timeout > MAX_WAIT_S and read_timeout > settings.events_ping_s
+    assert notes["nginx.ingress.kubernetes.io/proxy-buffering"] == "off", "events reach the client at once"
+    assert ingress["spec"]["tls"][0]["secretName"]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert find(docs, "Service", backend["name"])["spec"]["ports"][0]["name"] == backend["port"]["name"]
+
+
+def test_monitoring_scrapes_the_api_and_alerts_on_exported_metrics():
+    metrics_source = (ROOT / "service" / "api" / "metrics.py").read_text()
+    docs = objects("overlays/production")
+    monitor = find(docs, "ServiceMonitor", "qalign-api")
+    service = find(docs, "Service", "qalign-api")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert all(service["metadata"]["labels"].get(k) == v for k, v in selector.items())
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    rules = find(docs, "PrometheusRule", "qalign-alerts")["spec"]["groups"][0]["rules"]
+    alerts = {r["alert"]: r["expr"] for r in rules}
+    wanted = {
+        "queue age": "qalign_queue_oldest_age_seconds",
+        "failure rate": 'status="failed"',
+        "no workers": "qalign_workers_live",
+        "undelivered webhooks": "qalign_webhooks_undelivered",
+    }
+    for what, fragment in wanted.items():
+        assert any(fragment in expr for expr in alerts.values()), f"no alert on {what}"
+    for name, expr in alerts.items():
+        for metric in re.findall(r"qalign_[a-z_]+", expr):
+            family = re.sub(r"_(bucket|total|count|sum)$", "", metric)
+            assert f'"{family}"' in metrics_source, f"{name} uses {metric}, which the API does not export"

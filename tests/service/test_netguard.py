@@ -6,7 +6,7 @@ import httpx
 import pytest
 from net_helpers import LocalServer, Reply, make_tls_files, pinned_resolver
 
-from service.netguard import NetPolicy, UrlRefused, open_pinned, pin
+from service.netguard import NetPolicy, UrlRefused, open_pinned, pin, redact_url
 
 
 def ok(seen, handler):
@@ -27,6 +27,14 @@ def tls(tmp_path):
         (["93.184.215.14", "192.168.1.5"], "private"),
         (["::ffff:127.0.0.1"], "loopback"),
         (["224.0.0.1"], "multicast"),
+        (["100.64.0.1"], "shared"),
+        (["100.100.100.200"], "shared"),
+        (["2002:a9fe:a9fe::"], "6to4"),
+        (["192.88.99.1"], "6to4"),
+        (["64:ff9b::a9fe:a9fe"], "NAT64 to link-local"),
+        (["203.0.113.7"], "private"),  # documentation ranges are not global
+        (["198.18.0.1"], "private"),  # benchmarking
+        (["2001:0:a9fe:a9fe::"], "private"),  # Teredo
     ],
 )
 def test_any_non_public_address_is_refused(addresses, fragment):
@@ -34,6 +42,26 @@ def test_any_non_public_address_is_refused(addresses, fragment):
     with pytest.raises(UrlRefused, match=fragment) as refused:
         pin("https://some.example/x", policy, name="thing")
     assert str(refused.value).startswith("thing host") and "QALIGN_X_ALLOW" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "address", ["8.8.8.8", "52.216.8.1", "2606:4700::1", "::ffff:8.8.8.8", "64:ff9b::808:808"]
+)
+def test_globally_routable_addresses_pass(address):
+    pinned = pin("https://some.example/x", NetPolicy(resolver=lambda h, p: [address]), name="thing")
+    assert pinned.addresses == (address,)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:pw@hooks.example/in?token=abc#frag", "https://hooks.example/in"),
+        ("http://[::1]:8080/p?q", "http://[::1]:8080/p"),
+        ("https://[broken/x?token=1", "https://[broken/x"),
+    ],
+)
+def test_urls_are_logged_without_credentials_or_query(url, shown):
+    assert redact_url(url) == shown
 
 
 def test_allow_entries_are_host_names_addresses_or_networks():

@@ -127,6 +127,24 @@ def test_refused_url_is_not_posted():
     assert not outcome.delivered and outcome.detail.startswith("refused") and "loopback" in outcome.detail
 
 
+def test_webhook_urls_are_logged_without_credentials_or_query(caplog):
+    url = "http://localhost:9/x?token=s3cret"
+    with caplog.at_level("INFO", logger="qalign.webhooks"):
+        deliver(url, b"{}", "k", msg_id="m", resolver=lambda h, p: ["127.0.0.1"])
+        deliver(
+            url,
+            b"{}",
+            "k",
+            msg_id="m",
+            attempts=1,
+            allow_hosts=["127.0.0.1"],
+            resolver=lambda h, p: ["127.0.0.1"],
+        )
+    logged = [getattr(r, "url", None) for r in caplog.records]
+    assert logged and set(logged) == {"http://localhost:9/x"}, logged
+    assert "s3cret" not in caplog.text
+
+
 def test_webhook_id_is_stable_across_retries_and_https_is_verified(tmp_path):
     """A receiver failing once: the retry carries the same webhook-id and a fresh valid signature,
     over HTTPS to a host name pinned to the checked address (certificate checked for that name)."""

@@ -6,14 +6,17 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import ServicesDep, metrics_caller
+from service.api.deps import Credentials, ServicesDep, metrics_caller
 from service.api.routes.common import AUTH
+from service.auth import AuthError
 
 router = APIRouter()
 
 _READINESS_SCHEMA = {
     "type": "object",
-    "required": ["ready", "mode", "checks"],
+    "description": "mode and checks only for a caller with a valid API key, in open mode, or with "
+    "QALIGN_READINESS_DETAILS; others get ready alone.",
+    "required": ["ready"],
     "properties": {
         "ready": {"type": "boolean"},
         "mode": {"type": "string", "enum": ["embedded", "distributed"]},
@@ -99,9 +102,25 @@ def healthz() -> dict[str, str]:
         },
     },
 )
-def readyz(svc: ServicesDep) -> JSONResponse:
-    verdict = svc.readiness.verdict(fresh=True)
-    return JSONResponse(verdict, status_code=200 if verdict["ready"] else 503)
+def readyz(svc: ServicesDep, credentials: Credentials) -> JSONResponse:
+    """The verdict is reused for QALIGN_READINESS_CACHE_S (a probe storm costs one check). Its
+    details (which dependency failed, and how) go only to callers allowed to see them."""
+    verdict = svc.readiness.verdict()
+    status = 200 if verdict["ready"] else 503
+    if not _sees_details(svc, credentials):
+        return JSONResponse({"ready": verdict["ready"]}, status_code=status)
+    return JSONResponse(verdict, status_code=status)
+
+
+def _sees_details(svc: ServicesDep, credentials: Credentials) -> bool:
+    """QALIGN_READINESS_DETAILS, a valid API key, or open mode (where anyone may do anything)."""
+    if svc.settings.readiness_details:
+        return True
+    try:
+        svc.keys.owner_of_token(credentials.credentials if credentials else None)
+    except AuthError:
+        return False
+    return True
 
 
 @router.get(

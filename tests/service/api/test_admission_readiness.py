@@ -42,4 +42,4 @@ def test_a_burst_waits_for_one_check(embedded_settings):
         verdicts = list(pool.map(request, range(8)))
     assert all(v["ready"] for v in verdicts) and dispatcher.checks == 1
     readiness.verdict(fresh=True)
-    assert dispatcher.checks == 2, "/readyz asks for a fresh verdict"
+    assert dispatcher.checks == 2, "fresh=True (the ready announcer) skips the cache"
