@@ -260,13 +260,14 @@ class Client:
         self, job: JobRef, target: ResultTargets | None = None
     ) -> builtins.list[bytes] | builtins.list[Path]:
         """All of a succeeded job's results, in the appearances' order (fetched one after another):
-        their bytes, or written to ``target`` and their paths. ``target``: a directory (created when
-        missing; files ``<job id>-<k>.<ext>``) or a list of one path per result. ConflictError
-        while the job has not succeeded."""
+        their bytes, or written to ``target`` and their paths. ``target``: a file name (one result:
+        itself; several: ``out-0.png``, ``out-1.png`` beside it), an existing directory (files
+        ``qalign-<job id>[-<k>].<ext>`` in it; none is created) or a list of one path per result, as
+        ``qalign_schema.naming`` says. ConflictError while the job has not succeeded."""
         current = job if isinstance(job, JobOut) and job.status == "succeeded" else self.get(job)
         if target is None:
             return [self.result(current, k=k) for k in range(len(succeeded_results(current)))]
-        paths = run_blocking(partial(result_paths, current, target))  # may create the directory
+        paths = run_blocking(partial(result_paths, current, target))  # looks for a directory
         return [self.result(current, path, k) for k, path in enumerate(paths)]
 
     def cancel(self, job: JobRef) -> JobOut:
@@ -316,16 +317,21 @@ class Client:
         on_progress: ProgressCallback | None = None,
         **submit_kwargs: Any,
     ) -> bytes | Path | builtins.list[bytes] | builtins.list[Path]:
-        """Submit, wait, download. One appearance: the result's bytes (or the ``path`` it was
-        written to). A list of appearances: a list, one per appearance (``path``: a directory or one
-        path each, as for ``results``). JobFailedError when the job fails or is canceled."""
+        """Submit, wait, download. One appearance: the result's bytes (or the path it was written
+        to). A list of appearances: a list, one per appearance. ``path`` is named as for ``results``
+        (``out.png`` -> ``out-0.png``, ``out-1.png`` beside it; an existing directory receives
+        ``qalign-<job id>[-<k>].<ext>``). JobFailedError when the job fails or is canceled."""
         job = self.submit(structure, appearance, params, **submit_kwargs)
         job = self.wait(job, timeout=timeout, poll_interval=poll_interval, on_progress=on_progress)
         if job.status != "succeeded":
             raise JobFailedError(job)
         if is_many(appearance):
             return self.results(job, path)
-        return self.result(job, one_path(path))
+        target = one_path(path)
+        if target is None:
+            return self.result(job)
+        (written,) = self.results(job, target)
+        return written
 
     # ---------------------------------------------------------------------------------- sending
     def _send(

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from qalign_core.errors import InvalidImageError
 from qalign_schema.params import IMAGE_FORMATS, IMAGE_FORMATS_TEXT
@@ -163,8 +164,21 @@ def load_image(source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
             f"image rejected as a decompression bomb ({exc}); the limit is {max_pixels} pixels"
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidImageError(f"the {fmt} image is corrupt or truncated: {exc}") from exc
+        raise InvalidImageError(f"the {fmt} image is corrupt or truncated: {decoder_complaint(exc)}") from exc
     return _to_rgb(image)
+
+
+#: A Python object's repr in a decoder's message (``<_io.BytesIO object at 0x7f...>``).
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def decoder_complaint(exc: BaseException) -> str:
+    """What the decoder said about bytes it could not decode, in the caller's terms: Pillow's
+    "cannot identify image file <_io.BytesIO object at 0x...>" names our buffer, not their file."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "its header cannot be read"
+    text = _OBJECT_REPR.sub("", str(exc)).strip(" :")
+    return text or f"the decoder failed ({type(exc).__name__})"
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -253,8 +253,8 @@ def test_several_appearances_give_one_result_each_in_the_structures_shape(
     assert width > height and width == done.params.size, "the longer side is size; the cat is landscape"
     assert abs(height - width * cat_height / cat_width) <= TINY_UNIT / 2, "the shape within the unit"
 
-    paths = client.results(done, tmp_path / "looks")
-    assert [p.name for p in paths] == [f"{done.id}-0.png", f"{done.id}-1.png"]
+    paths = client.results(done, tmp_path / "looks.png")  # a file name: numbered beside it
+    assert paths == [tmp_path / "looks-0.png", tmp_path / "looks-1.png"]
     images = [decode(p.read_bytes()) for p in paths]
     assert [i.size for i in images] == [(width, height)] * 2
     assert client.result(done, k=1) == paths[1].read_bytes() != paths[0].read_bytes()
@@ -329,14 +329,13 @@ def test_cli_several_appearances_on_the_server(server, files, mirrored_cup, tmp_
          *FAST_ARGS],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in into.iterdir()) == ["result-0.png", "result-1.png"]
-    shapes = {decode((into / name).read_bytes()).size for name in ("result-0.png", "result-1.png")}
+    job_id = result.stdout.rsplit("; job ", 1)[1].split(")", 1)[0]
+    names = [f"qalign-{job_id}-0.png", f"qalign-{job_id}-1.png"]  # the client's directory names
+    assert sorted(p.name for p in into.iterdir()) == names
+    shapes = {decode((into / name).read_bytes()).size for name in names}
     (shape,) = shapes
     assert shape[0] > shape[1], "the default aspect keeps the cat's landscape shape"
-    assert (
-        f"wrote 2 results: {into / 'result-0.png'}, {into / 'result-1.png'} ({shape[0]}x{shape[1]}"
-        in result.stdout
-    )
+    assert f"wrote 2 results: {into / names[0]}, {into / names[1]} ({shape[0]}x{shape[1]}" in result.stdout
 
 
 FAST_ARGS = ["--steps", str(FAST["steps"]), "--skip-steps", str(FAST["skip_steps"])]

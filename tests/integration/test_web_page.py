@@ -157,7 +157,7 @@ def test_two_photos_give_a_rendered_result_with_live_progress(page, live_service
         assert run.locator(".size").inner_text() == f"{size[0]} × {size[1]}"
         download = run.locator(".download")
         assert download.get_attribute("href").startswith("blob:")
-        assert download.get_attribute("download") == f"qalign-{method}-{job_id}-0.png"
+        assert download.get_attribute("download") == f"qalign-{job_id}.png"  # one result: no number
     # The progress came from the events stream: the page opened it (the service counts open streams).
     events = [r for r in page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")]
     assert sum("/events" in name for name in events) >= 2, events
@@ -220,7 +220,7 @@ def test_two_appearances_on_a_wide_structure_fill_a_grid_in_its_shape_and_the_hi
         assert size == [width, height] == [job["results"][k]["width"], job["results"][k]["height"]]
         frame = card.locator(".frame").bounding_box()
         assert frame["width"] / frame["height"] == pytest.approx(width / height, rel=0.02)  # not squared
-        assert card.locator(".download").get_attribute("download") == f"qalign-qalign-{job_id}-{k}.png"
+        assert card.locator(".download").get_attribute("download") == f"qalign-{job_id}-{k}.png"
         shown = card.locator(".result").evaluate(
             "img => fetch(img.src).then(r => r.arrayBuffer()).then(b => Array.from(new Uint8Array(b)))"
         )

@@ -139,9 +139,10 @@ def test_output_paths_for_one_or_several_appearances(tmp_path):
     out = tmp_path / "out.png"
     assert output_paths(out, 1, "png") == [out]  # one appearance: --output as given
     assert output_paths(out, 3, "png") == [tmp_path / f"out-{k}.png" for k in range(3)]
-    assert output_paths(tmp_path / "look", 2, "png") == [tmp_path / "look-0", tmp_path / "look-1"]
-    assert output_paths(tmp_path, 2, "jpeg") == [tmp_path / "result-0.jpg", tmp_path / "result-1.jpg"]
-    assert output_paths(tmp_path, 1, "webp") == [tmp_path / "result-0.webp"]
+    assert output_paths(tmp_path / "look", 2, "png") == [tmp_path / "look-0.png", tmp_path / "look-1.png"]
+    assert output_paths(tmp_path, 2, "jpeg") == [tmp_path / "qalign-0.jpg", tmp_path / "qalign-1.jpg"]
+    assert output_paths(tmp_path, 1, "webp") == [tmp_path / "qalign.webp"]
+    assert list(tmp_path.iterdir()) == []  # naming creates nothing
 
 
 @pytest.mark.parametrize(
@@ -196,5 +197,5 @@ def test_several_appearances_locally_give_one_file_each(files, tiny_model_dir, t
         "--output", str(tmp_path), "--aspect", "square", "--model", tiny_model_dir, *FAST,
     )  # fmt: skip
     assert square.exit_code == 0, square.output
-    with Image.open(tmp_path / "result-0.png") as image:
+    with Image.open(tmp_path / "qalign.png") as image:
         assert image.size == (128, 128)

@@ -120,3 +120,23 @@ def test_cover_crop_of_a_square_target_is_cias_centre_square(photos):
     assert np.array_equal(np.asarray(cover_crop(image, 64, 64)), np.asarray(cias))
     wide = cover_crop(image, 128, 64)
     assert wide.size == (128, 64)
+
+
+def test_a_corrupt_image_is_named_without_python_object_reprs():
+    with pytest.raises(InvalidImageError) as caught:
+        load_image(b"\x89PNG\r\n\x1a\n" + b"\x10" * 40)
+    assert str(caught.value) == "the png image is corrupt or truncated: its header cannot be read"
+
+
+@pytest.mark.parametrize(
+    "message,expected",
+    [
+        ("cannot identify image file <_io.BytesIO object at 0x7f3a2b1c>", "cannot identify image file"),
+        ("broken data stream when reading image file", "broken data stream when reading image file"),
+        ("<_io.BytesIO object at 0xdeadbeef>", "the decoder failed (OSError)"),
+    ],
+)
+def test_decoder_complaint_drops_object_reprs(message, expected):
+    from qalign_core.images import decoder_complaint
+
+    assert decoder_complaint(OSError(message)) == expected

@@ -396,7 +396,9 @@ class Run {
     $(".size", card).textContent = `${image.naturalWidth} × ${image.naturalHeight}`;
     image.alt = `result ${k + 1} of job ${job.id}`;
     link.href = source;
-    link.download = `qalign-${this.method}-${job.id}-${k}.${extension}`;
+    // qalign_schema/naming.py's scheme: qalign-<job id>.<ext>, or -<k> before it for several results
+    const numbered = this.cards.length > 1 ? `-${k}` : "";
+    link.download = `qalign-${job.id}${numbered}.${extension}`;
     card.classList.add("loaded");
   }
 
