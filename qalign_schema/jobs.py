@@ -38,8 +38,17 @@ class ResultOut(BaseModel):
     )
 
 
+class CropOut(BaseModel):
+    """A region of the structure image, in its pixels (right and bottom exclusive)."""
+
+    left: int = Field(ge=0)
+    top: int = Field(ge=0)
+    right: int = Field(ge=1)
+    bottom: int = Field(ge=1)
+
+
 class OutputOut(BaseModel):
-    """The shape every result image of a job has, known once the job has run."""
+    """The shape every result image of a job has and how it was computed, known once the job has run."""
 
     width: int = Field(ge=1, description="Width in pixels of every result image.")
     height: int = Field(ge=1, description="Height in pixels of every result image.")
@@ -47,6 +56,18 @@ class OutputOut(BaseModel):
         False,
         description="True when the structure image was more elongated than 2:1 (or 1:2) and was "
         "centre-cropped to that ratio first.",
+    )
+    grid_width: int | None = Field(
+        None,
+        ge=1,
+        description="Width of the grid the model ran at (a multiple of its size unit); the results are "
+        "resized from it to width x height, the structure's exact aspect. Null on older jobs.",
+    )
+    grid_height: int | None = Field(None, ge=1, description="Height of the grid the model ran at.")
+    crop: CropOut | None = Field(
+        None,
+        description="The region of the structure image the results show, in its pixels: its centre "
+        "2:1 with aspect_clamped, its centre square with aspect=square; null when they show all of it.",
     )
 
 

@@ -74,7 +74,7 @@ def test_async_run(server, photo_bytes):
         async with AsyncClient(server.url, timeout=60) as client:
             return await client.run(*photo_bytes, FAST, timeout=JOB_TIMEOUT, seed=4)
 
-    assert decode(asyncio.run(scenario())).size == (128, 64)  # the cat's 3:2, shorter side to 64 px
+    assert decode(asyncio.run(scenario())).size == (128, 85)  # the whole cat at its 3:2
 
 
 def test_several_appearances_come_through_the_store_in_order(client, photo_bytes, s3_server, tmp_path):

