@@ -265,6 +265,26 @@ def one_path(path: str | os.PathLike[str] | ResultTargets | None) -> str | os.Pa
     raise TypeError(f"one appearance makes one result: path must be one path; got {type(path).__name__}")
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """The service's RateLimit header fields on its last answer to a submission: the quota per
+    window, what is left of it, seconds until the window resets, and the policy (``10;w=60``)."""
+
+    limit: int
+    remaining: int
+    reset_s: int
+    policy: str | None = None
+
+
+def rate_limit_of(response: httpx.Response) -> RateLimit | None:
+    """The RateLimit-* fields of ``response``, or None when it has none (or they do not parse)."""
+    fields = [response.headers.get(f"ratelimit-{name}") for name in ("limit", "remaining", "reset")]
+    if any(value is None or not value.strip().isdigit() for value in fields):
+        return None
+    limit, remaining, reset = (int(value or 0) for value in fields)
+    return RateLimit(limit, remaining, reset, response.headers.get("ratelimit-policy"))
+
+
 def retry_after_of(response: httpx.Response) -> float | None:
     value: str | None = response.headers.get("retry-after")
     return parse_retry_after(value)

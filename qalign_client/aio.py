@@ -19,6 +19,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, overload
@@ -32,6 +33,7 @@ from qalign_client._core import (
     JobEvent,
     JobRef,
     ProgressCallback,
+    RateLimit,
     ResultTargets,
     RetryPolicy,
     default_headers,
@@ -42,6 +44,7 @@ from qalign_client._core import (
     next_poll_interval,
     one_path,
     parse_job,
+    rate_limit_of,
     resolve_server,
     result_path,
     result_paths,
@@ -54,7 +57,7 @@ from qalign_client._core import (
 from qalign_client._io import AsyncSleep, arun_blocking, asleep, write_atomically
 from qalign_client.errors import JobFailedError, JobTimeoutError, TransportError, error_from_response
 from qalign_client.sse import SSEDecoder
-from qalign_schema.jobs import JobList, JobOut
+from qalign_schema.jobs import JobList, JobOut, UsageOut
 from qalign_schema.params import TransferParams
 
 __all__ = ["STREAM_READ_TIMEOUT_S", "AsyncClient", "ProgressCallback"]
@@ -92,6 +95,9 @@ class AsyncClient:
         )
         self._sleep: AsyncSleep = asleep
         self._clock: Callable[[], float] = time.monotonic
+        #: The service's RateLimit fields on the last answer that had them (a submission's, when
+        #: the service limits submissions per key); None until one arrives.
+        self.rate_limit: RateLimit | None = None
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -291,6 +297,14 @@ class AsyncClient:
         response = await self._send("GET", "/jobs", params=query)
         return JobList.model_validate_json(response.content)
 
+    async def usage(self, since: datetime | None = None, until: datetime | None = None) -> UsageOut:
+        """What the caller's jobs created in [since, until) cost (GET /usage): jobs, succeeded,
+        unfinished, compute seconds, UNet rows and output megapixels (until: now; since: every job
+        the service still keeps). A time without a zone is UTC."""
+        query = {name: value.isoformat() for name, value in (("since", since), ("until", until)) if value}
+        response = await self._send("GET", "/usage", params=query)
+        return UsageOut.model_validate_json(response.content)
+
     async def list(
         self, status: str | None = None, limit: int | None = None, *, page_size: int = 20
     ) -> AsyncIterator[JobOut]:
@@ -352,6 +366,7 @@ class AsyncClient:
                 if delay is None:
                     raise transport_error(exc, method, url) from exc
             else:
+                self.rate_limit = rate_limit_of(response) or self.rate_limit
                 if response.status_code < 400:
                     return response
                 try:

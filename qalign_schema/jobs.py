@@ -131,6 +131,36 @@ class JobUrls(BaseModel):
     )
 
 
+class JobUsageOut(BaseModel):
+    """What one job cost, in billable units; known once it has ended."""
+
+    compute_s: float = Field(
+        ge=0.0,
+        description="Worker seconds: from the start of its run (the last, if it was retried) to its "
+        "end; 0 when it never ran (canceled while queued).",
+    )
+    unet_rows: int = Field(
+        ge=0,
+        description="UNet rows it evaluated (inversion and denoising): the model work, independent of "
+        "the GPU's speed (3N+1 per aligned step for N appearances).",
+    )
+    output_pixels: int = Field(ge=0, description="Pixels of all its result images; 0 unless it succeeded.")
+
+
+class UsageOut(BaseModel):
+    """GET /usage: what an API key's jobs created in [since, until) cost, summed from the job store
+    (a job is kept QALIGN_JOB_TTL seconds after it ended: older ones are no longer counted)."""
+
+    since: datetime | None = Field(description="Start of the period (inclusive); null: every kept job.")
+    until: datetime = Field(description="End of the period (exclusive).")
+    jobs: int = Field(ge=0, description="Jobs created in the period, whatever their status.")
+    succeeded: int = Field(ge=0, description="Of those, the succeeded ones.")
+    unfinished: int = Field(ge=0, description="Of those, the ones still queued or running (no usage yet).")
+    compute_s: float = Field(ge=0.0, description="Sum of the ended jobs' usage.compute_s.")
+    unet_rows: int = Field(ge=0, description="Sum of the ended jobs' usage.unet_rows.")
+    output_megapixels: float = Field(ge=0.0, description="Sum of the ended jobs' usage.output_pixels / 10^6.")
+
+
 class JobOut(BaseModel):
     id: str
     status: JobStatus
@@ -158,6 +188,9 @@ class JobOut(BaseModel):
     )
     error: ErrorOut | None
     metrics: JobMetricsOut
+    usage: JobUsageOut | None = Field(
+        None, description="What the job cost, to bill with; null until it has ended."
+    )
     urls: JobUrls | None = Field(None, description="Absolute links of this job.")
     queue_position: int | None = Field(
         None, ge=0, description="While queued or running: jobs ahead of this one (0 = running or next)."

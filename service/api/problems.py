@@ -24,6 +24,7 @@ from service.api.errors import (
     JobNotFound,
     NotReady,
     QueueFull,
+    RateLimited,
     ResultGone,
     ResultNotFound,
     ResultNotReady,
@@ -123,6 +124,8 @@ def domain_problem(exc: Exception) -> ApiProblem:
     if isinstance(exc, NotReady):
         return _unavailable(exc.detail, exc.retry_after or UNAVAILABLE_RETRY_S)
     retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    if isinstance(exc, RateLimited):
+        return ApiProblem(429, exc.detail, kind="rate-limited", headers={**exc.headers, **(retry or {})})
     if isinstance(exc, QueueFull):
         return ApiProblem(
             429, exc.detail, kind="too-many-jobs" if exc.per_key else "queue-full", headers=retry

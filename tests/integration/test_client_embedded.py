@@ -281,7 +281,7 @@ def test_async_client_with_several_appearances(server, files, mirrored_cup, tmp_
             paths = await client.run(
                 files / "cat.png", [mirrored_cup, files / "cup.jpg"], FAST, path=tmp_path, timeout=JOB_TIMEOUT
             )
-            job = await client.get(paths[0].name.split("-")[0])
+            job = await client.get(paths[0].name.split("-")[1])  # the directory's qalign-<id>-<k>.png
             return paths, job, await client.results(job)
 
     paths, job, data = asyncio.run(scenario())
@@ -372,8 +372,8 @@ def test_the_readme_client_example_runs(server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(example.replace("http://127.0.0.1:8000", server.url), "README.md", "exec"), {})
     first = decode((tmp_path / "result.png").read_bytes())
-    written = sorted((tmp_path / "results").iterdir())
-    assert [p.name.rsplit("-", 1)[1] for p in written] == ["0.png", "1.png"]
+    written = [tmp_path / "look-0.png", tmp_path / "look-1.png"]  # numbered beside the given name
+    assert not (tmp_path / "look.png").exists()
     assert written[0].read_bytes() == (tmp_path / "result.png").read_bytes()
     assert first.format == "PNG"
 

@@ -650,3 +650,50 @@ def test_run_names_results_beside_the_given_file_name_never_a_directory(connect,
     assert written == expected
     assert all(path.is_file() for path in expected) and sorted(tmp_path.iterdir()) == expected
     assert [path.read_bytes() for path in expected] == [bytes([k]) * 3 for k in range(appearances)]
+
+
+# ------------------------------------------------------------------------------------------- usage
+def test_usage_asks_for_the_period_and_parses_the_report(connect):
+    from datetime import UTC, datetime
+
+    report = {
+        "since": "2026-12-01T00:00:00Z", "until": "2026-12-06T00:00:00Z", "jobs": 3, "succeeded": 2,
+        "unfinished": 0, "compute_s": 12.5, "unet_rows": 420, "output_megapixels": 0.52,
+    }  # fmt: skip
+    script = Script(answer(200, report), answer(200, {**report, "since": None}))
+    client, _ = connect(script)
+    since, until = datetime(2026, 12, 1, tzinfo=UTC), datetime(2026, 12, 6, tzinfo=UTC)
+    got = client.usage(since, until)
+    assert isinstance(got, qalign_client.UsageOut) and (got.jobs, got.succeeded, got.compute_s) == (
+        3,
+        2,
+        12.5,
+    )
+    assert got.output_megapixels == 0.52 and got.since == since
+    assert client.usage().since is None
+    first, second = script.requests
+    assert first.url.path == "/usage" and dict(first.url.params) == {
+        "since": "2026-12-01T00:00:00+00:00",
+        "until": "2026-12-06T00:00:00+00:00",
+    }
+    assert dict(second.url.params) == {}
+
+
+def test_the_rate_limit_fields_of_the_last_answer_are_kept(connect):
+    limited = {"RateLimit-Limit": "10", "RateLimit-Remaining": "0", "RateLimit-Reset": "42"}
+    script = Script(
+        answer(202, job(), {"RateLimit-Limit": "10", "RateLimit-Remaining": "9", "RateLimit-Reset": "60",
+                            "RateLimit-Policy": "10;w=60"}),
+        answer(200, job()),  # no RateLimit fields: the last ones stay
+        answer(429, problem(429, "limited", "/problems/rate-limited"), {**limited, "Retry-After": "3600"}),
+    )  # fmt: skip
+    client, _ = connect(script)
+    assert client.rate_limit is None
+    client.submit(PNG, PNG)
+    assert client.rate_limit == qalign_client.RateLimit(limit=10, remaining=9, reset_s=60, policy="10;w=60")
+    client.get("j1")
+    assert client.rate_limit.remaining == 9
+    with pytest.raises(RateLimitedError) as caught:
+        client.submit(PNG, PNG)
+    assert caught.value.type == "/problems/rate-limited" and caught.value.retry_after == 3600
+    assert (client.rate_limit.remaining, client.rate_limit.reset_s) == (0, 42)

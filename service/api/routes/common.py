@@ -161,6 +161,7 @@ def _job_example(status: str) -> dict[str, Any]:
             "grid_height": 384,
             "crop": None,
         }
+        job["usage"] = {"compute_s": 48.3, "unet_rows": 1064, "output_pixels": 2 * 512 * 384}
         job["metrics"] = {
             "queue_s": 1.0,
             "inversion_s": 13.6,
