@@ -79,6 +79,13 @@ def problem_response(
     )
 
 
+def status_kind(status: int) -> str:
+    """The problem type of a refusal that has no more specific one (no endpoint, a method the
+    endpoint does not take): its status phrase, ``/problems/not-found``, ``/problems/method-not-allowed``."""
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
+    return phrase.lower().replace(" ", "-").replace("'", "")
+
+
 def field_problems(
     exc: ValidationError | RequestValidationError, *, skip_prefix: int = 0
 ) -> list[FieldProblem]:
@@ -185,9 +192,20 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no endpoint at {request.url.path}"
-        return problem_response(exc.status_code, detail, instance=request.url.path, headers=exc.headers)
+        return problem_response(
+            exc.status_code,
+            detail,
+            kind=status_kind(exc.status_code),
+            instance=request.url.path,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(500, "internal server error; see the service logs", instance=request.url.path)
+        return problem_response(
+            500,
+            "internal server error; see the service logs",
+            kind="internal-error",
+            instance=request.url.path,
+        )

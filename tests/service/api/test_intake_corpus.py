@@ -407,6 +407,7 @@ def test_bad_request_gets_a_4xx_problem(app_client, png, jpeg, case):
     method, path, build, status = CORPUS[case]
     response = app_client.request(method, path, **build(png, jpeg))
     body = assert_problem(response, status)
+    assert body["type"].startswith("/problems/"), "every refusal has a problem type, never about:blank"
     if status == 422 and case.startswith(("json:", "multipart:")) and "webhook" not in case:
         assert body.get("errors"), "parameter refusals name the field"
 
