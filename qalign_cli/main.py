@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from qalign_core.errors import QAlignError
 from qalign_core.params import MAX_APPEARANCES, MAX_ASPECT_RATIO, TransferParams
+from qalign_schema.naming import default_result_stem, result_extension, result_file_paths
 from qalign_schema.params import IMAGE_FORMATS
 
 
@@ -151,15 +152,11 @@ def _progress_bar() -> Iterator[Callable[[str, float], None]]:
 
 
 def output_paths(output: Path, count: int, output_format: str) -> list[Path]:
-    """Where the results of ``count`` appearances go. One appearance: OUTPUT itself. Several:
-    OUTPUT's stem with -0, -1, ... before its suffix (out.png -> out-0.png, out-1.png). An existing
-    directory as OUTPUT: result-0.EXT, result-1.EXT, ... in it (EXT from --output-format)."""
-    if output.is_dir():
-        extension = "jpg" if output_format == "jpeg" else output_format
-        return [output / f"result-{k}.{extension}" for k in range(count)]
-    if count == 1:
-        return [output]
-    return [output.with_name(f"{output.stem}-{k}{output.suffix}") for k in range(count)]
+    """Where the results of ``count`` appearances of a local run go, named as
+    ``qalign_schema.naming`` says for every client: OUTPUT itself for one; out.png -> out-0.png,
+    out-1.png, ... for several; an existing directory receives qalign[-<k>].EXT."""
+    extension = result_extension(output_format)
+    return result_file_paths(output, [extension] * count, default_result_stem(None))
 
 
 def _describe_outputs(paths: list[Path]) -> str:
@@ -182,8 +179,8 @@ def _describe_outputs(paths: list[Path]) -> str:
     required=True,
     type=click.Path(path_type=Path),
     help="Result image path (its suffix sets the format). With several --appearance: out.png becomes "
-    "out-0.png, out-1.png, ... in the appearances' order; an existing directory gets result-0.png, "
-    "result-1.png, ...",
+    "out-0.png, out-1.png, ... beside it, in the appearances' order. An existing directory receives "
+    "qalign-<job id>.png (qalign-<job id>-0.png, ... for several; qalign[-k].png on a local run).",
 )
 @click.option(
     "--save-masks",
@@ -228,7 +225,7 @@ def transfer(
         named = [flag for flag, value in local_only.items() if value is not None]
         if named:
             fail(f"{', '.join(named)}: only for local runs (the server uses its own model)")
-        _transfer_on_server(server, api_key, structure, list(appearances), outputs, params)
+        _transfer_on_server(server, api_key, structure, list(appearances), output, params)
         return
     images = _images(structure, *appearances)
     pipe = _pipeline(model, device, dtype)
@@ -281,7 +278,7 @@ def _transfer_on_server(
     api_key: str | None,
     structure: Path,
     appearances: list[Path],
-    outputs: list[Path],
+    output: Path,
     params: TransferParams,
 ) -> None:
     """The same transfer through qalign_client: submit, follow the events stream with the progress
@@ -296,6 +293,7 @@ def _transfer_on_server(
             fail(f"cannot read image file {str(path)!r}: {exc.strerror or exc}")
     looks = inputs[1] if len(inputs) == 2 else inputs[1:]  # one image, or the list of them
     job = None
+    outputs: list[Path] = []
     try:
         with qalign_client.Client(server, api_key) as client:
             try:
@@ -310,16 +308,13 @@ def _transfer_on_server(
             if job.status != "succeeded":
                 reason = f": {job.error.type}: {job.error.detail}" if job.error else ""
                 fail(f"job {job.id} {job.status}{reason}", code=1)
-            if len(outputs) == 1:
-                client.result(job, outputs[0])
-            else:
-                client.results(job, outputs)
+            outputs = client.results(job, output)
     except qalign_client.QAlignError as exc:
         fail(_client_error_line(exc, server), code=1)
     except ValueError as exc:  # the service listed another number of results than appearances sent
         fail(str(exc), code=1)
     except OSError as exc:
-        fail(f"cannot write {str(exc.filename or outputs[0])!r}: {exc.strerror or exc}", code=1)
+        fail(f"cannot write {str(exc.filename or output)!r}: {exc.strerror or exc}", code=1)
     assert job is not None and job.result is not None
     total = job.metrics.total_s
     took = f", {total:.1f} s" if total is not None else ""

@@ -9,7 +9,7 @@ Needs only httpx (with its anyio) and pydantic (the shapes come from ``qalign_sc
 the service). ``Client`` is generated from ``AsyncClient`` (aio.py): see scripts/unasync_client.py.
 """
 
-from qalign_client._core import JobEvent, RetryPolicy
+from qalign_client._core import JobEvent, RateLimit, RetryPolicy
 from qalign_client._version import __version__
 from qalign_client.aio import AsyncClient
 from qalign_client.client import Client
@@ -28,7 +28,7 @@ from qalign_client.errors import (
     ValidationError,
     WebhookVerificationError,
 )
-from qalign_schema import JobList, JobOut, Problem, TransferParams
+from qalign_schema import JobList, JobOut, JobUsageOut, Problem, TransferParams, UsageOut
 
 __all__ = [
     "AsyncClient",
@@ -41,14 +41,17 @@ __all__ = [
     "JobList",
     "JobOut",
     "JobTimeoutError",
+    "JobUsageOut",
     "NotFoundError",
     "Problem",
     "QAlignError",
+    "RateLimit",
     "RateLimitedError",
     "RetryPolicy",
     "ServerError",
     "TransferParams",
     "TransportError",
+    "UsageOut",
     "UnavailableError",
     "ValidationError",
     "WebhookVerificationError",

@@ -30,6 +30,7 @@ from qalign_client.errors import (
 )
 from qalign_client.sse import ServerSentEvent
 from qalign_schema.jobs import TERMINAL_STATUSES, JobOut, ResultOut
+from qalign_schema.naming import default_result_stem, result_extension, result_file_paths
 from qalign_schema.params import MAX_APPEARANCES, TransferParams
 
 #: An image input: a path, raw bytes, a binary file object, a PIL image, or an https:// URL (fetched
@@ -40,7 +41,8 @@ ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | Any
 Appearances = ImageInput | Sequence[ImageInput]
 #: A job: its id or its job object.
 JobRef = str | JobOut
-#: Where ``results`` writes: a directory (files named ``<job id>-<k>.<ext>``) or one path per result.
+#: Where ``results`` writes: a file name or an existing directory (named as ``qalign_schema.naming``
+#: says) or one path per result.
 ResultTargets = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 #: What ``wait`` calls with each job state it fetched.
 ProgressCallback = Callable[[JobOut], None]
@@ -232,8 +234,7 @@ def result_path(job: JobRef, k: int) -> str:
 
 
 def extension_of(content_type: str) -> str:
-    subtype = content_type.split(";")[0].split("/")[-1].strip().lower() or "png"
-    return "jpg" if subtype == "jpeg" else subtype
+    return result_extension(content_type) or "png"
 
 
 def succeeded_results(job: JobOut) -> list[ResultOut]:
@@ -244,13 +245,13 @@ def succeeded_results(job: JobOut) -> list[ResultOut]:
 
 
 def result_paths(job: JobOut, target: ResultTargets) -> list[Path]:
-    """Where each of a succeeded job's results goes: into a directory (created when missing; files
-    ``<job id>-<k>.<ext>``) or to exactly one path each. ConflictError when it has not succeeded."""
+    """Where each of a succeeded job's results goes: one target named as ``qalign_schema.naming``
+    says (``out.png`` -> ``out-0.png``, ``out-1.png`` beside it; an existing directory receives
+    ``qalign-<job id>-<k>.<ext>``), or exactly one path each. ConflictError when it has not succeeded."""
     links = succeeded_results(job)
     if isinstance(target, (str, os.PathLike)):
-        directory = Path(target)
-        directory.mkdir(parents=True, exist_ok=True)
-        return [directory / f"{job.id}-{k}.{extension_of(link.content_type)}" for k, link in enumerate(links)]
+        extensions = [extension_of(link.content_type) for link in links]
+        return result_file_paths(Path(target), extensions, default_result_stem(job.id))
     paths = [Path(item) for item in target]
     if len(paths) != len(links):
         raise ValueError(f"job {job.id} has {len(links)} results; got {len(paths)} paths")
@@ -262,6 +263,26 @@ def one_path(path: str | os.PathLike[str] | ResultTargets | None) -> str | os.Pa
     if path is None or isinstance(path, (str, os.PathLike)):
         return path
     raise TypeError(f"one appearance makes one result: path must be one path; got {type(path).__name__}")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """The service's RateLimit header fields on its last answer to a submission: the quota per
+    window, what is left of it, seconds until the window resets, and the policy (``10;w=60``)."""
+
+    limit: int
+    remaining: int
+    reset_s: int
+    policy: str | None = None
+
+
+def rate_limit_of(response: httpx.Response) -> RateLimit | None:
+    """The RateLimit-* fields of ``response``, or None when it has none (or they do not parse)."""
+    fields = [response.headers.get(f"ratelimit-{name}") for name in ("limit", "remaining", "reset")]
+    if any(value is None or not value.strip().isdigit() for value in fields):
+        return None
+    limit, remaining, reset = (int(value or 0) for value in fields)
+    return RateLimit(limit, remaining, reset, response.headers.get("ratelimit-policy"))
 
 
 def retry_after_of(response: httpx.Response) -> float | None:

@@ -19,6 +19,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, overload
@@ -32,6 +33,7 @@ from qalign_client._core import (
     JobEvent,
     JobRef,
     ProgressCallback,
+    RateLimit,
     ResultTargets,
     RetryPolicy,
     default_headers,
@@ -42,6 +44,7 @@ from qalign_client._core import (
     next_poll_interval,
     one_path,
     parse_job,
+    rate_limit_of,
     resolve_server,
     result_path,
     result_paths,
@@ -54,7 +57,7 @@ from qalign_client._core import (
 from qalign_client._io import AsyncSleep, arun_blocking, asleep, write_atomically
 from qalign_client.errors import JobFailedError, JobTimeoutError, TransportError, error_from_response
 from qalign_client.sse import SSEDecoder
-from qalign_schema.jobs import JobList, JobOut
+from qalign_schema.jobs import JobList, JobOut, UsageOut
 from qalign_schema.params import TransferParams
 
 __all__ = ["STREAM_READ_TIMEOUT_S", "AsyncClient", "ProgressCallback"]
@@ -92,6 +95,9 @@ class AsyncClient:
         )
         self._sleep: AsyncSleep = asleep
         self._clock: Callable[[], float] = time.monotonic
+        #: The service's RateLimit fields on the last answer that had them (a submission's, when
+        #: the service limits submissions per key); None until one arrives.
+        self.rate_limit: RateLimit | None = None
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -263,13 +269,14 @@ class AsyncClient:
         self, job: JobRef, target: ResultTargets | None = None
     ) -> builtins.list[bytes] | builtins.list[Path]:
         """All of a succeeded job's results, in the appearances' order (fetched one after another):
-        their bytes, or written to ``target`` and their paths. ``target``: a directory (created when
-        missing; files ``<job id>-<k>.<ext>``) or a list of one path per result. ConflictError
-        while the job has not succeeded."""
+        their bytes, or written to ``target`` and their paths. ``target``: a file name (one result:
+        itself; several: ``out-0.png``, ``out-1.png`` beside it), an existing directory (files
+        ``qalign-<job id>[-<k>].<ext>`` in it; none is created) or a list of one path per result, as
+        ``qalign_schema.naming`` says. ConflictError while the job has not succeeded."""
         current = job if isinstance(job, JobOut) and job.status == "succeeded" else await self.get(job)
         if target is None:
             return [await self.result(current, k=k) for k in range(len(succeeded_results(current)))]
-        paths = await arun_blocking(partial(result_paths, current, target))  # may create the directory
+        paths = await arun_blocking(partial(result_paths, current, target))  # looks for a directory
         return [await self.result(current, path, k) for k, path in enumerate(paths)]
 
     async def cancel(self, job: JobRef) -> JobOut:
@@ -289,6 +296,14 @@ class AsyncClient:
         query = {k: v for k, v in (("status", status), ("limit", limit), ("cursor", cursor)) if v is not None}
         response = await self._send("GET", "/jobs", params=query)
         return JobList.model_validate_json(response.content)
+
+    async def usage(self, since: datetime | None = None, until: datetime | None = None) -> UsageOut:
+        """What the caller's jobs created in [since, until) cost (GET /usage): jobs, succeeded,
+        unfinished, compute seconds, UNet rows and output megapixels (until: now; since: every job
+        the service still keeps). A time without a zone is UTC."""
+        query = {name: value.isoformat() for name, value in (("since", since), ("until", until)) if value}
+        response = await self._send("GET", "/usage", params=query)
+        return UsageOut.model_validate_json(response.content)
 
     async def list(
         self, status: str | None = None, limit: int | None = None, *, page_size: int = 20
@@ -319,16 +334,21 @@ class AsyncClient:
         on_progress: ProgressCallback | None = None,
         **submit_kwargs: Any,
     ) -> bytes | Path | builtins.list[bytes] | builtins.list[Path]:
-        """Submit, wait, download. One appearance: the result's bytes (or the ``path`` it was
-        written to). A list of appearances: a list, one per appearance (``path``: a directory or one
-        path each, as for ``results``). JobFailedError when the job fails or is canceled."""
+        """Submit, wait, download. One appearance: the result's bytes (or the path it was written
+        to). A list of appearances: a list, one per appearance. ``path`` is named as for ``results``
+        (``out.png`` -> ``out-0.png``, ``out-1.png`` beside it; an existing directory receives
+        ``qalign-<job id>[-<k>].<ext>``). JobFailedError when the job fails or is canceled."""
         job = await self.submit(structure, appearance, params, **submit_kwargs)
         job = await self.wait(job, timeout=timeout, poll_interval=poll_interval, on_progress=on_progress)
         if job.status != "succeeded":
             raise JobFailedError(job)
         if is_many(appearance):
             return await self.results(job, path)
-        return await self.result(job, one_path(path))
+        target = one_path(path)
+        if target is None:
+            return await self.result(job)
+        (written,) = await self.results(job, target)
+        return written
 
     # ---------------------------------------------------------------------------------- sending
     async def _send(
@@ -346,6 +366,7 @@ class AsyncClient:
                 if delay is None:
                     raise transport_error(exc, method, url) from exc
             else:
+                self.rate_limit = rate_limit_of(response) or self.rate_limit
                 if response.status_code < 400:
                     return response
                 try:

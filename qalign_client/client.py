@@ -20,6 +20,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, overload
@@ -33,6 +34,7 @@ from qalign_client._core import (
     JobEvent,
     JobRef,
     ProgressCallback,
+    RateLimit,
     ResultTargets,
     RetryPolicy,
     default_headers,
@@ -43,6 +45,7 @@ from qalign_client._core import (
     next_poll_interval,
     one_path,
     parse_job,
+    rate_limit_of,
     resolve_server,
     result_path,
     result_paths,
@@ -55,7 +58,7 @@ from qalign_client._core import (
 from qalign_client._io import Sleep, run_blocking, sleep, write_atomically
 from qalign_client.errors import JobFailedError, JobTimeoutError, TransportError, error_from_response
 from qalign_client.sse import SSEDecoder
-from qalign_schema.jobs import JobList, JobOut
+from qalign_schema.jobs import JobList, JobOut, UsageOut
 from qalign_schema.params import TransferParams
 
 __all__ = ["STREAM_READ_TIMEOUT_S", "Client", "ProgressCallback"]
@@ -93,6 +96,9 @@ class Client:
         )
         self._sleep: Sleep = sleep
         self._clock: Callable[[], float] = time.monotonic
+        #: The service's RateLimit fields on the last answer that had them (a submission's, when
+        #: the service limits submissions per key); None until one arrives.
+        self.rate_limit: RateLimit | None = None
 
     def close(self) -> None:
         self._http.close()
@@ -260,13 +266,14 @@ class Client:
         self, job: JobRef, target: ResultTargets | None = None
     ) -> builtins.list[bytes] | builtins.list[Path]:
         """All of a succeeded job's results, in the appearances' order (fetched one after another):
-        their bytes, or written to ``target`` and their paths. ``target``: a directory (created when
-        missing; files ``<job id>-<k>.<ext>``) or a list of one path per result. ConflictError
-        while the job has not succeeded."""
+        their bytes, or written to ``target`` and their paths. ``target``: a file name (one result:
+        itself; several: ``out-0.png``, ``out-1.png`` beside it), an existing directory (files
+        ``qalign-<job id>[-<k>].<ext>`` in it; none is created) or a list of one path per result, as
+        ``qalign_schema.naming`` says. ConflictError while the job has not succeeded."""
         current = job if isinstance(job, JobOut) and job.status == "succeeded" else self.get(job)
         if target is None:
             return [self.result(current, k=k) for k in range(len(succeeded_results(current)))]
-        paths = run_blocking(partial(result_paths, current, target))  # may create the directory
+        paths = run_blocking(partial(result_paths, current, target))  # looks for a directory
         return [self.result(current, path, k) for k, path in enumerate(paths)]
 
     def cancel(self, job: JobRef) -> JobOut:
@@ -286,6 +293,14 @@ class Client:
         query = {k: v for k, v in (("status", status), ("limit", limit), ("cursor", cursor)) if v is not None}
         response = self._send("GET", "/jobs", params=query)
         return JobList.model_validate_json(response.content)
+
+    def usage(self, since: datetime | None = None, until: datetime | None = None) -> UsageOut:
+        """What the caller's jobs created in [since, until) cost (GET /usage): jobs, succeeded,
+        unfinished, compute seconds, UNet rows and output megapixels (until: now; since: every job
+        the service still keeps). A time without a zone is UTC."""
+        query = {name: value.isoformat() for name, value in (("since", since), ("until", until)) if value}
+        response = self._send("GET", "/usage", params=query)
+        return UsageOut.model_validate_json(response.content)
 
     def list(
         self, status: str | None = None, limit: int | None = None, *, page_size: int = 20
@@ -316,16 +331,21 @@ class Client:
         on_progress: ProgressCallback | None = None,
         **submit_kwargs: Any,
     ) -> bytes | Path | builtins.list[bytes] | builtins.list[Path]:
-        """Submit, wait, download. One appearance: the result's bytes (or the ``path`` it was
-        written to). A list of appearances: a list, one per appearance (``path``: a directory or one
-        path each, as for ``results``). JobFailedError when the job fails or is canceled."""
+        """Submit, wait, download. One appearance: the result's bytes (or the path it was written
+        to). A list of appearances: a list, one per appearance. ``path`` is named as for ``results``
+        (``out.png`` -> ``out-0.png``, ``out-1.png`` beside it; an existing directory receives
+        ``qalign-<job id>[-<k>].<ext>``). JobFailedError when the job fails or is canceled."""
         job = self.submit(structure, appearance, params, **submit_kwargs)
         job = self.wait(job, timeout=timeout, poll_interval=poll_interval, on_progress=on_progress)
         if job.status != "succeeded":
             raise JobFailedError(job)
         if is_many(appearance):
             return self.results(job, path)
-        return self.result(job, one_path(path))
+        target = one_path(path)
+        if target is None:
+            return self.result(job)
+        (written,) = self.results(job, target)
+        return written
 
     # ---------------------------------------------------------------------------------- sending
     def _send(
@@ -343,6 +363,7 @@ class Client:
                 if delay is None:
                     raise transport_error(exc, method, url) from exc
             else:
+                self.rate_limit = rate_limit_of(response) or self.rate_limit
                 if response.status_code < 400:
                     return response
                 try:

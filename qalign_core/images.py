@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from qalign_core.errors import InvalidImageError
 from qalign_schema.params import IMAGE_FORMATS, IMAGE_FORMATS_TEXT
@@ -163,8 +164,21 @@ def load_image(source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
             f"image rejected as a decompression bomb ({exc}); the limit is {max_pixels} pixels"
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidImageError(f"the {fmt} image is corrupt or truncated: {exc}") from exc
+        raise InvalidImageError(f"the {fmt} image is corrupt or truncated: {decoder_complaint(exc)}") from exc
     return _to_rgb(image)
+
+
+#: A Python object's repr in a decoder's message (``<_io.BytesIO object at 0x7f...>``).
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def decoder_complaint(exc: BaseException) -> str:
+    """What the decoder said about bytes it could not decode, in the caller's terms: Pillow's
+    "cannot identify image file <_io.BytesIO object at 0x...>" names our buffer, not their file."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "its header cannot be read"
+    text = _OBJECT_REPR.sub("", str(exc)).strip(" :")
+    return text or f"the decoder failed ({type(exc).__name__})"
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -181,14 +195,35 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+#: A region of an image: (left, top, right, bottom) in its pixels, right and bottom exclusive.
+Box = tuple[int, int, int, int]
+
+
 @dataclass(frozen=True)
 class OutputShape:
-    """The output's size in pixels, and whether the structure's aspect ratio had to be clamped."""
+    """How a structure image becomes results: the computation grid, the result size and the crop.
+
+    ``width`` x ``height`` is the grid the model runs at (multiples of the size unit). The results
+    are ``result_width`` x ``result_height``: the structure's exact aspect (of its crop, if any) at
+    the requested size, resized from the grid. ``crop`` is the region of the structure image the
+    results show, in its pixels; None when they show all of it.
+    """
 
     width: int
     height: int
     #: The structure image was more elongated than MAX_ASPECT_RATIO and is centre-cropped to it.
     clamped: bool = False
+    #: The results' (width, height); None: the grid's.
+    result_size: tuple[int, int] | None = None
+    crop: Box | None = None
+
+    @property
+    def result_width(self) -> int:
+        return self.width if self.result_size is None else self.result_size[0]
+
+    @property
+    def result_height(self) -> int:
+        return self.height if self.result_size is None else self.result_size[1]
 
 
 def output_shape(
@@ -198,23 +233,57 @@ def output_shape(
     aspect: Literal["structure", "square"] = "structure",
     max_ratio: float = 2.0,
 ) -> OutputShape:
-    """The output size for a structure image of ``structure_size`` (width, height).
+    """How a structure image of ``structure_size`` (width, height) is computed and returned.
 
-    ``aspect="square"`` gives ``longer_side`` x ``longer_side`` (Cross-Image Attention's crop).
-    Otherwise the longer side is ``longer_side`` and the shorter one the structure's aspect ratio
-    (clamped to ``max_ratio``) applied to it, rounded half up to a multiple of ``unit`` (at least one
-    unit): every latent grid level then halves exactly. Pure arithmetic, so the service can state it.
+    ``aspect="square"``: a ``longer_side`` square grid and result, from the centre square of the
+    structure (Cross-Image Attention's crop; ``crop`` says which). ``aspect="structure"``: the whole
+    structure (centre-cropped only when more elongated than ``max_ratio``). The result's longer side
+    is ``longer_side`` and its shorter side the structure's aspect applied to it, to the pixel. The
+    grid's sides are multiples of ``unit`` (every latent grid level then halves exactly): its longer
+    side may move by one unit from ``longer_side`` so that its shorter side's rounding leaves the
+    smallest aspect error (``grid_for_aspect``). Pure arithmetic, so the service can state it.
     """
     width, height = structure_size
     if aspect == "square" or width == height:
-        return OutputShape(longer_side, longer_side)
+        crop = None if width == height else cover_box(structure_size, 1, 1)
+        return OutputShape(longer_side, longer_side, crop=crop)
     ratio = max(width, height) / min(width, height)
     clamped = ratio > max_ratio
-    ratio = min(ratio, max_ratio)
-    shorter = max(unit, int(longer_side / ratio / unit + 0.5) * unit)
+    crop = None
+    if clamped:
+        crop = cover_box(structure_size, *((max_ratio, 1.0) if width > height else (1.0, max_ratio)))
+        ratio = max_ratio
+    grid_long, grid_short = grid_for_aspect(ratio, longer_side, unit)
+    result_short = max(1, round(longer_side / ratio))
     if width > height:
-        return OutputShape(longer_side, shorter, clamped)
-    return OutputShape(shorter, longer_side, clamped)
+        return OutputShape(grid_long, grid_short, clamped, (longer_side, result_short), crop)
+    return OutputShape(grid_short, grid_long, clamped, (result_short, longer_side), crop)
+
+
+def grid_for_aspect(ratio: float, longer_side: int, unit: int) -> tuple[int, int]:
+    """(longer, shorter) grid sides, multiples of ``unit``, nearest to ``ratio`` (>= 1) for a longer
+    side of ``longer_side`` or one unit either way: the smallest aspect error wins, then the side
+    nearest ``longer_side``, then the smaller grid."""
+
+    def shorter(longer: int) -> int:
+        return max(unit, int(longer / ratio / unit + 0.5) * unit)
+
+    candidates = [longer_side + step * unit for step in (0, -1, 1) if longer_side + step * unit >= unit]
+    best = min(candidates, key=lambda longer: (round(abs(longer / shorter(longer) / ratio - 1), 12), longer))
+    if abs(best / shorter(best) / ratio - 1) >= abs(longer_side / shorter(longer_side) / ratio - 1):
+        best = longer_side
+    return best, shorter(best)
+
+
+def cover_box(size: tuple[int, int], width: float, height: float) -> Box:
+    """The largest centred region of a ``size`` image with aspect ``width:height``."""
+    image_w, image_h = size
+    if image_w * height > image_h * width:  # wider than the target: crop the sides
+        crop_w, crop_h = round(image_h * width / height), image_h
+    else:
+        crop_w, crop_h = image_w, round(image_w * height / width)
+    left, top = (image_w - crop_w) // 2, (image_h - crop_h) // 2
+    return left, top, left + crop_w, top + crop_h
 
 
 def cover_crop(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -222,13 +291,25 @@ def cover_crop(image: Image.Image, width: int, height: int) -> Image.Image:
 
     For a square target this is exactly CIA's preparation (centre square crop, PIL's bicubic resize).
     """
-    if image.width * height > image.height * width:  # wider than the target: crop the sides
-        crop_w, crop_h = round(image.height * width / height), image.height
-    else:
-        crop_w, crop_h = image.width, round(image.width * height / width)
-    left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
-    image = image.crop((left, top, left + crop_w, top + crop_h))
+    image = image.crop(cover_box(image.size, width, height))
     return image.resize((width, height), Image.Resampling.BICUBIC)
+
+
+def fit_structure(image: Image.Image, shape: OutputShape) -> Image.Image:
+    """The structure image as the model sees it: ``shape.crop`` of it (all of it when None) resized
+    bicubic to the grid. With aspect=structure the grid's aspect is within a rounding of the
+    structure's, so nothing more is cropped (the cover crop that follows keeps every pixel)."""
+    box = shape.crop or (0, 0, image.width, image.height)
+    if box != (0, 0, image.width, image.height):
+        image = image.crop(box)
+    return image.resize((shape.width, shape.height), Image.Resampling.BICUBIC)
+
+
+def fit_result(image: Image.Image, shape: OutputShape) -> Image.Image:
+    """A decoded grid-size image resized (Lanczos) to the result size: the structure's exact aspect.
+    Unchanged (the same object) when the grid is the result size, as for every square output."""
+    size = (shape.result_width, shape.result_height)
+    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
 
 
 def centre_square(image: Image.Image, size: int) -> Image.Image:

@@ -31,6 +31,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, PreTrainedTokenizerBase
 
+from qalign_core import images as imaging
 from qalign_core.adain import adain, masked_adain
 from qalign_core.backbones import Backbone, backbone_from_configs, check_size
 from qalign_core.ddpm import DDPMSchedule
@@ -78,7 +79,7 @@ class PipelineConfig:
 
 @dataclass
 class TransferResult:
-    #: One image per appearance, in the appearances' order, all ``shape.width`` x ``shape.height``.
+    #: One image per appearance, in the appearances' order, all ``shape.result_width`` x ``.result_height``.
     images: list[Image.Image]
     params: TransferParams
     timings: dict[str, float]
@@ -108,9 +109,12 @@ class TransferResult:
         return {
             "adain_applied": list(self.adain_applied),
             "object_masks_found": [None if m is None else m.found for m in self.object_masks],
-            "output_width": self.shape.width,
-            "output_height": self.shape.height,
+            "output_width": self.shape.result_width,
+            "output_height": self.shape.result_height,
             "aspect_clamped": self.shape.clamped,
+            "grid_width": self.shape.width,
+            "grid_height": self.shape.height,
+            "crop": None if self.shape.crop is None else list(self.shape.crop),
             "rows_per_step": self.rows_per_step,
         }
 
@@ -428,6 +432,7 @@ class QAlignPipeline(DiffusionPipeline, FromSingleFileMixin):  # type: ignore[mi
         report("loading", 0.0)
         structure_image = load_image(structure)
         shape = output_shape(structure_image.size, size, self.size_unit, params.aspect, MAX_ASPECT_RATIO)
+        structure_image = imaging.fit_structure(structure_image, shape)
         pixels = [self.prepare_image(image, shape) for image in (structure_image, *appearances)]
         cond, uncond = self.encode_prompt(params.effective_prompt, shape)
         self.state.leakage.clear()
@@ -452,7 +457,7 @@ class QAlignPipeline(DiffusionPipeline, FromSingleFileMixin):  # type: ignore[mi
         report("decoding", 0.0)
         images = []
         for k, latent in enumerate(latents):
-            images.append(self.decode(latent))
+            images.append(imaging.fit_result(self.decode(latent), shape))
             report("decoding", (k + 1) / len(latents))
         t3 = self._now()
         timings = {

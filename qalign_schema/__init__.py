@@ -9,8 +9,10 @@ from qalign_schema.jobs import (
     JobOut,
     JobParams,
     JobUrls,
+    JobUsageOut,
     OutputOut,
     ResultOut,
+    UsageOut,
 )
 from qalign_schema.params import TransferParams
 from qalign_schema.problems import FieldProblem, Problem
@@ -21,10 +23,12 @@ __all__ = [
     "JobList",
     "JobMetricsOut",
     "JobOut",
+    "JobUsageOut",
     "JobParams",
     "JobUrls",
     "OutputOut",
     "Problem",
     "ResultOut",
+    "UsageOut",
     "TransferParams",
 ]

@@ -38,8 +38,17 @@ class ResultOut(BaseModel):
     )
 
 
+class CropOut(BaseModel):
+    """A region of the structure image, in its pixels (right and bottom exclusive)."""
+
+    left: int = Field(ge=0)
+    top: int = Field(ge=0)
+    right: int = Field(ge=1)
+    bottom: int = Field(ge=1)
+
+
 class OutputOut(BaseModel):
-    """The shape every result image of a job has, known once the job has run."""
+    """The shape every result image of a job has and how it was computed, known once the job has run."""
 
     width: int = Field(ge=1, description="Width in pixels of every result image.")
     height: int = Field(ge=1, description="Height in pixels of every result image.")
@@ -47,6 +56,18 @@ class OutputOut(BaseModel):
         False,
         description="True when the structure image was more elongated than 2:1 (or 1:2) and was "
         "centre-cropped to that ratio first.",
+    )
+    grid_width: int | None = Field(
+        None,
+        ge=1,
+        description="Width of the grid the model ran at (a multiple of its size unit); the results are "
+        "resized from it to width x height, the structure's exact aspect. Null on older jobs.",
+    )
+    grid_height: int | None = Field(None, ge=1, description="Height of the grid the model ran at.")
+    crop: CropOut | None = Field(
+        None,
+        description="The region of the structure image the results show, in its pixels: its centre "
+        "2:1 with aspect_clamped, its centre square with aspect=square; null when they show all of it.",
     )
 
 
@@ -110,6 +131,36 @@ class JobUrls(BaseModel):
     )
 
 
+class JobUsageOut(BaseModel):
+    """What one job cost, in billable units; known once it has ended."""
+
+    compute_s: float = Field(
+        ge=0.0,
+        description="Worker seconds: from the start of its run (the last, if it was retried) to its "
+        "end; 0 when it never ran (canceled while queued).",
+    )
+    unet_rows: int = Field(
+        ge=0,
+        description="UNet rows it evaluated (inversion and denoising): the model work, independent of "
+        "the GPU's speed (3N+1 per aligned step for N appearances).",
+    )
+    output_pixels: int = Field(ge=0, description="Pixels of all its result images; 0 unless it succeeded.")
+
+
+class UsageOut(BaseModel):
+    """GET /usage: what an API key's jobs created in [since, until) cost, summed from the job store
+    (a job is kept QALIGN_JOB_TTL seconds after it ended: older ones are no longer counted)."""
+
+    since: datetime | None = Field(description="Start of the period (inclusive); null: every kept job.")
+    until: datetime = Field(description="End of the period (exclusive).")
+    jobs: int = Field(ge=0, description="Jobs created in the period, whatever their status.")
+    succeeded: int = Field(ge=0, description="Of those, the succeeded ones.")
+    unfinished: int = Field(ge=0, description="Of those, the ones still queued or running (no usage yet).")
+    compute_s: float = Field(ge=0.0, description="Sum of the ended jobs' usage.compute_s.")
+    unet_rows: int = Field(ge=0, description="Sum of the ended jobs' usage.unet_rows.")
+    output_megapixels: float = Field(ge=0.0, description="Sum of the ended jobs' usage.output_pixels / 10^6.")
+
+
 class JobOut(BaseModel):
     id: str
     status: JobStatus
@@ -137,6 +188,9 @@ class JobOut(BaseModel):
     )
     error: ErrorOut | None
     metrics: JobMetricsOut
+    usage: JobUsageOut | None = Field(
+        None, description="What the job cost, to bill with; null until it has ended."
+    )
     urls: JobUrls | None = Field(None, description="Absolute links of this job.")
     queue_position: int | None = Field(
         None, ge=0, description="While queued or running: jobs ahead of this one (0 = running or next)."

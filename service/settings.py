@@ -92,6 +92,15 @@ class Settings(BaseSettings):
     max_inflight_per_key: int | None = Field(
         None, ge=1, description="Queued + running jobs one API key may have before 429; unset = no limit."
     )
+    rate_limit_requests: int = Field(
+        0,
+        ge=0,
+        description="Job submissions (POST /transfer) one API key may make per rate_limit_window_s "
+        "before 429 with Retry-After; 0 = no rate limit. Open mode (no keys) is not limited.",
+    )
+    rate_limit_window_s: int = Field(
+        60, ge=1, le=86400, description="The rate limit's fixed window in seconds."
+    )
     job_ttl: int = Field(
         7 * 24 * 3600,
         ge=60,

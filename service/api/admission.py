@@ -7,10 +7,11 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from service.api.dispatch import Check, Checks, Dispatcher
-from service.api.errors import InvalidInput, NotReady, QueueFull
+from service.api.errors import InvalidInput, NotReady, QueueFull, RateLimited
 from service.jobs import Job, JobStores, StoreUnavailable
 from service.jobs.store import AdmissionLimits, AdmissionRefused
 from service.settings import Settings
@@ -179,3 +180,50 @@ class Capacity:
         durations = [float(total) for j in recent if (total := j.metrics.get("total_s"))]
         mean = sum(durations) / len(durations) if durations else DEFAULT_JOB_S
         return int(min(max(math.ceil(mean * max(jobs_ahead, 1) / workers), 1), 3600))
+
+
+@dataclass(frozen=True)
+class RateState:
+    """Where an API key stands in the current rate-limit window."""
+
+    limit: int
+    remaining: int
+    reset_s: int
+    window_s: int
+
+    def headers(self) -> dict[str, str]:
+        """The RateLimit header fields (draft-ietf-httpapi-ratelimit-headers, the RFC 9331-era
+        names): the quota, what is left of it, seconds until it resets, and the policy."""
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_s),
+            "RateLimit-Policy": f"{self.limit};w={self.window_s}",
+        }
+
+
+class RateLimiter:
+    """Per-key request rate limit beside the in-flight cap (``Capacity``): at most
+    QALIGN_RATE_LIMIT_REQUESTS submissions per QALIGN_RATE_LIMIT_WINDOW_S fixed window per API key,
+    counted in the job store (every API replica shares the count). Refused requests count too,
+    so a client hammering through a 429 does not get extra turns."""
+
+    def __init__(self, settings: Settings, stores: JobStores) -> None:
+        self.settings, self.stores = settings, stores
+
+    def hit(self, owner: str | None) -> RateState | None:
+        """Count one submission of ``owner``: its RateState, or RateLimited past the limit; None when
+        no limit applies (none set, or open mode)."""
+        limit, window = self.settings.rate_limit_requests, self.settings.rate_limit_window_s
+        if not limit or owner is None:
+            return None
+        count, left = self.stores.rates.hit(owner, window)
+        state = RateState(limit, max(0, limit - count), max(1, math.ceil(left)), window)
+        if count > limit:
+            raise RateLimited(
+                f"this API key has made {limit} submissions in the current {window} s window (the "
+                f"limit); retry in {state.reset_s} s",
+                retry_after=state.reset_s,
+                headers=state.headers(),
+            )
+        return state

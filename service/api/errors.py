@@ -26,6 +26,15 @@ class QueueFull(DomainError):
         self.per_key = per_key
 
 
+class RateLimited(DomainError):
+    """This API key has made its allowed submissions in the current window; ``headers`` are its
+    RateLimit fields (limit, remaining 0, reset)."""
+
+    def __init__(self, detail: str, *, retry_after: int, headers: dict[str, str]) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.headers = headers
+
+
 class JobNotFound(DomainError):
     """No such job for this caller (another key's job is not found either)."""
 

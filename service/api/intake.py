@@ -15,9 +15,10 @@ import dataclasses
 import io
 import json
 import warnings
+from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from PIL import Image
 from pydantic import ValidationError
@@ -26,11 +27,11 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qalign_core.images import ImageTooLargeError, check_pixel_count, sniff_format
+from qalign_core.images import ImageTooLargeError, check_pixel_count, decoder_complaint, sniff_format
 from qalign_core.params import MAX_APPEARANCES, TransferParams
 from qalign_schema.params import IMAGE_FORMAT_NAMES, IMAGE_FORMATS, IMAGE_FORMATS_TEXT
-from service.api.problems import ApiProblem, problem_response, validation_problem
-from service.api.remote_inputs import check_input_url, fetch_input, looks_like_url
+from service.api.problems import ApiProblem, describe, problem_response, validation_problem
+from service.api.remote_inputs import ALLOWED_FORMS, check_input_url, fetch_input, looks_like_url
 from service.api.schemas import IMAGE_FIELDS, TUPLE_FIELDS, FieldProblem, TransferJSONRequest
 from service.jobs.events import EVENTS
 from service.settings import Settings
@@ -50,8 +51,13 @@ OTHER_IMAGE_SIGNATURES = {
 }
 
 
-#: What a missing image part is told to send.
-MISSING_IMAGE = f"required: a file part ({IMAGE_FORMATS_TEXT}) or an https:// URL"
+#: What a missing image is told to send, in the request's own encoding's terms.
+MISSING_IMAGE = {
+    "form": f"required: a file part ({IMAGE_FORMATS_TEXT}) or an https:// URL",
+    "json": f"required: a {IMAGE_FORMATS_TEXT} image as {ALLOWED_FORMS['json']}",
+}
+#: Form fields that may be sent several times (each adds to a list); any other is sent at most once.
+REPEATABLE_FORM_FIELDS = frozenset({"appearance", "webhook_events_filter"})
 #: Longest Idempotency-Key accepted; keys are opaque to us (a UUID is typical).
 MAX_IDEMPOTENCY_KEY = 255
 MAX_WEBHOOK_URL = 2000
@@ -73,13 +79,14 @@ def appearance_labels(count: int) -> list[str]:
     return ["appearance"] if count == 1 else [f"appearance[{k}]" for k in range(count)]
 
 
-def check_appearance_count(count: int) -> None:
-    """422 naming ``appearance`` unless 1 <= count <= MAX_APPEARANCES."""
+def check_appearance_count(count: int, encoding: Literal["form", "json"]) -> None:
+    """422 naming ``appearance`` unless 1 <= count <= MAX_APPEARANCES (``encoding``: whose terms a
+    missing image is described in)."""
     if 1 <= count <= MAX_APPEARANCES:
         return
     allowed = f"1 to {MAX_APPEARANCES} appearance images"
     if count == 0:
-        message = MISSING_IMAGE
+        message = MISSING_IMAGE[encoding]
         kind = "missing-part"
     else:
         message = f"{count} appearance images sent; at most {MAX_APPEARANCES} per job"
@@ -267,19 +274,17 @@ async def _read_form(request: Request, settings: Settings) -> _Parsed:
         raise
     except Exception as exc:  # malformed multipart is the caller's error
         if "too many files" in str(exc).lower():
-            check_appearance_count(MAX_APPEARANCES + 1)
+            check_appearance_count(MAX_APPEARANCES + 1, "form")
         raise ApiProblem(400, f"cannot parse the multipart body: {exc}", kind="bad-request") from exc
     parts = {name: [p for p in form.getlist(name) if isinstance(p, UploadFile) or p] for name in IMAGE_FIELDS}
     missing = [name for name in IMAGE_FIELDS if not parts[name]]
     if missing:
-        problems = [FieldProblem(field=f, message=MISSING_IMAGE) for f in missing]
+        problems = [FieldProblem(field=f, message=MISSING_IMAGE["form"]) for f in missing]
         raise ApiProblem(
             422, "; ".join(f"{p.field}: {p.message}" for p in problems), kind="missing-part", errors=problems
         )
-    if len(parts["structure"]) > 1:
-        problem = FieldProblem(field="structure", message="sent more than once", allowed="one image")
-        raise ApiProblem(422, "structure: sent more than once; send one structure image", errors=[problem])
-    check_appearance_count(len(parts["appearance"]))
+    _check_not_repeated(form.multi_items())
+    check_appearance_count(len(parts["appearance"]), "form")
     labelled = [("structure", parts["structure"][0])]
     labelled += zip(appearance_labels(len(parts["appearance"])), parts["appearance"], strict=True)
     raw: dict[str, bytes] = {}
@@ -319,10 +324,46 @@ async def _read_form(request: Request, settings: Settings) -> _Parsed:
     return _Parsed(raw, declared, _params(fields), labels, webhook, events_filter(events), urls)
 
 
+def _check_not_repeated(items: Sequence[tuple[str, object]]) -> None:
+    """422 naming a form field sent more than once: one value is taken, not silently the last."""
+    counts = Counter(name for name, _ in items if name not in REPEATABLE_FORM_FIELDS)
+    repeated = [name for name, count in counts.items() if count > 1]
+    if not repeated:
+        return
+    problems = [
+        FieldProblem(
+            field=name,
+            message=f"sent {counts[name]} times",
+            allowed="one " + ("image" if name in IMAGE_FIELDS else "value"),
+        )
+        for name in repeated
+    ]
+    raise ApiProblem(422, describe(problems), kind="repeated-field", errors=problems)
+
+
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """json.loads' object hook: a key given twice in one object is refused, not silently the last."""
+    counts = Counter(key for key, _ in pairs)
+    for key, count in counts.items():
+        if count > 1:
+            raise _RepeatedKey(key)
+    return dict(pairs)
+
+
 async def _read_json(request: Request) -> _Parsed:
     raw_body = await request.body()
     try:
-        body = json.loads(raw_body)
+        body = json.loads(raw_body, object_pairs_hook=_refuse_repeated_keys)
+    except _RepeatedKey as exc:
+        message = "given more than once in one object"
+        problem = FieldProblem(field=exc.key, message=message, allowed="one value")
+        raise ApiProblem(422, describe([problem]), kind="repeated-field", errors=[problem]) from exc
     except RecursionError as exc:
         raise ApiProblem(400, "the JSON body is nested too deeply", kind="bad-request") from exc
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integer literals
@@ -330,7 +371,7 @@ async def _read_json(request: Request) -> _Parsed:
     if not isinstance(body, dict):
         raise ApiProblem(400, "the JSON body must be an object", kind="bad-request")
     if isinstance(body.get("appearance"), list):  # the count first: named as such, not as a list length
-        check_appearance_count(len(body["appearance"]))
+        check_appearance_count(len(body["appearance"]), "json")
     try:
         parsed = TransferJSONRequest.model_validate(body)
     except ValidationError as exc:
@@ -391,7 +432,9 @@ def check_image(field: str, data: bytes, declared_type: str | None, settings: Se
     _check_size(field, len(data), settings)
     if not data:
         raise ApiProblem(
-            400, f"{field}: the file is empty; send a {IMAGE_FORMATS_TEXT} image", kind="not-an-image"
+            400,
+            f"{field}: the image is empty (0 bytes); send a {IMAGE_FORMATS_TEXT} image",
+            kind="not-an-image",
         )
     fmt = sniff_format(data)
     if fmt is None:
@@ -446,8 +489,9 @@ def _decode_once(field: str, data: bytes, fmt: str, settings: Settings) -> None:
             kind="too-large",
         ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = decoder_complaint(exc)
         raise ApiProblem(
-            400, f"{field}: the {fmt} image is corrupt or truncated: {exc}", kind="not-an-image"
+            400, f"{field}: the {fmt} image is corrupt or truncated: {reason}", kind="not-an-image"
         ) from exc
 
 

@@ -24,6 +24,7 @@ from service.api.errors import (
     JobNotFound,
     NotReady,
     QueueFull,
+    RateLimited,
     ResultGone,
     ResultNotFound,
     ResultNotReady,
@@ -78,6 +79,13 @@ def problem_response(
     )
 
 
+def status_kind(status: int) -> str:
+    """The problem type of a refusal that has no more specific one (no endpoint, a method the
+    endpoint does not take): its status phrase, ``/problems/not-found``, ``/problems/method-not-allowed``."""
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
+    return phrase.lower().replace(" ", "-").replace("'", "")
+
+
 def field_problems(
     exc: ValidationError | RequestValidationError, *, skip_prefix: int = 0
 ) -> list[FieldProblem]:
@@ -123,6 +131,8 @@ def domain_problem(exc: Exception) -> ApiProblem:
     if isinstance(exc, NotReady):
         return _unavailable(exc.detail, exc.retry_after or UNAVAILABLE_RETRY_S)
     retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    if isinstance(exc, RateLimited):
+        return ApiProblem(429, exc.detail, kind="rate-limited", headers={**exc.headers, **(retry or {})})
     if isinstance(exc, QueueFull):
         return ApiProblem(
             429, exc.detail, kind="too-many-jobs" if exc.per_key else "queue-full", headers=retry
@@ -182,9 +192,20 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no endpoint at {request.url.path}"
-        return problem_response(exc.status_code, detail, instance=request.url.path, headers=exc.headers)
+        return problem_response(
+            exc.status_code,
+            detail,
+            kind=status_kind(exc.status_code),
+            instance=request.url.path,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(500, "internal server error; see the service logs", instance=request.url.path)
+        return problem_response(
+            500,
+            "internal server error; see the service logs",
+            kind="internal-error",
+            instance=request.url.path,
+        )

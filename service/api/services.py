@@ -7,11 +7,12 @@ import logging
 from dataclasses import dataclass
 
 from service.api.access import JobAccess
-from service.api.admission import Capacity, Readiness
+from service.api.admission import Capacity, RateLimiter, Readiness
 from service.api.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from service.api.listing import JobListing
 from service.api.metrics import ServiceMetrics
 from service.api.submit import Submitter
+from service.api.usage import UsageLedger
 from service.api.views import JobViews
 from service.api.watch import JobFollower
 from service.auth import KeyRing
@@ -43,6 +44,8 @@ class Services:
     views: JobViews
     follower: JobFollower
     listing: JobListing
+    rate_limiter: RateLimiter
+    usage: UsageLedger
     sweeper: Sweeper | None = None
 
     @classmethod
@@ -79,6 +82,8 @@ class Services:
             views=JobViews(settings, stores, store),
             follower=JobFollower(settings, jobs),
             listing=JobListing(stores),
+            rate_limiter=RateLimiter(settings, stores),
+            usage=UsageLedger(stores),
             sweeper=Sweeper(stores, store, settings),
         )
 

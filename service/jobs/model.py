@@ -45,6 +45,10 @@ class UndeliveredWebhook(BaseModel):
     at: datetime
 
 
+#: A job's stored output shape: its ints and flag, and the crop box (a dict of ints) or None.
+OutputRecord = dict[str, int | bool | dict[str, int] | None]
+
+
 class Job(BaseModel):
     """One transfer request and everything known about its run (internals included: store keys,
     worker, attempts; the public shape is service.api.schemas.JobOut)."""
@@ -62,8 +66,9 @@ class Job(BaseModel):
     appearance_keys: list[str] = Field(min_length=1)
     #: One stored result per appearance, in the same order; empty until the job has succeeded.
     results: list[JobResult] = Field(default_factory=list)
-    #: Output width, height and whether the aspect was clamped (known once the job has run).
-    output: dict[str, int | bool] | None = None
+    #: The output's shape as qalign_schema.jobs.OutputOut has it: width, height, aspect_clamped,
+    #: grid_width, grid_height, crop (known once the job has run).
+    output: OutputRecord | None = None
     error: JobError | None = None
     metrics: dict[str, float | int | bool | str | None] = Field(default_factory=dict)
     cancel_requested: bool = False

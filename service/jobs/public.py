@@ -17,6 +17,7 @@ from datetime import timedelta
 from qalign_schema.jobs import ErrorOut, JobMetricsOut, JobOut, JobUrls, OutputOut, ResultOut
 from service.jobs.estimates import QueueSnapshot
 from service.jobs.model import Job, utcnow
+from service.jobs.usage import job_usage
 from service.settings import Settings
 from service.storage import ObjectStore, StorageUnavailable
 
@@ -78,6 +79,7 @@ def job_out(
         results=results,
         error=ErrorOut(**job.error.model_dump()) if job.error else None,
         metrics=JobMetricsOut(**job.metrics),
+        usage=job_usage(job),
         urls=job_urls(job.id, base, len(job.appearance_keys)) if base else None,
         queue_position=position,
         eta_s=eta,

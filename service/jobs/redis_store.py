@@ -31,6 +31,7 @@ from service.jobs.store import (
     enqueued_at,
     expires_at,
     listed_keys,
+    window_of,
 )
 from service.jobs.transitions import Mutation
 
@@ -589,6 +590,27 @@ class RedisEventCounters:
         return {label: int(n) for label, n in self.conn.call(self.client.hgetall, self._key(name)).items()}
 
 
+class RedisRateWindows:
+    """One counter per key and window (INCR), expiring a second after its window ends; the window
+    is read from Redis's clock, so API replicas with skewed clocks share it."""
+
+    def __init__(self, conn: RedisConnection) -> None:
+        self.conn, self.client = conn, conn.client
+
+    def hit(self, key: str, window_s: int) -> tuple[int, float]:
+        def run() -> tuple[int, float]:
+            seconds, micros = self.client.time()
+            index, left = window_of(seconds + micros / 1e6, window_s)
+            counter = f"{self.conn.prefix}rate:{window_s}:{key}:{index}"
+            pipe = self.client.pipeline()
+            pipe.incr(counter)
+            pipe.expire(counter, window_s + 1)
+            count, _ = pipe.execute()
+            return int(count), left
+
+        return self.conn.run(run)
+
+
 def open_redis_stores(url: str, *, ttl: int, prefix: str = "qalign:") -> JobStores:
     """The stores over one connection pool (nothing connects until the first call)."""
     conn = RedisConnection(url, prefix=prefix)
@@ -600,5 +622,6 @@ def open_redis_stores(url: str, *, ttl: int, prefix: str = "qalign:") -> JobStor
         stages=RedisStageStatistics(conn),
         counters=RedisEventCounters(conn),
         outbox=outbox,
+        rates=RedisRateWindows(conn),
         close=conn.close,
     )

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from qalign_core.errors import InvalidImageError, ModelLoadError, QAlignError, TransferCanceled
 from qalign_core.params import TransferParams
 from service.jobs import transitions
-from service.jobs.model import Job, JobResult, worker_name
+from service.jobs.model import Job, JobResult, OutputRecord, worker_name
 from service.jobs.store import JobStores, StoreUnavailable
 from service.logs import job_context
 from service.settings import Settings
@@ -381,7 +381,7 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
 
 def describe_result(
     job: Job, result: TransferResult, keys: list[str]
-) -> tuple[list[JobResult], dict[str, int | bool], dict[str, Any]]:
+) -> tuple[list[JobResult], OutputRecord, dict[str, Any]]:
     """(stored results in order, output shape, metrics) of a pipeline result.
 
     The pipeline's diagnostics give AdaIN per image (lists); each stored result keeps its own, and
@@ -391,6 +391,7 @@ def describe_result(
     count = len(keys)
     adain = _per_image(diagnostics.pop("adain_applied", None), count)
     masks = _per_image(diagnostics.pop("object_masks_found", None), count)
+    diagnostics.pop("crop", None)  # a box, in the output (not a metric)
     shape = result.shape
     stored = [
         JobResult(
@@ -403,7 +404,17 @@ def describe_result(
         )
         for index, (key, image) in enumerate(zip(keys, result.images, strict=True))
     ]
-    output = {"width": int(shape.width), "height": int(shape.height), "aspect_clamped": bool(shape.clamped)}
+    crop = None
+    if shape.crop is not None:
+        crop = dict(zip(("left", "top", "right", "bottom"), map(int, shape.crop), strict=True))
+    output = {
+        "width": int(shape.result_width),
+        "height": int(shape.result_height),
+        "aspect_clamped": bool(shape.clamped),
+        "grid_width": int(shape.width),
+        "grid_height": int(shape.height),
+        "crop": crop,
+    }
     queue_s = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
     rows = getattr(result, "unet_rows", None) or {}
     metrics = {
@@ -419,6 +430,8 @@ def describe_result(
         "output_width": output["width"],
         "output_height": output["height"],
         "aspect_clamped": output["aspect_clamped"],
+        "grid_width": output["grid_width"],
+        "grid_height": output["grid_height"],
     }
     return stored, output, metrics
 

@@ -32,6 +32,7 @@ from service.jobs.store import (
     WorkerInfo,
     add_observation,
     empty_stats,
+    window_of,
 )
 from service.jobs.transitions import Mutation
 
@@ -396,6 +397,24 @@ class MemoryEventCounters:
             return dict(self._counts.get(name, {}))
 
 
+class MemoryRateWindows:
+    """Embedded mode: one process takes every request, so its memory holds the counts (the current
+    window's only: an older one is dropped when a key's next window starts)."""
+
+    def __init__(self, clock: Clock = time.time) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._counts: dict[str, tuple[int, int]] = {}  # key -> (window index, count)
+
+    def hit(self, key: str, window_s: int) -> tuple[int, float]:
+        index, left = window_of(self.clock(), window_s)
+        with self._lock:
+            current, count = self._counts.get(key, (index, 0))
+            count = count + 1 if current == index else 1
+            self._counts[key] = (index, count)
+        return count, left
+
+
 def open_sqlite_stores(path: Path, *, ttl: int, clock: Clock = time.time) -> JobStores:
     db = SqliteDatabase(path, ttl=ttl, clock=clock)
     return JobStores(
@@ -405,5 +424,6 @@ def open_sqlite_stores(path: Path, *, ttl: int, clock: Clock = time.time) -> Job
         stages=MemoryStageStatistics(),
         counters=MemoryEventCounters(),
         outbox=SqliteOutbox(db),
+        rates=MemoryRateWindows(clock),
         close=db.close,
     )

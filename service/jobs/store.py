@@ -220,6 +220,23 @@ class EventCounters(Protocol):
         ...
 
 
+class RateWindows(Protocol):
+    """Request counts per key in fixed time windows, shared by every API replica (the per-key
+    request rate limit, service.api.admission.RateLimiter)."""
+
+    def hit(self, key: str, window_s: int) -> tuple[int, float]:
+        """Count one request of ``key`` in the current ``window_s`` window (windows start at
+        multiples of ``window_s`` in epoch seconds): (requests in it so far, this one included;
+        seconds until it ends)."""
+        ...
+
+
+def window_of(now: float, window_s: int) -> tuple[int, float]:
+    """(index of the fixed window holding ``now``, seconds until it ends)."""
+    index = int(now // window_s)
+    return index, (index + 1) * window_s - now
+
+
 #: EventCounters name of the webhook events given up on (labels: refused, failed).
 WEBHOOKS_UNDELIVERED = "webhooks_undelivered"
 
@@ -234,6 +251,7 @@ class JobStores:
     stages: StageStatistics
     counters: EventCounters
     outbox: Outbox
+    rates: RateWindows
     close: Callable[[], None] = lambda: None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from service.jobs.model import Job, JobError, JobResult, utcnow
+from service.jobs.model import Job, JobError, JobResult, OutputRecord, utcnow
 
 Mutation = Callable[[Job], Job | None]
 
@@ -108,7 +108,7 @@ def succeed(
     results: Sequence[JobResult],
     params: dict[str, Any],
     metrics: dict[str, Any],
-    output: dict[str, int | bool] | None = None,
+    output: OutputRecord | None = None,
 ) -> Job | None:
     """The run produced its results (one per appearance, in order); a record that already ended
     (canceled meanwhile) stays."""

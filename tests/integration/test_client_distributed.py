@@ -74,7 +74,7 @@ def test_async_run(server, photo_bytes):
         async with AsyncClient(server.url, timeout=60) as client:
             return await client.run(*photo_bytes, FAST, timeout=JOB_TIMEOUT, seed=4)
 
-    assert decode(asyncio.run(scenario())).size == (128, 64)  # the cat's 3:2, shorter side to 64 px
+    assert decode(asyncio.run(scenario())).size == (128, 85)  # the whole cat at its 3:2
 
 
 def test_several_appearances_come_through_the_store_in_order(client, photo_bytes, s3_server, tmp_path):
@@ -84,7 +84,7 @@ def test_several_appearances_come_through_the_store_in_order(client, photo_bytes
     assert done.status == "succeeded", done.error
     assert len(done.results) == 2 and all(r.url.startswith(s3_server["endpoint"]) for r in done.results)
     paths = client.results(done, tmp_path)  # GET /jobs/{id}/result and /results/1, each a 307 to S3
-    assert [p.name for p in paths] == [f"{done.id}-0.png", f"{done.id}-1.png"]
+    assert [p.name for p in paths] == [f"qalign-{done.id}-0.png", f"qalign-{done.id}-1.png"]
     images = [decode(p.read_bytes()) for p in paths]
     assert [i.size for i in images] == [(done.output.width, done.output.height)] * 2 == [(128, 128)] * 2
     assert paths[0].read_bytes() != paths[1].read_bytes()

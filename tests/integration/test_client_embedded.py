@@ -31,8 +31,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 JOB_TIMEOUT = 240
 #: The tiny model's rounding unit: VAE factor 8 times 2^3 UNet downsamplings (64 px, as SD 1.5's).
 TINY_UNIT = 64
-#: The cat (451 x 300) in its shape on the tiny model: longer side 128, 85 rounded to the unit.
-CAT_SHAPE = (128, 64)
+#: The cat (451 x 300) in its shape on the tiny model: longer side 128, the shorter 85 (its 3:2 to the pixel).
+CAT_SHAPE = (128, 85)
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"client-test-webhook-key-32-bytes").decode()
 
 
@@ -251,10 +251,10 @@ def test_several_appearances_give_one_result_each_in_the_structures_shape(
     width, height = done.output.width, done.output.height
     cat_width, cat_height = photos[0].size
     assert width > height and width == done.params.size, "the longer side is size; the cat is landscape"
-    assert abs(height - width * cat_height / cat_width) <= TINY_UNIT / 2, "the shape within the unit"
+    assert abs(height - width * cat_height / cat_width) <= 0.5, "the structure's aspect to the pixel"
 
-    paths = client.results(done, tmp_path / "looks")
-    assert [p.name for p in paths] == [f"{done.id}-0.png", f"{done.id}-1.png"]
+    paths = client.results(done, tmp_path / "looks.png")  # a file name: numbered beside it
+    assert paths == [tmp_path / "looks-0.png", tmp_path / "looks-1.png"]
     images = [decode(p.read_bytes()) for p in paths]
     assert [i.size for i in images] == [(width, height)] * 2
     assert client.result(done, k=1) == paths[1].read_bytes() != paths[0].read_bytes()
@@ -281,7 +281,7 @@ def test_async_client_with_several_appearances(server, files, mirrored_cup, tmp_
             paths = await client.run(
                 files / "cat.png", [mirrored_cup, files / "cup.jpg"], FAST, path=tmp_path, timeout=JOB_TIMEOUT
             )
-            job = await client.get(paths[0].name.split("-")[0])
+            job = await client.get(paths[0].name.split("-")[1])  # the directory's qalign-<id>-<k>.png
             return paths, job, await client.results(job)
 
     paths, job, data = asyncio.run(scenario())
@@ -329,14 +329,13 @@ def test_cli_several_appearances_on_the_server(server, files, mirrored_cup, tmp_
          *FAST_ARGS],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in into.iterdir()) == ["result-0.png", "result-1.png"]
-    shapes = {decode((into / name).read_bytes()).size for name in ("result-0.png", "result-1.png")}
+    job_id = result.stdout.rsplit("; job ", 1)[1].split(")", 1)[0]
+    names = [f"qalign-{job_id}-0.png", f"qalign-{job_id}-1.png"]  # the client's directory names
+    assert sorted(p.name for p in into.iterdir()) == names
+    shapes = {decode((into / name).read_bytes()).size for name in names}
     (shape,) = shapes
     assert shape[0] > shape[1], "the default aspect keeps the cat's landscape shape"
-    assert (
-        f"wrote 2 results: {into / 'result-0.png'}, {into / 'result-1.png'} ({shape[0]}x{shape[1]}"
-        in result.stdout
-    )
+    assert f"wrote 2 results: {into / names[0]}, {into / names[1]} ({shape[0]}x{shape[1]}" in result.stdout
 
 
 FAST_ARGS = ["--steps", str(FAST["steps"]), "--skip-steps", str(FAST["skip_steps"])]
@@ -373,8 +372,8 @@ def test_the_readme_client_example_runs(server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(example.replace("http://127.0.0.1:8000", server.url), "README.md", "exec"), {})
     first = decode((tmp_path / "result.png").read_bytes())
-    written = sorted((tmp_path / "results").iterdir())
-    assert [p.name.rsplit("-", 1)[1] for p in written] == ["0.png", "1.png"]
+    written = [tmp_path / "look-0.png", tmp_path / "look-1.png"]  # numbered beside the given name
+    assert not (tmp_path / "look.png").exists()
     assert written[0].read_bytes() == (tmp_path / "result.png").read_bytes()
     assert first.format == "PNG"
 

@@ -76,6 +76,31 @@ def test_a_photo_comes_back_in_its_shape(distributed_client, photos, photo_bytes
     assert decode(httpx.get(done["result"]["url"], timeout=10).content).size == shape
 
 
+def test_usage_adds_up_to_the_jobs_on_redis(distributed_client, photo_bytes):
+    """GET /usage from the Redis job store equals the sum of the listed jobs' own usage (the jobs of
+    this module's other tests included: open mode, one owner)."""
+    done = poll(distributed_client, submit(distributed_client, photo_bytes, **FAST)["id"])
+    assert done["status"] == "succeeded" and done["usage"]["compute_s"] > 0
+    assert done["usage"]["output_pixels"] == done["output"]["width"] * done["output"]["height"]
+    jobs, cursor = [], None
+    while True:
+        page = distributed_client.get(
+            "/jobs", params={"limit": 100, **({"cursor": cursor} if cursor else {})}
+        ).json()
+        jobs += page["jobs"]
+        if not (cursor := page["next_cursor"]):
+            break
+    report = distributed_client.get("/usage").json()
+    ended = [job["usage"] for job in jobs if job["usage"] is not None]
+    assert report["jobs"] == len(jobs) >= 1 and report["unfinished"] == len(jobs) - len(ended)
+    assert report["succeeded"] == sum(job["status"] == "succeeded" for job in jobs)
+    assert report["unet_rows"] == sum(u["unet_rows"] for u in ended) > 0
+    assert report["compute_s"] == pytest.approx(sum(u["compute_s"] for u in ended), abs=1e-3)
+    assert report["output_megapixels"] == pytest.approx(
+        sum(u["output_pixels"] for u in ended) / 1e6, abs=1e-6
+    )
+
+
 def test_three_appearances_give_three_results_in_order(distributed_client, photos, photo_bytes):
     """Result k is the one a single-pair job with appearance k gives (batch invariance, in order),
     and each is downloadable through /jobs/{id}/results/{k} (307 to its presigned URL)."""

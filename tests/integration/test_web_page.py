@@ -115,6 +115,12 @@ def drop_file(page, zone: str, path: Path, content_type: str) -> None:
     page.dispatch_event(zone, "drop", {"dataTransfer": transfer})
 
 
+#: True once the structure is chosen and ``arg`` appearance tiles are in place (files are added once
+#: their first bytes have been read, a moment after they are dropped or chosen).
+TILES_AND_STRUCTURE = """(count) => document.querySelector("#structure-drop").classList.contains("filled")
+    && document.querySelectorAll(".appearance-tile").length === count"""
+
+
 def give_key(page) -> None:
     """The API key field is under "More" (opened by the page itself after a 401)."""
     if not page.is_visible("#api-key"):
@@ -129,6 +135,7 @@ def job_id_of(run) -> str:
 def test_two_photos_give_a_rendered_result_with_live_progress(page, live_service, photo_files, shots):
     drop_file(page, "#structure-drop", photo_files[0], "image/png")  # dropped
     page.set_input_files("#appearance", str(photo_files[1]))  # chosen
+    page.wait_for_function(TILES_AND_STRUCTURE, arg=1)  # each file's first bytes are read first
     page.fill("#steps", "6")
     page.fill("#seed", "3")
     give_key(page)
@@ -157,7 +164,7 @@ def test_two_photos_give_a_rendered_result_with_live_progress(page, live_service
         assert run.locator(".size").inner_text() == f"{size[0]} × {size[1]}"
         download = run.locator(".download")
         assert download.get_attribute("href").startswith("blob:")
-        assert download.get_attribute("download") == f"qalign-{method}-{job_id}-0.png"
+        assert download.get_attribute("download") == f"qalign-{job_id}.png"  # one result: no number
     # The progress came from the events stream: the page opened it (the service counts open streams).
     events = [r for r in page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")]
     assert sum("/events" in name for name in events) >= 2, events
@@ -178,6 +185,32 @@ def boxes(page, selectors: list[str]) -> list[dict]:
     return [page.locator(selector).bounding_box() for selector in selectors]
 
 
+#: Installed before a submit: after every change under #runs (cards added, a frame's --shape set, a
+#: card loaded, a status change) it logs the result frames' boxes in page coordinates, and the
+#: history entry's text beside the run card's status.
+WATCH_RUNS = """() => {
+    window.frameLog = [];
+    window.statusLog = [];
+    const snap = () => [...document.querySelectorAll("#runs .frame")].map((frame) => {
+        const r = frame.getBoundingClientRect();
+        return [r.x + scrollX, r.y + scrollY, r.width, r.height].map((v) => Math.round(v * 100) / 100);
+    });
+    new MutationObserver((records) => {
+        window.frameLog.push(snap());
+        for (const record of records) {
+            if (record.attributeName !== "data-status") continue;
+            const run = record.target;
+            const entry = document.querySelector(
+                `.history-item[data-job-id="${run.dataset.jobId}"] .history-meta`);
+            window.statusLog.push([run.dataset.status, entry ? entry.textContent : null]);
+        }
+    }).observe(document.querySelector("#runs"), {
+        subtree: true, childList: true, attributes: true,
+        attributeFilter: ["style", "class", "data-status"],
+    });
+}"""
+
+
 def test_two_appearances_on_a_wide_structure_fill_a_grid_in_its_shape_and_the_history(
     page, live_service, photo_files, wide_structure, shots, tmp_path
 ):
@@ -192,6 +225,7 @@ def test_two_appearances_on_a_wide_structure_fill_a_grid_in_its_shape_and_the_hi
     # Upload boxes keep their place when the previews load: fixed-aspect boxes, images inside them.
     page.set_input_files("#structure", str(wide_structure))
     page.set_input_files("#appearance", [str(photo_files[1]), str(second)])
+    page.wait_for_function(TILES_AND_STRUCTURE, arg=2)
     page.wait_for_function(
         "[...document.querySelectorAll('#structure-preview, .appearance-tile .preview')]"
         ".every(img => img.complete && img.naturalWidth > 0)"
@@ -203,11 +237,22 @@ def test_two_appearances_on_a_wide_structure_fill_a_grid_in_its_shape_and_the_hi
     assert page.inner_text("#submit") == "Create 2 looks"
     page.screenshot(path=str(shots / "page-filled.png"), full_page=True)
 
+    page.evaluate(WATCH_RUNS)
     page.click("#submit")
     run = page.locator(".run")
     page.wait_for_selector('.run[data-state="shown"]', timeout=300_000)
     page.screenshot(path=str(shots / "page-two-looks.png"), full_page=True)
     job_id = job_id_of(run)
+
+    # No layout shift: the frames had their final boxes from the moment they appeared (before the
+    # job had an output size), through the output's arrival and the images' loading.
+    logged = [snapshot for snapshot in page.evaluate("window.frameLog") if len(snapshot) == 2]
+    final = page.evaluate("window.frameLog.at(-1)")
+    assert len(logged) >= 3 and all(snapshot == final for snapshot in logged), logged
+    # The history said what the run card said at every status change.
+    statuses = page.evaluate("window.statusLog")
+    assert [status for status, _ in statuses][-1] == "succeeded", statuses
+    assert all(text is not None and text.endswith(status) for status, text in statuses), statuses
     job = httpx.get(f"{live_service.url}/jobs/{job_id}", headers=AUTH).json()
     assert job["status"] == "succeeded" and job["appearances"] == 2 and job["params"]["aspect"] == "structure"
     width, height = job["output"]["width"], job["output"]["height"]
@@ -220,7 +265,7 @@ def test_two_appearances_on_a_wide_structure_fill_a_grid_in_its_shape_and_the_hi
         assert size == [width, height] == [job["results"][k]["width"], job["results"][k]["height"]]
         frame = card.locator(".frame").bounding_box()
         assert frame["width"] / frame["height"] == pytest.approx(width / height, rel=0.02)  # not squared
-        assert card.locator(".download").get_attribute("download") == f"qalign-qalign-{job_id}-{k}.png"
+        assert card.locator(".download").get_attribute("download") == f"qalign-{job_id}-{k}.png"
         shown = card.locator(".result").evaluate(
             "img => fetch(img.src).then(r => r.arrayBuffer()).then(b => Array.from(new Uint8Array(b)))"
         )
@@ -244,6 +289,39 @@ def test_two_appearances_on_a_wide_structure_fill_a_grid_in_its_shape_and_the_hi
     page.screenshot(path=str(shots / "page-reopened.png"), full_page=True)
 
 
+def test_the_missing_image_notice_follows_the_inputs(page, photo_files):
+    page.click("#submit")
+    problem = page.locator("#form-problem")
+    problem.wait_for()
+    assert "structure: choose or drop an image" in problem.inner_text()
+    page.set_input_files("#structure", str(photo_files[0]))
+    page.wait_for_function("!document.querySelector('#form-problem').innerText.includes('structure:')")
+    assert problem.is_visible() and "appearance: add 1 to 8 images" in problem.inner_text()
+    drop_file(page, "#appearances", photo_files[1], "image/jpeg")
+    problem.wait_for(state="hidden")  # both inputs given: the notice is gone before any submit
+    assert page.locator(".appearance-tile").count() == 1 and page.locator(".run").count() == 0
+
+
+def test_non_images_are_refused_when_dropped_or_chosen(page, photo_files, tmp_path, shots):
+    """A text file renamed .png has the type image/png: its first bytes tell it is no image."""
+    renamed = tmp_path / "notes.png"
+    renamed.write_text("just some text, not pixels")
+    problem = page.locator("#form-problem")
+    drop_file(page, "#appearances", renamed, "image/png")
+    problem.wait_for()
+    assert "Not an image" in problem.inner_text() and "not added: notes.png" in problem.inner_text()
+    assert page.locator(".appearance-tile").count() == 0 and page.inner_text("#appearance-count") == "0 / 8"
+    page.set_input_files("#appearance", [str(renamed), str(photo_files[1])])  # the image among them is kept
+    page.wait_for_function("document.querySelectorAll('.appearance-tile').length === 1")
+    as_structure = tmp_path / "layout.png"
+    as_structure.write_text("no pixels either")
+    drop_file(page, "#structure-drop", as_structure, "image/png")
+    page.wait_for_function("document.querySelector('#form-problem').innerText.includes('added: layout.png')")
+    assert page.is_hidden("#structure-preview")
+    assert "filled" not in page.get_attribute("#structure-drop", "class")
+    page.screenshot(path=str(shots / "page-not-an-image.png"), full_page=True)
+
+
 def test_at_most_eight_appearances_and_both_kinds_of_image_needed(page, photo_files, tmp_path, shots):
     page.click("#submit")  # nothing chosen: said on the page, nothing sent
     problem = page.locator("#form-problem")
@@ -257,6 +335,7 @@ def test_at_most_eight_appearances_and_both_kinds_of_image_needed(page, photo_fi
         files.append(tmp_path / f"look-{k}.jpg")
         files[-1].write_bytes(photo_files[1].read_bytes())
     page.set_input_files("#appearance", [str(path) for path in files])
+    page.wait_for_function("document.querySelectorAll('.appearance-tile').length === 8")
     assert page.locator(".appearance-tile").count() == 8 and page.is_hidden("#appearance-drop")
     assert "not added: look-8.jpg" in problem.inner_text()
     assert page.inner_text("#appearance-count") == "8 / 8"
@@ -284,10 +363,11 @@ def test_favicon_is_served(browser, live_service):
 
 
 def test_refusals_are_shown_as_readable_problem_details(page, photo_files, tmp_path, shots):
-    text_file = tmp_path / "notes.txt"
-    text_file.write_text("not an image")
+    broken = tmp_path / "broken.png"  # a PNG signature, then no readable header: the service refuses it
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x10" * 40)
     page.set_input_files("#structure", str(photo_files[0]))
-    page.set_input_files("#appearance", str(text_file))
+    page.set_input_files("#appearance", str(broken))
+    page.wait_for_function("document.querySelectorAll('.appearance-tile').length === 1")
 
     page.click("#submit")  # no API key: 401
     problem = page.locator(".run .problem")
@@ -297,13 +377,13 @@ def test_refusals_are_shown_as_readable_problem_details(page, photo_files, tmp_p
     assert page.is_visible("#api-key"), "a 401 opens the API key field"
 
     page.fill("#api-key", KEY)
-    page.click("#submit")  # a text file as the appearance: 400, naming the field
+    page.click("#submit")  # a broken PNG as the appearance: 400, naming the field, no Python repr
     problem = page.locator(".run .problem")
     problem.wait_for(timeout=60_000)
     heading = problem.locator("h3").inner_text()
     detail = problem.locator(".detail").inner_text()
     assert heading == "400 Bad Request", heading
-    assert detail == "appearance: not an image (send a PNG, JPEG or WebP file)"
+    assert detail == "appearance: the png image is corrupt or truncated: its header cannot be read"
     assert problem.locator(".kind").inner_text() == "/problems/not-an-image"
     assert "{" not in problem.inner_text(), "shown as text, not raw JSON"
     page.screenshot(path=str(shots / "page-problem.png"), full_page=True)

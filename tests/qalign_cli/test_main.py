@@ -47,7 +47,7 @@ def test_transfer_writes_a_valid_image(files, tiny_model_dir):
     with Image.open(out) as image:
         # The format from the suffix; the cat's 3:2 shape kept: the longer side 128 (the tiny model's
         # native size), the shorter 128 * 300 / 451 = 85 rounded to the model's 64 px unit.
-        assert image.format == "WEBP" and image.size == (128, 64)
+        assert image.format == "WEBP" and image.size == (128, 85)
     assert "wrote" in result.output
     assert (
         "model: Stable Diffusion 1.5, native 128 px; --size takes a multiple of 64 from 64 to 256"
@@ -64,7 +64,7 @@ def test_transfer_saves_masked_adains_masks(files, tiny_model_dir):
     assert result.exit_code == 0, result.output
     for name in ("structure", "appearance"):
         with Image.open(masks / f"mask_{name}.png") as image:
-            assert image.size == (128, 64) and set(np.unique(np.asarray(image)).tolist()) <= {0, 255}
+            assert image.size == (128, 85) and set(np.unique(np.asarray(image)).tolist()) <= {0, 255}
     plain = _run(
         "transfer", "--structure", str(files / "cat.png"), "--appearance", str(files / "cup.jpg"),
         "--output", str(files / "plain.png"), "--model", tiny_model_dir, "--adain", "plain",
@@ -163,9 +163,10 @@ def test_output_paths_for_one_or_several_appearances(tmp_path):
     out = tmp_path / "out.png"
     assert output_paths(out, 1, "png") == [out]  # one appearance: --output as given
     assert output_paths(out, 3, "png") == [tmp_path / f"out-{k}.png" for k in range(3)]
-    assert output_paths(tmp_path / "look", 2, "png") == [tmp_path / "look-0", tmp_path / "look-1"]
-    assert output_paths(tmp_path, 2, "jpeg") == [tmp_path / "result-0.jpg", tmp_path / "result-1.jpg"]
-    assert output_paths(tmp_path, 1, "webp") == [tmp_path / "result-0.webp"]
+    assert output_paths(tmp_path / "look", 2, "png") == [tmp_path / "look-0.png", tmp_path / "look-1.png"]
+    assert output_paths(tmp_path, 2, "jpeg") == [tmp_path / "qalign-0.jpg", tmp_path / "qalign-1.jpg"]
+    assert output_paths(tmp_path, 1, "webp") == [tmp_path / "qalign.webp"]
+    assert list(tmp_path.iterdir()) == []  # naming creates nothing
 
 
 @pytest.mark.parametrize(
@@ -201,10 +202,10 @@ def test_several_appearances_locally_give_one_file_each(files, tiny_model_dir, t
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     written = [tmp_path / "look-0.png", tmp_path / "look-1.png"]
-    assert f"wrote 2 results: {written[0]}, {written[1]} (128x64, " in result.output
+    assert f"wrote 2 results: {written[0]}, {written[1]} (128x85, " in result.output
     assert not (tmp_path / "look.png").exists()
     images = [np.asarray(Image.open(path)) for path in written]
-    assert images[0].shape == images[1].shape == (64, 128, 3) and not np.array_equal(*images)
+    assert images[0].shape == images[1].shape == (85, 128, 3) and not np.array_equal(*images)
     masks = sorted(p.name for p in (tmp_path / "masks").iterdir())
     assert masks == ["mask_appearance-0.png", "mask_appearance-1.png", "mask_structure.png"]
 
@@ -220,5 +221,5 @@ def test_several_appearances_locally_give_one_file_each(files, tiny_model_dir, t
         "--output", str(tmp_path), "--aspect", "square", "--model", tiny_model_dir, *FAST,
     )  # fmt: skip
     assert square.exit_code == 0, square.output
-    with Image.open(tmp_path / "result-0.png") as image:
+    with Image.open(tmp_path / "qalign.png") as image:
         assert image.size == (128, 128)

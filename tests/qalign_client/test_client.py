@@ -539,7 +539,7 @@ def test_the_async_client_reads_and_writes_files_off_the_event_loop(tmp_path, mo
     seen = list(touched)
     assert [name for name, _ in seen] == ["read", "read", "write", "replace", "write", "replace"]
     assert all(thread != loop_thread for _, thread in seen), seen
-    assert [p.name for p in paths] == ["j1-0.webp", "j1-1.webp"] and paths[1].read_bytes() == PNG
+    assert [p.name for p in paths] == ["out-0.webp", "out-1.webp"] and paths[1].read_bytes() == PNG
 
 
 # ------------------------------------------------------------------------------- several appearances
@@ -582,22 +582,27 @@ def test_result_k_and_results_to_bytes_a_directory_or_paths(connect, tmp_path):
         image[2],  # result(k=2)
         answer(200, done), *image,  # results("j1"): the job object, then each image in order
         *image,  # results(job object, directory)
+        *image,  # results(job object, file name)
         *image,  # results(job object, paths)
     )  # fmt: skip
     client, _ = connect(script)
     assert client.result("j1", k=2) == b"\x02" * 4
     assert client.results("j1") == [bytes([k]) * 4 for k in range(3)]
     finished = qalign_client.JobOut.model_validate(done)
-    written = client.results(finished, tmp_path / "new-dir")
-    assert [p.name for p in written] == ["j1-0.webp", "j1-1.webp", "j1-2.webp"]
+    (tmp_path / "into").mkdir()
+    written = client.results(finished, tmp_path / "into")
+    assert [p.name for p in written] == ["qalign-j1-0.webp", "qalign-j1-1.webp", "qalign-j1-2.webp"]
     assert [p.read_bytes() for p in written] == [bytes([k]) * 4 for k in range(3)]
+    beside = client.results(finished, tmp_path / "looks.webp")  # a file name: numbered beside it
+    assert beside == [tmp_path / f"looks-{k}.webp" for k in range(3)]
+    assert not (tmp_path / "looks.webp").exists() and beside[2].read_bytes() == b"\x02" * 4
     named = [tmp_path / f"look-{k}.webp" for k in range(3)]
     assert client.results(finished, named) == named and named[1].read_bytes() == b"\x01" * 4
     paths = [r.url.path for r in script.requests]
     assert paths == [
         "/jobs/j1/results/2",
         "/jobs/j1",
-        *(["/jobs/j1/result", "/jobs/j1/results/1", "/jobs/j1/results/2"] * 3),
+        *(["/jobs/j1/result", "/jobs/j1/results/1", "/jobs/j1/results/2"] * 4),
     ]
     with pytest.raises(ValueError, match="has 3 results; got 2 paths"):
         client.results(finished, named[:2])
@@ -626,4 +631,69 @@ def test_run_with_several_appearances_returns_one_result_each(connect, tmp_path)
     client, _ = connect(script)
     out = client.run(PNG, [PNG, PNG], path=tmp_path, aspect="structure")
     assert [p.read_bytes() for p in out] == [b"zero", b"one"]
+    assert [p.name for p in out] == ["qalign-j1-0.webp", "qalign-j1-1.webp"]
     assert json.loads(script.requests[0].content)["aspect"] == "structure"
+
+
+@pytest.mark.parametrize("appearances", [1, 2])
+def test_run_names_results_beside_the_given_file_name_never_a_directory(connect, tmp_path, appearances):
+    """The issue's case: run(..., path="runmany.png") with two looks made a directory runmany.png/."""
+    images = [httpx.Response(200, content=bytes([k]) * 3) for k in range(appearances)]
+    script = Script(answer(202, job()), answer(200, job("succeeded", results=appearances)), *images)
+    client, _ = connect(script)
+    looks = PNG if appearances == 1 else [PNG] * appearances
+    out = client.run(PNG, looks, path=tmp_path / "runmany.png")
+    written = [out] if appearances == 1 else out
+    expected = [tmp_path / "runmany.png"]
+    if appearances > 1:
+        expected = [tmp_path / f"runmany-{k}.png" for k in range(appearances)]
+    assert written == expected
+    assert all(path.is_file() for path in expected) and sorted(tmp_path.iterdir()) == expected
+    assert [path.read_bytes() for path in expected] == [bytes([k]) * 3 for k in range(appearances)]
+
+
+# ------------------------------------------------------------------------------------------- usage
+def test_usage_asks_for_the_period_and_parses_the_report(connect):
+    from datetime import UTC, datetime
+
+    report = {
+        "since": "2026-12-01T00:00:00Z", "until": "2026-12-06T00:00:00Z", "jobs": 3, "succeeded": 2,
+        "unfinished": 0, "compute_s": 12.5, "unet_rows": 420, "output_megapixels": 0.52,
+    }  # fmt: skip
+    script = Script(answer(200, report), answer(200, {**report, "since": None}))
+    client, _ = connect(script)
+    since, until = datetime(2026, 12, 1, tzinfo=UTC), datetime(2026, 12, 6, tzinfo=UTC)
+    got = client.usage(since, until)
+    assert isinstance(got, qalign_client.UsageOut) and (got.jobs, got.succeeded, got.compute_s) == (
+        3,
+        2,
+        12.5,
+    )
+    assert got.output_megapixels == 0.52 and got.since == since
+    assert client.usage().since is None
+    first, second = script.requests
+    assert first.url.path == "/usage" and dict(first.url.params) == {
+        "since": "2026-12-01T00:00:00+00:00",
+        "until": "2026-12-06T00:00:00+00:00",
+    }
+    assert dict(second.url.params) == {}
+
+
+def test_the_rate_limit_fields_of_the_last_answer_are_kept(connect):
+    limited = {"RateLimit-Limit": "10", "RateLimit-Remaining": "0", "RateLimit-Reset": "42"}
+    script = Script(
+        answer(202, job(), {"RateLimit-Limit": "10", "RateLimit-Remaining": "9", "RateLimit-Reset": "60",
+                            "RateLimit-Policy": "10;w=60"}),
+        answer(200, job()),  # no RateLimit fields: the last ones stay
+        answer(429, problem(429, "limited", "/problems/rate-limited"), {**limited, "Retry-After": "3600"}),
+    )  # fmt: skip
+    client, _ = connect(script)
+    assert client.rate_limit is None
+    client.submit(PNG, PNG)
+    assert client.rate_limit == qalign_client.RateLimit(limit=10, remaining=9, reset_s=60, policy="10;w=60")
+    client.get("j1")
+    assert client.rate_limit.remaining == 9
+    with pytest.raises(RateLimitedError) as caught:
+        client.submit(PNG, PNG)
+    assert caught.value.type == "/problems/rate-limited" and caught.value.retry_after == 3600
+    assert (client.rate_limit.remaining, client.rate_limit.reset_s) == (0, 42)

@@ -21,10 +21,13 @@ def baseline(pipe, photos, fast_params):
 
 
 def test_transfer_keeps_the_structure_aspect_at_the_native_longer_side(baseline, pipe, photos):
-    """The cat is 451 x 300 (3:2): 128 px wide, and 85 px rounded to the tiny model's 64 px unit."""
+    """The cat is 451 x 300 (3:2): 128 x 85 px, its whole picture, computed on a 192 x 128 grid (the
+    tiny model's 64 px unit: one unit more on the longer side makes 3:2 exact)."""
     assert photos[0].size == (451, 300) and pipe.native_size == 128 and pipe.size_unit == 64
-    assert baseline.image.size == (128, 64) and len(baseline.images) == 1
-    assert (baseline.shape.width, baseline.shape.height, baseline.shape.clamped) == (128, 64, False)
+    assert baseline.image.size == (128, 85) and len(baseline.images) == 1
+    assert (baseline.shape.width, baseline.shape.height, baseline.shape.clamped) == (192, 128, False)
+    assert baseline.shape.crop is None and baseline.diagnostics["crop"] is None
+    assert (baseline.diagnostics["grid_width"], baseline.diagnostics["output_width"]) == (192, 128)
     pixels = np.asarray(baseline.image, dtype=np.float32)
     assert pixels.std() > 5.0  # not constant
     assert baseline.params.size == 128
@@ -34,14 +37,15 @@ def test_transfer_keeps_the_structure_aspect_at_the_native_longer_side(baseline,
 def test_square_aspect_is_the_centre_square(pipe, photos, fast_params):
     square = pipe.transfer(*photos, fast_params.model_copy(update={"aspect": "square"}))
     assert square.image.size == (128, 128)
+    assert square.diagnostics["crop"] == [75, 0, 375, 300], "the cat's centre square, in its pixels"
 
 
 @pytest.mark.parametrize(
     ("crop", "expected"),
-    [((4, 3), (256, 192)), ((3, 4), (192, 256)), ((16, 9), (256, 128)), ((9, 16), (128, 256))],
+    [((4, 3), (256, 192)), ((3, 4), (192, 256)), ((16, 9), (256, 144)), ((9, 16), (144, 256))],
 )
-def test_photo_shapes_come_back_in_their_shape_within_the_unit(pipe, photos, crop, expected):
-    """4:3, 3:4, 16:9 and 9:16 photos at a 256 px longer side: the shorter side is within one unit."""
+def test_photo_shapes_come_back_in_their_shape(pipe, photos, crop, expected):
+    """4:3, 3:4, 16:9 and 9:16 photos at a 256 px longer side come back at their exact aspect."""
     from qalign_core.images import cover_crop
 
     ratio_w, ratio_h = crop
@@ -50,7 +54,7 @@ def test_photo_shapes_come_back_in_their_shape_within_the_unit(pipe, photos, cro
     assert result.image.size == expected
     width, height = result.image.size
     exact_short = 256 * min(ratio_w, ratio_h) / max(ratio_w, ratio_h)
-    assert abs(min(width, height) - exact_short) <= pipe.size_unit / 2
+    assert abs(min(width, height) - exact_short) <= 0.5 and result.shape.crop is None
 
 
 def _latents(pipe, structure, appearances, params, config=None):
@@ -105,7 +109,7 @@ def test_many_appearances_equal_single_pair_jobs(pipe, photos, four_looks):
 
 def test_four_appearances_run_thirteen_rows_per_aligned_step(pipe, photos, four_looks, fast_params):
     result = pipe.transfer(photos[0], four_looks, fast_params)
-    assert len(result.images) == 4 and {image.size for image in result.images} == {(128, 64)}
+    assert len(result.images) == 4 and {image.size for image in result.images} == {(128, 85)}
     plan = schedule_for(fast_params)
     aligned = sum(plan.any_mixed(n) and plan.guided(n) for n in range(plan.iterations))
     assert result.rows_per_step == 13 == 3 * 4 + 1
@@ -162,7 +166,7 @@ def test_other_seed_or_method_changes_the_output(baseline, pipe, photos, fast_pa
 
 def test_explicit_size_and_formats(pipe, photos, fast_params):
     result = pipe.transfer(*photos, fast_params.model_copy(update={"size": 64, "output_format": "webp"}))
-    assert result.image.size == (64, 64)
+    assert result.image.size == (64, 43)  # the cat's 3:2, on a grid of at least one unit a side
     assert result.encode()[8:12] == b"WEBP" and result.content_type == "image/webp"
 
 
@@ -198,8 +202,11 @@ def test_inversion_cache_hits_skip_inversion_and_keep_the_result(pipe, photos, f
     assert (first.inversion_cache_hits, second.inversion_cache_hits) == (0, 2)
     assert second.unet_rows["inversion"] == 0
     assert second.encode() == first.encode()
+    # Roles swapped: the cup (exactly 3:2) is prepared alike either way and its inversion is reused;
+    # the cat (451 x 300) is resized whole as a structure but cover-cropped to the 3:2 grid as an
+    # appearance (a column less): other pixels, another inversion.
     swapped = pipe.transfer(photos[1], photos[0], fast_params, inversion_cache=cache)
-    assert swapped.inversion_cache_hits == 2
+    assert photos[1].size == (600, 400) and swapped.inversion_cache_hits == 1
 
 
 def test_plain_generation_from_inverted_latents_reconstructs_the_image_latent(tiny_model_dir, photos):
@@ -266,12 +273,15 @@ def test_masked_adain_reports_what_it_applied(pipe, photos, fast_params):
         "adain_applied": masked.adain_applied,
         "object_masks_found": [masks.found],
         "output_width": 128,
-        "output_height": 64,
+        "output_height": 85,
         "aspect_clamped": False,
+        "grid_width": 192,
+        "grid_height": 128,
+        "crop": None,
         "rows_per_step": 4,
     }
-    if masks.found:
-        assert masks.structure.shape == (64 // pipe.vae_scale, 128 // pipe.vae_scale)
+    if masks.found:  # on the grid's latent
+        assert masks.structure.shape == (128 // pipe.vae_scale, 192 // pipe.vae_scale)
     else:
         assert masks.reason
     plain = pipe.transfer(*photos, fast_params.model_copy(update={"adain": "plain"}))

@@ -22,6 +22,15 @@ class FakeShape:
     width: int
     height: int
     clamped: bool = False
+    crop: tuple[int, int, int, int] | None = None
+
+    @property
+    def result_width(self) -> int:
+        return self.width
+
+    @property
+    def result_height(self) -> int:
+        return self.height
 
 
 @dataclass

@@ -153,7 +153,15 @@ def _job_example(status: str) -> dict[str, Any]:
             for k in range(2)
         ]
         job["result"] = job["results"][0]
-        job["output"] = {"width": 512, "height": 384, "aspect_clamped": False}
+        job["output"] = {
+            "width": 512,
+            "height": 384,
+            "aspect_clamped": False,
+            "grid_width": 512,
+            "grid_height": 384,
+            "crop": None,
+        }
+        job["usage"] = {"compute_s": 48.3, "unet_rows": 1064, "output_pixels": 2 * 512 * 384}
         job["metrics"] = {
             "queue_s": 1.0,
             "inversion_s": 13.6,

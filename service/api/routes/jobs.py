@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -11,7 +12,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from qalign_schema.jobs import JobStatus
+from qalign_schema.jobs import JobStatus, UsageOut
 from qalign_schema.params import IMAGE_MEDIA_TYPES
 from service.api.deps import Owner, ServicesDep
 from service.api.links import request_base
@@ -85,6 +86,47 @@ def list_jobs(
     """The caller's jobs (those of its API key), newest first."""
     jobs, next_cursor = svc.listing.page(owner, status=status, limit=limit, cursor=cursor)
     return JobList(jobs=svc.views.many(jobs, request_base(request, svc.settings)), next_cursor=next_cursor)
+
+
+@router.get(
+    "/usage",
+    response_model=UsageOut,
+    summary="What the caller's jobs cost",
+    responses={
+        200: {
+            "description": "The sums over the caller's jobs created in the period.",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "since": "2026-12-01T00:00:00Z",
+                        "until": "2027-01-01T00:00:00Z",
+                        "jobs": 120,
+                        "succeeded": 117,
+                        "unfinished": 1,
+                        "compute_s": 5712.4,
+                        "unet_rows": 61440,
+                        "output_megapixels": 30.67,
+                    }
+                }
+            },
+        },
+        **AUTH,
+        **INVALID_QUERY,
+        **UNAVAILABLE,
+    },
+)
+def get_usage(
+    svc: ServicesDep,
+    owner: Owner,
+    since: Annotated[
+        datetime | None,
+        Query(description="Start (inclusive, ISO 8601; UTC without a zone); default: every kept job."),
+    ] = None,
+    until: Annotated[datetime | None, Query(description="End (exclusive, ISO 8601); default: now.")] = None,
+) -> UsageOut:
+    """The caller's jobs created in [since, until): how many, how many succeeded, and their compute
+    seconds, UNet rows and output megapixels (the sum of each ended job's ``usage``)."""
+    return svc.usage.report(owner, since, until)
 
 
 @router.get(

@@ -80,7 +80,8 @@ _REFUSALS: Responses = {
         "queue-full",
         "100 jobs are queued; try again later",
         title="Too Many Requests",
-        description="The queue is full, or this key has too many unfinished jobs.",
+        description="The queue is full, this key has too many unfinished jobs, or it has made its "
+        "allowed submissions in the rate-limit window (/problems/rate-limited, with RateLimit headers).",
         headers={"Retry-After": RETRY_AFTER},
         instance="/transfer",
     ),
@@ -124,6 +125,9 @@ async def submit_transfer(
     Header `Idempotency-Key`: the same key with the same request returns the first job (200).
     Header `Prefer: wait=N`: answer once the job has ended (201) or after N seconds (202).
     """
+    rate = await run_in_threadpool(svc.rate_limiter.hit, owner)  # before the body is read
+    if rate is not None:
+        response.headers.update(rate.headers())
     wait = prefer_wait(prefer)
     submission = await read_submission(request, svc.settings)
     base = request_base(request, svc.settings)

@@ -66,8 +66,51 @@ function showProblem(box, problem) {
 }
 
 // ---------------------------------------------------------------------------------------- inputs
+// The formats the service accepts, told by their first bytes as qalign_core.images.sniff_format does
+// (a text file renamed .png has the type image/png but not the signature).
+async function isAcceptedImage(file) {
+  const head = new Uint8Array(await file.slice(0, 12).arrayBuffer());
+  const starts = (...bytes) => bytes.every((byte, i) => head[i] === byte);
+  const text = (from, to) => String.fromCharCode(...head.slice(from, to));
+  return starts(0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a) || starts(0xff, 0xd8, 0xff)
+    || (text(0, 4) === "RIFF" && text(8, 12) === "WEBP");
+}
+
+// Split dropped or chosen files into images the service accepts and the names of the others, in order.
+async function screenFiles(files) {
+  const verdicts = await Promise.all([...files].map((file) => isAcceptedImage(file).catch(() => false)));
+  return {
+    accepted: [...files].filter((_, k) => verdicts[k]),
+    refused: [...files].filter((_, k) => !verdicts[k]).map((file) => file.name),
+  };
+}
+
+function refuseNonImages(names) {
+  showProblem($("#form-problem"), {
+    status: "Not an image", title: "",
+    detail: `Only PNG, JPEG or WebP images are accepted; not added: ${names.join(", ")}.`,
+  });
+  $("#form-problem").dataset.kind = "not-an-image";
+}
+
+// The "Missing image" notice follows the inputs: it lists what is still missing and goes once
+// nothing is (other notices stay until the next submit).
+function refreshMissingNotice() {
+  const box = $("#form-problem");
+  if (box.hidden || box.dataset.kind !== "missing") return;
+  const missing = missingInputs();
+  if (missing.length) showMissing(missing);
+  else box.hidden = true;
+}
+
 // The structure: one file, previewed inside its fixed square box (object-fit: contain shows its shape).
 const structure = { file: null, width: 0, height: 0 };
+
+async function chooseStructure(files) {
+  const { accepted, refused } = await screenFiles([...files].slice(0, 1));
+  if (refused.length) refuseNonImages(refused);
+  setStructure(accepted[0]);
+}
 
 function setStructure(file) {
   if (!file) return;
@@ -79,6 +122,7 @@ function setStructure(file) {
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
   $("#structure-drop").classList.add("filled");
+  refreshMissingNotice();
 }
 
 function ratioName(width, height) {
@@ -104,12 +148,18 @@ function wireStructure() {
     $("#structure-size").hidden = true;
     zone.classList.remove("filled");
   });
-  input.addEventListener("change", () => setStructure(input.files[0]));
-  wireDropZone(zone, (files) => setStructure(files[0]));
+  input.addEventListener("change", () => chooseStructure(input.files));
+  wireDropZone(zone, (files) => chooseStructure(files));
 }
 
 // The appearances: up to eight tiles in a fixed 4 x 2 grid; the "Add" tile takes the next free cell.
 const appearances = [];  // {file, url, node}
+
+async function chooseAppearances(files) {
+  const { accepted, refused } = await screenFiles(files);
+  addAppearances(accepted);
+  if (refused.length) refuseNonImages(refused);
+}
 
 function addAppearances(files) {
   const refused = [];
@@ -133,6 +183,7 @@ function addAppearances(files) {
       status: "Too many appearance images", title: "",
       detail: `A job takes 1 to ${MAX_APPEARANCES} appearance images; not added: ${refused.join(", ")}.`,
     });
+    $("#form-problem").dataset.kind = "too-many";
   }
 }
 
@@ -154,15 +205,16 @@ function renderAppearances() {
   $("#appearance-count").textContent = `${appearances.length} / ${MAX_APPEARANCES}`;
   const looks = appearances.length;
   $("#submit").textContent = looks > 1 ? `Create ${looks} looks` : "Transfer";
+  refreshMissingNotice();
 }
 
 function wireAppearances() {
   const input = $("#appearance");
   input.addEventListener("change", () => {
-    addAppearances([...input.files]);
+    chooseAppearances([...input.files]);
     input.value = "";  // choosing the same file again adds it again
   });
-  wireDropZone($("#appearances"), (files) => addAppearances([...files]), $("#appearance-drop"));
+  wireDropZone($("#appearances"), (files) => chooseAppearances([...files]), $("#appearance-drop"));
 }
 
 function wireDropZone(zone, onFiles, highlight = zone) {
@@ -193,6 +245,8 @@ class Run {
     $("#runs").append(this.node);
     this.job = null;
     this.cards = [];
+    this.ratio = null;  // the frames' aspect ratio once known
+    this.remembered = false;  // in the history: its entry follows every status change
   }
 
   status(text) { $(".status", this.node).textContent = text; }
@@ -221,14 +275,21 @@ class Run {
     this.shape(shape);
   }
 
+  // The frames' aspect ratio. The service returns the structure's exact aspect (to the pixel), so a
+  // result within 1 % of the frames' ratio leaves them as they are: nothing moves when it arrives.
   shape(ratio) {
-    if (ratio == null || !Number.isFinite(ratio)) return;
-    for (const card of this.cards) $(".frame", card).style.setProperty("--shape", String(ratio));
+    if (ratio != null && Number.isFinite(ratio) && !(this.ratio && Math.abs(ratio / this.ratio - 1) < 0.01)) {
+      this.ratio = ratio;
+    }
+    if (!this.ratio) return;
+    for (const card of this.cards) $(".frame", card).style.setProperty("--shape", String(this.ratio));
   }
 
   update(job) {
+    const changed = !this.job || this.job.status !== job.status;
     this.job = job;
     this.node.dataset.status = job.status;
+    if (changed && this.remembered) runHistory.remember(job);  // the history says what the card says
     this.node.dataset.jobId = job.id;
     $(".job-id", this.node).textContent = `job ${job.id}`;
     const parts = [job.status];
@@ -281,6 +342,7 @@ class Run {
       return;
     }
     this.update(await response.json());
+    this.remembered = true;
     runHistory.remember(this.job);
     await this.follow();
   }
@@ -310,6 +372,7 @@ class Run {
       this.problem(problem);
       return;
     }
+    this.remembered = true;  // opened from the history: keep its entry in step
     this.update(await response.json());
     if (TERMINAL.includes(this.job.status)) await this.finish();
     else await this.follow();
@@ -392,11 +455,13 @@ class Run {
       image.addEventListener("error", resolve, { once: true });
       image.src = source;
     });
-    $(".frame", card).style.setProperty("--shape", String(image.naturalWidth / image.naturalHeight || 1));
+    this.shape(image.naturalWidth / image.naturalHeight || 1);
     $(".size", card).textContent = `${image.naturalWidth} × ${image.naturalHeight}`;
     image.alt = `result ${k + 1} of job ${job.id}`;
     link.href = source;
-    link.download = `qalign-${this.method}-${job.id}-${k}.${extension}`;
+    // qalign_schema/naming.py's scheme: qalign-<job id>.<ext>, or -<k> before it for several results
+    const numbered = this.cards.length > 1 ? `-${k}` : "";
+    link.download = `qalign-${job.id}${numbered}.${extension}`;
     card.classList.add("loaded");
   }
 
@@ -555,15 +620,25 @@ const runHistory = {
 };
 
 // ---------------------------------------------------------------------------------------- the form
-function readForm() {
+function missingInputs() {
   const missing = [];
   if (!structure.file) missing.push({ field: "structure", message: "choose or drop an image" });
   if (!appearances.length) missing.push({ field: "appearance", message: "add 1 to 8 images" });
+  return missing;
+}
+
+function showMissing(missing) {
+  showProblem($("#form-problem"), {
+    status: "Missing image", title: "", detail: "A structure image and at least one appearance image are needed.",
+    errors: missing,
+  });
+  $("#form-problem").dataset.kind = "missing";
+}
+
+function readForm() {
+  const missing = missingInputs();
   if (missing.length) {
-    showProblem($("#form-problem"), {
-      status: "Missing image", title: "", detail: "A structure image and at least one appearance image are needed.",
-      errors: missing,
-    });
+    showMissing(missing);
     return null;
   }
   $("#form-problem").hidden = true;

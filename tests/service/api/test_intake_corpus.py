@@ -407,6 +407,7 @@ def test_bad_request_gets_a_4xx_problem(app_client, png, jpeg, case):
     method, path, build, status = CORPUS[case]
     response = app_client.request(method, path, **build(png, jpeg))
     body = assert_problem(response, status)
+    assert body["type"].startswith("/problems/"), "every refusal has a problem type, never about:blank"
     if status == 422 and case.startswith(("json:", "multipart:")) and "webhook" not in case:
         assert body.get("errors"), "parameter refusals name the field"
 
@@ -462,6 +463,57 @@ def test_appearance_count_refusals_name_the_allowed_range(app_client, png, jpeg)
     )
 
 
+def test_an_unreadable_image_is_named_without_python_object_reprs(app_client, png, jpeg):
+    """The issue's case: a PNG signature followed by a 0x10 header answered "cannot identify image
+    file <_io.BytesIO object at 0x7f...>"."""
+    broken = b"\x89PNG\r\n\x1a\n" + b"\x10" * 40
+    for request in (multipart(broken, jpeg), json_body(broken, jpeg)):
+        body = assert_problem(app_client.post("/transfer", **request), 400)
+        assert body["type"] == "/problems/not-an-image"
+        assert body["detail"] == "structure: the png image is corrupt or truncated: its header cannot be read"
+        assert " at 0x" not in body["detail"] and "<" not in body["detail"]
+
+
+def test_a_missing_image_is_described_in_the_requests_own_terms(app_client, png):
+    body = assert_problem(
+        app_client.post("/transfer", **raw_json(json.dumps({"structure": b64(png), "appearance": []}))), 422
+    )
+    (problem,) = body["errors"]
+    assert body["type"] == "/problems/missing-part" and problem["field"] == "appearance"
+    assert "base64" in problem["message"] and "https:// URL" in problem["message"]
+    assert "file part" not in body["detail"], "no multipart wording for a JSON request"
+    form = assert_problem(app_client.post("/transfer", **multipart(png, None)), 422)
+    assert form["type"] == "/problems/missing-part" and "a file part" in form["detail"]
+    assert "base64" not in form["detail"]
+
+
+def test_a_repeated_structure_part_or_scalar_field_is_a_422_naming_it(app_client, png, jpeg):
+    structure, appearance = ("structure", ("s.png", png)), ("appearance", ("a.jpg", jpeg))
+    two_structures = {"files": [structure, structure, appearance]}
+    body = assert_problem(app_client.post("/transfer", **two_structures), 422)
+    assert body["type"] == "/problems/repeated-field"
+    assert body["errors"] == [{"field": "structure", "message": "sent 2 times", "allowed": "one image"}]
+
+    files = {"structure": ("s.png", png, "image/png"), "appearance": ("a.jpg", jpeg, "image/jpeg")}
+    steps_twice = app_client.post("/transfer", files=files, data={"steps": ["2", "3"], "seed": "1"})
+    body = assert_problem(steps_twice, 422)  # -F steps=2 -F steps=3: not silently the last value
+    assert body["type"] == "/problems/repeated-field"
+    assert body["errors"] == [{"field": "steps", "message": "sent 2 times", "allowed": "one value"}]
+    assert body["detail"] == "steps: sent 2 times (allowed: one value)"
+
+    text = f'{{"structure": "{b64(png)}", "appearance": "{b64(jpeg)}", "steps": 2, "steps": 3}}'
+    body = assert_problem(app_client.post("/transfer", **raw_json(text)), 422)
+    assert body["type"] == "/problems/repeated-field" and body["errors"][0]["field"] == "steps"
+
+    # Fields meant to repeat still do: several appearances, several webhook events.
+    events = app_client.post(
+        "/transfer",
+        files=[structure, appearance, ("appearance", ("b.png", png))],
+        data={"webhook_events_filter": ["start", "completed"], "steps": "2"},
+    )
+    assert events.status_code == 202, events.text
+
+
 @pytest.mark.parametrize("encoding", ["multipart", "json", "json one-item list"])
 def test_several_appearances_give_one_result_each_in_order(app_client, png, jpeg, encoding):
     images = [encode(Image.new("RGB", (8, 8), (k * 60, 10, 10)), "PNG") for k in range(3)]
@@ -500,7 +552,14 @@ def test_service_still_answers_after_the_corpus(app_client, png, jpeg):
     done = wait_for(lambda: (j := app_client.get(f"/jobs/{job_id}").json())["status"] == "succeeded" and j)
     # The 32x24 (4:3) structure keeps its shape: longer side 64, the shorter one rounded to the unit.
     assert Image.open(io.BytesIO(app_client.get(f"/jobs/{job_id}/result").content)).size == (64, 48)
-    assert done["output"] == {"width": 64, "height": 48, "aspect_clamped": False}
+    assert done["output"] == {
+        "width": 64,
+        "height": 48,
+        "aspect_clamped": False,
+        "grid_width": 64,
+        "grid_height": 48,
+        "crop": None,
+    }
     assert done["params"]["steps"] == 10
 
 

@@ -36,7 +36,14 @@ def test_results_come_in_order_and_each_downloads(client, small_images, fake_pip
     assert [r["index"] for r in done["results"]] == [0, 1, 2]
     assert done["urls"]["results"] == [f"http://testserver/jobs/{job['id']}/results/{k}" for k in range(3)]
     assert done["result"] == done["results"][0]
-    assert done["output"] == {"width": 64, "height": 40, "aspect_clamped": False}
+    assert done["output"] == {
+        "width": 64,
+        "height": 40,
+        "aspect_clamped": False,
+        "grid_width": 64,
+        "grid_height": 40,
+        "crop": None,
+    }
     assert done["metrics"]["rows_per_step"] == 10 and done["metrics"]["appearances"] == 3
     for k, result in enumerate(done["results"]):
         for url in (result["url"], done["urls"]["results"][k]):

@@ -37,7 +37,14 @@ def test_multipart_submit_poll_download(client, small_images, fake_pipeline):
         "object_masks_found": False,
     }
     assert done["results"] == [done["result"]] and done["appearances"] == 1
-    assert done["output"] == {"width": 64, "height": 40, "aspect_clamped": False}
+    assert done["output"] == {
+        "width": 64,
+        "height": 40,
+        "aspect_clamped": False,
+        "grid_width": 64,
+        "grid_height": 40,
+        "crop": None,
+    }
     assert done["metrics"]["rows_per_step"] == 4
     assert done["metrics"]["total_s"] == 0.04 and done["metrics"]["queue_s"] >= 0
     assert done["started_at"] >= done["created_at"] and done["finished_at"] >= done["started_at"]

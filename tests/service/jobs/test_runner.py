@@ -89,7 +89,14 @@ def test_a_job_with_several_appearances_uploads_one_result_each_in_order(context
         image = Image.open(io.BytesIO(context.store.get(stored.key))).convert("RGB")
         assert image.getpixel((0, 0)) == fake_colour(k) and image.size == (stored.width, stored.height)
         assert stored.adain_applied == "plain" and stored.object_masks_found is False
-    assert done.output == {"width": 64, "height": 40, "aspect_clamped": False}
+    assert done.output == {
+        "width": 64,
+        "height": 40,
+        "aspect_clamped": False,
+        "grid_width": 64,
+        "grid_height": 40,
+        "crop": None,
+    }
     assert (
         done.metrics["rows_per_step"] == 10 and done.metrics["inversion_cache_hits"] == 2
     )  # repeated images
