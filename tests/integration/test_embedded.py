@@ -202,8 +202,12 @@ def test_an_sdxl_model_serves_two_looks_on_a_3_2_photo_in_its_shape(
         done = poll(client, job["id"])
         assert done["status"] == "succeeded", done
         shape = (done["output"]["width"], done["output"]["height"])
-        assert shape == (128, 96)  # 3:2 at 128 px: 85.3 px rounds to three 32 px units
-        assert_shape_kept(shape, structure.size, 128, unit=32)
+        # 3:2 at 128 px: the whole photo at its aspect (128 x 85), run on a grid of SDXL's 32 px units.
+        assert shape == (128, 85) and (done["output"]["grid_width"], done["output"]["grid_height"]) == (
+            96,
+            64,
+        )
+        assert_shape_kept(shape, structure.size, 128)
         assert [decode(client.get(r["url"]).content).size for r in done["results"]] == [shape, shape]
         files = {
             "structure": ("s.png", png(structure), "image/png"),

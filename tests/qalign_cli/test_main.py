@@ -81,7 +81,7 @@ def test_make_tiny_model(tmp_path):
 
 def test_make_tiny_sdxl_model_runs_a_transfer(files, tmp_path):
     """``make-tiny-model --backbone sdxl`` writes an SDXL-shaped model the CLI runs: the 3:2 cat
-    comes back 128 x 96 (SDXL's 32 px unit), and the CLI names the backbone."""
+    comes back whole at its aspect, 128 x 85, and the CLI names the backbone."""
     result = _run("make-tiny-model", str(tmp_path / "xl"), "--backbone", "sdxl")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "xl" / "text_encoder_2" / "config.json").exists()
@@ -92,7 +92,7 @@ def test_make_tiny_sdxl_model_runs_a_transfer(files, tmp_path):
     )  # fmt: skip
     assert run.exit_code == 0, run.output
     with Image.open(out) as image:
-        assert image.size == (128, 96)
+        assert image.size == (128, 85)
     assert "model: Stable Diffusion XL, native 128 px; --size takes a multiple of 32" in run.output
     refused = _run("make-tiny-model", str(tmp_path / "x2"), "--backbone", "sdxl", "--single-file")
     assert refused.exit_code != 0 and "--single-file" in refused.output

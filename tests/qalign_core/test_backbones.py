@@ -83,8 +83,10 @@ def _image_error(a, b) -> float:
     return float((x - y).norm() / y.norm())
 
 
-#: A short run that aligns, injects and guides (steps scale CIA's schedule: aligned at 8-10).
-IDENTITY = TransferParams(steps=16, contrast_strength=1.0, adain="none")
+#: A short run that aligns, injects and guides (steps scale CIA's schedule: aligned at 8-10). Square:
+#: with aspect=structure the structure is resized whole to the grid while an appearance is
+#: cover-cropped, so a non-square photo would not give identical rows.
+IDENTITY = TransferParams(steps=16, contrast_strength=1.0, adain="none", aspect="square")
 NO_ALIGNMENT = {"align_steps_fine": (0, 0), "align_steps_coarse": (0, 0)}
 
 
@@ -160,6 +162,8 @@ def test_non_square_shapes_run_in_the_structures_shape(backbone_pipe, photos, cr
     structure = cover_crop(photos[0], 60 * crop[0], 60 * crop[1])
     result = backbone_pipe.transfer(structure, photos[1], TransferParams(steps=6, adain="masked"))
     unit, size = backbone_pipe.size_unit, backbone_pipe.native_size
-    assert result.image.size == (result.shape.width, result.shape.height)
     assert result.shape == output_shape(structure.size, size, unit)
-    assert result.image.width % unit == 0 and result.image.height % unit == 0
+    assert result.shape.width % unit == 0 and result.shape.height % unit == 0  # the grid it ran at
+    assert result.image.size == (result.shape.result_width, result.shape.result_height)
+    assert max(result.image.size) == size
+    assert abs(result.image.width / result.image.height - crop[0] / crop[1]) <= 0.01 * crop[0] / crop[1]
