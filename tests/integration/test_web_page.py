@@ -289,6 +289,18 @@ def test_two_appearances_on_a_wide_structure_fill_a_grid_in_its_shape_and_the_hi
     page.screenshot(path=str(shots / "page-reopened.png"), full_page=True)
 
 
+def test_the_page_names_the_served_model_once_a_key_unlocks_readiness_details(page):
+    """The model line comes from GET /readyz (its details need a key on a keyed service)."""
+    line = page.locator("#model-info")
+    assert line.is_hidden()
+    give_key(page)
+    page.dispatch_event("#api-key", "change")
+    line.wait_for(timeout=120_000)  # the embedded model may still be loading: the page asks again
+    text = line.inner_text()
+    assert text.startswith("Model: Stable Diffusion 1.5") and "128 px on the longer side by default" in text
+    assert "64 to 256 px in steps of 64" in text and line.get_attribute("data-backbone") == "sd15"
+
+
 def test_the_missing_image_notice_follows_the_inputs(page, photo_files):
     page.click("#submit")
     problem = page.locator("#form-problem")

@@ -654,8 +654,33 @@ function readForm() {
   };
 }
 
+// ---------------------------------------------------------------------------------------- the model
+// The served model as GET /readyz reports it (its workers' backbone, native size and sizes); asked
+// again until a worker has loaded it, and whenever the API key changes (details need a key).
+async function showModel() {
+  let model = null;
+  try {
+    const response = await fetch("readyz", { headers: authHeaders(), cache: "no-store" });
+    model = (await response.json()).model || null;
+  } catch (_) { /* the service is starting: try again below */ }
+  const line = $("#model-info");
+  if (!model) {
+    line.hidden = true;
+    clearTimeout(showModel.retry);
+    showModel.retry = setTimeout(showModel, 5000);
+    return;
+  }
+  line.textContent = `Model: ${model.title}${model.name ? ` (${model.name})` : ""} · results ` +
+    `${model.native_size} px on the longer side by default, ${model.min_size} to ${model.max_size} px ` +
+    `in steps of ${model.size_unit} through the API's size parameter.`;
+  line.dataset.backbone = model.backbone;
+  line.hidden = false;
+}
+
 wireStructure();
 wireAppearances();
+$("#api-key").addEventListener("change", showModel);
+showModel();
 renderAppearances();
 runHistory.render();
 $("#transfer-form").addEventListener("submit", (event) => {
