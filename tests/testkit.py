@@ -4,6 +4,7 @@ fake clock for TTLs."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import socket
@@ -171,3 +172,45 @@ class LiveService:
         self.server.should_exit = True
         if self.thread is not None:
             self.thread.join(60)
+
+
+#: The package name openapi-python-client's clients are generated under in tests.
+GENERATED_PACKAGE = "qalign_generated_client"
+#: Any attempt of the generator to reach a network goes to a closed loopback port and fails.
+NO_NETWORK = "http://127.0.0.1:9"
+
+
+@contextlib.contextmanager
+def generated_client(url: str, root: Path):
+    """The client package openapi-python-client generates, offline, from ``url``/openapi.json, imported.
+
+    The generator knows application/json, application/octet-stream and text/* responses only; its
+    documented ``content_type_overrides`` has it read the image media types as binary. Its post hooks
+    (ruff formatting the generated code) are switched off: they change layout, not behaviour."""
+    import importlib
+    import os
+    import sys
+
+    import httpx
+
+    from qalign_schema.params import IMAGE_MEDIA_TYPES
+
+    document = root / "openapi.json"
+    document.write_bytes(httpx.get(f"{url}/openapi.json", timeout=30).raise_for_status().content)
+    config = root / "generator.yml"
+    overrides = "".join(f"  {media}: application/octet-stream\n" for media in IMAGE_MEDIA_TYPES)
+    config.write_text(f"post_hooks: []\ncontent_type_overrides:\n{overrides}")
+    offline = {k: v for k, v in os.environ.items() if k.lower() not in {"no_proxy", "all_proxy"}}
+    offline |= {"HTTP_PROXY": NO_NETWORK, "HTTPS_PROXY": NO_NETWORK, "ALL_PROXY": NO_NETWORK}
+    command = [sys.executable, "-m", "openapi_python_client", "generate", "--path", str(document)]
+    command += ["--output-path", str(root / GENERATED_PACKAGE), "--meta", "none", "--config", str(config)]
+    run = subprocess.run(command, env=offline, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "warning" not in (run.stdout + run.stderr).lower(), run.stdout + run.stderr
+    sys.path.insert(0, str(root))
+    try:
+        yield importlib.import_module(GENERATED_PACKAGE)
+    finally:
+        sys.path.remove(str(root))
+        for name in [name for name in sys.modules if name.partition(".")[0] == GENERATED_PACKAGE]:
+            del sys.modules[name]

@@ -77,6 +77,9 @@ def create_app(
         title="Q-Align appearance transfer",
         version="1",
         description=api_description(settings),
+        # Operation ids are the route functions' names (submit_transfer, get_job, get_result), the
+        # names a person would write, for generated clients (FastAPI's default appends path and method).
+        generate_unique_id_function=lambda route: route.name,
         lifespan=lifespan,
         docs_url=None,  # served by routes.web from local assets (no CDN)
         redoc_url=None,

@@ -410,7 +410,7 @@ def test_api_reference_pages_render_from_the_service_alone(browser, live_service
     page = context.new_page()
     try:
         page.goto(live_service.url + "/docs")
-        page.wait_for_selector("#operations-default-submit_transfer_transfer_post", timeout=60_000)
+        page.wait_for_selector("#operations-default-submit_transfer", timeout=60_000)
         assert page.locator(".opblock").count() >= 6
         page.goto(live_service.url + "/redoc")
         page.get_by_text("Submit a transfer job").first.wait_for(timeout=60_000)
