@@ -31,13 +31,21 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, PreTrainedTokenizerBase
 
-from qalign_core import images as imaging
 from qalign_core.adain import adain, masked_adain
 from qalign_core.backbones import Backbone, backbone_from_configs, check_size
 from qalign_core.ddpm import DDPMSchedule
 from qalign_core.errors import InvalidParametersError, ModelLoadError, TransferCanceled
 from qalign_core.freeu import DecoderFreeU
-from qalign_core.images import ImageInput, OutputShape, cover_crop, encode_image, load_image, output_shape
+from qalign_core.images import (
+    ImageInput,
+    OutputShape,
+    cover_crop,
+    encode_image,
+    fit_result,
+    fit_structure,
+    load_image,
+    output_shape,
+)
 from qalign_core.inversion import Inversion, InversionCache, inversion_key, invert, noise_seed
 from qalign_core.params import DEFAULT_MODEL, MAX_APPEARANCES, MAX_ASPECT_RATIO, TransferParams
 from qalign_core.processors import AlignmentState, RowLayout, install_processors
@@ -432,7 +440,7 @@ class QAlignPipeline(DiffusionPipeline, FromSingleFileMixin):  # type: ignore[mi
         report("loading", 0.0)
         structure_image = load_image(structure)
         shape = output_shape(structure_image.size, size, self.size_unit, params.aspect, MAX_ASPECT_RATIO)
-        structure_image = imaging.fit_structure(structure_image, shape)
+        structure_image = fit_structure(structure_image, shape)
         pixels = [self.prepare_image(image, shape) for image in (structure_image, *appearances)]
         cond, uncond = self.encode_prompt(params.effective_prompt, shape)
         self.state.leakage.clear()
@@ -457,7 +465,7 @@ class QAlignPipeline(DiffusionPipeline, FromSingleFileMixin):  # type: ignore[mi
         report("decoding", 0.0)
         images = []
         for k, latent in enumerate(latents):
-            images.append(imaging.fit_result(self.decode(latent), shape))
+            images.append(fit_result(self.decode(latent), shape))
             report("decoding", (k + 1) / len(latents))
         t3 = self._now()
         timings = {
