@@ -139,20 +139,19 @@ def describe_model(model: str, config_dir: str | None = None) -> Backbone | None
     file whose configs are in ``config_dir``) from its configs alone, or None when they are not here."""
     if model.lower().endswith((".safetensors", ".ckpt", ".pt", ".pth", ".bin")):
         return read_backbone(config_dir) if config_dir and Path(config_dir).expanduser().is_dir() else None
-    if Path(model).expanduser().is_dir():
-        try:
-            return read_backbone(model)
-        except (OSError, ValueError, KeyError):
-            return None
     try:
+        if Path(model).expanduser().is_dir():
+            return read_backbone(model)
         from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - a dependency of diffusers
+
+        # Not a Hub id (a mistyped path, say): huggingface_hub refuses it with a ValueError.
+        paths = [try_to_load_from_cache(model, f"{part}/config.json") for part in ("unet", "vae")]
+        if not all(isinstance(p, str) for p in paths):
+            return None
+        unet, vae = (json.loads(Path(str(p)).read_text()) for p in paths)
+        return backbone_from_configs(unet, vae)
+    except (OSError, ValueError, KeyError):  # unreadable or incomplete configs: not known here
         return None
-    paths = [try_to_load_from_cache(model, f"{part}/config.json") for part in ("unet", "vae")]
-    if not all(isinstance(p, str) for p in paths):
-        return None
-    unet, vae = (json.loads(Path(str(p)).read_text()) for p in paths)
-    return backbone_from_configs(unet, vae)
 
 
 def read_backbone(model_dir: str | os.PathLike[str]) -> Backbone:

@@ -307,7 +307,7 @@ def test_the_missing_image_notice_follows_the_inputs(page, photo_files):
     problem.wait_for()
     assert "structure: choose or drop an image" in problem.inner_text()
     page.set_input_files("#structure", str(photo_files[0]))
-    page.wait_for_function("!document.querySelector('#form-problem').innerText.includes('structure:')")
+    page.wait_for_function("() => !document.querySelector('#form-problem').innerText.includes('structure:')")
     assert problem.is_visible() and "appearance: add 1 to 8 images" in problem.inner_text()
     drop_file(page, "#appearances", photo_files[1], "image/jpeg")
     problem.wait_for(state="hidden")  # both inputs given: the notice is gone before any submit
@@ -324,11 +324,11 @@ def test_non_images_are_refused_when_dropped_or_chosen(page, photo_files, tmp_pa
     assert "Not an image" in problem.inner_text() and "not added: notes.png" in problem.inner_text()
     assert page.locator(".appearance-tile").count() == 0 and page.inner_text("#appearance-count") == "0 / 8"
     page.set_input_files("#appearance", [str(renamed), str(photo_files[1])])  # the image among them is kept
-    page.wait_for_function("document.querySelectorAll('.appearance-tile').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('.appearance-tile').length === 1")
     as_structure = tmp_path / "layout.png"
     as_structure.write_text("no pixels either")
     drop_file(page, "#structure-drop", as_structure, "image/png")
-    page.wait_for_function("document.querySelector('#form-problem').innerText.includes('added: layout.png')")
+    page.wait_for_function("() => document.querySelector('#form-problem').innerText.includes('layout.png')")
     assert page.is_hidden("#structure-preview")
     assert "filled" not in page.get_attribute("#structure-drop", "class")
     page.screenshot(path=str(shots / "page-not-an-image.png"), full_page=True)
@@ -347,7 +347,7 @@ def test_at_most_eight_appearances_and_both_kinds_of_image_needed(page, photo_fi
         files.append(tmp_path / f"look-{k}.jpg")
         files[-1].write_bytes(photo_files[1].read_bytes())
     page.set_input_files("#appearance", [str(path) for path in files])
-    page.wait_for_function("document.querySelectorAll('.appearance-tile').length === 8")
+    page.wait_for_function("() => document.querySelectorAll('.appearance-tile').length === 8")
     assert page.locator(".appearance-tile").count() == 8 and page.is_hidden("#appearance-drop")
     assert "not added: look-8.jpg" in problem.inner_text()
     assert page.inner_text("#appearance-count") == "8 / 8"
@@ -379,7 +379,7 @@ def test_refusals_are_shown_as_readable_problem_details(page, photo_files, tmp_p
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x10" * 40)
     page.set_input_files("#structure", str(photo_files[0]))
     page.set_input_files("#appearance", str(broken))
-    page.wait_for_function("document.querySelectorAll('.appearance-tile').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('.appearance-tile').length === 1")
 
     page.click("#submit")  # no API key: 401
     problem = page.locator(".run .problem")

@@ -167,3 +167,18 @@ def test_non_square_shapes_run_in_the_structures_shape(backbone_pipe, photos, cr
     assert result.image.size == (result.shape.result_width, result.shape.result_height)
     assert max(result.image.size) == size
     assert abs(result.image.width / result.image.height - crop[0] / crop[1]) <= 0.01 * crop[0] / crop[1]
+
+
+def test_describe_model_reads_configs_or_says_it_cannot(tiny_models, tmp_path, monkeypatch):
+    """The service describes its model without loading it: from a directory's configs, from the Hub
+    cache, or not at all (None, never an error) for a missing path or an id that is not cached."""
+    from qalign_core.backbones import describe_model
+
+    assert describe_model(tiny_models["sdxl"]).name == "sdxl"
+    assert describe_model(tiny_models["sd15"]).name == "sd15"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    assert describe_model(str(tmp_path / "no-model")) is None
+    assert describe_model("someone/not-cached") is None
+    assert describe_model("model.safetensors") is None
+    assert describe_model("model.safetensors", tiny_models["sdxl"]).name == "sdxl"

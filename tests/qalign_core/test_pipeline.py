@@ -384,7 +384,7 @@ def test_callback_on_step_end_sees_every_iteration_and_interrupt_stops_the_run(p
     result = pipe(*photos, fast_params, callback_on_step_end=record)
     assert [step for step, _ in seen] == list(range(plan.iterations))
     assert seen[0][1][0] == 3  # OUT, APP, STRUCT
-    assert result.image.size == (128, 64)
+    assert result.image.size == (result.shape.result_width, result.shape.result_height)
 
     def stop_after_two(p, step, timestep, tensors):
         if step == 1:
