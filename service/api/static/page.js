@@ -658,16 +658,19 @@ function readForm() {
 // The served model as GET /readyz reports it (its workers' backbone, native size and sizes); asked
 // again until a worker has loaded it, and whenever the API key changes (details need a key).
 async function showModel() {
-  let model = null;
+  let body = null;
   try {
     const response = await fetch("readyz", { headers: authHeaders(), cache: "no-store" });
-    model = (await response.json()).model || null;
+    body = await response.json();
   } catch (_) { /* the service is starting: try again below */ }
   const line = $("#model-info");
+  const model = body && body.model;
+  clearTimeout(showModel.retry);
   if (!model) {
     line.hidden = true;
-    clearTimeout(showModel.retry);
-    showModel.retry = setTimeout(showModel, 5000);
+    // Details withheld (a keyed service, no key yet): the key's change asks again. Else the
+    // model is still loading, or the service starting: ask again shortly.
+    if (!body || "checks" in body) showModel.retry = setTimeout(showModel, 5000);
     return;
   }
   line.textContent = `Model: ${model.title}${model.name ? ` (${model.name})` : ""} · results ` +
