@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from bench.common import comparison, median, time_interleaved
+from bench.sd15 import build_unet
 from qalign_core.backbones import backbone_from_configs
 from qalign_core.freeu import DecoderFreeU
 from qalign_core.params import TransferParams
@@ -53,15 +54,9 @@ CONTRAST = 1.67
 
 
 def build_sdxl_unet(seed: int = 0) -> torch.nn.Module:
-    """SDXL's UNet with random weights (seeded): 2.6 billion parameters, 10 GB in float32."""
-    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
-
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return UNet2DConditionModel(**SDXL_UNET_CONFIG).eval().requires_grad_(False)
-    finally:
-        torch.random.set_rng_state(state)
+    """SDXL's UNet with random weights (seeded): 2.6 billion parameters, 10 GB in float32. SD 1.5's
+    config with SDXL's fields over it: the fields SDXL leaves out have the same values in both."""
+    return build_unet(seed, **SDXL_UNET_CONFIG)
 
 
 def peak_rss_gib() -> float:

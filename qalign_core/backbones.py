@@ -17,6 +17,16 @@ from typing import Any, Literal
 
 from qalign_schema.params import MAX_SIZE, MIN_SIZE
 
+#: File name endings of single-file checkpoints; only the first is safe to open (the rest are pickles).
+SAFE_SINGLE_FILE_SUFFIXES = (".safetensors",)
+PICKLE_SINGLE_FILE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def is_single_file(model: str | os.PathLike[str]) -> bool:
+    """A model named by one weights file rather than a directory or a Hub id."""
+    return str(model).lower().endswith(SAFE_SINGLE_FILE_SUFFIXES + PICKLE_SINGLE_FILE_SUFFIXES)
+
+
 BackboneName = Literal["sd15", "sdxl"]
 BACKBONE_NAMES: tuple[BackboneName, ...] = ("sd15", "sdxl")
 #: How people name them.
@@ -137,7 +147,7 @@ def backbone_from_configs(unet: Mapping[str, Any], vae: Mapping[str, Any]) -> Ba
 def describe_model(model: str, config_dir: str | None = None) -> Backbone | None:
     """The backbone of ``model`` (a diffusers directory, a Hub id in the local cache, or a single
     file whose configs are in ``config_dir``) from its configs alone, or None when they are not here."""
-    if model.lower().endswith((".safetensors", ".ckpt", ".pt", ".pth", ".bin")):
+    if is_single_file(model):
         return read_backbone(config_dir) if config_dir and Path(config_dir).expanduser().is_dir() else None
     try:
         if Path(model).expanduser().is_dir():

@@ -34,11 +34,9 @@ from typing import Any
 
 import torch
 
+from qalign_core.backbones import SAFE_SINGLE_FILE_SUFFIXES, is_single_file
 from qalign_core.errors import ModelLoadError
 
-#: File name endings of single-file checkpoints; only the first is safe to open.
-SAFE_SINGLE_FILE_SUFFIXES = (".safetensors",)
-PICKLE_SINGLE_FILE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 #: Hub id whose configs (no weights) describe every SD 1.5 fine-tune; read from the local cache only.
 SD15_CONFIG_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 #: What a config directory needs (a few kB, plus the tokenizer's ~1.5 MB vocabulary).
@@ -53,11 +51,6 @@ LDM_VAE = "first_stage_model."
 LDM_TEXT = "cond_stage_model.transformer."
 #: SDXL's second (OpenCLIP) text encoder in its original layout: what tells an SDXL checkpoint apart.
 LDM_SDXL_TEXT_2 = "conditioner.embedders.1.model."
-
-
-def is_single_file(model: str | os.PathLike[str]) -> bool:
-    """A model named by one weights file rather than a directory or a Hub id."""
-    return str(model).lower().endswith(SAFE_SINGLE_FILE_SUFFIXES + PICKLE_SINGLE_FILE_SUFFIXES)
 
 
 def looks_like_path(model: str) -> bool:

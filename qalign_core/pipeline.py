@@ -32,7 +32,7 @@ from PIL import Image
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, PreTrainedTokenizerBase
 
 from qalign_core.adain import adain, masked_adain
-from qalign_core.backbones import Backbone, backbone_from_configs, check_size
+from qalign_core.backbones import Backbone, backbone_from_configs, check_size, is_single_file
 from qalign_core.ddpm import DDPMSchedule
 from qalign_core.errors import InvalidParametersError, ModelLoadError, TransferCanceled
 from qalign_core.freeu import DecoderFreeU
@@ -251,8 +251,6 @@ class QAlignPipeline(DiffusionPipeline, FromSingleFileMixin):  # type: ignore[mi
             raise ModelLoadError("an SDXL model needs text_encoder_2 and tokenizer_2; this one has none")
         self.qalign_config = qalign_config or PipelineConfig()
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.backbone.vae_scale)
-        self.vae_scale: int = self.backbone.vae_scale
-        self.native_size = self.backbone.native_size
         self.state = AlignmentState(chunk_size=self.qalign_config.chunk_size)
         if self.qalign_config.freeu == "cia":
             DecoderFreeU(self.backbone.freeu).attach(unet)
@@ -291,7 +289,7 @@ class QAlignPipeline(DiffusionPipeline, FromSingleFileMixin):  # type: ignore[mi
         the base model's configs in the local Hugging Face cache). Other keyword arguments go to
         diffusers' loader. See qalign_core.loading.
         """
-        from qalign_core.loading import check_model_path, is_single_file, load_error
+        from qalign_core.loading import check_model_path, load_error
 
         model = str(pretrained_model_name_or_path)
         torch_device = resolve_device(device)
@@ -501,6 +499,16 @@ class QAlignPipeline(DiffusionPipeline, FromSingleFileMixin):  # type: ignore[mi
         return appearances
 
     # ---------------------------------------------------------------- steps
+    @property
+    def native_size(self) -> int:
+        """The model's native side (512 for SD 1.5, 1024 for SDXL): the default ``size``."""
+        return self.backbone.native_size
+
+    @property
+    def vae_scale(self) -> int:
+        """The VAE's downsampling factor."""
+        return self.backbone.vae_scale
+
     @property
     def size_unit(self) -> int:
         """Output sides are multiples of this (the VAE factor x 2^downsamplings; 64 px for SD 1.5,
