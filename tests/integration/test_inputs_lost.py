@@ -9,10 +9,12 @@ from __future__ import annotations
 import boto3
 import httpx
 import pytest
-from int_helpers import FAST, SLOW, png, poll, submit, wait_for
+from int_helpers import SLOW, png, poll, submit, wait_for
 from PIL import ImageOps
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+#: The shortest run of the tiny model: what matters here is whether a job finds its inputs.
+TINY = {"steps": 2, "skip_steps": 1, "size": 64}
 
 
 def wipe_bucket(s3_server: dict[str, str]) -> int:
@@ -39,22 +41,22 @@ def test_jobs_submitted_after_the_inputs_were_lost_succeed(
     waiting_images = (png(ImageOps.mirror(structure)), png(ImageOps.mirror(appearance)))
 
     # The API stores these inputs and a job reads them.
-    seen = submit(client, photo_bytes, **FAST)
+    seen = submit(client, photo_bytes, **TINY)
     assert poll(client, seen["id"])["status"] == "succeeded"
 
     # The worker (one job at a time) is busy past reading its inputs; one job waits behind it.
-    blocker = submit(client, blocker_images, **SLOW)
+    blocker = submit(client, blocker_images, **SLOW, size=64)
     wait_for(
         lambda: client.get(f"/jobs/{blocker['id']}").json()["stage"] in ("inverting", "denoising"),
         timeout=120,
     )
-    waiting = submit(client, waiting_images, **FAST)
+    waiting = submit(client, waiting_images, **TINY)
     assert client.get(f"/jobs/{waiting['id']}").json()["status"] == "queued"
 
     assert wipe_bucket(s3_server) >= 4, "the inputs (and the first result) were in the bucket"
 
     # Submitted after the loss, with the images the API stored a moment ago: stored again, so it runs.
-    after = submit(client, photo_bytes, seed=7, **FAST)
+    after = submit(client, photo_bytes, seed=7, **TINY)
     assert client.delete(f"/jobs/{blocker['id']}").status_code == 202  # free the worker
 
     lost = poll(client, waiting["id"])
@@ -65,5 +67,5 @@ def test_jobs_submitted_after_the_inputs_were_lost_succeed(
     assert httpx.get(done["result"]["url"], timeout=10).status_code == 200, "its result is in the store"
 
     # What the failed job's caller is told to do, resubmit, works.
-    again = submit(client, waiting_images, **FAST)
+    again = submit(client, waiting_images, **TINY)
     assert poll(client, again["id"])["status"] == "succeeded"
