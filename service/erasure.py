@@ -66,7 +66,7 @@ def _delete_objects(
             if count:
                 erasure.kept_shared.append(key)
             continue
-        store.delete_input(key)
+        store.delete(key)
         erasure.inputs += int(count)
     for key in dict.fromkeys(job.inversion_keys):
         if key in shared:

@@ -17,6 +17,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,8 +33,6 @@ KEY_PATTERN = re.compile(
 #: An input reused after this many seconds is rewritten (S3) or touched (local), so that expiry,
 #: which goes by the object's age, never removes an input a new job has just started to use.
 INPUT_REFRESH_S = 600.0
-#: How long an input this process saw fresh in the store is trusted without a lookup.
-RECENT_INPUT_S = INPUT_REFRESH_S / 2
 #: Result file name extension of each output media type.
 EXTENSIONS: dict[str, str] = dict(zip(IMAGE_MEDIA_TYPES, IMAGE_FORMATS, strict=True))
 
@@ -118,76 +117,65 @@ class ObjectStore(ABC):
     def age(self, key: str) -> float | None:
         """Seconds since the object was written, or None when it does not exist."""
 
-    def delete_input(self, key: str) -> None:
-        """Delete an input and forget that this process saw it fresh, so that the same image
-        submitted again is written again rather than assumed present (erasure)."""
-        self.delete(key)
-        recent = self.__dict__.get("_recent_inputs")
-        if recent is not None:
-            recent.forget(key)
-
     def put_input(self, data: bytes, content_type: str) -> str:
-        """Store an input under its digest, unless it is there and fresh (see INPUT_REFRESH_S).
+        """Store an input under its digest, unless the store has it, fresh (see INPUT_REFRESH_S).
 
-        Inputs this process stored or found fresh less than RECENT_INPUT_S ago are not looked up
-        again: a client resubmitting the same image costs no store round trip. Safe because expiry
-        only removes inputs older than cleanup.INPUT_GRACE_S, far above RECENT_INPUT_S.
+        The store is asked every time, never this process's memory of earlier submissions: objects
+        can be lost behind its back (a storage data loss, an erasure through another API replica),
+        and a job accepted on a remembered input would then fail with ``input_missing``. Requests
+        with the same image at the same time share one lookup (and one write): a request uses the
+        answer of a lookup that started after it arrived, which tells it as much as its own would.
         """
         key = input_key(data)
-        recent = self.__dict__.setdefault("_recent_inputs", RecentInputs())
-        if recent.fresh(key):
-            return key
-        with recent.storing(key):  # the same image in concurrent requests is looked up and written once
-            if recent.fresh(key):
+        flights = self.__dict__.setdefault("_input_flights", InputFlights())
+        asked = time.monotonic()
+        with flights.join(key) as flight:
+            if flight.checked_at is not None and flight.checked_at >= asked:
                 return key
+            checking = time.monotonic()
             age = self.age(key)
             if age is None or age > INPUT_REFRESH_S:
                 self.put(key, data, content_type)
-                age = 0.0
-            recent.remember(key, age)
+            flight.checked_at = checking
         return key
 
 
-class RecentInputs:
-    """Input keys known to be in the store and fresh, with when they were written (bounded)."""
+@dataclass
+class InputFlight:
+    """The requests storing one input now: one at a time holds ``lock``; ``checked_at`` is when the
+    last of them started a lookup that found (or made) the object fresh (``time.monotonic``)."""
 
-    def __init__(self, limit: int = 4096) -> None:
-        self.limit = limit
-        self._written: dict[str, float] = {}
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
+    checked_at: float | None = None
+
+
+class InputFlights:
+    """Single flight per input key. An entry lives only while requests for its key overlap, so
+    nothing about the store is remembered between submissions that do not."""
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._in_flight: dict[str, tuple[threading.Lock, int]] = {}
+        self._flights: dict[str, InputFlight] = {}
 
     @contextlib.contextmanager
-    def storing(self, key: str) -> Iterator[None]:
+    def join(self, key: str) -> Iterator[InputFlight]:
         """Held while one request looks up and writes ``key``; others with the same key wait."""
         with self._lock:
-            lock, users = self._in_flight.get(key, (threading.Lock(), 0))
-            self._in_flight[key] = (lock, users + 1)
+            flight = self._flights.setdefault(key, InputFlight())
+            flight.users += 1
         try:
-            with lock:
-                yield
+            with flight.lock:
+                yield flight
         finally:
             with self._lock:
-                lock, users = self._in_flight[key]
-                if users == 1:
-                    del self._in_flight[key]
-                else:
-                    self._in_flight[key] = (lock, users - 1)
+                flight.users -= 1
+                if flight.users == 0:
+                    del self._flights[key]
 
-    def fresh(self, key: str) -> bool:
-        written = self._written.get(key)
-        return written is not None and time.monotonic() - written < RECENT_INPUT_S
-
-    def forget(self, key: str) -> None:
+    def __len__(self) -> int:
         with self._lock:
-            self._written.pop(key, None)
-
-    def remember(self, key: str, age: float) -> None:
-        with self._lock:
-            self._written.pop(key, None)
-            self._written[key] = time.monotonic() - age
-            while len(self._written) > self.limit:
-                self._written.pop(next(iter(self._written)))
+            return len(self._flights)
 
 
 class LocalStore(ObjectStore):

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.api.errors import JobNotFound, ResultGone, ResultNotFound, ResultNotReady
-from service.api.submit import idempotency_scope
 from service.erasure import erase_job
 from service.jobs import Job, JobStores, transitions
+from service.jobs.store import idempotency_scope
 from service.logs import job_context
 from service.settings import Settings
 from service.storage import ObjectNotFound, ObjectStore

@@ -16,21 +16,18 @@ from service.api.errors import IdempotencyConflict, NotReady, QueueFull
 from service.api.intake import Submission
 from service.api.metrics import ServiceMetrics
 from service.jobs import Job, JobStores, StoreUnavailable, new_job_id, transitions, utcnow
+from service.jobs.store import idempotency_scope
 from service.logs import job_context
 from service.settings import Settings
 from service.storage import ObjectStore
 
 logger = logging.getLogger("qalign.api")
 #: How long an Idempotency-Key reservation lives before its job record exists (a crashed request
-#: frees the key after this); once the job exists the key lives as long as the job.
+#: frees the key after this); once the job exists the key lives as long as its record
+#: (``IdempotencyKeys.confirm``).
 RESERVATION_TTL = 60
 #: How long a duplicate request waits for the job of the request that reserved its key.
 REPLAY_WAIT_S = 10.0
-
-
-def idempotency_scope(owner: str | None, key: str) -> str:
-    """Keys are per owner: two API keys may use the same Idempotency-Key independently."""
-    return hashlib.sha256(f"{owner or ''}\0{key}".encode()).hexdigest()
 
 
 def request_fingerprint(submission: Submission) -> str:

@@ -9,7 +9,7 @@ job without its terminal event, and no event can announce a change that was not 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, get_args
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -19,11 +19,6 @@ from service.jobs.model import Job, utcnow
 EventKind = Literal["start", "completed"]
 #: The events a job sends and a ``webhook_events_filter`` may name: running, then the terminal status.
 EVENTS: tuple[EventKind, ...] = ("start", "completed")
-#: The statuses that announce an event (their webhook ids are what erasure removes from the outbox):
-#: running and the terminal ones.
-ANNOUNCED: tuple[JobStatus, ...] = tuple(
-    status for status in get_args(JobStatus) if status == "running" or status in TERMINAL_STATUSES
-)
 
 
 class OutboxEvent(BaseModel):
@@ -53,22 +48,31 @@ def event_kind(status: str) -> EventKind | None:
     return "completed" if status in TERMINAL_STATUSES else None
 
 
-def webhook_id(job_id: str, status: str) -> str:
-    """One id per job and status: retries (and a redelivered duplicate) carry the same id."""
-    return f"job_{job_id}_{status}"
+def webhook_id(job_id: str, status: str, revision: int) -> str:
+    """One id per event occurrence; retries (and a redelivered duplicate) carry the same id, since
+    it is fixed when the event enters the outbox. A job ends once: ``job_<id>_<status>``. It may
+    start running more than once (requeued, taken over), so each start is told apart by the record
+    revision that made it (the events stream's id of that change): ``job_<id>_running_<revision>``.
+    """
+    if status in TERMINAL_STATUSES:
+        return f"{event_id_prefix(job_id)}{status}"
+    return f"{event_id_prefix(job_id)}{status}_{revision}"
 
 
-def event_ids(job_id: str) -> list[str]:
-    """Every outbox id job ``job_id`` can have (erasure removes them with the record)."""
-    return [webhook_id(job_id, status) for status in ANNOUNCED]
+def event_id_prefix(job_id: str) -> str:
+    """What every event id of job ``job_id`` starts with (erasure removes them with the record);
+    job ids are hex, so no other job's ids share it."""
+    return f"job_{job_id}_"
 
 
 def event_for(before: Job, after: Job) -> OutboxEvent | None:
-    """The event of the change ``before`` -> ``after``, or None: only a change of status into
-    running or a terminal status is announced, and only to a job with a webhook that wants it."""
-    if after.status == before.status:
+    """The event of the change ``before`` -> ``after``, or None: only the start of a run (a change
+    into running, or a takeover: running again, started anew) and the change into a terminal status
+    are announced, and only to a job with a webhook that wants them."""
+    restarted = after.status == "running" and after.started_at != before.started_at
+    if after.status == before.status and not restarted:
         return None
     kind = event_kind(after.status)
     if kind is None or not after.webhook_url or kind not in (after.webhook_events or EVENTS):
         return None
-    return OutboxEvent(id=webhook_id(after.id, after.status), job=after, at=utcnow())
+    return OutboxEvent(id=webhook_id(after.id, after.status, after.revision), job=after, at=utcnow())

@@ -16,7 +16,7 @@ from typing import Any, TypeVar, cast
 
 import redis
 
-from service.jobs.events import OutboxEvent, event_for, event_ids
+from service.jobs.events import OutboxEvent, event_for, event_id_prefix
 from service.jobs.model import STATUSES, Job, worker_name
 from service.jobs.store import (
     STAGE_BUCKETS,
@@ -30,6 +30,7 @@ from service.jobs.store import (
     empty_stats,
     enqueued_at,
     expires_at,
+    idempotency_scope,
     listed_keys,
     window_of,
 )
@@ -47,6 +48,14 @@ class RedisConnection:
             url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30, decode_responses=True
         )
         self.prefix = prefix
+
+    def job_key(self, job_id: str) -> str:
+        """The key of job ``job_id``'s record."""
+        return f"{self.prefix}job:{job_id}"
+
+    def idempotency_key(self, scope: str) -> str:
+        """The key of an Idempotency-Key's record (``scope``: see ``store.idempotency_scope``)."""
+        return f"{self.prefix}idem:{scope}"
 
     def run(self, fn: Callable[[], T]) -> T:
         """``fn()``, a function of Redis calls; a Redis error becomes StoreUnavailable (503)."""
@@ -97,18 +106,43 @@ return {'ok', 0}
 RECORDS_VERSION = 2
 
 
+#: Append one event to the outbox: its id into the order (KEYS[1]) scored by the next number of the
+#: sequence (KEYS[3]), its JSON into the events hash (KEYS[2]); ARGV: id, JSON. The number comes
+#: from Redis, inside the writer's MULTI, so the order is the order Redis applied the changes in,
+#: whatever the clocks of the hosts that wrote them. An outbox scored by time (before 0.1.0) starts
+#: the sequence above its newest score, so its pending events still go first.
+_APPEND_EVENT = """
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if newest[2] then redis.call('SET', KEYS[3], math.floor(tonumber(newest[2])) + 1) end
+end
+local seq = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[1], seq, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return seq
+"""
+
+
 class RedisOutbox:
-    """Undelivered events: a sorted set of ids by time appended (``outbox``) and a hash of the
-    events by id (``outbox:events``). ``append`` and ``remove`` join the caller's MULTI, so an
-    event is written with its record change and removed with an erased record."""
+    """Undelivered events: a sorted set of ids in append order (``outbox``, scored by the
+    ``outbox:seq`` counter) and a hash of the events by id (``outbox:events``). ``append`` and
+    ``remove`` join the caller's MULTI, so an event is written with its record change and removed
+    with an erased record."""
 
     def __init__(self, conn: RedisConnection) -> None:
         self.conn, self.client = conn, conn.client
         self._order, self._events = f"{conn.prefix}outbox", f"{conn.prefix}outbox:events"
+        self._seq = f"{conn.prefix}outbox:seq"
 
     def append(self, pipe: redis.client.Pipeline, event: OutboxEvent) -> None:
-        pipe.zadd(self._order, {event.id: event.at.timestamp()})
-        pipe.hset(self._events, event.id, event.model_dump_json())
+        # EVAL, not EVALSHA: a script in a pipeline would cost a SCRIPT EXISTS round trip per write.
+        pipe.eval(_APPEND_EVENT, 3, self._order, self._events, self._seq, event.id, event.model_dump_json())
+
+    def ids_of(self, job_id: str) -> list[str]:
+        """The ids of job ``job_id``'s pending events (a scan of the outbox, which a running
+        drainer keeps short; only erasure asks)."""
+        match = f"{event_id_prefix(job_id)}*"
+        return [str(i) for i, _ in self.client.zscan_iter(self._order, match=match, count=500)]
 
     def remove(self, pipe: redis.client.Pipeline, event_ids: list[str]) -> None:
         pipe.zrem(self._order, *event_ids)
@@ -140,7 +174,7 @@ class RedisJobRecords:
         self._admit = self.client.register_script(_ADMIT)
 
     def _key(self, job_id: str) -> str:
-        return f"{self.conn.prefix}job:{job_id}"
+        return self.conn.job_key(job_id)
 
     def _status_key(self, status: str) -> str:
         return f"{self.conn.prefix}status:{status}"
@@ -229,8 +263,11 @@ class RedisJobRecords:
                             pipe.unwatch()
                             return job
                         new = new.model_copy(update={"revision": job.revision + 1})
+                        keep_key = self._idempotency_key_to_end(pipe, job, new)
                         pipe.multi()
                         pipe.set(key, new.model_dump_json(), pxat=self._expiry_ms(new))
+                        if keep_key is not None:
+                            pipe.pexpireat(keep_key, cast(int, self._expiry_ms(new)))
                         if new.status != job.status:
                             pipe.zrem(self._status_key(job.status), job_id)
                             pipe.zadd(self._status_key(new.status), {job_id: enqueued_at(new)})
@@ -243,6 +280,16 @@ class RedisJobRecords:
                         continue
 
         return self.conn.run(run)
+
+    def _idempotency_key_to_end(self, pipe: redis.client.Pipeline, job: Job, new: Job) -> str | None:
+        """When ``job`` ends with this change and its Idempotency-Key still names it: that key,
+        watched, to expire with the record (it had no expiry while the job was unfinished)."""
+        if job.finished or not new.finished or new.idempotency_key is None:
+            return None
+        key = self.conn.idempotency_key(idempotency_scope(new.owner, new.idempotency_key))
+        pipe.watch(key)
+        raw = pipe.get(key)
+        return key if raw and json.loads(raw).get("job_id") == new.id else None
 
     def delete(self, job_id: str) -> Job | None:
         key = self._key(job_id)
@@ -257,6 +304,8 @@ class RedisJobRecords:
                             pipe.unwatch()
                             return None
                         job = Job.model_validate_json(raw)
+                        # Events appended later change the record too: this transaction retries.
+                        pending = self.outbox.ids_of(job_id)
                         pipe.multi()
                         pipe.delete(key)
                         for status in STATUSES:
@@ -264,7 +313,8 @@ class RedisJobRecords:
                         pipe.zrem(self._owner_key(job.owner), job_id)
                         for object_key in listed_keys(job):
                             pipe.srem(self._listers_key(object_key), job_id)
-                        self.outbox.remove(pipe, event_ids(job_id))
+                        if pending:
+                            self.outbox.remove(pipe, pending)
                         pipe.execute()
                         return job
                     except redis.WatchError:
@@ -441,11 +491,15 @@ class RedisJobRecords:
 
 
 class RedisIdempotencyKeys:
+    """A key's record is a string key: the reservation's TTL, then no expiry while its job is
+    unfinished (``confirm``), then the record's expiry from the job's end (set by
+    ``RedisJobRecords.apply`` in the transaction that ends the job)."""
+
     def __init__(self, conn: RedisConnection) -> None:
         self.conn, self.client = conn, conn.client
 
     def _key(self, scope: str) -> str:
-        return f"{self.conn.prefix}idem:{scope}"
+        return self.conn.idempotency_key(scope)
 
     def reserve(self, scope: str, record: IdempotencyRecord, ttl: int) -> IdempotencyRecord | None:
         key = self._key(scope)
@@ -462,7 +516,33 @@ class RedisIdempotencyKeys:
         return json.loads(raw) if raw else None
 
     def confirm(self, scope: str, ttl: int) -> None:
-        self.conn.call(self.client.expire, self._key(scope), ttl)
+        key = self._key(scope)
+
+        def run() -> None:
+            with self.client.pipeline() as pipe:
+                while True:  # retried when the key or its job changed meanwhile (the job ended)
+                    try:
+                        pipe.watch(key)
+                        raw = pipe.get(key)
+                        if not raw:
+                            pipe.unwatch()
+                            return
+                        job_key = self.conn.job_key(json.loads(raw)["job_id"])
+                        pipe.watch(job_key)
+                        record = pipe.get(job_key)
+                        pipe.multi()
+                        if not record:  # erased already: the key lives its ttl, as before its job
+                            pipe.expire(key, ttl)
+                        elif (at := expires_at(Job.model_validate_json(record), ttl)) is None:
+                            pipe.persist(key)
+                        else:
+                            pipe.pexpireat(key, int(at * 1000))
+                        pipe.execute()
+                        return
+                    except redis.WatchError:
+                        continue
+
+        self.conn.run(run)
 
     def release(self, scope: str, job_id: str) -> None:
         key = self._key(scope)

@@ -32,6 +32,8 @@ from service.jobs.store import (
     WorkerInfo,
     add_observation,
     empty_stats,
+    expires_at,
+    idempotency_scope,
     window_of,
 )
 from service.jobs.transitions import Mutation
@@ -211,6 +213,14 @@ class SqliteJobRecords:
             )
             if (event := event_for(job, new)) is not None:
                 SqliteOutbox.append(db, event)
+            if new.finished and not job.finished and new.idempotency_key is not None:
+                # Its Idempotency-Key, kept while the job was unfinished, now expires with the record.
+                scope = idempotency_scope(new.owner, new.idempotency_key)
+                db.execute(
+                    "UPDATE idempotency SET expires = ?"
+                    " WHERE scope = ? AND json_extract(data, '$.job_id') = ?",
+                    (expires_at(new, self.db.ttl), scope, job_id),
+                )
             return new
 
         return self.db.transaction(run)
@@ -301,7 +311,15 @@ class SqliteJobRecords:
         self.db.run(lambda db: db.execute("SELECT 1").fetchone())
 
 
+#: ``idempotency.expires`` of a key whose job is unfinished: it does not expire.
+NEVER = float("inf")
+
+
 class SqliteIdempotencyKeys:
+    """The ``idempotency`` table: ``expires`` is the reservation's end, then NEVER while its job is
+    unfinished (``confirm``), then the record's expiry (set by ``SqliteJobRecords.apply`` in the
+    transaction that ends the job)."""
+
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
 
@@ -330,8 +348,21 @@ class SqliteIdempotencyKeys:
         return record
 
     def confirm(self, scope: str, ttl: int) -> None:
-        query = "UPDATE idempotency SET expires = ? WHERE scope = ?"
-        self.db.run(lambda db: db.execute(query, (self.db.clock() + ttl, scope)))
+        def run(db: sqlite3.Connection) -> None:
+            row = db.execute("SELECT data FROM idempotency WHERE scope = ?", (scope,)).fetchone()
+            if row is None:
+                return
+            record = db.execute(
+                "SELECT data FROM jobs WHERE id = ?", (json.loads(row[0]).get("job_id"),)
+            ).fetchone()
+            if record is None:  # erased already: the key lives its ttl, as before its job
+                expires: float = self.db.clock() + ttl
+            else:
+                ends = expires_at(Job.model_validate_json(record[0]), ttl)
+                expires = NEVER if ends is None else ends
+            db.execute("UPDATE idempotency SET expires = ? WHERE scope = ?", (expires, scope))
+
+        self.db.transaction(run)
 
     def release(self, scope: str, job_id: str) -> None:
         query = "DELETE FROM idempotency WHERE scope = ? AND json_extract(data, '$.job_id') = ?"

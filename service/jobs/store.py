@@ -9,6 +9,7 @@ lives with the records because ``JobRecords.apply`` writes both in one atomic op
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +156,9 @@ class IdempotencyKeys(Protocol):
     def get(self, scope: str) -> IdempotencyRecord | None: ...
 
     def confirm(self, scope: str, ttl: int) -> None:
-        """The job exists now: keep the key as long as the job (``ttl`` seconds)."""
+        """The job exists now: keep the key as long as the job's record. No expiry while the job
+        is unfinished (queued or running, however long); ``ttl`` after it ended, which
+        ``JobRecords.apply`` sets in the write that ends the job."""
         ...
 
     def release(self, scope: str, job_id: str) -> None:
@@ -269,6 +272,13 @@ def expires_at(job: Job, ttl: float) -> float | None:
     if not job.finished:
         return None
     return (job.finished_at or job.created_at).timestamp() + ttl
+
+
+def idempotency_scope(owner: str | None, key: str) -> str:
+    """Where an Idempotency-Key's record is kept. Keys are per owner: two API keys may use the same
+    Idempotency-Key independently. The stores derive it from a record (``Job.owner``,
+    ``Job.idempotency_key``) to let the key expire with the job."""
+    return hashlib.sha256(f"{owner or ''}\0{key}".encode()).hexdigest()
 
 
 def listed_keys(job: Job) -> set[str]:

@@ -105,15 +105,26 @@ def test_presigned_urls_use_the_public_endpoint_when_set(s3):
     assert s3.presigned_url("results/" + "a" * 32 + ".png", ttl=60).startswith(s3.client.meta.endpoint_url)
 
 
-def test_resubmitted_input_costs_no_store_lookup(tmp_path, monkeypatch):
-    """An input this process stored moments ago is not looked up again (no HEAD per submission)."""
+def test_an_input_lost_behind_the_api_is_stored_again_at_the_next_submission(store):
+    """The store is asked at every submission: an input this process stored a moment ago and the
+    store then lost (a data loss, an erasure through another replica) is written again."""
+    data = b"image bytes, stored then lost"
+    key = store.put_input(data, "image/png")
+    store.delete(key)  # behind the put_input caller's back
+    assert store.put_input(data, "image/png") == key
+    assert store.get(key) == data
+    assert len(store.__dict__["_input_flights"]) == 0, "nothing about the store is remembered"
+
+
+def test_a_fresh_input_is_looked_up_not_rewritten(tmp_path, monkeypatch):
     store = LocalStore(tmp_path)
     key = store.put_input(b"image bytes", "image/png")
-    lookups = []
-    monkeypatch.setattr(store, "age", lambda k: lookups.append(k))
-    assert store.put_input(b"image bytes", "image/png") == key and lookups == []
-    store.put_input(b"other bytes", "image/png")
-    assert lookups == [input_key(b"other bytes")]
+    lookups, writes = [], []
+    real_age, real_put = store.age, store.put
+    monkeypatch.setattr(store, "age", lambda k: (lookups.append(k), real_age(k))[1])
+    monkeypatch.setattr(store, "put", lambda *a: (writes.append(a[0]), real_put(*a)))
+    assert store.put_input(b"image bytes", "image/png") == key
+    assert lookups == [key] and writes == []
 
 
 def test_concurrent_requests_with_the_same_input_write_it_once(tmp_path, monkeypatch):
@@ -132,6 +143,39 @@ def test_concurrent_requests_with_the_same_input_write_it_once(tmp_path, monkeyp
     with ThreadPoolExecutor(8) as pool:
         keys = set(pool.map(submit, range(8)))
     assert keys == {input_key(b"same")} and len(writes) == 1
+
+
+def test_a_waiting_request_uses_only_a_lookup_that_started_after_it_arrived(tmp_path, monkeypatch):
+    """Single flight without memory: B and C arrive while A's lookup runs; A's answer predates
+    them, so the next of them looks again, and the last one takes that newer answer."""
+    import threading
+
+    from testkit import wait_for
+
+    store = LocalStore(tmp_path)
+    key = input_key(b"same image")
+    release, lookups = threading.Event(), []
+    real_age = store.age
+
+    def age(k):
+        lookups.append(k)
+        if len(lookups) == 1:
+            release.wait(30)
+        return real_age(k)
+
+    monkeypatch.setattr(store, "age", age)
+    threads = [threading.Thread(target=store.put_input, args=(b"same image", "image/png")) for _ in range(3)]
+    threads[0].start()
+    wait_for(lambda: lookups, timeout=30)
+    for thread in threads[1:]:
+        thread.start()
+    flights = store.__dict__["_input_flights"]
+    wait_for(lambda: flights._flights[key].users == 3, timeout=30)
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert lookups == [key, key] and store.get(key) == b"same image"
+    assert len(flights) == 0
 
 
 def test_each_attempt_has_its_own_result_key_within_the_key_pattern():

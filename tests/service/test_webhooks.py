@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -317,7 +318,12 @@ def test_webhook_ids_name_the_job_and_event(make_client, hooked, small_images):
         poll(client, job_id)
         wait_for(lambda: len(receiver.events) >= 2, timeout=10)
         ids = [h["webhook-id"] for h in receiver.headers]
-        assert ids == [f"job_{job_id}_running", f"job_{job_id}_succeeded"]
+        final = client.app.state.services.stores.records.get(job_id).revision
+        started = re.fullmatch(rf"job_{job_id}_running_(\d+)", ids[0])
+        assert started and 2 <= int(started[1]) < final, (
+            "the revision of the claim, a write after the submission"
+        )
+        assert ids[1:] == [f"job_{job_id}_succeeded"]
     finally:
         receiver.close()
 
@@ -406,10 +412,9 @@ def test_undelivered_events_are_on_the_job_record_and_counted(make_client, hooke
         records = client.app.state.services.stores.records
         wait_for(lambda: len(records.get(job_id).webhook_undelivered) == 2, timeout=20)
         entries = records.get(job_id).webhook_undelivered
-        assert [(e.webhook_id, e.reason) for e in entries] == [
-            (f"job_{job_id}_running", "failed"),
-            (f"job_{job_id}_succeeded", "failed"),
-        ]
+        assert [(e.status, e.reason) for e in entries] == [("running", "failed"), ("succeeded", "failed")]
+        assert re.fullmatch(rf"job_{job_id}_running_\d+", entries[0].webhook_id)
+        assert entries[1].webhook_id == f"job_{job_id}_succeeded"
         assert "HTTP 500" in entries[0].detail
         metrics = client.get("/metrics").text
         assert 'qalign_webhooks_undelivered_total{reason="failed"} 2.0' in metrics
@@ -509,7 +514,8 @@ def test_the_sender_sends_nothing_for_an_erased_job_and_records_what_it_gives_up
         assert sender.send(gone_event, threading.Event()) and server.seen == []
         assert sender.send(kept_event, threading.Event()) and len(server.seen) == 2
         (note,) = stores.records.get(kept.id).webhook_undelivered
-        assert note.webhook_id == f"job_{kept.id}_running" and note.reason == "failed"
+        assert note.webhook_id == kept_event.id == f"job_{kept.id}_running_{kept_event.job.revision}"
+        assert note.reason == "failed"
         assert stores.counters.snapshot("webhooks_undelivered") == {"failed": 1}
     finally:
         stores.close()

@@ -18,6 +18,7 @@ from testkit import FakeClock
 from service.jobs import Job, StoreUnavailable, new_job_id, transitions, utcnow
 from service.jobs.redis_store import open_redis_stores
 from service.jobs.sqlite_store import open_sqlite_stores
+from service.jobs.store import expires_at, idempotency_scope
 
 
 def test_create_get_roundtrip_and_unknown(stores):
@@ -224,6 +225,80 @@ def test_redis_idempotency_key_expires_with_its_ttl(redis_url):
         assert stores.idempotency.client.ttl(key) > 3000
         stores.idempotency.client.delete(key)  # what the TTL does when it runs out
         assert stores.idempotency.reserve("s", {"job_id": "b", "fingerprint": "f"}, 60) is None
+    finally:
+        stores.close()
+
+
+def idempotency_expiry(stores, scope: str) -> float | None | str:
+    """When an Idempotency-Key's record expires (epoch seconds), None when it does not, "absent"."""
+    if hasattr(stores.idempotency, "db"):  # SQLite
+        row = stores.idempotency.db.run(
+            lambda db: db.execute("SELECT expires FROM idempotency WHERE scope = ?", (scope,)).fetchone()
+        )
+        return "absent" if row is None else None if row[0] == float("inf") else row[0]
+    at = stores.idempotency.client.pexpiretime(stores.idempotency.conn.idempotency_key(scope))
+    return "absent" if at == -2 else None if at == -1 else at / 1000
+
+
+def keyed_job(stores, owner: str = "alice", key: str = "k") -> tuple[Job, str]:
+    """A queued job submitted with an Idempotency-Key, its key reserved and confirmed as submit does."""
+    job = new_job(stores, owner=owner, idempotency_key=key)
+    scope = idempotency_scope(owner, key)
+    assert stores.idempotency.reserve(scope, {"job_id": job.id, "fingerprint": "f"}, 60) is None
+    assert 0 < idempotency_expiry(stores, scope) - time.time() <= 60
+    stores.idempotency.confirm(scope, 3600)
+    return job, scope
+
+
+def test_an_idempotency_key_lives_while_its_job_is_unfinished_and_then_as_long_as_its_record(stores):
+    job, scope = keyed_job(stores)
+    assert idempotency_expiry(stores, scope) is None, "queued: no expiry"
+    claim(stores, job.id, "w:1")
+    stores.records.apply(job.id, lambda j: transitions.requeue(j, "shutdown", 3, refund=True))
+    claim(stores, job.id, "w:2")
+    stores.records.apply(job.id, lambda j: transitions.progress(j, "denoising", 0.5))
+    assert idempotency_expiry(stores, scope) is None, "running (again): no expiry"
+    ended = stores.records.apply(job.id, lambda j: transitions.succeed(j, results=[], params={}, metrics={}))
+    assert idempotency_expiry(stores, scope) == pytest.approx(expires_at(ended, 3600), abs=0.002)
+    assert stores.idempotency.get(scope)["job_id"] == job.id
+
+
+def test_an_idempotency_key_confirmed_after_its_job_ended_expires_with_the_record(stores):
+    job = new_job(stores, owner="alice", idempotency_key="k")
+    scope = idempotency_scope("alice", "k")
+    stores.idempotency.reserve(scope, {"job_id": job.id, "fingerprint": "f"}, 60)
+    ended = stores.records.apply(job.id, transitions.cancel)  # e.g. run from a republished message
+    assert idempotency_expiry(stores, scope) == pytest.approx(expires_at(ended, 3600), abs=0.002)
+    stores.idempotency.confirm(scope, 3600)
+    assert idempotency_expiry(stores, scope) == pytest.approx(expires_at(ended, 3600), abs=0.002)
+
+
+def test_the_end_of_a_job_leaves_a_key_that_names_another_job_alone(stores):
+    """A key released (the job was not queued) and reserved again by a later request belongs to
+    the later job: the first one's end does not shorten it."""
+    first = new_job(stores, owner="alice", idempotency_key="k")
+    later, scope = keyed_job(stores)
+    claim(stores, first.id, "w:1")
+    stores.records.apply(first.id, lambda j: transitions.fail(j, "internal_error", "boom"))
+    assert idempotency_expiry(stores, scope) is None and stores.idempotency.get(scope)["job_id"] == later.id
+
+
+def test_sqlite_an_unfinished_jobs_idempotency_key_survives_any_wait(tmp_path):
+    clock = FakeClock(time.time())
+    stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600, clock=clock)
+    try:
+        job, scope = keyed_job(stores)
+        clock.advance(10 * 3600)
+        stores.records.prune()
+        assert stores.idempotency.get(scope)["job_id"] == job.id
+        claim(stores, job.id, "w:1")
+        ended = stores.records.apply(job.id, lambda j: transitions.fail(j, "internal_error", "boom"))
+        clock.now = expires_at(ended, 3600) - 1
+        stores.records.prune()
+        assert stores.idempotency.get(scope)["job_id"] == job.id
+        clock.advance(2)
+        stores.records.prune()
+        assert stores.idempotency.get(scope) is None
     finally:
         stores.close()
 

@@ -135,7 +135,8 @@ def test_a_requeued_job_announces_nothing_until_it_runs_again(stores):
 
 def test_a_failing_transition_writes_neither_record_nor_event(stores):
     job = running(stores)
-    stores.outbox.ack(f"job_{job.id}_running")
+    for event in stores.outbox.pending(10):
+        stores.outbox.ack(event.id)
 
     def broken(j):
         raise RuntimeError("bug in a transition")
@@ -162,12 +163,35 @@ def test_concurrent_ends_write_one_terminal_event(stores):
     assert terminal == [stores.records.get(job.id).status]
 
 
+def test_each_run_of_a_job_announces_its_start_with_its_own_id(stores):
+    """A requeued (or taken-over) job that runs again sends a second ``running`` event with a new
+    webhook-id, so a receiver that drops repeated ids does not drop it; the first one stays."""
+    job = running(stores)
+    stores.records.apply(job.id, lambda j: transitions.requeue(j, "shutdown", 3, refund=True))
+    claim(stores, job.id, "w:2", max_attempts=3)  # the same attempt number again (refunded)
+    stores.records.apply(job.id, lambda j: j.model_copy(update={"worker": "gone:1"}))
+    claim(stores, job.id, "w:3", max_attempts=3)  # taken over from a lost worker
+    final = _succeed(stores, job)
+    events = stores.outbox.pending(10)
+    assert [e.status for e in events] == ["running", "running", "running", "succeeded"]
+    ids = [e.id for e in events]
+    assert len(set(ids)) == 4, ids
+    assert ids[-1] == f"job_{job.id}_succeeded"
+    assert ids[:3] == [f"job_{job.id}_running_{e.job.revision}" for e in events[:3]]
+    assert [e.job.worker for e in events[:3]] == ["w:1", "w:2", "w:3"]
+    assert events[-1].job.revision == final.revision
+
+
 def test_erasure_removes_the_jobs_events(stores):
     job = running(stores)
+    stores.records.apply(job.id, lambda j: transitions.requeue(j, "shutdown", 3))
+    claim(stores, job.id, "w:2", max_attempts=3)
     _succeed(stores, job)
     other = running(stores)
     stores.records.delete(job.id)
     assert announced(stores) == [(other.id, "running")] and stores.outbox.count() == 1
+    stores.records.delete(other.id)
+    assert stores.outbox.count() == 0
 
 
 def test_events_survive_reopening_the_store(tmp_path):
@@ -181,6 +205,61 @@ def test_events_survive_reopening_the_store(tmp_path):
         assert announced(reopened) == [(job.id, "running")]
     finally:
         reopened.close()
+
+
+def test_redis_outbox_order_is_append_order_whatever_the_writers_clocks(redis_url, monkeypatch):
+    """Several hosts append to one Redis outbox; their clocks disagree (here: every event is
+    stamped an hour before the previous one). The order is the order Redis took the writes in."""
+    from datetime import timedelta
+
+    import service.jobs.events as events_module
+    from service.jobs.model import new_job_id, utcnow
+
+    prefix = f"t{new_job_id()}:"
+    host_a = open_redis_stores(redis_url, ttl=3600, prefix=prefix)
+    host_b = open_redis_stores(redis_url, ttl=3600, prefix=prefix)
+    start, stamps = utcnow(), []
+
+    def backwards():
+        stamps.append(start - timedelta(hours=len(stamps)))
+        return stamps[-1]
+
+    monkeypatch.setattr(events_module, "utcnow", backwards)
+    try:
+        expected = []
+        for i in range(6):
+            stores = (host_a, host_b)[i % 2]
+            job = running(stores)
+            expected.append((job.id, "running"))
+            if i % 3 == 0:
+                _succeed(stores, job)
+                expected.append((job.id, "succeeded"))
+        assert [e.at for e in host_a.outbox.pending(100)] == stamps, "stamped by a clock going back"
+        assert announced(host_a) == expected == announced(host_b)
+        host_a.outbox.ack(host_a.outbox.pending(1)[0].id)
+        late = running(host_b)
+        assert announced(host_a) == [*expected[1:], (late.id, "running")]
+    finally:
+        host_a.close()
+        host_b.close()
+
+
+def test_redis_outbox_events_stamped_by_time_before_the_sequence_go_first(redis_url):
+    """An outbox written by the version that scored events by their time keeps its order: the
+    sequence starts above the newest such score."""
+    from service.jobs.model import new_job_id
+
+    stores = open_redis_stores(redis_url, ttl=3600, prefix=f"t{new_job_id()}:")
+    try:
+        old = running(stores)
+        (event,) = stores.outbox.pending(1)
+        client, prefix = stores.outbox.client, stores.outbox.conn.prefix
+        client.delete(f"{prefix}outbox:seq")
+        client.zadd(f"{prefix}outbox", {event.id: event.at.timestamp()})  # as the earlier version did
+        new = running(stores)
+        assert announced(stores) == [(old.id, "running"), (new.id, "running")]
+    finally:
+        stores.close()
 
 
 # ---------------------------------------------------------------- the dispatcher
