@@ -273,7 +273,8 @@ def test_dockerignore_keeps_what_the_build_needs(root):
                 result = not negate
         return result
 
-    for needed in ("pyproject.toml", "README.md", *(f"{p}/__init__.py" for p in PACKAGES)):
+    needs = ("pyproject.toml", "requirements.lock", "README.md", *(f"{p}/__init__.py" for p in PACKAGES))
+    for needed in needs:
         assert not ignored(needed), f".dockerignore drops {needed}"
     for junk in (
         ".git/config",
