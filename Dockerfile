@@ -7,7 +7,8 @@
 #                           celery -A worker.celery_app worker --concurrency 1 --loglevel INFO
 #
 # Stage 1 ("builder") creates a virtual environment in /opt/venv and installs the dependencies
-# (PyTorch from the CUDA wheel index, everything else from PyPI), then the package itself.
+# (everything but PyTorch from the hash-pinned lock file, requirements.lock; PyTorch from the CUDA
+# wheel index), then the package itself.
 # Stage 2 ("runtime") is the CUDA runtime image with Python 3.11 and a copy of /opt/venv: no
 # compilers, no pip caches, no source tree.
 #
@@ -20,9 +21,10 @@
 #                                      the python3.11 and python3.11-venv packages works (the CPU
 #                                      smoke test, scripts/compose-smoke.sh, uses a local Debian
 #                                      bookworm made with debootstrap for both)
-#   WHEELS_DIR                         air-gapped builds: a directory of the build context holding a
-#                                      wheel of every dependency (torch included); pip then installs
-#                                      from it alone (--no-index), nothing is downloaded
+#   WHEELS_DIR                         air-gapped builds: a directory of the build context holding the
+#                                      locked files (pip download --require-hashes --no-deps
+#                                      -r requirements.lock) and a torch wheel; pip then installs from
+#                                      it alone (--no-index), nothing is downloaded
 #   TORCH_VERSION, CUDA_WHEEL          the PyTorch release and its CUDA wheel index
 # BuildKit is required (RUN --mount); no "# syntax=" line, so no frontend image is pulled and the
 # builder's built-in Dockerfile frontend is used (offline builds work).
@@ -49,31 +51,33 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 
-# --- dependency layer: only pyproject.toml, so source edits do not reinstall torch -----------
-COPY pyproject.toml ./
-# Requirements = [project].dependencies + the "service" extra, read from pyproject.toml.
-# torch is installed first (from the CUDA wheel index, or from WHEELS_DIR) and pinned by a
-# constraint so the PyPI install that follows keeps that build.
+# --- dependency layer: only the lock file, so source edits do not reinstall torch -------------
+# requirements.lock (scripts/lock.py, from pyproject.toml: [project].dependencies + the "service"
+# extra) pins every distribution but torch with its sha256: installed with --require-hashes --no-deps,
+# nothing unlocked or altered gets in. torch is pinned by version only: the CUDA build comes from the
+# PyTorch index (or WHEELS_DIR) after the lock, with what that build needs beyond it (the CUDA
+# libraries, triton, exact pins of its own), also by version; its hash cannot be locked offline
+# (docs/security.md). The lock was resolved with the torch the test suite runs (its header says
+# which): with that TORCH_VERSION nothing locked changes; an older one may replace a locked
+# dependency of torch's (torch 2.6 pins sympy==1.13.1). pip check proves the result is consistent.
+COPY requirements.lock ./
 ARG WHEELS_DIR=""
 # With WHEELS_DIR its wheels are copied to /tmp/wheels (a builder layer only; the runtime stage
-# copies just the venv); without it pyproject.toml stands in and pip uses the indexes. (A bind
-# mount would not copy, but Docker 20.10's built-in frontend does not expand ARGs in --mount.)
-COPY ${WHEELS_DIR:-pyproject.toml} /tmp/wheels/
+# copies just the venv); without it the lock stands in and pip uses the indexes. (A bind mount
+# would not copy, but Docker 20.10's built-in frontend does not expand ARGs in --mount.)
+COPY ${WHEELS_DIR:-requirements.lock} /tmp/wheels/
 # DL3013: every requirement is pinned; hadolint reads the "$@" option list as an unpinned package.
 # hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['service']))" > /tmp/requirements.txt \
-    && echo "torch==${TORCH_VERSION}" > /tmp/constraints.txt \
+    if [ -n "${WHEELS_DIR}" ]; then set -- --no-index --find-links /tmp/wheels; else set --; fi \
+    && pip install "$@" "pip==24.3.1" "setuptools==75.6.0" "wheel==0.45.1" \
+    && pip install "$@" --require-hashes --no-deps -r requirements.lock \
     && if [ -n "${WHEELS_DIR}" ]; then \
-         set -- --no-index --find-links /tmp/wheels \
-         && pip install "$@" "pip==24.3.1" "setuptools==75.6.0" "wheel==0.45.1" \
-         && pip install "$@" "torch==${TORCH_VERSION}"; \
+         pip install "$@" "torch==${TORCH_VERSION}"; \
        else \
-         set -- \
-         && pip install "pip==24.3.1" "setuptools==75.6.0" "wheel==0.45.1" \
-         && pip install --index-url "https://download.pytorch.org/whl/${CUDA_WHEEL}" "torch==${TORCH_VERSION}"; \
+         pip install --index-url "https://download.pytorch.org/whl/${CUDA_WHEEL}" "torch==${TORCH_VERSION}"; \
        fi \
-    && pip install "$@" -r /tmp/requirements.txt -c /tmp/constraints.txt
+    && pip check
 
 # --- source layer ------------------------------------------------------------------------------
 COPY . .

@@ -8,9 +8,9 @@
 #    stopped again at the end if this script started it;
 # 2. a local Debian bookworm base image made with debootstrap (no registry is reachable), kept
 #    between runs;
-# 3. a wheelhouse built with the host's pip (torch resolved as `pip install torch==2.13.0` resolves
-#    it here: the CPU build from local disk), kept between runs, so nothing is downloaded inside a
-#    container (pip in the build runs --no-index);
+# 3. a wheelhouse fetched with the host's pip: the files requirements.lock pins (hash-checked), torch
+#    (as `pip install torch==2.13.0` resolves it here: the CPU build from local disk) and moto, kept
+#    between runs, so nothing is downloaded inside a container (pip in the build runs --no-index);
 # 4. the image (Dockerfile with BUILDER_IMAGE/CUDA_RUNTIME_IMAGE = the Debian base, WHEELS_DIR) and a
 #    small image with Debian's redis-server and moto's S3 server (deploy/compose/deps.Dockerfile);
 # 5. docker-compose.yml + deploy/compose/docker-compose.cpu.yml: host network, every port on
@@ -182,21 +182,16 @@ else
 fi
 
 # --- 3. wheelhouse ----------------------------------------------------------------------------------
-# Keyed by what decides its content: the requirements, the torch requirement, the interpreter.
-# requirements: the image's (pyproject.toml) plus the S3 stand-in of the deps image; tools: the
-# installer versions the Dockerfile pins (resolved apart: torch wants a newer setuptools, which
-# the requirements bring along).
-requirements="$WORK/requirements.txt" tools="$WORK/tools.txt"
-"$PY" - "$requirements" <<'EOF'
-import sys, tomllib
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-lines = project["dependencies"] + project["optional-dependencies"]["service"] + ["moto[server]>=5"]
-open(sys.argv[1], "w").write("\n".join(lines) + "\n")
-EOF
+# The image installs requirements.lock with --require-hashes, so the wheelhouse holds those very files
+# (pip download, hash-checked); plus the torch wheel, the installer versions the Dockerfile pins, and
+# moto's server (the S3 stand-in of the deps image) at the versions requirements-test.lock pins.
+# Keyed by what decides its content: the locks, the tools, the torch requirement, the interpreter.
+tools="$WORK/tools.txt" constraints="$WORK/constraints.txt"
 grep -oE '"(pip|setuptools|wheel)==[0-9.]+"' Dockerfile | tr -d '"' | sort -u >"$tools"
+sed 's/ --hash=.*//' requirements-test.lock >"$constraints"
 # pip evaluates environment markers (e.g. `python_full_version < "3.11.3"`) against the interpreter
-# it runs on, so the wheelhouse is resolved by the interpreter the image gets: Debian bookworm's
-# python3.11 (3.11.2), the host's own when the host is bookworm too; else the project venv's.
+# it runs on, so moto is resolved by the interpreter the image gets: Debian bookworm's python3.11
+# (3.11.2), the host's own when the host is bookworm too; else the project venv's.
 WHEEL_PY=${QALIGN_SMOKE_WHEEL_PYTHON:-}
 if [ -z "$WHEEL_PY" ]; then
   WHEEL_PY=$PY
@@ -204,25 +199,22 @@ if [ -z "$WHEEL_PY" ]; then
     && /usr/bin/python3.11 -m pip --version >/dev/null 2>&1; then
     WHEEL_PY=/usr/bin/python3.11
   else
-    log "warning: no Debian bookworm python3.11 with pip here; resolving the wheelhouse with $PY"
+    log "warning: no Debian bookworm python3.11 with pip here; resolving moto with $PY"
   fi
 fi
-key=$({ cat "$requirements" "$tools"; echo "$TORCH_REQ"; "$WHEEL_PY" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-16)
+key=$({ cat requirements.lock requirements-test.lock "$tools"; echo "$TORCH_REQ"; "$WHEEL_PY" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-16)
 WHEELS="$CACHE/wheels-$key"
 if [ -f "$WHEELS/.complete" ]; then
   log "wheelhouse $WHEELS: cached"
 else
   log "building the wheelhouse $WHEELS with the host's pip ($WHEEL_PY)"
   rm -rf "$WHEELS"
-  "$WHEEL_PY" -m pip wheel --quiet --wheel-dir "$WHEELS" "$TORCH_REQ" >"$CACHE/pip-wheel.log" 2>&1 \
-    || { tail -n 20 "$CACHE/pip-wheel.log" >&2; exit 1; }
-  torch_wheel=$(find "$WHEELS" -maxdepth 1 -name 'torch-*.whl' -printf '%f\n' | head -n 1)
-  torch_version=$(echo "$torch_wheel" | cut -d- -f2 | cut -d+ -f1)
-  echo "torch==$torch_version" >"$WORK/constraints.txt"
-  "$WHEEL_PY" -m pip wheel --quiet --wheel-dir "$WHEELS" -r "$requirements" -c "$WORK/constraints.txt" \
-    >>"$CACHE/pip-wheel.log" 2>&1 || { tail -n 20 "$CACHE/pip-wheel.log" >&2; exit 1; }
-  "$WHEEL_PY" -m pip wheel --quiet --no-deps --wheel-dir "$WHEELS" -r "$tools" >>"$CACHE/pip-wheel.log" 2>&1 \
-    || { tail -n 20 "$CACHE/pip-wheel.log" >&2; exit 1; }
+  pip_to() { "$WHEEL_PY" -m pip "$@" >>"$CACHE/pip-wheel.log" 2>&1 || { tail -n 20 "$CACHE/pip-wheel.log" >&2; exit 1; }; }
+  : >"$CACHE/pip-wheel.log"
+  pip_to download --quiet --no-deps --require-hashes --dest "$WHEELS" -r requirements.lock
+  pip_to download --quiet --no-deps --dest "$WHEELS" "$TORCH_REQ"
+  pip_to download --quiet --dest "$WHEELS" -c "$constraints" "moto[server]>=5"
+  pip_to download --quiet --no-deps --dest "$WHEELS" -r "$tools"
   touch "$WHEELS/.complete"
   find "$CACHE" -maxdepth 1 -name 'wheels-*' ! -path "$WHEELS" -exec rm -rf {} +  # superseded ones
 fi

@@ -3,9 +3,30 @@
 from __future__ import annotations
 
 import io
+import socket
 
 import pytest
+from net_helpers import IN_NETNS
 from PIL import Image
+
+
+def pytest_sessionstart(session):
+    """Inside the namespace, refuse to run unless loopback is the only interface."""
+    if IN_NETNS and [name for _index, name in socket.if_nameindex()] != ["lo"]:
+        raise pytest.UsageError(f"QALIGN_IN_NETNS=1 but interfaces are {socket.if_nameindex()}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests of a module marked ``loopback_only`` (it names non-loopback addresses) run only inside the
+    loopback-only network namespace its launcher test starts (tests/net_helpers.py)."""
+    if IN_NETNS:
+        return
+    skip = pytest.mark.skip(
+        reason="runs inside a loopback-only network namespace (test_in_loopback_only_namespace)"
+    )
+    for item in items:
+        if item.get_closest_marker("loopback_only") and not item.get_closest_marker("loopback_launcher"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,31 @@
 """Real local HTTP(S) servers for the outbound-HTTP tests (webhooks, URL inputs): a CA and a server
-certificate made in the test with ``cryptography``, and a threaded server that records each request."""
+certificate made in the test with ``cryptography``, and a threaded server that records each request.
+
+And the loopback-only network namespace: a test module that names any non-loopback address (SSRF
+checks, webhook targets, URL inputs) marks itself ``pytestmark = LOOPBACK_ONLY`` and defines
+``test_in_loopback_only_namespace = namespace_launcher(__file__)``. Outside the namespace its tests are
+skipped and the launcher runs the module again with pytest under ``unshare -n`` (``-rn`` when not root)
+after ``ip link set lo up``: no route but 127.0.0.0/8 and ::1, so nothing can leave the machine even
+while a check is wrong. Every test of the module must pass there (only the launcher itself skips).
+"""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+import shutil
 import ssl
+import subprocess
+import sys
 import threading
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -162,3 +176,59 @@ def pinned_resolver(table: dict[str, list[str]]):
 
     resolver.calls = calls  # type: ignore[attr-defined]
     return resolver
+
+
+#: Set (to "1") in the environment of the pytest process started inside the namespace.
+IN_NETNS = os.environ.get("QALIGN_IN_NETNS") == "1"
+#: The module mark: its tests run only inside the namespace (tests/conftest.py skips them outside).
+LOOPBACK_ONLY = pytest.mark.loopback_only
+
+
+def _unshare_command() -> list[str] | str:
+    """``unshare -n`` (root) or ``unshare -rn`` (an unprivileged user namespace), or why neither works."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "unshare and ip (util-linux, iproute2) are needed for the network namespace"
+    command = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
+    probe = subprocess.run([*command, "ip", "link", "set", "lo", "up"], capture_output=True, timeout=60)
+    if probe.returncode != 0:
+        return f"network namespaces are not allowed here ({' '.join(command)}): {probe.stderr.decode()[:200]}"
+    return command
+
+
+def namespace_launcher(test_file: str):
+    """The test that runs every other test of ``test_file`` with pytest inside a loopback-only network
+    namespace and requires them all to pass there."""
+
+    @pytest.mark.loopback_launcher
+    @pytest.mark.timeout(1500)
+    def test_in_loopback_only_namespace(tmp_path):
+        if IN_NETNS:
+            pytest.skip("already inside the namespace")
+        command = _unshare_command()
+        if isinstance(command, str):
+            pytest.skip(command)
+        report = tmp_path / "inside.xml"
+        script = (
+            f'ip link set lo up && exec "{sys.executable}" -m pytest -q -p no:cacheprovider '
+            f'--junitxml="{report}" "{test_file}"'
+        )
+        done = subprocess.run(
+            [*command, "sh", "-c", script],
+            env={**os.environ, "QALIGN_IN_NETNS": "1"},
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            text=True,
+            timeout=1400,
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output[-6000:]
+        suite = ElementTree.parse(report).getroot()
+        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        assert suite is not None, output[-2000:]
+        skipped = [case.get("name") for case in suite.iter("testcase") if case.find("skipped") is not None]
+        counts = {key: int(suite.get(key, "0")) for key in ("tests", "failures", "errors")}
+        assert counts["failures"] == counts["errors"] == 0, output[-6000:]
+        assert skipped == ["test_in_loopback_only_namespace"], f"skipped inside: {skipped}\n{output[-2000:]}"
+        assert counts["tests"] > 1, output[-2000:]
+
+    return test_in_loopback_only_namespace

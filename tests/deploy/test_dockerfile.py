@@ -129,21 +129,22 @@ def test_no_latest_anywhere(dockerfile_text):
 
 
 def test_dependencies_installed_before_the_source_is_copied(builder):
-    copy_manifest = builder.index(lambda i: i.keyword == "COPY" and "pyproject.toml" in i.args.split()[:-1])
+    copy_manifest = builder.index(
+        lambda i: i.keyword == "COPY" and "requirements.lock" in i.args.split()[:-1]
+    )
     install_deps = builder.index(lambda i: i.keyword == "RUN" and re.search(r"pip install\b.*-r\s", i.args))
     copy_source = builder.index(lambda i: i.keyword == "COPY" and i.args.split()[0] == ".")
     install_pkg = builder.index(
-        lambda i: i.keyword == "RUN" and "--no-deps" in i.args and "pip install" in i.args
+        lambda i: i.keyword == "RUN" and re.search(r"pip install [^&;]*--no-deps[^&;]* \.(\s|$)", i.args)
     )
     assert -1 not in (copy_manifest, install_deps, copy_source, install_pkg), builder.instructions
     assert copy_manifest < install_deps < copy_source < install_pkg
-    # Nothing before the dependency install copies more than the manifest (and the wheel directory
-    # of an air-gapped build, WHEELS_DIR, which defaults to the manifest).
+    # Nothing before the dependency install copies more than the lock file (and the wheel directory
+    # of an air-gapped build, WHEELS_DIR, which defaults to the lock file).
     for instruction in builder.instructions[:install_deps]:
         if instruction.keyword in ("COPY", "ADD"):
-            assert instruction.args.split()[:-1] in (["pyproject.toml"], ["${WHEELS_DIR:-pyproject.toml}"]), (
-                instruction
-            )
+            sources = instruction.args.split()[:-1]
+            assert sources in (["requirements.lock"], ["${WHEELS_DIR:-requirements.lock}"]), instruction
 
 
 def test_torch_comes_from_the_cuda_wheel_index(builder):
@@ -153,15 +154,17 @@ def test_torch_comes_from_the_cuda_wheel_index(builder):
     assert re.fullmatch(r"CUDA_WHEEL=cu\d{3}", wheel)
 
 
-def test_requirements_come_from_pyproject(builder, root):
-    """The dependency layer reads [project].dependencies and the service extra from pyproject.toml."""
-    import tomllib
-
-    runs = " ".join(i.args for i in builder.all("RUN"))
-    assert "tomllib" in runs and "optional-dependencies" in runs and "'service'" in runs
-    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
-    assert "service" in project["optional-dependencies"]
-    assert any(dep.startswith("torch") for dep in project["dependencies"])
+def test_requirements_come_from_the_lock(builder, root):
+    """The dependency layer installs requirements.lock, every file checked against its sha256 and nothing
+    it does not name (--no-deps); torch after it, by version; pip check proves the result consistent.
+    (tests/test_lock.py checks the lock against pyproject.toml.)"""
+    runs = [i.args for i in builder.all("RUN")]
+    install = next(run for run in runs if re.search(r"pip install\b.*-r\s", run))
+    locked = re.search(r"pip install ([^&;]*)-r requirements\.lock", install)
+    assert locked and "--require-hashes" in locked.group(1) and "--no-deps" in locked.group(1), install
+    assert install.index("-r requirements.lock") < install.index('"torch==${TORCH_VERSION}"')
+    assert install.rstrip().endswith("pip check"), install
+    assert (root / "requirements.lock").is_file()
 
 
 def test_final_stage_copies_only_the_venv(final):
@@ -270,7 +273,8 @@ def test_dockerignore_keeps_what_the_build_needs(root):
                 result = not negate
         return result
 
-    for needed in ("pyproject.toml", "README.md", *(f"{p}/__init__.py" for p in PACKAGES)):
+    needs = ("pyproject.toml", "requirements.lock", "README.md", *(f"{p}/__init__.py" for p in PACKAGES))
+    for needed in needs:
         assert not ignored(needed), f".dockerignore drops {needed}"
     for junk in (
         ".git/config",

@@ -31,7 +31,7 @@ OVERLAYS = ["base", "overlays/production", "overlays/external-redis"]
 TARGETS = [*OVERLAYS, "weights-loader"]
 #: Custom resources kubernetes-validate has no schema for (it reports them as unchecked); their
 #: fields are checked by the tests below instead.
-CUSTOM_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
+CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
 TOOLS = ROOT / ".venv-tools" / "bin"
 KUBERNETES_VERSION = "1.32"
 
@@ -172,6 +172,14 @@ def test_scaledobject_scales_on_the_celery_queue_to_zero():
         assert int(meta["listLength"]) >= 1 and int(meta["activationListLength"]) == 0
         config = find(docs, "ConfigMap", "qalign-config")["data"]
         assert meta["addressFromEnv"] in config, "the address KEDA reads is in the worker's environment"
+        # The password: from the Secret through a TriggerAuthentication, never in the trigger itself.
+        assert not {"password", "passwordFromEnv"} & set(meta), meta
+        auth = find(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+        assert auth["apiVersion"] == "keda.sh/v1alpha1"
+        assert auth["spec"]["secretTargetRef"] == [
+            {"parameter": "password", "name": "qalign-secrets", "key": "REDIS_PASSWORD"}
+        ]
+        assert auth["metadata"]["namespace"] == scaled["metadata"]["namespace"]
 
 
 def test_external_redis_overlay_drops_the_in_cluster_redis():
@@ -209,8 +217,12 @@ def test_redis_requires_the_password_from_the_secret():
         assert names.index("REDIS_PASSWORD") < names.index("QALIGN_REDIS_URL"), (
             "$(VAR) needs it defined first"
         )
-    trigger = find(docs, "ScaledObject", "qalign-worker")["spec"]["triggers"][0]["metadata"]
-    assert trigger["passwordFromEnv"] == "REDIS_PASSWORD"
+    # KEDA's scaler reads the same key (test_scaledobject_scales_on_the_celery_queue_to_zero).
+    trigger = find(docs, "ScaledObject", "qalign-worker")["spec"]["triggers"][0]
+    auth = find(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+    assert {"name": "qalign-secrets", "key": "REDIS_PASSWORD"} in [
+        {k: ref[k] for k in ("name", "key")} for ref in auth["spec"]["secretTargetRef"]
+    ]
 
 
 def test_external_redis_takes_the_url_from_the_secret():

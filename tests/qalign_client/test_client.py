@@ -26,6 +26,7 @@ import anyio
 import httpx
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from net_helpers import LOOPBACK_ONLY, namespace_launcher
 from PIL import Image
 
 import qalign_client
@@ -44,6 +45,11 @@ from qalign_client import (
     UnavailableError,
     ValidationError,
 )
+
+# Names non-loopback addresses (targets the checks must refuse or never reach): every test
+# here runs inside a loopback-only network namespace (tests/net_helpers.py).
+pytestmark = LOOPBACK_ONLY
+test_in_loopback_only_namespace = namespace_launcher(__file__)
 
 BASE = "http://qalign.test"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from net_helpers import LocalServer, Reply, make_tls_files, pinned_resolver
+from net_helpers import LOOPBACK_ONLY, LocalServer, Reply, make_tls_files, namespace_launcher, pinned_resolver
 
 from service.netguard import NetPolicy, UrlRefused, open_pinned, pin, redact_url
+
+# Names non-loopback addresses (targets the checks must refuse or never reach): every test
+# here runs inside a loopback-only network namespace (tests/net_helpers.py).
+pytestmark = LOOPBACK_ONLY
+test_in_loopback_only_namespace = namespace_launcher(__file__)
 
 
 def ok(seen, handler):

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from net_helpers import LocalServer, Reply, make_tls_files, pinned_resolver
+from net_helpers import LOOPBACK_ONLY, LocalServer, Reply, make_tls_files, namespace_launcher, pinned_resolver
 from svc_helpers import FakePipeline
 from testkit import assert_problem, poll, submit, wait_for
 
@@ -21,6 +21,11 @@ from service.webhooks import (
     legacy_verify,
     sign,
 )
+
+# Names non-loopback addresses (targets the checks must refuse or never reach): every test
+# here runs inside a loopback-only network namespace (tests/net_helpers.py).
+pytestmark = LOOPBACK_ONLY
+test_in_loopback_only_namespace = namespace_launcher(__file__)
 
 
 def public(host, port):

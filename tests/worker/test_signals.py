@@ -8,6 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from net_helpers import LOOPBACK_ONLY, namespace_launcher
+
+# Names non-loopback addresses (targets the checks must refuse or never reach): every test
+# here runs inside a loopback-only network namespace (tests/net_helpers.py).
+pytestmark = LOOPBACK_ONLY
+test_in_loopback_only_namespace = namespace_launcher(__file__)
 
 
 @pytest.fixture

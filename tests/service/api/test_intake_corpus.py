@@ -15,6 +15,7 @@ import zlib
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from net_helpers import LOOPBACK_ONLY, namespace_launcher
 from PIL import Image
 from pydantic import ValidationError
 from svc_helpers import FakePipeline, encode, fake_colour, wait_for
@@ -23,6 +24,11 @@ from testkit import assert_problem
 from qalign_core.params import TransferParams
 from service.api.problems import field_problems
 from service.settings import Settings
+
+# Names non-loopback addresses (targets the checks must refuse or never reach): every test
+# here runs inside a loopback-only network namespace (tests/net_helpers.py).
+pytestmark = LOOPBACK_ONLY
+test_in_loopback_only_namespace = namespace_launcher(__file__)
 
 MAX_UPLOAD = 300_000
 MAX_REQUEST = 1_000_000

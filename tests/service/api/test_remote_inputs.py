@@ -7,8 +7,13 @@ import base64
 import threading
 
 import pytest
-from net_helpers import LocalServer, Reply, make_tls_files
+from net_helpers import LOOPBACK_ONLY, LocalServer, Reply, make_tls_files, namespace_launcher
 from testkit import assert_problem, poll, wait_for
+
+# Names non-loopback addresses (targets the checks must refuse or never reach): every test
+# here runs inside a loopback-only network namespace (tests/net_helpers.py).
+pytestmark = LOOPBACK_ONLY
+test_in_loopback_only_namespace = namespace_launcher(__file__)
 
 MAX_UPLOAD = 200_000
 

@@ -1,27 +1,22 @@
 """SSRF targets refused end to end (webhooks, URL inputs, redirect hops), with the service inside a
-loopback-only network namespace: ``unshare -rn``, then ``ip link set lo up``. The namespace has no
+loopback-only network namespace: ``unshare -n``, then ``ip link set lo up``. The namespace has no
 route anywhere but 127.0.0.0/8 and ::1, so nothing can leave the machine even while a check is wrong.
 
-``test_runs_in_a_loopback_only_namespace`` starts pytest on this file inside such a namespace
-(QALIGN_IN_NETNS=1); the other tests run only there.
+``test_in_loopback_only_namespace`` (tests/net_helpers.py) starts pytest on this file inside such a
+namespace; the other tests run only there.
 """
 
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from net_helpers import LocalServer, Reply, make_tls_files
+from net_helpers import LOOPBACK_ONLY, LocalServer, Reply, make_tls_files, namespace_launcher
 from testkit import assert_problem
 
-IN_NETNS = os.environ.get("QALIGN_IN_NETNS") == "1"
-inside = pytest.mark.skipif(not IN_NETNS, reason="runs inside the namespace (the launcher test)")
+pytestmark = LOOPBACK_ONLY
+test_in_loopback_only_namespace = namespace_launcher(__file__)
 #: Global by Python 3.11's ``is_global`` or missed by a deny-list, yet they reach cloud metadata or
 #: internal networks: carrier NAT / Alibaba metadata, 6to4 of 169.254.169.254, the 6to4 relay.
 TARGETS = {
@@ -33,29 +28,6 @@ TARGETS = {
 }
 
 
-def test_runs_in_a_loopback_only_namespace():
-    if IN_NETNS:
-        pytest.skip("already inside")
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        pytest.skip("unshare and ip (util-linux, iproute2) are needed for the network namespace")
-    probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=30)
-    if probe.returncode != 0:
-        pytest.skip(f"user and network namespaces are not allowed here: {probe.stderr.decode()[:200]}")
-    script = f'ip link set lo up && exec "{sys.executable}" -m pytest -q -p no:cacheprovider "{__file__}"'
-    done = subprocess.run(
-        ["unshare", "-rn", "sh", "-c", script],
-        env={**os.environ, "QALIGN_IN_NETNS": "1"},
-        cwd=Path(__file__).resolve().parents[3],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-4000:]
-    assert "13 passed, 1 skipped" in output, output[-2000:]
-
-
-@inside
 def test_the_namespace_has_only_loopback():
     assert [name for _index, name in socket.if_nameindex()] == ["lo"]
     with socket.socket() as outside, pytest.raises(OSError):  # no route: fails at once
@@ -74,7 +46,6 @@ def _body(small_images, structure: str | None = None, **extra) -> dict:
     return {"structure": structure, "appearance": base64.b64encode(small_images[1]).decode(), **extra}
 
 
-@inside
 @pytest.mark.parametrize(("host", "kind"), TARGETS.items())
 def test_webhook_urls_to_non_global_addresses_are_refused(ssrf_client, small_images, host, kind):
     body = _body(small_images, webhook_url=f"http://{host}/hook?token=secret")
@@ -83,7 +54,6 @@ def test_webhook_urls_to_non_global_addresses_are_refused(ssrf_client, small_ima
     assert problem["errors"][0]["field"] == "webhook_url"
 
 
-@inside
 @pytest.mark.parametrize(("host", "kind"), TARGETS.items())
 def test_url_inputs_to_non_global_addresses_are_refused(ssrf_client, small_images, host, kind):
     problem = assert_problem(
@@ -93,7 +63,6 @@ def test_url_inputs_to_non_global_addresses_are_refused(ssrf_client, small_image
     assert problem["errors"][0]["field"] == "structure"
 
 
-@inside
 def test_every_redirect_hop_is_checked(make_client, embedded_settings, small_images, tmp_path):
     tls = make_tls_files(tmp_path, names=("localhost",))
     hops = iter(TARGETS)
@@ -113,7 +82,6 @@ def test_every_redirect_hop_is_checked(make_client, embedded_settings, small_ima
         origin.close()
 
 
-@inside
 def test_a_failed_connection_never_echoes_the_network_error(make_client, embedded_settings, small_images):
     """An operator allows 100.64.0.0/10 (say, a wrong entry): the fetch is tried, the namespace has no
     route, and the caller reads a category, not the error (which would tell what answers where)."""

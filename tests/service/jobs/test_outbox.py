@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from net_helpers import LOOPBACK_ONLY, namespace_launcher
 from svc_helpers import claim, new_job
 from testkit import wait_for
 
@@ -19,6 +20,11 @@ from service.jobs.events import OutboxEvent
 from service.jobs.outbox import OutboxDispatcher
 from service.jobs.redis_store import open_redis_stores
 from service.storage import LocalStore
+
+# Names non-loopback addresses (targets the checks must refuse or never reach): every test
+# here runs inside a loopback-only network namespace (tests/net_helpers.py).
+pytestmark = LOOPBACK_ONLY
+test_in_loopback_only_namespace = namespace_launcher(__file__)
 
 HOOK = "https://example.com/hook"
 

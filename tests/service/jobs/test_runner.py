@@ -7,6 +7,7 @@ import json
 import threading
 
 import pytest
+from net_helpers import LOOPBACK_ONLY, namespace_launcher
 from PIL import Image
 from svc_helpers import FakePipeline, fake_colour
 
@@ -17,6 +18,11 @@ from service.jobs.runner import JobContext, StopReason, classify, execute_job, s
 from service.jobs.sqlite_store import open_sqlite_stores
 from service.settings import Settings
 from service.storage import LocalStore, ObjectNotFound, StorageUnavailable, result_key
+
+# Names non-loopback addresses (targets the checks must refuse or never reach): every test
+# here runs inside a loopback-only network namespace (tests/net_helpers.py).
+pytestmark = LOOPBACK_ONLY
+test_in_loopback_only_namespace = namespace_launcher(__file__)
 
 
 class SoftTimeLimitExceeded(Exception):
