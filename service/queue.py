@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import cast
 
 import redis
 from celery import Celery
@@ -114,8 +115,9 @@ def broker_view(client: redis.Redis) -> BrokerView:
     for key in (QUEUE, *(f"{QUEUE}{_PRIORITY_SEPARATOR}{level}" for level in _PRIORITY_LEVELS)):
         pipe.lrange(key, 0, -1)
     listed = pipe.execute()
-    held = client.hgetall(_UNACKED)
-    since = dict(client.zrange(_UNACKED_INDEX, 0, -1, withscores=True))
+    held = cast(dict[bytes, bytes], client.hgetall(_UNACKED))
+    scored = cast(list[tuple[bytes, float]], client.zrange(_UNACKED_INDEX, 0, -1, withscores=True))
+    since = {tag: float(score) for tag, score in scored}
     waiting = {job for raws in listed for raw in raws if (job := _job_id_of(raw)) is not None}
     delivered: dict[str, float] = {}
     for tag, raw in held.items():

@@ -28,13 +28,11 @@ INTERRUPT_SIGNAL = signal.SIGUSR2
 _controller: object | None = None
 
 
-@signals.setup_logging.connect
 def _setup_logging(**_: object) -> None:
     """Connecting here stops Celery from installing its own (non-JSON) log handlers."""
     configure_logging(tasks.worker_settings().log_level)
 
 
-@signals.celeryd_after_setup.connect
 def _no_banner(sender: object = None, instance: Any = None, **_: object) -> None:
     """Celery prints a multi-line ASCII banner to stdout at start; one JSON log line says the same."""
     if instance is not None:
@@ -45,14 +43,12 @@ def _no_banner(sender: object = None, instance: Any = None, **_: object) -> None
         )
 
 
-@signals.worker_process_init.connect
 def _load_in_child(**_: object) -> None:
     """Prefork pool: each child process loads the pipeline once, before taking a task."""
     signal.signal(INTERRUPT_SIGNAL, lambda *_: tasks.interrupt.set())
     tasks.worker_state()
 
 
-@signals.worker_init.connect
 def _load_in_main(sender: object = None, **_: object) -> None:
     """Solo/threads pools run tasks in the main process, where worker_process_init never fires."""
     global _controller
@@ -63,7 +59,6 @@ def _load_in_main(sender: object = None, **_: object) -> None:
         tasks.worker_state()
 
 
-@signals.worker_shutdown.connect
 def _stop_heartbeat(**_: object) -> None:
     state = tasks._state
     if state is not None and state.heartbeat is not None:
@@ -72,7 +67,6 @@ def _stop_heartbeat(**_: object) -> None:
         state.takeover.stop()
 
 
-@signals.worker_shutting_down.connect
 def _shutdown_grace(sig: str | None = None, how: str | None = None, **_: object) -> None:
     """Warm shutdown (SIGTERM): Celery lets the running job finish; after WORKER_SHUTDOWN_GRACE s the
     job is stopped at its next step and requeued instead, so an orchestrator's kill loses nothing."""
@@ -97,7 +91,6 @@ def _interrupt_running_jobs() -> None:
                 os.kill(pid, INTERRUPT_SIGNAL)
 
 
-@signals.task_failure.connect
 def _hard_time_limit(
     sender: object = None,
     exception: BaseException | None = None,
@@ -118,3 +111,13 @@ def _hard_time_limit(
         logger.warning("could not record the hard time limit of job %s", args[0], exc_info=True)
     finally:
         stores.close()
+
+
+# Connected by call, not by decorator: Celery's decorators are untyped and would erase the types.
+signals.setup_logging.connect(_setup_logging)
+signals.celeryd_after_setup.connect(_no_banner)
+signals.worker_process_init.connect(_load_in_child)
+signals.worker_init.connect(_load_in_main)
+signals.worker_shutdown.connect(_stop_heartbeat)
+signals.worker_shutting_down.connect(_shutdown_grace)
+signals.task_failure.connect(_hard_time_limit)

@@ -105,15 +105,14 @@ def republish(job_id: str) -> None:
     transfer.apply_async(args=[job_id])
 
 
-@app.task(name=TASK_NAME, ignore_result=True, bind=True)
-def transfer(self: Task, job_id: str) -> str | None:
+def _transfer(self: Task, job_id: str) -> str | None:
     """Run job ``job_id``; the message carries the id only, everything else is in the job record.
 
     The message's fate is ``lifecycle.delivery`` of the run's outcome, mapped to Celery: acked by
     returning, requeued by Reject, looked at again later by retry.
     """
     state = worker_state()
-    fault_point("before_claim")
+    fault_point("before_claim", job_id)
     if state.heartbeat is not None:  # names the job before the claim does: a live holder is never taken over
         state.heartbeat.current_job = job_id
         state.heartbeat.beat()
@@ -134,15 +133,19 @@ def transfer(self: Task, job_id: str) -> str | None:
     return outcome.status
 
 
+#: The Celery task (``_transfer`` bound to it), registered by call: Celery's decorator is untyped.
+transfer = app.task(name=TASK_NAME, ignore_result=True, bind=True)(_transfer)
+
+
 #: Test-only fault injection, read from the environment at each fault point: the name of the point
 #: where this worker dies (SIGKILL to its whole process group: main process and pool, as a lost host).
 #: ``before_claim``: holding a job's message, before the claim (tests/integration/test_faults.py).
 FAULT_ENV = "QALIGN_TEST_FAULT"
 
 
-def fault_point(name: str) -> None:
+def fault_point(name: str, job_id: str) -> None:
     if os.environ.get(FAULT_ENV) == name:
-        logger.warning("fault injection: killing this worker at %s", name)
+        logger.warning("fault injection: killing this worker at %s", name, extra={"job_id": job_id})
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
