@@ -11,7 +11,8 @@ resort. Takeover therefore happens within HEARTBEAT_TTL + TAKEOVER_CHECK_INTERVA
 The same scan republishes ``queued`` jobs whose broker message is stranded (``lifecycle.stranded``):
 delivered to a worker that died before it claimed the job (the message would wait in the broker's
 ``unacked`` hash until the visibility timeout), or lost outright. That happens within
-STRANDED_MESSAGE_AFTER + TAKEOVER_CHECK_INTERVAL of the delivery (or of the loss) plus one delivery.
+STRANDED_MESSAGE_AFTER + max(TAKEOVER_CHECK_INTERVAL, STRANDED_MESSAGE_AFTER / 4) of the delivery (or of
+the loss) plus one delivery: the broker is read at most four times per STRANDED_MESSAGE_AFTER.
 
 No false alarms after a job-store outage: heartbeats stop while the store is unreachable, so the
 scan acts only once this process has reached the store continuously for HEARTBEAT_TTL and the store
@@ -24,6 +25,7 @@ This module needs neither Celery nor HTTP: the worker injects ``publish``.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -65,6 +67,7 @@ class TakeoverWatch:
         self.reachable_since: float | None = None
         #: Queued job id -> when this scan first found its message nowhere in the broker (epoch s).
         self.absent_since: dict[str, float] = {}
+        self._broker_read_at = -math.inf
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="qalign-takeover", daemon=True)
 
@@ -138,11 +141,13 @@ class TakeoverWatch:
         The queued records are read before the broker and read again after it: a job claimed (or
         finished) meanwhile is left alone, and a message moving from the queue to a worker is seen.
         """
-        if self.broker is None:
+        # The broker is read at most four times per bound: it lists every waiting message.
+        if self.broker is None or self.clock() - self._broker_read_at < self.stranded_after / 4:
             return []
         if not self.records.ids_by_status("queued"):
             self.absent_since.clear()
             return []
+        self._broker_read_at = self.clock()
         try:
             view = self.broker()
         except Exception:  # the broker is away: nothing can be republished now anyway
