@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from service.jobs import Job, JobStores, transitions
+from service.jobs import Job, JobStores, lifecycle
 from service.jobs.store import listed_keys
 from service.storage import ObjectStore, StorageUnavailable, result_keys
 
@@ -36,7 +36,7 @@ class Erasure:
 
 def erase_job(stores: JobStores, store: ObjectStore, job_id: str) -> Erasure | None:
     """Erase job ``job_id`` (ownership is the caller's check); None when it does not exist (any more)."""
-    job = stores.records.apply(job_id, transitions.cancel)  # a queued job never runs now
+    job = stores.records.apply(job_id, lifecycle.cancel)  # a queued job never runs now
     if job is None:
         return None
     erasure = Erasure(job=job)

@@ -6,8 +6,14 @@ Importing this module is cheap (no torch, no connection).
 
 from __future__ import annotations
 
+import base64
+import json
+from typing import cast
+
+import redis
 from celery import Celery
 
+from service.jobs.lifecycle import BrokerView
 from service.settings import Settings
 
 TASK_NAME = "qalign.transfer"
@@ -73,3 +79,49 @@ def make_celery(settings: Settings | None = None, *, imports: tuple[str, ...] = 
         imports=imports,
     )
     return celery
+
+
+#: kombu's Redis transport keeps each priority level of a queue in its own list: the plain name for
+#: the default level, ``name\x06\x16N`` for the others (kombu.transport.redis, priority_steps).
+_PRIORITY_SEPARATOR = "\x06\x16"
+_PRIORITY_LEVELS = (3, 6, 9)
+#: kombu's keys for delivered, unacknowledged messages: tag -> [message, exchange, routing key], and
+#: tag -> delivery time (epoch seconds).
+_UNACKED, _UNACKED_INDEX = "unacked", "unacked_index"
+
+
+def _job_id_of(raw: str | bytes) -> str | None:
+    """The job id a raw kombu message carries (None for anything else): args[0] of our task."""
+    try:
+        message = json.loads(raw)
+        if isinstance(message, list):  # an unacked entry: [message, exchange, routing key]
+            message = message[0]
+        if message.get("headers", {}).get("task") != TASK_NAME:
+            return None
+        body: str | bytes = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0]) if args else None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
+
+
+def broker_view(client: redis.Redis) -> BrokerView:
+    """Which jobs have a message in the broker: waiting in the queue, or delivered and unacknowledged
+    (with the delivery time). The queue is read before the delivered messages: a message moves from the
+    first to the second, so it is never missed in between (only seen twice)."""
+    pipe = client.pipeline(transaction=False)
+    for key in (QUEUE, *(f"{QUEUE}{_PRIORITY_SEPARATOR}{level}" for level in _PRIORITY_LEVELS)):
+        pipe.lrange(key, 0, -1)
+    listed = pipe.execute()
+    held = cast(dict[bytes, bytes], client.hgetall(_UNACKED))
+    scored = cast(list[tuple[bytes, float]], client.zrange(_UNACKED_INDEX, 0, -1, withscores=True))
+    since = {tag: float(score) for tag, score in scored}
+    waiting = {job for raws in listed for raw in raws if (job := _job_id_of(raw)) is not None}
+    delivered: dict[str, float] = {}
+    for tag, raw in held.items():
+        job = _job_id_of(raw)
+        if job is not None:
+            delivered[job] = max(delivered.get(job, 0.0), float(since.get(tag, 0.0)))
+    return BrokerView(waiting=frozenset(waiting), delivered=delivered)

@@ -187,6 +187,13 @@ class Settings(BaseSettings):
         description="Seconds between a worker's scans for running jobs whose worker stopped heartbeating "
         "(they are republished and taken over); default HEARTBEAT_INTERVAL.",
     )
+    stranded_message_after: float = Field(
+        60.0,
+        gt=0.0,
+        description="A queued job whose broker message is in neither the queue nor fresh in a worker's "
+        "hands (delivered less than this long ago) for this long is published again by the takeover "
+        "scan: a worker that died between taking the message and claiming the job strands it otherwise.",
+    )
     accept_without_workers: bool = Field(
         False,
         description="Scale to zero: accept jobs while no worker is live (they wait in the queue until an "

@@ -8,14 +8,14 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import threading
-from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
 
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
 
-from service.jobs import Job, StoreUnavailable, open_job_stores, transitions
+from service.jobs import StoreUnavailable, lifecycle, open_job_stores
 from service.logs import configure_logging
 from worker import tasks
 from worker.celery_app import TASK_NAME
@@ -28,14 +28,12 @@ INTERRUPT_SIGNAL = signal.SIGUSR2
 _controller: object | None = None
 
 
-@signals.setup_logging.connect
 def _setup_logging(**_: object) -> None:
     """Connecting here stops Celery from installing its own (non-JSON) log handlers."""
     configure_logging(tasks.worker_settings().log_level)
 
 
-@signals.celeryd_after_setup.connect
-def _no_banner(sender=None, instance=None, **_: object) -> None:
+def _no_banner(sender: object = None, instance: Any = None, **_: object) -> None:
     """Celery prints a multi-line ASCII banner to stdout at start; one JSON log line says the same."""
     if instance is not None:
         instance.quiet = True
@@ -45,15 +43,13 @@ def _no_banner(sender=None, instance=None, **_: object) -> None:
         )
 
 
-@signals.worker_process_init.connect
 def _load_in_child(**_: object) -> None:
     """Prefork pool: each child process loads the pipeline once, before taking a task."""
     signal.signal(INTERRUPT_SIGNAL, lambda *_: tasks.interrupt.set())
     tasks.worker_state()
 
 
-@signals.worker_init.connect
-def _load_in_main(sender=None, **_: object) -> None:
+def _load_in_main(sender: object = None, **_: object) -> None:
     """Solo/threads pools run tasks in the main process, where worker_process_init never fires."""
     global _controller
     _controller = sender
@@ -63,7 +59,6 @@ def _load_in_main(sender=None, **_: object) -> None:
         tasks.worker_state()
 
 
-@signals.worker_shutdown.connect
 def _stop_heartbeat(**_: object) -> None:
     state = tasks._state
     if state is not None and state.heartbeat is not None:
@@ -72,7 +67,6 @@ def _stop_heartbeat(**_: object) -> None:
         state.takeover.stop()
 
 
-@signals.worker_shutting_down.connect
 def _shutdown_grace(sig: str | None = None, how: str | None = None, **_: object) -> None:
     """Warm shutdown (SIGTERM): Celery lets the running job finish; after WORKER_SHUTDOWN_GRACE s the
     job is stopped at its next step and requeued instead, so an orchestrator's kill loses nothing."""
@@ -97,48 +91,33 @@ def _interrupt_running_jobs() -> None:
                 os.kill(pid, INTERRUPT_SIGNAL)
 
 
-@signals.task_failure.connect
-def _hard_time_limit(sender=None, exception=None, args=None, **_: object) -> None:
-    """The hard time limit killed the process running a job: fail its record (the message is acked)."""
+def _hard_time_limit(
+    sender: object = None,
+    exception: BaseException | None = None,
+    args: Sequence[object] | None = None,
+    **_: object,
+) -> None:
+    """The hard time limit killed the process running a job: its record ends as
+    ``lifecycle.hard_time_limit`` says (the message is acked)."""
     if getattr(sender, "name", None) != TASK_NAME or not isinstance(exception, TimeLimitExceeded) or not args:
         return
     settings = tasks.worker_settings()
-    detail = f"the job ran past the hard time limit ({settings.job_hard_time_limit} s) and was killed"
-    running = frozenset({"running"})
-
-    def fail_if_ours(job: Job) -> Job | None:
-        if job.worker is None or not _was_our_pool_child(job.worker):
-            return None  # taken over by another worker meanwhile: its run is not ours to end
-        return transitions.fail(job, "time_limit", detail, only_from=running)
-
     stores = open_job_stores(settings)
     try:
-        stores.records.apply(str(args[0]), fail_if_ours)
+        stores.records.apply(
+            str(args[0]), lifecycle.hard_time_limit(settings.job_hard_time_limit, os.getpid())
+        )
     except StoreUnavailable:
         logger.warning("could not record the hard time limit of job %s", args[0], exc_info=True)
     finally:
         stores.close()
 
 
-def _was_our_pool_child(worker: str) -> bool:
-    """Whether ``worker`` (a record's ``hostname:pid`` holder) is, or was, a child of this process.
-
-    The hard time limit fires in the pool's main process after it killed the child that ran the job.
-    If the job was taken over meanwhile (the whole host froze, say), the record names another worker,
-    possibly on this same host; failing it would end a healthy run.
-    """
-    host, _, pid_text = worker.rpartition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True  # gone: the child the pool killed (a live worker's process would exist)
-    except PermissionError:
-        return False  # another user's process: not our child
-    try:
-        status = Path(f"/proc/{pid_text}/status").read_text()
-    except OSError:
-        return True  # no procfs (not Linux): keep the plain behaviour
-    parent = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
-    return parent == str(os.getpid())
+# Connected by call, not by decorator: Celery's decorators are untyped and would erase the types.
+signals.setup_logging.connect(_setup_logging)
+signals.celeryd_after_setup.connect(_no_banner)
+signals.worker_process_init.connect(_load_in_child)
+signals.worker_init.connect(_load_in_main)
+signals.worker_shutdown.connect(_stop_heartbeat)
+signals.worker_shutting_down.connect(_shutdown_grace)
+signals.task_failure.connect(_hard_time_limit)

@@ -1,28 +1,30 @@
 """The transfer task and the per-process worker state (pipeline loaded once, heartbeat).
 
-The task body is one call to service.jobs.runner.execute_job, the same code the embedded mode runs.
-Around it sit the delivery guarantees (docs/service.md, "Crash recovery and shutdown"): a message is
-acknowledged only once its job record is final; a job stopped by a shutdown, or whose record could
-not be written, goes back to the queue; a job held by another worker that may still be alive is
-retried later instead of being dropped.
+The task body is one call to service.jobs.runner.run_job, the same code the embedded mode runs; what
+then happens to the message (acked, requeued, retried later) is service.jobs.lifecycle.delivery's
+answer, mapped to Celery here (docs/service.md, "Crash recovery and shutdown").
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
+import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
 
+import redis
+from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from service.jobs import JobStores, StoreUnavailable, open_job_stores, worker_name
+from service.jobs import JobStores, StoreUnavailable, lifecycle, open_job_stores, worker_name
 from service.jobs.heartbeat import Heartbeat
-from service.jobs.runner import JobContext, TransferPipeline, execute_job, load_pipeline
+from service.jobs.runner import JobContext, TransferPipeline, load_pipeline, run_job
 from service.jobs.takeover import TakeoverWatch
 from service.logs import configure_logging
+from service.queue import broker_view
 from service.settings import Settings
 from service.storage import ObjectStore, make_object_store
 from worker.celery_app import TASK_NAME, app
@@ -85,9 +87,17 @@ def worker_state() -> WorkerState:
                 republish,
                 interval=settings.takeover_check_interval or settings.heartbeat_interval,
                 heartbeat_ttl=settings.heartbeat_ttl,
+                broker=functools.partial(broker_view, broker_client(settings)),
+                stranded_after=settings.stranded_message_after,
             ).start()
             logger.info("worker ready", extra={"worker": name, "model": settings.model})
         return _state
+
+
+def broker_client(settings: Settings) -> redis.Redis:
+    """A client of the broker's Redis, to read which jobs have a message there (the takeover scan)."""
+    url = settings.redis_url or "redis://127.0.0.1:6379/0"
+    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
 
 
 def republish(job_id: str) -> None:
@@ -95,38 +105,48 @@ def republish(job_id: str) -> None:
     transfer.apply_async(args=[job_id])
 
 
-@app.task(name=TASK_NAME, ignore_result=True, bind=True)
-def transfer(self, job_id: str) -> str | None:
-    """Run job ``job_id``; the message carries the id only, everything else is in the job record."""
+def _transfer(self: Task, job_id: str) -> str | None:
+    """Run job ``job_id``; the message carries the id only, everything else is in the job record.
+
+    The message's fate is ``lifecycle.delivery`` of the run's outcome, mapped to Celery: acked by
+    returning, requeued by Reject, looked at again later by retry.
+    """
     state = worker_state()
-    settings = state.settings
+    fault_point("before_claim", job_id)
     if state.heartbeat is not None:  # names the job before the claim does: a live holder is never taken over
         state.heartbeat.current_job = job_id
         state.heartbeat.beat()
     try:
-        job = execute_job(state.context(), job_id)
+        outcome = lifecycle.delivery(run_job(state.context(), job_id), state.settings)
     except StoreUnavailable as exc:
-        # The record could not be read or finished (Redis away): keep the message. Requeued now, or,
-        # if Redis cannot take even that, redelivered after the visibility timeout. The pause keeps a
-        # worker from spinning on the same message while Redis is away.
+        outcome = lifecycle.store_unreachable(state.settings, exc)
         logger.warning("job store unreachable; job requeued: %s", exc, extra={"job_id": job_id})
-        time.sleep(min(settings.heartbeat_interval, 5.0))
-        raise Reject(str(exc), requeue=True) from exc
     finally:
         if state.heartbeat is not None:
             state.heartbeat.current_job = None
-    if job is None:  # unknown id, or another worker took the job over from this run
-        return None
-    if job.status == "queued":  # stopped by the shutdown grace and put back in the queue
-        raise Reject("worker shutting down; job requeued", requeue=True)
-    if job.status == "running" and job.worker != state.name:
-        # Another worker holds it and its heartbeat still names it: alive, or dead for less than
-        # HEARTBEAT_TTL. Look again later; the holder's time limit bounds the wait.
-        countdown = max(settings.heartbeat_ttl, 1.0)
-        retries = math.ceil(settings.job_hard_time_limit / countdown) + 2
-        logger.info("job held by %s; retrying in %s s", job.worker, countdown, extra={"job_id": job_id})
-        raise self.retry(countdown=countdown, max_retries=retries)
-    return job.status
+    if outcome.action is lifecycle.Delivery.REQUEUE:
+        time.sleep(outcome.pause)
+        raise Reject(outcome.reason, requeue=True)
+    if outcome.action is lifecycle.Delivery.RETRY_LATER:
+        logger.info("%s; retrying in %s s", outcome.reason, outcome.countdown, extra={"job_id": job_id})
+        raise self.retry(countdown=outcome.countdown, max_retries=outcome.max_retries)
+    return outcome.status
+
+
+#: The Celery task (``_transfer`` bound to it), registered by call: Celery's decorator is untyped.
+transfer = app.task(name=TASK_NAME, ignore_result=True, bind=True)(_transfer)
+
+
+#: Test-only fault injection, read from the environment at each fault point: the name of the point
+#: where this worker dies (SIGKILL to its whole process group: main process and pool, as a lost host).
+#: ``before_claim``: holding a job's message, before the claim (tests/integration/test_faults.py).
+FAULT_ENV = "QALIGN_TEST_FAULT"
+
+
+def fault_point(name: str, job_id: str) -> None:
+    if os.environ.get(FAULT_ENV) == name:
+        logger.warning("fault injection: killing this worker at %s", name, extra={"job_id": job_id})
+        os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 from worker import signals as _signals  # noqa: E402,F401 - connects the worker's signal handlers

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from service.api.errors import JobNotFound, ResultGone, ResultNotFound, ResultNotReady
 from service.erasure import erase_job
-from service.jobs import Job, JobStores, transitions
+from service.jobs import Job, JobStores, lifecycle
 from service.jobs.store import idempotency_scope
 from service.logs import job_context
 from service.settings import Settings
@@ -42,7 +42,7 @@ class JobAccess:
 
     def cancel(self, job_id: str, owner: str | None) -> Job:
         self.get(job_id, owner)
-        job = self.stores.records.apply(job_id, transitions.cancel)
+        job = self.stores.records.apply(job_id, lifecycle.cancel)
         if job is None:
             raise JobNotFound(f"no job with id {job_id!r}")
         with job_context(job_id):

@@ -15,7 +15,7 @@ from service.api.dispatch import Dispatcher
 from service.api.errors import IdempotencyConflict, NotReady, QueueFull
 from service.api.intake import Submission
 from service.api.metrics import ServiceMetrics
-from service.jobs import Job, JobStores, StoreUnavailable, new_job_id, transitions, utcnow
+from service.jobs import Job, JobStores, StoreUnavailable, lifecycle, new_job_id, utcnow
 from service.jobs.store import idempotency_scope
 from service.logs import job_context
 from service.settings import Settings
@@ -150,9 +150,7 @@ class Submitter:
     def _not_enqueued(self, job: Job, scope: str | None) -> None:
         """The broker refused the job: fail its record and free its Idempotency-Key for a retry."""
         try:
-            self.stores.records.apply(
-                job.id, lambda j: transitions.fail(j, "not_enqueued", "the job could not be queued")
-            )
+            self.stores.records.apply(job.id, lifecycle.not_enqueued)
             if scope is not None:
                 self.stores.idempotency.release(scope, job.id)
         except StoreUnavailable:

@@ -15,7 +15,7 @@ import queue
 import threading
 from pathlib import Path
 
-from service.jobs import model, transitions
+from service.jobs import lifecycle, model
 from service.jobs.heartbeat import Heartbeat
 from service.jobs.runner import JobContext, PipelineFactory, TransferPipeline, execute_job, load_pipeline
 from service.jobs.single_writer import hold_data_dir, let_go
@@ -61,15 +61,11 @@ class EmbeddedRunner:
         this directory, so a ``running`` record names a gone process, unless it names this one (a
         runner of this process puts its job back itself when it stops).
         """
-        reason, limit = "the service stopped during the run", self.settings.max_attempts
+        change = lifecycle.recover(self.name, self.settings.max_attempts)
         for job_id in self.stores.records.ids_by_status("running"):
             with job_context(job_id):
-                current = self.stores.records.get(job_id)
-                if current is not None and current.worker == self.name:
-                    logger.info("job left running by this process: not recovered")
-                    continue
-                job = self.stores.records.apply(job_id, lambda j: transitions.requeue(j, reason, limit))
-                logger.info("recovered job left running: now %s", job.status if job else "gone")
+                job = self.stores.records.apply(job_id, change)
+                logger.info("recovered a job left running: now %s", job.status if job else "gone")
         for job_id in self.stores.records.ids_by_status("queued"):
             self._queue.put(job_id)
 
@@ -144,8 +140,4 @@ class EmbeddedRunner:
                 self._heartbeat.current_job = None
 
     def _fail_unloaded(self, job_id: str) -> None:
-        detail = f"the model could not be loaded: {self.load_error}"
-        self.stores.records.apply(
-            job_id,
-            lambda j: transitions.fail(j, "model_load_error", detail, only_from=frozenset({"queued"})),
-        )
+        self.stores.records.apply(job_id, lifecycle.model_unavailable(self.load_error or "unknown error"))

@@ -10,7 +10,6 @@ store operation: this module announces nothing itself and needs neither HTTP nor
 
 from __future__ import annotations
 
-import enum
 import functools
 import logging
 import time
@@ -18,11 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from pydantic import ValidationError
-
-from qalign_core.errors import InvalidImageError, ModelLoadError, QAlignError, TransferCanceled
+from qalign_core.errors import TransferCanceled
 from qalign_core.params import TransferParams
-from service.jobs import transitions
+from service.jobs import lifecycle, transitions
+from service.jobs.lifecycle import StopReason
 from service.jobs.model import Job, JobResult, OutputRecord, worker_name
 from service.jobs.store import JobStores, StoreUnavailable
 from service.logs import job_context
@@ -61,16 +59,6 @@ class TransferPipeline(Protocol):
 
 #: Builds the pipeline a worker runs from settings (``load_pipeline``; tests pass a fake's).
 PipelineFactory = Callable[[Settings], TransferPipeline]
-
-
-class StopReason(enum.Enum):
-    """Why a run stopped before its end (the pipeline saw ``should_cancel`` return True)."""
-
-    CANCELED = "canceled"  # the record carries a cancel request: the job ends canceled
-    ERASED = "erased"  # the record is gone: nothing more is written
-    LOST = "lost"  # the record names another run (taken over, re-queued): nothing is written
-    SHUTDOWN = "shutdown"  # the process is stopping: the job goes back to the queue
-    TIME_LIMIT = "time_limit"  # past QALIGN_JOB_TIME_LIMIT: the job fails with time_limit
 
 
 @dataclass
@@ -169,8 +157,8 @@ class JobTracker:
         if self.ctx.interrupted is not None and self.ctx.interrupted():
             return True  # not kept: an outage wait at shutdown still tells a final write from a step
         now = time.monotonic()
-        if now - self.started > self.ctx.settings.job_time_limit:
-            self.stop_reason = StopReason.TIME_LIMIT
+        self.stop_reason = lifecycle.over_time_limit(now - self.started, self.ctx.settings)
+        if self.stop_reason is not None:
             return True
         if now - self.last_check < self.ctx.settings.cancel_check_interval:
             return False
@@ -179,48 +167,39 @@ class JobTracker:
             job = self.ctx.stores.records.get(self.job_id)
         except StoreUnavailable:  # cannot read the cancel flag now: keep going, look again later
             return False
-        self.stop_reason = stop_reason(job, self.claimed_by, self.attempt)
+        self.stop_reason = lifecycle.stop_reason(job, self.claimed_by, self.attempt)
         return self.stop_reason is not None
 
 
-def stop_reason(job: Job | None, worker: str | None, attempt: int) -> StopReason | None:
-    """Why a run of ``job`` by ``worker`` (its ``attempt``-th) must stop, or None to go on."""
-    if job is None:
-        return StopReason.ERASED
-    if job.cancel_requested:
-        return StopReason.CANCELED
-    if job.status != "running" or job.worker != worker or job.attempts != attempt:
-        return StopReason.LOST
-    return None
-
-
-def claim_job(ctx: JobContext, job_id: str) -> tuple[Job | None, Job | None]:
-    """(claimed job or None, current record): the claim as one atomic change of the record."""
+def claim_job(ctx: JobContext, job_id: str) -> lifecycle.Claim:
+    """The claim (``lifecycle.claim``) as one atomic change of the record, and what it came to."""
     live = ctx.stores.workers.live()
     worker = ctx.worker or worker_name()
     before: list[Job] = []
 
     def tracked(job: Job) -> Job | None:
         before[:] = [job]  # apply may call this again after a conflicting write
-        return transitions.claim(
-            job, worker=worker, live_workers=live, max_attempts=ctx.settings.max_attempts
-        )
+        return lifecycle.claim(job, worker=worker, live_workers=live, max_attempts=ctx.settings.max_attempts)
 
     after = ctx.stores.records.apply(job_id, tracked)
-    if after is None or not before or after is before[0]:  # unknown id, or the claim changed nothing
-        return None, after
-    return (after if after.status == "running" and after.worker == worker else None), after
+    return lifecycle.claimed(before[0] if before else None, after, worker)
+
+
+def run_job(ctx: JobContext, job_id: str) -> lifecycle.Run:
+    """Claim job ``job_id`` and run it to a final record: how it ended (``lifecycle.Run``)."""
+    with job_context(job_id):
+        claim = claim_job(ctx, job_id)
+        if claim.kind is not lifecycle.ClaimKind.CLAIMED or claim.job is None:
+            logger.info("job not run: %s", claim.kind.value)
+            return lifecycle.not_run(claim)
+        job = claim.job
+        logger.info("job started", extra={"attempt": job.attempts, "worker": job.worker})
+        return lifecycle.ran(_attempt(ctx, job), job.worker or "", job.attempts)
 
 
 def execute_job(ctx: JobContext, job_id: str) -> Job | None:
     """Run job ``job_id`` to a final record and return it (None for an unknown id)."""
-    with job_context(job_id):
-        job, current = claim_job(ctx, job_id)
-        if job is None:
-            logger.info("job not run: %s", current.status if current else "unknown id")
-            return current
-        logger.info("job started", extra={"attempt": job.attempts, "worker": job.worker})
-        return _attempt(ctx, job)
+    return run_job(ctx, job_id).job
 
 
 def _attempt(ctx: JobContext, job: Job) -> Job | None:
@@ -242,27 +221,17 @@ def _outcome(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
         return _run(ctx, job, tracker)
     except TransferCanceled:
         tracker.end_stage()
-        reason = tracker.stop_reason
-        if reason is None and ctx.interrupted is not None and ctx.interrupted():
-            reason = StopReason.SHUTDOWN
-        if reason is StopReason.SHUTDOWN:
-            logger.info("job interrupted by shutdown; requeued")
-            why, limit = "the worker stopped during the run", ctx.settings.max_attempts
-            return _noting(ctx, tracker, lambda j: transitions.requeue(j, why, limit, refund=True))
-        if reason is StopReason.TIME_LIMIT:
-            kind, detail = TIME_LIMIT_ERROR
-            logger.warning("job failed: %s", detail, extra={"error_type": kind})
-            return _noting(ctx, tracker, lambda j: transitions.fail(j, kind, detail))
-        if reason is StopReason.CANCELED:
-            logger.info("job canceled")
-            return _noting(ctx, tracker, transitions.canceled)
+        reason = lifecycle.why_stopped(tracker.stop_reason, ctx.interrupted is not None and ctx.interrupted())
+        logger.info(_STOPPED[reason], extra={"stop_reason": reason.value})
+        change = lifecycle.on_stop(reason, ctx.settings.max_attempts)
+        if change is not None:
+            return _noting(ctx, tracker, change)
         if reason is StopReason.ERASED:
-            logger.info("job erased during the run; stopped")
             return None
         return _lost(records.get(job.id))
     except Exception as exc:  # every failure must end in a record, never a crashed worker
         tracker.end_stage()
-        kind, detail = classify(exc, ctx.time_limit_errors)
+        kind, detail = lifecycle.failure(exc, ctx.time_limit_errors)
         if kind == "internal_error":
             logger.exception("job failed")
         else:
@@ -273,6 +242,16 @@ def _outcome(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
         if final is not None and transitions.superseded(final, tracker.claimed_by or "", tracker.attempt):
             return _lost(final)
         return final
+
+
+#: The log line of each stop (operators and the fault tests read them).
+_STOPPED = {
+    StopReason.SHUTDOWN: "job interrupted by shutdown; requeued",
+    StopReason.TIME_LIMIT: "job stopped at its time limit",
+    StopReason.CANCELED: "job canceled",
+    StopReason.ERASED: "job erased during the run; stopped",
+    StopReason.LOST: "job no longer held by this run",
+}
 
 
 def _lost(current: Job | None) -> Job | None:
@@ -497,30 +476,6 @@ def _pause(ctx: JobContext, seconds: float, tracker: JobTracker | None) -> None:
         if tracker is None and ctx.interrupted is not None and ctx.interrupted():
             return  # a final write: one more try, then the error goes up (see through_outage)
         time.sleep(min(left, 0.25))
-
-
-#: The error of a run stopped at QALIGN_JOB_TIME_LIMIT (the runner's check or Celery's soft limit).
-TIME_LIMIT_ERROR = ("time_limit", "the job ran longer than QALIGN_JOB_TIME_LIMIT and was stopped")
-
-
-def classify(exc: BaseException, time_limit_errors: tuple[type[BaseException], ...] = ()) -> tuple[str, str]:
-    """(error type, caller-facing detail). Only the library's deliberate errors carry their text;
-    anything else is an internal error whose text stays in the worker logs."""
-    if time_limit_errors and isinstance(exc, time_limit_errors):
-        return TIME_LIMIT_ERROR
-    if isinstance(exc, InvalidImageError):
-        return "invalid_image", str(exc)
-    if isinstance(exc, ModelLoadError):
-        return "model_load_error", str(exc)
-    if isinstance(exc, ValidationError):
-        return "invalid_parameters", str(exc)
-    if isinstance(exc, QAlignError):
-        return "invalid_request", str(exc)
-    if isinstance(exc, ObjectNotFound):
-        return "input_missing", f"an input image is missing from the store: {exc}"
-    if isinstance(exc, (StorageUnavailable, StoreUnavailable)):
-        return "storage_unavailable", str(exc)
-    return "internal_error", f"the worker failed unexpectedly ({type(exc).__name__}); see the worker logs"
 
 
 def load_pipeline(settings: Settings) -> QAlignPipeline:

@@ -1,12 +1,13 @@
 """The job state machine as pure functions: each takes a record and returns the new one, or None
 when the record must stay as it is. No store, no clock reads beyond ``utcnow`` for timestamps.
+Which of them a job goes through, and when, is decided in ``service.jobs.lifecycle``.
 
 Stores apply them atomically through ``JobRecords.modify``; unit tests call them on plain records.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from service.jobs.model import Job, JobError, JobResult, OutputRecord, utcnow
@@ -21,56 +22,6 @@ STAGE_SPANS: dict[str, tuple[float, float]] = {
     "decoding": (0.93, 0.97),
     "uploading": (0.97, 1.0),
 }
-
-
-def claim(
-    job: Job, *, worker: str, live_workers: Mapping[str, Mapping[str, Any]], max_attempts: int
-) -> Job | None:
-    """Queued -> running for ``worker``; None when the job must not run (taken by a live worker, finished).
-
-    A job left ``running`` by a worker that lost it (see ``holder_lost``) is taken over, up to
-    ``max_attempts`` runs; then it is failed. A claim of a job with a cancel request cancels it.
-    The caller tells the outcomes apart by the returned status (running = claimed, terminal = ended).
-    """
-    takeover = job.status == "running" and holder_lost(job, live_workers, worker)
-    if job.status != "queued" and not takeover:
-        return None
-    if job.attempts >= max_attempts and takeover:
-        return fail(
-            job,
-            "worker_lost",
-            f"the worker running this job stopped without finishing it (crash, kill or lost host) "
-            f"in each of its {job.attempts} attempts; giving up (QALIGN_MAX_ATTEMPTS={max_attempts})",
-        )
-    if job.attempts >= max_attempts:
-        return fail(job, "interrupted", f"the job was interrupted {job.attempts} times; giving up")
-    if job.cancel_requested:
-        return cancel_now(job)
-    return job.model_copy(
-        update={
-            "status": "running",
-            "stage": "loading",
-            "progress": 0.0,
-            "started_at": utcnow(),
-            "worker": worker,
-            "attempts": job.attempts + 1,
-        }
-    )
-
-
-def holder_lost(job: Job, live_workers: Mapping[str, Mapping[str, Any]], claimer: str) -> bool:
-    """Whether the worker named by a running record no longer runs it, so a redelivery may take it over.
-
-    Lost: no fresh heartbeat; or its heartbeat names the job it runs and that is another job (or none);
-    or it is the claimer itself (one job at a time per worker process: a record naming it is left
-    over from a run that ended without its final write, e.g. while Redis was down).
-    """
-    if job.worker == claimer:
-        return True
-    info = live_workers.get(job.worker or "")
-    if info is None:
-        return True
-    return "job" in info and info["job"] != job.id
 
 
 def as_holder(change: Mutation, worker: str, attempt: int) -> Mutation:
@@ -147,28 +98,22 @@ def canceled(job: Job) -> Job | None:
     return None if job.finished or not job.cancel_requested else cancel_now(job)
 
 
-def cancel(job: Job) -> Job | None:
-    """A caller's cancel. Queued: canceled now. Running: flagged; the runner stops at its next step.
-    Finished: unchanged."""
-    if job.status == "queued":
-        return cancel_now(job)
-    if job.status == "running" and not job.cancel_requested:
-        return job.model_copy(update={"cancel_requested": True})
-    return None
+def start(job: Job, worker: str) -> Job:
+    """Running for ``worker``: one more attempt, from the first stage."""
+    return job.model_copy(
+        update={
+            "status": "running",
+            "stage": "loading",
+            "progress": 0.0,
+            "started_at": utcnow(),
+            "worker": worker,
+            "attempts": job.attempts + 1,
+        }
+    )
 
 
-def requeue(job: Job, reason: str, max_attempts: int, *, refund: bool = False) -> Job | None:
-    """Put an interrupted running job back in the queue, or fail it when out of attempts.
-
-    ``refund``: the run was stopped on purpose (graceful shutdown), so it does not count as an attempt.
-    """
-    if job.status != "running":
-        return None
-    if job.cancel_requested:
-        return cancel_now(job)
-    attempts = job.attempts - 1 if refund else job.attempts
-    if attempts >= max_attempts:
-        return fail(job, "interrupted", f"{reason}; gave up after {job.attempts} attempts")
+def back_to_queue(job: Job, attempts: int) -> Job:
+    """Queued again, with ``attempts`` runs counted, keeping its place (``store.enqueued_at``)."""
     return job.model_copy(
         update={
             "status": "queued",
@@ -179,3 +124,8 @@ def requeue(job: Job, reason: str, max_attempts: int, *, refund: bool = False) -
             "attempts": max(attempts, 0),
         }
     )
+
+
+def flag_cancel(job: Job) -> Job:
+    """A cancel request on a running job: its run stops at its next step."""
+    return job.model_copy(update={"cancel_requested": True})

@@ -599,3 +599,58 @@ def post_keyed(client, images: tuple[bytes, bytes], key: str, **fields):
     files = {"structure": ("s.png", images[0], "image/png"), "appearance": ("a.png", images[1], "image/png")}
     data = {k: str(v) for k, v in fields.items()}
     return client.post("/transfer", files=files, data=data, headers={"Idempotency-Key": key})
+
+
+#: STRANDED_MESSAGE_AFTER of the rescuing worker (60 s by default; short here to keep the test short).
+STRANDED_AFTER_S = 5.0
+
+
+@pytest.mark.timeout(400)
+def test_a_worker_killed_between_taking_a_message_and_the_claim_strands_no_job(api, fleet, deps, images):
+    """A worker (main process and pool child) is SIGKILLed right after it took a job's message and
+    before it claimed the job (a fault point, QALIGN_TEST_FAULT=before_claim): the message sits in the
+    broker's ``unacked`` hash (it would come back after the visibility timeout, 630 s here) and the
+    record stays ``queued``. A live worker's takeover scan publishes it again within
+    STRANDED_MESSAGE_AFTER + the scan interval, and the job succeeds once, in its first attempt."""
+    import redis
+
+    from service.queue import broker_view
+
+    fleet.stop_all()
+    rescuer = fleet.start("rescuer", QALIGN_STRANDED_MESSAGE_AFTER=str(STRANDED_AFTER_S))
+    victim = fleet.start("victim", QALIGN_TEST_FAULT="before_claim")
+    fleet.wait_live(rescuer, victim, timeout=180)
+    broker = redis.Redis.from_url(deps["env"]["QALIGN_REDIS_URL"])
+    # With prefetch 1 a busy worker takes no second message: while the rescuer runs one, the victim
+    # takes the next. Submit until the victim took one and died.
+    job_ids: list[str] = []
+    for seed in range(70, 76):
+        job_ids.append(submit(api, images, seed=seed, **JOB))
+        latest = job_ids[-1]
+        wait_for(
+            lambda i=latest: victim.proc.poll() is not None or fleet.jobs.get(i).status != "queued",
+            timeout=120,
+        )
+        if victim.proc.poll() is not None:
+            break
+    victim.proc.wait(120)
+    killed_at = time.monotonic()
+    stranded = next(i for i in job_ids if fleet.jobs.get(i).status == "queued")
+    assert logged(fleet, "fault injection", stranded), victim.log.read_text()[-3000:]
+    view = broker_view(broker)
+    assert stranded in view.delivered and stranded not in view.waiting, "held in `unacked` by a dead worker"
+
+    wait_for(lambda: logged(fleet, "republishing job", stranded), timeout=120, interval=0.05)
+    republish_s = time.monotonic() - killed_at
+    done = wait_terminal(fleet, job_ids, timeout=240)
+    total_s = time.monotonic() - killed_at
+    print(
+        f"\nstranded message: republished {republish_s:.2f} s after the kill, job done after {total_s:.2f} s"
+    )
+    assert republish_s <= STRANDED_AFTER_S + 10, f"republished after {republish_s:.1f} s"
+    for job in done:
+        assert job.status == "succeeded" and job.attempts == 1, (job, fleet.logs()[-4000:])
+        assert rescuer.runs(job.worker)
+        assert result_objects(deps, job.id) == [job.result.key]
+        assert successful_runs(fleet, job.id) == 1
+    broker.close()

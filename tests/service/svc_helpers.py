@@ -12,7 +12,7 @@ from testkit import free_port, wait_for  # noqa: F401  (re-exported to the tests
 
 from qalign_core.errors import InvalidParametersError, TransferCanceled
 from qalign_core.params import MAX_APPEARANCES, TransferParams
-from service.jobs import Job, JobStores, new_job_id, transitions, utcnow
+from service.jobs import Job, JobStores, lifecycle, new_job_id, utcnow
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def claim(stores: JobStores, job_id: str, worker: str, max_attempts: int = 2) ->
     """What a worker's claim does to the record; the claimed job, or None when it must not run."""
     live = stores.workers.live()
     job = stores.records.apply(
-        job_id, lambda j: transitions.claim(j, worker=worker, live_workers=live, max_attempts=max_attempts)
+        job_id, lambda j: lifecycle.claim(j, worker=worker, live_workers=live, max_attempts=max_attempts)
     )
     return job if job is not None and job.status == "running" and job.worker == worker else None
 

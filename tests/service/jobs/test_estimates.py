@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from svc_helpers import claim, new_job
 
-from service.jobs import transitions
+from service.jobs import lifecycle, transitions
 from service.jobs.estimates import QueueSnapshot, rows_factor
 
 
@@ -24,7 +24,7 @@ def test_positions_count_the_jobs_queued_ahead(stores):
     assert queue.position(stores.records.get(running.id)) == 0
     assert queue.position(first) == 0, "the oldest queued job runs next"
     assert queue.position(second) == 1
-    canceled = stores.records.apply(second.id, transitions.cancel)
+    canceled = stores.records.apply(second.id, lifecycle.cancel)
     assert queue.position(canceled) is None and queue.eta_s(canceled) is None
 
 
@@ -65,7 +65,7 @@ def test_a_job_that_left_the_queue_after_it_was_read_counts_as_running_next(stor
 
 def test_ranks_follow_the_queue_order_and_skip_other_statuses(stores):
     jobs = [new_job(stores) for _ in range(4)]
-    stores.records.apply(jobs[1].id, transitions.cancel)
+    stores.records.apply(jobs[1].id, lifecycle.cancel)
     ids = [job.id for job in jobs]
     assert stores.records.ranks("queued", ids) == {ids[0]: 0, ids[2]: 1, ids[3]: 2}
     assert stores.records.ranks("queued", []) == {}

@@ -15,7 +15,7 @@ import pytest
 from svc_helpers import claim, new_job
 from testkit import FakeClock
 
-from service.jobs import Job, StoreUnavailable, new_job_id, transitions, utcnow
+from service.jobs import Job, StoreUnavailable, lifecycle, new_job_id, transitions, utcnow
 from service.jobs.redis_store import open_redis_stores
 from service.jobs.sqlite_store import open_sqlite_stores
 from service.jobs.store import expires_at, idempotency_scope
@@ -42,16 +42,16 @@ def test_claim_then_finish(stores):
 
 def test_cancel_queued_running_and_finished(stores):
     queued = new_job(stores)
-    assert stores.records.apply(queued.id, transitions.cancel).status == "canceled"
+    assert stores.records.apply(queued.id, lifecycle.cancel).status == "canceled"
     assert claim(stores, queued.id, "w") is None, "a canceled job never runs"
 
     running = new_job(stores)
     claim(stores, running.id, "w")
-    flagged = stores.records.apply(running.id, transitions.cancel)
+    flagged = stores.records.apply(running.id, lifecycle.cancel)
     assert flagged.status == "running" and flagged.cancel_requested
 
     done = new_job(stores, status="succeeded")
-    assert stores.records.apply(done.id, transitions.cancel).status == "succeeded"
+    assert stores.records.apply(done.id, lifecycle.cancel).status == "succeeded"
     assert stores.records.count_by_status() == {
         "queued": 0,
         "running": 1,
@@ -88,7 +88,7 @@ def test_claim_and_cancel_race_has_one_winner(stores):
 
         def canceller(job=job, results=results, barrier=barrier):
             barrier.wait()
-            results.append(("cancel", stores.records.apply(job.id, transitions.cancel)))
+            results.append(("cancel", stores.records.apply(job.id, lifecycle.cancel)))
 
         threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(3)]
         threads += [threading.Thread(target=canceller) for _ in range(3)]
@@ -164,7 +164,7 @@ def test_sqlite_modify_rolls_back_and_reports_the_real_error(tmp_path):
     job = new_job(stores)
     _failing_trigger(tmp_path / "jobs.sqlite3", "jobs", "UPDATE")
     with pytest.raises(StoreUnavailable, match="disk says no"):
-        stores.records.apply(job.id, transitions.cancel)
+        stores.records.apply(job.id, lifecycle.cancel)
     assert stores.records.get(job.id).status == "queued"
     with pytest.raises(RuntimeError):  # an error in the change itself leaves no open transaction
         stores.records.apply(job.id, lambda j: (_ for _ in ()).throw(RuntimeError("bug")))
@@ -356,7 +356,7 @@ def test_a_record_expires_ttl_after_its_job_ended_never_while_unfinished(stores)
     ttl = 3600  # the ``stores`` fixture's
     long_ago = utcnow() - timedelta(seconds=10 * ttl)
     ended_now = new_job(stores, created_at=long_ago)
-    stores.records.apply(ended_now.id, transitions.cancel)  # submitted long ago, ended just now
+    stores.records.apply(ended_now.id, lifecycle.cancel)  # submitted long ago, ended just now
     ended_long_ago = new_job(
         stores, created_at=long_ago, status="failed", finished_at=utcnow() - timedelta(seconds=ttl + 60)
     )  # and written just now
@@ -410,7 +410,7 @@ def test_queue_order_is_enqueue_time_and_a_requeued_job_keeps_its_place(stores):
     stores.workers.heartbeat("w", {}, ttl=30)
     claim(stores, first.id, "w")
     assert records.ids_by_status("queued") == [second.id, third.id]
-    records.apply(first.id, lambda j: transitions.requeue(j, "shutdown", 3, refund=True))
+    records.apply(first.id, lambda j: lifecycle.requeue(j, "shutdown", 3, refund=True))
     assert records.ids_by_status("queued") == [first.id, second.id, third.id]
     assert records.ranks("queued", [third.id, first.id, second.id]) == {
         first.id: 0,

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from svc_helpers import new_job
 
-from service.jobs import transitions, utcnow
+from service.jobs import lifecycle, utcnow
 
 
 def _page_through(stores, owner, *, status=None, limit=2):
@@ -24,8 +24,8 @@ def test_owned_is_newest_first_owner_scoped_and_filtered(stores):
     alice = [new_job(stores, owner="alice", created_at=start + timedelta(seconds=i)) for i in range(5)]
     new_job(stores, owner="bob", created_at=start)
     anonymous = new_job(stores, created_at=start)
-    stores.records.apply(alice[1].id, transitions.cancel)
-    stores.records.apply(alice[3].id, transitions.cancel)
+    stores.records.apply(alice[1].id, lifecycle.cancel)
+    stores.records.apply(alice[3].id, lifecycle.cancel)
 
     newest_first = [job.id for job in reversed(alice)]
     assert [j.id for j in stores.records.owned("alice", status=None, limit=10, before=None)] == newest_first
@@ -49,7 +49,7 @@ def test_owned_pages_through_equal_creation_times_without_loss(stores):
 def test_every_write_bumps_the_revision(stores):
     job = new_job(stores)
     assert job.revision == 1
-    canceled = stores.records.apply(job.id, transitions.cancel)
+    canceled = stores.records.apply(job.id, lifecycle.cancel)
     assert canceled.status == "canceled" and canceled.revision == 2
     unchanged = stores.records.apply(job.id, lambda j: None)
     assert unchanged.revision == 2 and stores.records.get(job.id).revision == 2

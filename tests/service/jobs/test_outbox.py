@@ -14,7 +14,7 @@ from net_helpers import LOOPBACK_ONLY, namespace_launcher
 from svc_helpers import claim, new_job
 from testkit import wait_for
 
-from service.jobs import JobStores, transitions
+from service.jobs import JobStores, lifecycle, transitions
 from service.jobs.embedded import EmbeddedRunner
 from service.jobs.events import OutboxEvent
 from service.jobs.outbox import OutboxDispatcher
@@ -52,20 +52,20 @@ def _soft_time_limit(stores, job):
 
 
 def _cancel_running(stores, job):
-    stores.records.apply(job.id, transitions.cancel)  # flagged: no status change yet
+    stores.records.apply(job.id, lifecycle.cancel)  # flagged: no status change yet
     return stores.records.apply(job.id, transitions.canceled)  # the runner stops at its next step
 
 
 def _out_of_attempts_at_takeover(stores, job):
     stores.records.apply(job.id, lambda j: j.model_copy(update={"worker": "gone:1", "attempts": 3}))
     return stores.records.apply(
-        job.id, lambda j: transitions.claim(j, worker="w:2", live_workers={}, max_attempts=3)
+        job.id, lambda j: lifecycle.claim(j, worker="w:2", live_workers={}, max_attempts=3)
     )
 
 
 def _out_of_attempts_at_requeue(stores, job):
     stores.records.apply(job.id, lambda j: j.model_copy(update={"attempts": 3}))
-    return stores.records.apply(job.id, lambda j: transitions.requeue(j, "the service stopped", 3))
+    return stores.records.apply(job.id, lambda j: lifecycle.requeue(j, "the service stopped", 3))
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_every_end_of_a_running_job_announces_exactly_one_terminal_event(stores,
 
 def test_a_queued_job_canceled_or_failed_before_running_announces_its_end(stores):
     canceled, unqueued = new_job(stores, webhook_url=HOOK), new_job(stores, webhook_url=HOOK)
-    stores.records.apply(canceled.id, transitions.cancel)
+    stores.records.apply(canceled.id, lifecycle.cancel)
     stores.records.apply(unqueued.id, lambda j: transitions.fail(j, "not_enqueued", "broker down"))
     assert announced(stores) == [(canceled.id, "canceled"), (unqueued.id, "failed")]
 
@@ -135,7 +135,7 @@ def test_only_status_changes_a_webhook_wants_are_announced(stores):
 
 def test_a_requeued_job_announces_nothing_until_it_runs_again(stores):
     job = running(stores)
-    stores.records.apply(job.id, lambda j: transitions.requeue(j, "shutdown", 3, refund=True))
+    stores.records.apply(job.id, lambda j: lifecycle.requeue(j, "shutdown", 3, refund=True))
     assert announced(stores) == [(job.id, "running")]
 
 

@@ -13,8 +13,10 @@ from svc_helpers import FakePipeline, fake_colour
 
 from qalign_core.errors import InvalidImageError, QAlignError
 from service.erasure import erase_job
-from service.jobs import Job, new_job_id, transitions, utcnow
-from service.jobs.runner import JobContext, StopReason, classify, execute_job, stop_reason
+from service.jobs import Job, lifecycle, new_job_id, transitions, utcnow
+from service.jobs.lifecycle import StopReason, stop_reason
+from service.jobs.lifecycle import failure as classify
+from service.jobs.runner import JobContext, execute_job
 from service.jobs.sqlite_store import open_sqlite_stores
 from service.settings import Settings
 from service.storage import LocalStore, ObjectNotFound, StorageUnavailable, result_key
@@ -223,8 +225,6 @@ def test_a_run_whose_job_was_taken_over_stops_and_writes_nothing(context, small_
     (progress, result, final record) leave the new attempt alone."""
     import threading
 
-    from service.jobs import transitions
-
     job = queued(context, small_images)
     context.pipeline.gate = threading.Event()
     outcome = []
@@ -262,7 +262,7 @@ def test_a_run_whose_record_was_requeued_elsewhere_stops_and_does_not_cancel(con
     job = queued(context, small_images)
     thread, done = _run_in_thread(context, job.id)
     assert context.pipeline.running.wait(10)
-    context.stores.records.apply(job.id, lambda j: transitions.requeue(j, "other process", 3))
+    context.stores.records.apply(job.id, lambda j: lifecycle.requeue(j, "other process", 3))
     thread.join(30)
     assert not thread.is_alive()
     record = context.stores.records.get(job.id)
@@ -275,20 +275,20 @@ def test_only_a_cancel_request_cancels_a_run(context, small_images):
     job = queued(context, small_images)
     thread, done = _run_in_thread(context, job.id)
     assert context.pipeline.running.wait(10)
-    context.stores.records.apply(job.id, transitions.cancel)
+    context.stores.records.apply(job.id, lifecycle.cancel)
     thread.join(30)
     assert done[0].status == "canceled" and done[0].cancel_requested
 
 
 def test_stop_reasons():
     job = Job(id=new_job_id(), created_at=utcnow(), structure_key="k", appearance_keys=["k"])
-    running = transitions.claim(job, worker="w", live_workers={}, max_attempts=3)
+    running = lifecycle.claim(job, worker="w", live_workers={}, max_attempts=3)
     assert stop_reason(running, "w", 1) is None
     assert stop_reason(None, "w", 1) is StopReason.ERASED
-    assert stop_reason(transitions.cancel(running), "w", 1) is StopReason.CANCELED
+    assert stop_reason(lifecycle.cancel(running), "w", 1) is StopReason.CANCELED
     assert stop_reason(running, "other", 1) is StopReason.LOST
     assert stop_reason(running, "w", 2) is StopReason.LOST
-    assert stop_reason(transitions.requeue(running, "x", 3), "w", 1) is StopReason.LOST
+    assert stop_reason(lifecycle.requeue(running, "x", 3), "w", 1) is StopReason.LOST
 
 
 class ErasingStore(LocalStore):

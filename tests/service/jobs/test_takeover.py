@@ -42,8 +42,10 @@ def test_only_jobs_of_workers_without_a_heartbeat_are_orphaned(tmp_path):
     workers = RedisLikeRegistry(clock)
     workers.heartbeat("alive:1", {"job": None}, ttl=5)
     kept, lost = running(stores, "alive:1"), running(stores, "dead:2", attempts=1)
-    assert orphaned(stores.records, workers) == [(lost.id, 1, "dead:2")]
-    assert kept.id not in [job_id for job_id, *_ in orphaned(stores.records, workers)]
+    assert [(r.job_id, r.attempt, r.holder) for r in orphaned(stores.records, workers)] == [
+        (lost.id, 1, "dead:2")
+    ]
+    assert kept.id not in [r.job_id for r in orphaned(stores.records, workers)]
     stores.close()
 
 
@@ -68,4 +70,59 @@ def test_the_watch_republishes_once_per_lost_attempt_and_only_when_heartbeats_ca
     stores.records.apply(lost.id, lambda j: j.model_copy(update={"worker": "dead:4", "attempts": 3}))
     workers.started = clock()
     assert watch.scan() == []
+    stores.close()
+
+
+def queued(stores) -> Job:
+    job = Job(
+        id=new_job_id(), created_at=utcnow(), structure_key="inputs/" + "0" * 64,
+        appearance_keys=["inputs/" + "1" * 64],
+    )  # fmt: skip
+    stores.records.create(job)
+    return job
+
+
+def test_queued_jobs_whose_message_is_stranded_are_republished_after_the_bound(tmp_path):
+    """A queued job's message waiting in the queue, or delivered less than STRANDED_MESSAGE_AFTER ago,
+    is left alone; one delivered longer ago and never claimed (its worker died), or in the broker
+    nowhere for that long, is published again, once per bound across watchers."""
+    from service.jobs.lifecycle import BrokerView
+
+    clock = FakeClock()
+    stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
+    workers = RedisLikeRegistry(clock)
+    view = BrokerView()
+    published: list[str] = []
+    watch = TakeoverWatch(
+        stores.records, workers, published.append, interval=1, heartbeat_ttl=5, clock=clock,
+        broker=lambda: view, stranded_after=10, wall_clock=clock,
+    )  # fmt: skip
+    waiting, delivered, missing = queued(stores), queued(stores), queued(stores)
+    view = BrokerView(frozenset({waiting.id}), {delivered.id: clock()})
+    clock.advance(5)
+    assert watch.scan() == [], "just started: the store may have forgotten live heartbeats"
+    clock.advance(5)
+    assert watch.scan() == [delivered.id], "delivered 10 s ago and still queued: its worker died"
+    view = BrokerView(frozenset({waiting.id, delivered.id}), {delivered.id: clock() - 10})
+    clock.advance(5)
+    assert watch.scan() == [], "missing from the broker for 5 s only"
+    clock.advance(5)
+    assert watch.scan() == [missing.id], "missing from the broker for 10 s"
+    clock.advance(3)
+    assert watch.scan() == [], "the lease keeps a second watcher from publishing it again"
+    assert published == [delivered.id, missing.id]
+
+    view = BrokerView(frozenset({waiting.id, delivered.id, missing.id}), {delivered.id: clock() - 20})
+    clock.advance(20)
+    assert watch.scan() == [], "republished messages wait in the queue again"
+    stores.records.apply(delivered.id, lambda j: j.model_copy(update={"status": "running", "worker": "w:1"}))
+    workers.heartbeat("w:1", {"job": delivered.id}, ttl=600)
+    view = BrokerView(frozenset({waiting.id}), {})  # delivered's message taken, missing's lost again
+    clock.advance(1)
+    assert watch.scan() == [], "the broker is read at most every STRANDED_MESSAGE_AFTER / 4"
+    clock.advance(2)
+    assert watch.scan() == [], "missing from the broker since now"
+    clock.advance(10)
+    assert watch.scan() == [missing.id]
+    assert published == [delivered.id, missing.id, missing.id], "a claimed job is not republished"
     stores.close()

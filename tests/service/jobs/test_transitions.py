@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.jobs import Job, JobResult, new_job_id, transitions, utcnow
+from service.jobs import Job, JobResult, lifecycle, new_job_id, transitions, utcnow
 
 
 def job(**fields) -> Job:
@@ -10,7 +10,7 @@ def job(**fields) -> Job:
 
 
 def claimed(record: Job, worker: str = "w", live=None, max_attempts: int = 2) -> Job | None:
-    return transitions.claim(record, worker=worker, live_workers=live or {}, max_attempts=max_attempts)
+    return lifecycle.claim(record, worker=worker, live_workers=live or {}, max_attempts=max_attempts)
 
 
 def test_claim_marks_running_for_the_worker():
@@ -58,24 +58,24 @@ def test_succeed_and_fail_do_not_overwrite_an_ended_job():
 
 
 def test_cancel_queued_now_running_flagged_finished_unchanged():
-    assert transitions.cancel(job()).status == "canceled"
-    flagged = transitions.cancel(claimed(job()))
+    assert lifecycle.cancel(job()).status == "canceled"
+    flagged = lifecycle.cancel(claimed(job()))
     assert flagged.status == "running" and flagged.cancel_requested
-    assert transitions.cancel(flagged) is None
-    assert transitions.cancel(job(status="failed")) is None
+    assert lifecycle.cancel(flagged) is None
+    assert lifecycle.cancel(job(status="failed")) is None
     assert transitions.canceled(flagged).status == "canceled"
 
 
 def test_requeue_until_attempts_run_out_and_refund_on_shutdown():
     first = claimed(job())
-    again = transitions.requeue(first, "crash", max_attempts=2)
+    again = lifecycle.requeue(first, "crash", max_attempts=2)
     assert again.status == "queued" and again.worker is None and again.attempts == 1
-    failed = transitions.requeue(claimed(again), "crash", max_attempts=2)
+    failed = lifecycle.requeue(claimed(again), "crash", max_attempts=2)
     assert failed.status == "failed" and failed.error.type == "interrupted" and "crash" in failed.error.detail
-    refunded = transitions.requeue(claimed(job(), max_attempts=1), "shutdown", max_attempts=1, refund=True)
+    refunded = lifecycle.requeue(claimed(job(), max_attempts=1), "shutdown", max_attempts=1, refund=True)
     assert refunded.status == "queued" and refunded.attempts == 0
-    assert transitions.requeue(job(), "crash", max_attempts=2) is None
-    assert transitions.requeue(transitions.cancel(claimed(job())), "x", 2).status == "canceled"
+    assert lifecycle.requeue(job(), "crash", max_attempts=2) is None
+    assert lifecycle.requeue(lifecycle.cancel(claimed(job())), "x", 2).status == "canceled"
 
 
 def test_nothing_becomes_canceled_without_a_cancel_request():
@@ -84,10 +84,10 @@ def test_nothing_becomes_canceled_without_a_cancel_request():
     assert transitions.canceled(running) is None
     assert transitions.canceled(job()) is None
     every_end = [
-        transitions.cancel(job()),
-        transitions.canceled(transitions.cancel(running)),
-        transitions.requeue(transitions.cancel(running), "shutdown", max_attempts=2),
-        transitions.claim(job(cancel_requested=True), worker="w", live_workers={}, max_attempts=2),
+        lifecycle.cancel(job()),
+        transitions.canceled(lifecycle.cancel(running)),
+        lifecycle.requeue(lifecycle.cancel(running), "shutdown", max_attempts=2),
+        lifecycle.claim(job(cancel_requested=True), worker="w", live_workers={}, max_attempts=2),
     ]
     assert all(end.status == "canceled" and end.cancel_requested for end in every_end)
 
