@@ -254,7 +254,7 @@ def test_an_idempotency_key_lives_while_its_job_is_unfinished_and_then_as_long_a
     job, scope = keyed_job(stores)
     assert idempotency_expiry(stores, scope) is None, "queued: no expiry"
     claim(stores, job.id, "w:1")
-    stores.records.apply(job.id, lambda j: transitions.requeue(j, "shutdown", 3, refund=True))
+    stores.records.apply(job.id, lambda j: lifecycle.requeue(j, "shutdown", 3, refund=True))
     claim(stores, job.id, "w:2")
     stores.records.apply(job.id, lambda j: transitions.progress(j, "denoising", 0.5))
     assert idempotency_expiry(stores, scope) is None, "running (again): no expiry"
@@ -267,7 +267,7 @@ def test_an_idempotency_key_confirmed_after_its_job_ended_expires_with_the_recor
     job = new_job(stores, owner="alice", idempotency_key="k")
     scope = idempotency_scope("alice", "k")
     stores.idempotency.reserve(scope, {"job_id": job.id, "fingerprint": "f"}, 60)
-    ended = stores.records.apply(job.id, transitions.cancel)  # e.g. run from a republished message
+    ended = stores.records.apply(job.id, lifecycle.cancel)  # e.g. run from a republished message
     assert idempotency_expiry(stores, scope) == pytest.approx(expires_at(ended, 3600), abs=0.002)
     stores.idempotency.confirm(scope, 3600)
     assert idempotency_expiry(stores, scope) == pytest.approx(expires_at(ended, 3600), abs=0.002)

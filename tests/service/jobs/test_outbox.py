@@ -173,7 +173,7 @@ def test_each_run_of_a_job_announces_its_start_with_its_own_id(stores):
     """A requeued (or taken-over) job that runs again sends a second ``running`` event with a new
     webhook-id, so a receiver that drops repeated ids does not drop it; the first one stays."""
     job = running(stores)
-    stores.records.apply(job.id, lambda j: transitions.requeue(j, "shutdown", 3, refund=True))
+    stores.records.apply(job.id, lambda j: lifecycle.requeue(j, "shutdown", 3, refund=True))
     claim(stores, job.id, "w:2", max_attempts=3)  # the same attempt number again (refunded)
     stores.records.apply(job.id, lambda j: j.model_copy(update={"worker": "gone:1"}))
     claim(stores, job.id, "w:3", max_attempts=3)  # taken over from a lost worker
@@ -190,7 +190,7 @@ def test_each_run_of_a_job_announces_its_start_with_its_own_id(stores):
 
 def test_erasure_removes_the_jobs_events(stores):
     job = running(stores)
-    stores.records.apply(job.id, lambda j: transitions.requeue(j, "shutdown", 3))
+    stores.records.apply(job.id, lambda j: lifecycle.requeue(j, "shutdown", 3))
     claim(stores, job.id, "w:2", max_attempts=3)
     _succeed(stores, job)
     other = running(stores)
