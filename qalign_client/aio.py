@@ -59,6 +59,7 @@ from qalign_client.errors import JobFailedError, JobTimeoutError, TransportError
 from qalign_client.sse import SSEDecoder
 from qalign_schema.jobs import JobList, JobOut, UsageOut
 from qalign_schema.params import TransferParams
+from qalign_schema.submission import EventKind
 
 __all__ = ["STREAM_READ_TIMEOUT_S", "AsyncClient", "ProgressCallback"]
 
@@ -116,7 +117,7 @@ class AsyncClient:
         params: TransferParams | Mapping[str, Any] | None = None,
         *,
         webhook_url: str | None = None,
-        webhook_events_filter: builtins.list[str] | None = None,
+        webhook_events_filter: builtins.list[EventKind] | None = None,
         idempotency_key: str | None = None,
         prefer_wait: float | None = None,
         **overrides: Any,

@@ -7,8 +7,6 @@ instance role), so they never pass through our code or logs.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -16,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qalign_core.params import DEFAULT_MODEL
 from qalign_schema.params import MAX_APPEARANCES
+from qalign_schema.signing import SECRET_PREFIX, signing_key
 
 
 class Settings(BaseSettings):
@@ -297,12 +296,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _webhook_secret_decodes(self) -> Settings:
         """A ``whsec_`` secret is base64 (Standard Webhooks): fail at start, not at the first delivery."""
-        secret = self.webhook_secret or ""
-        if secret.startswith("whsec_"):
+        if self.webhook_secret:
             try:
-                base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-            except (binascii.Error, ValueError) as exc:
-                message = "QALIGN_WEBHOOK_SECRET starts with whsec_ but is not base64 after it"
+                signing_key(self.webhook_secret)
+            except ValueError as exc:
+                message = f"QALIGN_WEBHOOK_SECRET is not base64 after its {SECRET_PREFIX} prefix"
                 raise ValueError(message) from exc
         return self
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from qalign_core.errors import InvalidImageError, ModelLoadError, QAlignError, TransferCanceled
 from qalign_core.params import TransferParams
+from qalign_schema.jobs import ErrorType
 from service.jobs import transitions
 from service.jobs.model import Job, JobResult, OutputRecord, worker_name
 from service.jobs.store import JobStores, StoreUnavailable
@@ -500,10 +501,15 @@ def _pause(ctx: JobContext, seconds: float, tracker: JobTracker | None) -> None:
 
 
 #: The error of a run stopped at QALIGN_JOB_TIME_LIMIT (the runner's check or Celery's soft limit).
-TIME_LIMIT_ERROR = ("time_limit", "the job ran longer than QALIGN_JOB_TIME_LIMIT and was stopped")
+TIME_LIMIT_ERROR: tuple[ErrorType, str] = (
+    "time_limit",
+    "the job ran longer than QALIGN_JOB_TIME_LIMIT and was stopped",
+)
 
 
-def classify(exc: BaseException, time_limit_errors: tuple[type[BaseException], ...] = ()) -> tuple[str, str]:
+def classify(
+    exc: BaseException, time_limit_errors: tuple[type[BaseException], ...] = ()
+) -> tuple[ErrorType, str]:
     """(error type, caller-facing detail). Only the library's deliberate errors carry their text;
     anything else is an internal error whose text stays in the worker logs."""
     if time_limit_errors and isinstance(exc, time_limit_errors):
