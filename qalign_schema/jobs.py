@@ -32,9 +32,9 @@ ErrorType = Literal[
 #: What each error type means and what to do about it (docs/service.md's table is checked against it).
 ERROR_TYPES: dict[ErrorType, str] = {
     "invalid_image": "an input image could not be decoded or used by the model; send another image",
-    "invalid_parameters": "the parameters were refused when the job ran (e.g. a size the served model "
-    "does not take); change them and resubmit",
-    "invalid_request": "the library refused the request for another stated reason; the detail says which",
+    "invalid_parameters": "the job's parameters did not validate when it ran; resubmit with valid ones",
+    "invalid_request": "the model refused the request (e.g. a size the served model does not take); the "
+    "detail says why",
     "model_load_error": "the worker could not load the model; an operator must fix the model setting",
     "input_missing": "an input image was no longer in the object store; resubmit the job",
     "storage_unavailable": "the object or job store stayed unreachable for STORAGE_OUTAGE_DEADLINE; "

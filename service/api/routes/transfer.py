@@ -25,6 +25,7 @@ from service.api.routes.common import (
 )
 from service.api.schemas import FieldProblem, JobOut, multipart_openapi
 from service.api.watch import prefer_wait
+from service.settings import Settings
 
 router = APIRouter()
 
@@ -92,18 +93,36 @@ _REFUSALS: Responses = {
 }
 
 
-@router.get("/limits", response_model=Limits, summary="What POST /transfer accepts: limits and choices")
-def get_limits(svc: ServicesDep) -> Limits:
-    """The limits a submission must fit (some are deployment settings) and the values each choice
-    takes. No API key needed: the page at / reads it before a key is given, and it says nothing
-    about any job."""
-    settings = svc.settings
+def deployment_limits(settings: Settings) -> Limits:
+    """GET /limits' body: qalign_schema's rules with this deployment's size limits."""
     return limits(
         max_upload_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_pixels,
         max_request_bytes=settings.request_limit,
         max_json_bytes=settings.json_limit,
     )
+
+
+@router.get(
+    "/limits",
+    response_model=Limits,
+    summary="What POST /transfer accepts: limits and choices",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    # With the settings' defaults (model_construct: no environment is read).
+                    "example": deployment_limits(Settings.model_construct()).model_dump(mode="json")
+                }
+            }
+        }
+    },
+)
+def get_limits(svc: ServicesDep) -> Limits:
+    """The limits a submission must fit (some are deployment settings) and the values each choice
+    takes. No API key needed: the page at / reads it before a key is given, and it says nothing
+    about any job."""
+    return deployment_limits(svc.settings)
 
 
 @router.post(
