@@ -1,7 +1,7 @@
 """One home per rule: the accepted image formats, the terminal statuses, the AdaIN modes, the error
 types, the webhook events and undelivered reasons, the URL length, the Idempotency-Key rule, the
-longest Prefer wait, the webhook secret prefix, the version, the default model and the ``Mutation``
-type are written out once; every other module (the client's included) derives from that home.
+longest Prefer wait, the webhook secret prefix, the version, how a problem's type URI is formed, the
+default model and the ``Mutation`` type are written out once; every other module (the client's included) derives from that home.
 
 Read from the source (the AST, so docstrings and comments may name them): a collection literal
 holding two accepted formats or media types, or all of an enumeration's values, a string that lists
@@ -167,6 +167,10 @@ RULES = {
         lambda tree: any(text == SECRET_PREFIX for text in _strings(tree)),
     ),
     "version": ("qalign_schema/version.py", lambda tree: _defines(tree, "__version__")),
+    "problem type URI": (
+        "qalign_schema/problems.py",
+        lambda tree: any(re.fullmatch(r"/problems/[a-z-]*", text) for text in _strings(tree)),
+    ),
 }
 
 
