@@ -8,11 +8,12 @@ instance role), so they never pass through our code or logs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from qalign_core.params import DEFAULT_MODEL
+from qalign_core.params import DEFAULT_MODEL, DTYPE_NAMES, DtypeName
 from qalign_schema.params import MAX_APPEARANCES
 from qalign_schema.signing import SECRET_PREFIX, signing_key
 
@@ -37,7 +38,9 @@ class Settings(BaseSettings):
         "safetensors only.",
     )
     device: str | None = Field(None, description="cpu, cuda, cuda:N; default cuda when present.")
-    dtype: str | None = Field(None, description="float32, float16, bfloat16 or auto.")
+    dtype: Literal["auto", DtypeName] | None = Field(
+        None, description=f"{', '.join(DTYPE_NAMES)} or auto; default auto: float16 on CUDA, else float32."
+    )
     redis_url: str | None = Field(
         None, description="Redis URL for broker and job records; unset runs the embedded single-process mode."
     )

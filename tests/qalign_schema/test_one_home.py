@@ -1,7 +1,8 @@
 """One home per rule: the accepted image formats, the terminal statuses, the AdaIN modes, the error
 types, the webhook events and undelivered reasons, the URL length, the Idempotency-Key rule, the
 longest Prefer wait, the webhook secret prefix, the version, how a problem's type URI is formed, the
-default model and the ``Mutation`` type are written out once; every other module (the client's included) derives from that home.
+weight dtypes, the default model and the ``Mutation`` type are written out once; every other module
+(the client's included) derives from that home.
 
 Read from the source (the AST, so docstrings and comments may name them): a collection literal
 holding two accepted formats or media types, or all of an enumeration's values, a string that lists
@@ -20,6 +21,7 @@ from typing import get_args
 
 import pytest
 
+from qalign_core.params import DTYPE_NAMES
 from qalign_schema.jobs import ERROR_TYPES, TERMINAL_STATUSES, UNDELIVERED_REASONS, ErrorType
 from qalign_schema.params import ADAIN_MODES, IMAGE_FORMAT_NAMES, IMAGE_FORMATS, IMAGE_MEDIA_TYPES
 from qalign_schema.signing import SECRET_PREFIX
@@ -167,6 +169,7 @@ RULES = {
         lambda tree: any(text == SECRET_PREFIX for text in _strings(tree)),
     ),
     "version": ("qalign_schema/version.py", lambda tree: _defines(tree, "__version__")),
+    "dtype names": ("qalign_core/params.py", _holds_all(DTYPE_NAMES)),
     "problem type URI": (
         "qalign_schema/problems.py",
         lambda tree: any(re.fullmatch(r"/problems/[a-z-]*", text) for text in _strings(tree)),
