@@ -123,12 +123,12 @@ class AsyncClient:
         **overrides: Any,
     ) -> JobOut:
         """Submit a transfer; the job object (``queued``, or finished when ``prefer_wait`` seconds,
-        1 to 60, were enough for the service to finish it).
+        1 to ``MAX_PREFER_WAIT_S``, were enough for the service to finish it).
 
         Images: paths, bytes, binary files, PIL images or https:// URLs. ``appearance`` is one image
-        or a list of 1 to 8: one job, one result per appearance, in order (``results``). ``params``
-        and keyword overrides (``seed=1``, ``aspect="square"``, ``size=768``) are checked against
-        TransferParams before anything is sent.
+        or a list of 1 to ``MAX_APPEARANCES``: one job, one result per appearance, in order
+        (``results``). ``params`` and keyword overrides (``seed=1``, ``aspect="square"``,
+        ``size=768``) are checked against TransferParams before anything is sent.
         """
         request = partial(  # reads and encodes the images (async: in a worker thread)
             submit_request,

@@ -61,8 +61,8 @@ class Settings(BaseSettings):
     max_request_bytes: int | None = Field(
         None,
         ge=1024,
-        description="Largest POST body; default: room for 1 + 8 (appearances) MAX_UPLOAD_BYTES files as "
-        "base64 plus 1 MiB.",
+        description=f"Largest POST body; default: room for 1 + {MAX_APPEARANCES} (appearances) "
+        "MAX_UPLOAD_BYTES files as base64 plus 1 MiB.",
     )
     max_json_bytes: int | None = Field(
         None,
