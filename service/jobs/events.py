@@ -17,7 +17,6 @@ from qalign_schema.submission import EVENT_KINDS, EventKind
 from service.jobs.model import Job, utcnow
 
 
-
 class OutboxEvent(BaseModel):
     """One event waiting in the durable outbox until the dispatcher has delivered it."""
 
