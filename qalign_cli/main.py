@@ -15,7 +15,7 @@ import click
 from pydantic import ValidationError
 
 from qalign_core.errors import QAlignError
-from qalign_core.params import MAX_APPEARANCES, MAX_ASPECT_RATIO, TransferParams
+from qalign_core.params import DTYPE_NAMES, MAX_APPEARANCES, MAX_ASPECT_RATIO, TransferParams
 from qalign_schema.naming import default_result_stem, result_extension, result_file_paths
 from qalign_schema.params import IMAGE_FORMATS
 
@@ -69,7 +69,7 @@ def _image_option(name: str, help_text: str, required: bool = True):
 
 def _model_options(func):
     func = click.option(
-        "--dtype", default=None, type=click.Choice(["auto", "float32", "float16", "bfloat16"])
+        "--dtype", default=None, type=click.Choice(["auto", *DTYPE_NAMES])
     )(func)
     func = click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present).")(func)
     return click.option(

@@ -32,6 +32,7 @@ from qalign_client.sse import ServerSentEvent
 from qalign_schema.jobs import TERMINAL_STATUSES, JobOut, ResultOut
 from qalign_schema.naming import default_result_stem, result_extension, result_file_paths
 from qalign_schema.params import MAX_APPEARANCES, TransferParams
+from qalign_schema.submission import MAX_PREFER_WAIT_S, EventKind
 
 #: An image input: a path, raw bytes, a binary file object, a PIL image, or an https:// URL (fetched
 #: by the service).
@@ -50,8 +51,6 @@ ProgressCallback = Callable[[JobOut], None]
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 #: Answers worth retrying as they are: the service asked the caller to come back later.
 RETRY_STATUSES = frozenset({429, 503})
-#: Longest Prefer: wait the service honours.
-MAX_PREFER_WAIT = 60
 #: Read timeout of the events stream: the service sends a keep-alive comment well within it; a
 #: stream silent for longer is reconnected (resuming after the last event).
 STREAM_READ_TIMEOUT_S = 60.0
@@ -195,7 +194,7 @@ def submit_request(
     overrides: Mapping[str, Any],
     *,
     webhook_url: str | None,
-    webhook_events_filter: list[str] | None,
+    webhook_events_filter: Sequence[EventKind] | None,
     idempotency_key: str,
     wait: float | None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
@@ -210,8 +209,8 @@ def submit_request(
     headers = {"Idempotency-Key": idempotency_key}
     if wait is not None:
         seconds = int(wait)
-        if not 1 <= seconds <= MAX_PREFER_WAIT:
-            raise ValueError(f"wait must be 1 to {MAX_PREFER_WAIT} seconds; got {wait}")
+        if not 1 <= seconds <= MAX_PREFER_WAIT_S:
+            raise ValueError(f"wait must be 1 to {MAX_PREFER_WAIT_S} seconds; got {wait}")
         headers["Prefer"] = f"wait={seconds}"
     return body, headers
 

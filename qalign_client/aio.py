@@ -59,6 +59,7 @@ from qalign_client.errors import JobFailedError, JobTimeoutError, TransportError
 from qalign_client.sse import SSEDecoder
 from qalign_schema.jobs import JobList, JobOut, UsageOut
 from qalign_schema.params import TransferParams
+from qalign_schema.submission import EventKind
 
 __all__ = ["STREAM_READ_TIMEOUT_S", "AsyncClient", "ProgressCallback"]
 
@@ -116,18 +117,18 @@ class AsyncClient:
         params: TransferParams | Mapping[str, Any] | None = None,
         *,
         webhook_url: str | None = None,
-        webhook_events_filter: builtins.list[str] | None = None,
+        webhook_events_filter: builtins.list[EventKind] | None = None,
         idempotency_key: str | None = None,
         prefer_wait: float | None = None,
         **overrides: Any,
     ) -> JobOut:
         """Submit a transfer; the job object (``queued``, or finished when ``prefer_wait`` seconds,
-        1 to 60, were enough for the service to finish it).
+        1 to ``MAX_PREFER_WAIT_S``, were enough for the service to finish it).
 
         Images: paths, bytes, binary files, PIL images or https:// URLs. ``appearance`` is one image
-        or a list of 1 to 8: one job, one result per appearance, in order (``results``). ``params``
-        and keyword overrides (``seed=1``, ``aspect="square"``, ``size=768``) are checked against
-        TransferParams before anything is sent.
+        or a list of 1 to ``MAX_APPEARANCES``: one job, one result per appearance, in order
+        (``results``). ``params`` and keyword overrides (``seed=1``, ``aspect="square"``,
+        ``size=768``) are checked against TransferParams before anything is sent.
         """
         request = partial(  # reads and encodes the images (async: in a worker thread)
             submit_request,

@@ -5,6 +5,13 @@ The library is usable alone: it imports no web, queue or storage code.
 
 from qalign_core.errors import InvalidImageError, ModelLoadError, QAlignError, TransferCanceled
 from qalign_core.params import TransferParams
+from qalign_schema.version import __version__
 
-__all__ = ["InvalidImageError", "ModelLoadError", "QAlignError", "TransferCanceled", "TransferParams"]
-__version__ = "0.1.0"
+__all__ = [
+    "InvalidImageError",
+    "ModelLoadError",
+    "QAlignError",
+    "TransferCanceled",
+    "TransferParams",
+    "__version__",
+]

@@ -47,7 +47,7 @@ from qalign_core.images import (
     output_shape,
 )
 from qalign_core.inversion import Inversion, InversionCache, inversion_key, invert, noise_seed
-from qalign_core.params import DEFAULT_MODEL, MAX_APPEARANCES, MAX_ASPECT_RATIO, TransferParams
+from qalign_core.params import DEFAULT_MODEL, DTYPE_NAMES, MAX_APPEARANCES, MAX_ASPECT_RATIO, TransferParams
 from qalign_core.processors import AlignmentState, RowLayout, install_processors
 from qalign_core.schedule import DenoiseSchedule, schedule_for
 from qalign_core.segmentation import ObjectMasks, compute_object_masks, noun_token_positions
@@ -61,7 +61,7 @@ StepEndCallback = Callable[
     ["QAlignPipeline", int, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor] | None
 ]
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclass(frozen=True)

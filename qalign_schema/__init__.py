@@ -1,9 +1,11 @@
 """The service's public data shapes, defined once and shared by the server, the library and the
-Python client: transfer parameters, the job object, problem details. Pydantic only (no torch, no web
-framework), so ``qalign-client`` installs with httpx and pydantic alone."""
+Python client: transfer parameters, the job object, problem details, every limit and enumeration of
+the API (``submission``, ``limits``, ``jobs.ErrorType``) and the version. Pydantic only (no torch,
+no web framework), so ``qalign-client`` installs with httpx and pydantic alone."""
 
 from qalign_schema.jobs import (
     ErrorOut,
+    ErrorType,
     JobList,
     JobMetricsOut,
     JobOut,
@@ -14,11 +16,13 @@ from qalign_schema.jobs import (
     ResultOut,
     UsageOut,
 )
+from qalign_schema.limits import Limits
 from qalign_schema.params import TransferParams
 from qalign_schema.problems import FieldProblem, Problem
 
 __all__ = [
     "ErrorOut",
+    "ErrorType",
     "FieldProblem",
     "JobList",
     "JobMetricsOut",
@@ -26,6 +30,7 @@ __all__ = [
     "JobUsageOut",
     "JobParams",
     "JobUrls",
+    "Limits",
     "OutputOut",
     "Problem",
     "ResultOut",

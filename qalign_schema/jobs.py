@@ -4,16 +4,52 @@ what the Python client parses."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qalign_schema.params import MAX_APPEARANCES, TransferParams
+from qalign_schema.params import MAX_APPEARANCES, AdainMode, TransferParams
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 JobStage = Literal["queued", "loading", "inverting", "denoising", "decoding", "uploading", "done"]
 #: The statuses a job never leaves: the one home of this rule (server, webhooks, client).
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+
+#: Every ``error.type`` a failed job can carry: a closed set (an enum in the OpenAPI document).
+ErrorType = Literal[
+    "invalid_image",
+    "invalid_parameters",
+    "invalid_request",
+    "model_load_error",
+    "input_missing",
+    "storage_unavailable",
+    "time_limit",
+    "worker_lost",
+    "interrupted",
+    "not_enqueued",
+    "internal_error",
+]
+#: What each error type means and what to do about it (docs/service.md's table is checked against it).
+ERROR_TYPES: dict[ErrorType, str] = {
+    "invalid_image": "an input image could not be decoded or used by the model; send another image",
+    "invalid_parameters": "the job's parameters did not validate when it ran; resubmit with valid ones",
+    "invalid_request": "the model refused the request (e.g. a size the served model does not take); the "
+    "detail says why",
+    "model_load_error": "the worker could not load the model; an operator must fix the model setting",
+    "input_missing": "an input image was no longer in the object store; resubmit the job",
+    "storage_unavailable": "the object or job store stayed unreachable for STORAGE_OUTAGE_DEADLINE; "
+    "resubmit the job",
+    "time_limit": "the run took longer than JOB_TIME_LIMIT and was stopped",
+    "worker_lost": "the worker running the job stopped without finishing it (crash, kill, lost host) "
+    "in each of its MAX_ATTEMPTS attempts",
+    "interrupted": "the job was interrupted (e.g. by worker shutdowns) MAX_ATTEMPTS times",
+    "not_enqueued": "the job was stored but could not be queued; resubmit it",
+    "internal_error": "the worker failed unexpectedly; the worker logs have the details",
+}
+#: Why a webhook event was given up on (``qalign_webhooks_undelivered_total{reason}``, the job
+#: record's ``webhook_undelivered``): its URL refused at delivery time, or every attempt failed.
+UndeliveredReason = Literal["refused", "failed"]
+UNDELIVERED_REASONS: tuple[UndeliveredReason, ...] = get_args(UndeliveredReason)
 
 
 class ResultOut(BaseModel):
@@ -30,7 +66,7 @@ class ResultOut(BaseModel):
     width: int
     height: int
     expires_at: datetime | None = Field(None, description="When url stops working; null = never.")
-    adain_applied: Literal["masked", "plain", "none"] | None = Field(
+    adain_applied: AdainMode | None = Field(
         None, description="The AdaIN that ran for this image (null on records of older versions)."
     )
     object_masks_found: bool | None = Field(
@@ -72,7 +108,11 @@ class OutputOut(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    type: str = Field(description="Machine-readable kind, e.g. invalid_image, internal_error, interrupted.")
+    type: ErrorType = Field(
+        description="Machine-readable kind: "
+        + "; ".join(f"{kind}: {meaning}" for kind, meaning in ERROR_TYPES.items())
+        + "."
+    )
     detail: str
 
 
@@ -90,7 +130,7 @@ class JobMetricsOut(BaseModel):
         le=MAX_APPEARANCES + 1,
         description="Inversions read from the cache: 0 .. appearances + 1.",
     )
-    adain_applied: Literal["masked", "plain", "none"] | None = Field(
+    adain_applied: AdainMode | None = Field(
         None,
         description='The AdaIN that ran for the first image: "plain" also when masked AdaIN found no '
         "object (each result states its own).",

@@ -23,6 +23,11 @@ IMAGE_FORMAT_NAMES: tuple[str, ...] = tuple("WebP" if fmt == "webp" else fmt.upp
 #: The accepted formats as refusals name them: "PNG, JPEG or WebP".
 IMAGE_FORMATS_TEXT = f"{', '.join(IMAGE_FORMAT_NAMES[:-1])} or {IMAGE_FORMAT_NAMES[-1]}"
 
+#: The AdaIN a job asks for (``adain``) and the one that ran (``adain_applied``): within the object's
+#: self-segmented masks, over the whole latent, or none.
+AdainMode = Literal["masked", "plain", "none"]
+ADAIN_MODES: tuple[AdainMode, ...] = get_args(AdainMode)
+
 #: Bounds of an output's longer side over every backbone; each model narrows them (its unit: 64 px
 #: for SD 1.5, 32 for SDXL; at most twice its native size). ``GET /readyz`` states the served model's.
 MIN_SIZE = 64
@@ -100,7 +105,7 @@ class TransferParams(BaseModel):
         + SCHEDULE_UNITS,
         json_schema_extra=_step_range_schema,
     )
-    adain: Literal["masked", "plain", "none"] = Field(
+    adain: AdainMode = Field(
         "masked",
         description="AdaIN of the output toward the appearance: within self-segmented object masks "
         "(CIA's default; plain when no object is found), over the whole latent, or none.",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from pydantic import BaseModel, Field
 
 
@@ -20,3 +22,32 @@ class Problem(BaseModel):
     detail: str
     instance: str | None = None
     errors: list[FieldProblem] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        status: int,
+        detail: str,
+        *,
+        kind: str | None = None,
+        title: str | None = None,
+        instance: str | None = None,
+        errors: list[FieldProblem] | None = None,
+    ) -> Problem:
+        """A problem of ``kind`` (its type ``/problems/<kind>``; None: about:blank), titled with the
+        status's phrase unless ``title`` is given."""
+        if title is None:
+            title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+        return cls(
+            type=problem_type(kind),
+            title=title,
+            status=status,
+            detail=detail,
+            instance=instance,
+            errors=errors,
+        )
+
+
+def problem_type(kind: str | None) -> str:
+    """The ``type`` URI of a problem kind: ``/problems/<kind>``, or ``about:blank`` without one."""
+    return f"/problems/{kind}" if kind else "about:blank"

@@ -27,6 +27,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from qalign_schema.problems import problem_type
 from service.settings import Settings
 
 
@@ -45,7 +46,7 @@ def head_too_large_response(limit: int) -> bytes:
     """A complete HTTP/1.1 431 answer with a problem-details body (written before the app runs)."""
     body = json.dumps(
         {
-            "type": "/problems/headers-too-large",
+            "type": problem_type("headers-too-large"),
             "title": "Request Header Fields Too Large",
             "status": 431,
             "detail": f"the request line and headers are over {limit} bytes (QALIGN_MAX_HEADER_BYTES); "

@@ -7,15 +7,15 @@ instance role), so they never pass through our code or logs.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from qalign_core.params import DEFAULT_MODEL
+from qalign_core.params import DEFAULT_MODEL, DTYPE_NAMES, DtypeName
 from qalign_schema.params import MAX_APPEARANCES
+from qalign_schema.signing import SECRET_PREFIX, signing_key
 
 
 class Settings(BaseSettings):
@@ -38,7 +38,9 @@ class Settings(BaseSettings):
         "safetensors only.",
     )
     device: str | None = Field(None, description="cpu, cuda, cuda:N; default cuda when present.")
-    dtype: str | None = Field(None, description="float32, float16, bfloat16 or auto.")
+    dtype: Literal["auto", DtypeName] | None = Field(
+        None, description=f"{', '.join(DTYPE_NAMES)} or auto; default auto: float16 on CUDA, else float32."
+    )
     redis_url: str | None = Field(
         None, description="Redis URL for broker and job records; unset runs the embedded single-process mode."
     )
@@ -59,8 +61,8 @@ class Settings(BaseSettings):
     max_request_bytes: int | None = Field(
         None,
         ge=1024,
-        description="Largest POST body; default: room for 1 + 8 (appearances) MAX_UPLOAD_BYTES files as "
-        "base64 plus 1 MiB.",
+        description=f"Largest POST body; default: room for 1 + {MAX_APPEARANCES} (appearances) "
+        "MAX_UPLOAD_BYTES files as base64 plus 1 MiB.",
     )
     max_json_bytes: int | None = Field(
         None,
@@ -304,12 +306,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _webhook_secret_decodes(self) -> Settings:
         """A ``whsec_`` secret is base64 (Standard Webhooks): fail at start, not at the first delivery."""
-        secret = self.webhook_secret or ""
-        if secret.startswith("whsec_"):
+        if self.webhook_secret:
             try:
-                base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-            except (binascii.Error, ValueError) as exc:
-                message = "QALIGN_WEBHOOK_SECRET starts with whsec_ but is not base64 after it"
+                signing_key(self.webhook_secret)
+            except ValueError as exc:
+                message = f"QALIGN_WEBHOOK_SECRET is not base64 after its {SECRET_PREFIX} prefix"
                 raise ValueError(message) from exc
         return self
 

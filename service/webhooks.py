@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import httpx
 
+from qalign_schema.jobs import UndeliveredReason
 from qalign_schema.signing import sign
 from service.jobs.events import OutboxEvent
 from service.jobs.model import Job, UndeliveredWebhook, utcnow
@@ -209,7 +210,7 @@ class WebhookSender:
             )
         return True
 
-    def give_up(self, event: OutboxEvent, reason: str, detail: str) -> None:
+    def give_up(self, event: OutboxEvent, reason: UndeliveredReason, detail: str) -> None:
         """The one place an event is abandoned: a log line, the counter, the job record."""
         log.warning(
             "webhook undelivered: %s",

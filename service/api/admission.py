@@ -135,17 +135,16 @@ class Capacity:
         return AdmissionLimits(self.settings.max_queue_depth, self.settings.max_inflight_per_key)
 
     def require(self, owner: str | None) -> None:
-        queued = self.stores.records.count_by_status().get("queued", 0)
-        limits = self.limits
-        if queued >= limits.max_queued:
-            self._refuse(AdmissionRefused(per_owner=False, count=queued, limit=limits.max_queued))
-        per_key = limits.max_unfinished_per_owner
-        if per_key is not None and owner is not None:
-            records = self.stores.records
+        records = self.stores.records
+        queued = records.count_by_status().get("queued", 0)
+
+        def owned() -> int:
             ids = records.ids_by_status("queued") + records.ids_by_status("running")
-            mine = sum(1 for job in records.get_many(ids) if job.owner == owner)
-            if mine >= per_key:
-                self._refuse(AdmissionRefused(per_owner=True, count=mine, limit=per_key))
+            return sum(1 for job in records.get_many(ids) if job.owner == owner)
+
+        refused = self.limits.refusal(queued, owned if owner is not None else None)
+        if refused is not None:
+            self._refuse(refused)
 
     def admit(self, job: Job) -> None:
         """Insert ``job`` if it fits the limits (one atomic store operation), else QueueFull."""

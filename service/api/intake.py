@@ -30,10 +30,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from qalign_core.images import ImageTooLargeError, check_pixel_count, decoder_complaint, sniff_format
 from qalign_core.params import MAX_APPEARANCES, TransferParams
 from qalign_schema.params import IMAGE_FORMAT_NAMES, IMAGE_FORMATS, IMAGE_FORMATS_TEXT
+from qalign_schema.submission import EVENT_KINDS, IDEMPOTENCY_KEY_RULE, MAX_URL_LENGTH, is_idempotency_key
 from service.api.problems import ApiProblem, describe, problem_response, validation_problem
 from service.api.remote_inputs import ALLOWED_FORMS, check_input_url, fetch_input, looks_like_url
 from service.api.schemas import IMAGE_FIELDS, TUPLE_FIELDS, FieldProblem, TransferJSONRequest
-from service.jobs.events import EVENTS
 from service.settings import Settings
 from service.webhooks import WebhookRefused, check_webhook_url
 
@@ -58,9 +58,6 @@ MISSING_IMAGE = {
 }
 #: Form fields that may be sent several times (each adds to a list); any other is sent at most once.
 REPEATABLE_FORM_FIELDS = frozenset({"appearance", "webhook_events_filter"})
-#: Longest Idempotency-Key accepted; keys are opaque to us (a UUID is typical).
-MAX_IDEMPOTENCY_KEY = 255
-MAX_WEBHOOK_URL = 2000
 
 
 @dataclass
@@ -168,18 +165,14 @@ class RequestLimitMiddleware:
 
 
 def idempotency_key(request: Request) -> str | None:
-    """The Idempotency-Key header, checked: 1-255 printable ASCII characters."""
+    """The Idempotency-Key header, checked against ``qalign_schema.submission``'s rule (keys are
+    otherwise opaque to us)."""
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
     key = key.strip()
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not all(32 < ord(c) < 127 for c in key):
-        raise ApiProblem(
-            400,
-            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters without spaces "
-            "(a UUID is a good choice)",
-            kind="bad-request",
-        )
+    if not is_idempotency_key(key):
+        raise ApiProblem(400, f"Idempotency-Key must be {IDEMPOTENCY_KEY_RULE}", kind="bad-request")
     return key
 
 
@@ -190,8 +183,8 @@ def check_webhook(url: str | None, settings: Settings) -> None:
     reason = None
     if not settings.webhook_secret:
         reason = "webhooks are disabled on this service (the operator has not set QALIGN_WEBHOOK_SECRET)"
-    elif len(url) > MAX_WEBHOOK_URL:
-        reason = f"at most {MAX_WEBHOOK_URL} characters"
+    elif len(url) > MAX_URL_LENGTH:
+        reason = f"at most {MAX_URL_LENGTH} characters"
     else:
         try:
             check_webhook_url(url, settings.allowed_webhook_hosts)
@@ -256,14 +249,14 @@ def events_filter(values: Sequence[str] | None) -> list[str] | None:
     """The validated webhook_events_filter in canonical order, or a 422 naming the field."""
     if values is None:
         return None
-    unknown = sorted({v for v in values if v not in EVENTS})
+    unknown = sorted({v for v in values if v not in EVENT_KINDS})
     if unknown or not values:
-        allowed = "a non-empty list of: " + ", ".join(EVENTS)
+        allowed = "a non-empty list of: " + ", ".join(EVENT_KINDS)
         why = f"unknown event(s) {', '.join(unknown)}" if unknown else "empty (omit it for every event)"
         problem = FieldProblem(field="webhook_events_filter", message=why, allowed=allowed)
         detail = f"webhook_events_filter: {why} (allowed: {allowed})"
         raise ApiProblem(422, detail, kind="invalid-parameters", errors=[problem])
-    return [event for event in EVENTS if event in values]
+    return [event for event in EVENT_KINDS if event in values]
 
 
 async def _read_form(request: Request, settings: Settings) -> _Parsed:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from qalign_schema.jobs import UNDELIVERED_REASONS
 from service.jobs.store import (
     STAGE_BUCKETS,
     WEBHOOKS_UNDELIVERED,
@@ -130,7 +131,7 @@ class UndeliveredWebhookCollector:
             "Webhook events given up on by any process of the service (also recorded on the job)",
             labels=["reason"],
         )
-        for reason in ("refused", "failed"):
+        for reason in UNDELIVERED_REASONS:
             family.add_metric([reason], counts.get(reason, 0))
         yield family
 

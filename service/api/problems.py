@@ -65,15 +65,7 @@ def problem_response(
     errors: list[FieldProblem] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-    body = Problem(
-        type=f"/problems/{kind}" if kind else "about:blank",
-        title=title,
-        status=status,
-        detail=detail,
-        instance=instance,
-        errors=errors,
-    )
+    body = Problem.of(status, detail, kind=kind, instance=instance, errors=errors)
     return JSONResponse(
         body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON, headers=headers
     )

@@ -16,6 +16,7 @@ import time
 import httpx
 
 from qalign_schema.params import IMAGE_MEDIA_TYPES
+from qalign_schema.submission import MAX_URL_LENGTH
 from service.api.problems import ApiProblem
 from service.api.schemas import FieldProblem
 from service.netguard import (
@@ -61,8 +62,10 @@ def check_input_url(field: str, url: str, encoding: str) -> None:
     """422 naming ``field`` and the allowed forms unless ``url`` is an https URL (checked before any
     fetch, so a wrong scheme never costs a connection)."""
     scheme = url.split(":", 1)[0].lower()
-    if scheme != "https" or len(url) > 2000:
-        why = f"the {scheme}: scheme is not accepted" if scheme != "https" else "over 2000 characters"
+    if scheme != "https" or len(url) > MAX_URL_LENGTH:
+        why = f"over {MAX_URL_LENGTH} characters"
+        if scheme != "https":
+            why = f"the {scheme}: scheme is not accepted"
         message = f"{why}; give {ALLOWED_FORMS[encoding]}"
         raise ApiProblem(
             422,

@@ -8,12 +8,19 @@ from __future__ import annotations
 import typing
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, TypeAdapter
 
 from qalign_core.params import MAX_APPEARANCES, TransferParams
 from qalign_schema.jobs import ErrorOut, JobList, JobMetricsOut, JobOut, JobParams, JobUrls, ResultOut
 from qalign_schema.params import IMAGE_FORMAT_NAMES, IMAGE_MEDIA_TYPES
 from qalign_schema.problems import FieldProblem, Problem
+from qalign_schema.submission import (
+    EVENT_KINDS,
+    IDEMPOTENCY_KEY_RULE,
+    EventKind,
+    IdempotencyKey,
+    WebhookUrl,
+)
 
 __all__ = [
     "ErrorOut",
@@ -50,10 +57,8 @@ class TransferJSONRequest(TransferParams):
         f"or a list of 1 to {MAX_APPEARANCES} such images: one result each, in this order.",
         json_schema_extra=lambda schema: _appearance_list_bounds(schema),
     )
-    webhook_url: str | None = Field(
-        None, max_length=2000, pattern=r"^https?://", description="Called on running and terminal status."
-    )
-    webhook_events_filter: list[Literal["start", "completed"]] | None = Field(
+    webhook_url: WebhookUrl | None = Field(None, description="Called on running and terminal status.")
+    webhook_events_filter: list[EventKind] | None = Field(
         None,
         min_length=1,
         description="Which webhooks to send: start (running), completed (terminal status); default both.",
@@ -109,8 +114,8 @@ TRANSFER_HEADERS = [
         "in": "header",
         "required": False,
         "description": "Retry-safe submission: the same key with the same request returns the first job "
-        "(200); with another request, 409. 1 to 255 printable ASCII characters (a UUID is typical).",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+        f"(200); with another request, 409. {IDEMPOTENCY_KEY_RULE}.",
+        "schema": TypeAdapter(IdempotencyKey).json_schema(),
         "example": "6d1f2a3b-9c4e-4f5a-8b7c-1d2e3f4a5b6c",
     },
 ]
@@ -136,15 +141,13 @@ def multipart_openapi() -> dict[str, Any]:
             f"{MAX_APPEARANCES} images (one result each, in the parts' order).",
         },
         "webhook_url": {
-            "type": "string",
-            "maxLength": 2000,
-            "pattern": "^https?://",
+            **TypeAdapter(WebhookUrl).json_schema(),
             "description": "Called on running and terminal status.",
         },
         "webhook_events_filter": {
             "type": "array",
-            "items": {"type": "string", "enum": ["start", "completed"]},
-            "description": "Repeated field or comma-separated: start, completed (default both).",
+            "items": {"type": "string", "enum": list(EVENT_KINDS)},
+            "description": f"Repeated field or comma-separated: {', '.join(EVENT_KINDS)} (default all).",
         },
     }
     for name, schema in params_schema["properties"].items():

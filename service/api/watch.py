@@ -12,18 +12,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import anyio
 from sse_starlette import ServerSentEvent
 
+from qalign_schema.submission import MAX_PREFER_WAIT_S
 from service.api.access import JobAccess
 from service.api.errors import InvalidInput, JobNotFound
 from service.jobs import Job
 from service.settings import Settings
 
 #: The longest Prefer: wait honoured; larger values are treated as this.
-MAX_WAIT_S = 60
-WAIT_ALLOWED = f"wait=N, N whole seconds from 1 to {MAX_WAIT_S} (a larger N counts as {MAX_WAIT_S})"
+WAIT_ALLOWED = (
+    f"wait=N, N whole seconds from 1 to {MAX_PREFER_WAIT_S} (a larger N counts as {MAX_PREFER_WAIT_S})"
+)
 
 
 def prefer_wait(header: str | None) -> int | None:
-    """The ``wait`` preference of a Prefer header (RFC 7240), clamped to MAX_WAIT_S; None when absent.
+    """The ``wait`` preference of a Prefer header (RFC 7240), clamped to MAX_PREFER_WAIT_S; None when absent.
 
     Other preferences are ignored, as RFC 7240 asks; a wait that is not a whole number >= 1 is refused
     (422) rather than ignored, so a typo does not silently turn a synchronous call asynchronous.
@@ -35,7 +37,7 @@ def prefer_wait(header: str | None) -> int | None:
         value = value.strip().strip('"')
         if not value.isdigit() or int(value) < 1:
             raise InvalidInput("Prefer", f"wait={value!r} is not a whole number >= 1", WAIT_ALLOWED)
-        return min(int(value), MAX_WAIT_S)
+        return min(int(value), MAX_PREFER_WAIT_S)
     return None
 
 

@@ -9,16 +9,12 @@ job without its terminal event, and no event can announce a change that was not 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel
 
 from qalign_schema.jobs import TERMINAL_STATUSES, JobStatus
+from qalign_schema.submission import EVENT_KINDS, EventKind
 from service.jobs.model import Job, utcnow
-
-EventKind = Literal["start", "completed"]
-#: The events a job sends and a ``webhook_events_filter`` may name: running, then the terminal status.
-EVENTS: tuple[EventKind, ...] = ("start", "completed")
 
 
 class OutboxEvent(BaseModel):
@@ -73,6 +69,6 @@ def event_for(before: Job, after: Job) -> OutboxEvent | None:
     if after.status == before.status and not restarted:
         return None
     kind = event_kind(after.status)
-    if kind is None or not after.webhook_url or kind not in (after.webhook_events or EVENTS):
+    if kind is None or not after.webhook_url or kind not in (after.webhook_events or EVENT_KINDS):
         return None
     return OutboxEvent(id=webhook_id(after.id, after.status, after.revision), job=after, at=utcnow())

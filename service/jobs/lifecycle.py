@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from qalign_core.errors import InvalidImageError, ModelLoadError, QAlignError
+from qalign_schema.jobs import ErrorType
 from service.jobs.model import Job
 from service.jobs.store import StoreUnavailable
 from service.jobs.transitions import (
@@ -292,10 +293,15 @@ def over_time_limit(elapsed: float, settings: Settings) -> StopReason | None:
 
 
 #: The error of a run stopped at QALIGN_JOB_TIME_LIMIT (the runner's check or Celery's soft limit).
-TIME_LIMIT_ERROR = ("time_limit", "the job ran longer than QALIGN_JOB_TIME_LIMIT and was stopped")
+TIME_LIMIT_ERROR: tuple[ErrorType, str] = (
+    "time_limit",
+    "the job ran longer than QALIGN_JOB_TIME_LIMIT and was stopped",
+)
 
 
-def failure(exc: BaseException, time_limit_errors: tuple[type[BaseException], ...] = ()) -> tuple[str, str]:
+def failure(
+    exc: BaseException, time_limit_errors: tuple[type[BaseException], ...] = ()
+) -> tuple[ErrorType, str]:
     """(error type, caller-facing detail) of a run that raised ``exc``. Only the library's deliberate
     errors carry their text; anything else is an internal error whose text stays in the worker logs."""
     if time_limit_errors and isinstance(exc, time_limit_errors):

@@ -10,7 +10,8 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, Field, model_validator
 
-from qalign_schema.jobs import TERMINAL_STATUSES, JobStage, JobStatus
+from qalign_schema.jobs import TERMINAL_STATUSES, ErrorType, JobStage, JobStatus, UndeliveredReason
+from qalign_schema.params import AdainMode
 
 STATUSES: tuple[str, ...] = get_args(JobStatus)
 STAGES: tuple[str, ...] = get_args(JobStage)
@@ -19,7 +20,7 @@ TERMINAL: frozenset[str] = TERMINAL_STATUSES
 
 
 class JobError(BaseModel):
-    type: str
+    type: ErrorType
     detail: str
 
 
@@ -30,17 +31,17 @@ class JobResult(BaseModel):
     content_type: str
     width: int
     height: int
-    adain_applied: str | None = None  # "masked" | "plain" | "none" for this pair; None on old records
+    adain_applied: AdainMode | None = None  # the AdaIN that ran for this pair; None on old records
     object_masks_found: bool | None = None
 
 
 class UndeliveredWebhook(BaseModel):
-    """A webhook event given up on (queue full, URL refused, every attempt failed): kept on the job
+    """A webhook event given up on (``reason``: its URL refused, or every attempt failed): kept on the job
     record so an operator can see what a receiver missed, and why."""
 
     webhook_id: str
     status: str
-    reason: str
+    reason: UndeliveredReason
     detail: str
     at: datetime
 

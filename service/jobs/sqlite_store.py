@@ -173,19 +173,19 @@ class SqliteJobRecords:
     def admit(self, job: Job, limits: AdmissionLimits) -> AdmissionRefused | None:
         def run(db: sqlite3.Connection) -> AdmissionRefused | None:  # one BEGIN IMMEDIATE transaction
             (queued,) = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()
-            if queued >= limits.max_queued:
-                return AdmissionRefused(per_owner=False, count=queued, limit=limits.max_queued)
-            per_owner = limits.max_unfinished_per_owner
-            if per_owner is not None and job.owner is not None:
+
+            def owned() -> int:
                 (mine,) = db.execute(
                     "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
                     " AND json_extract(data, '$.owner') = ?",
                     (job.owner,),
                 ).fetchone()
-                if mine >= per_owner:
-                    return AdmissionRefused(per_owner=True, count=mine, limit=per_owner)
-            _insert(db, job)
-            return None
+                return int(mine)
+
+            refused = limits.refusal(queued, owned if job.owner is not None else None)
+            if refused is None:
+                _insert(db, job)
+            return refused
 
         return self.db.transaction(run)
 

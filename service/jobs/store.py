@@ -52,6 +52,21 @@ class AdmissionLimits:
     max_queued: int
     max_unfinished_per_owner: int | None = None
 
+    def refusal(self, queued: int, owned: Callable[[], int] | None = None) -> AdmissionRefused | None:
+        """The admission rule, in one place: refused when ``queued`` jobs fill the queue, or when
+        the owner's unfinished jobs (``owned()``, counted only under a per-owner limit; None for a
+        job without an owner) reach the per-owner limit. Redis's admit script makes the same two
+        comparisons inside its atomic step (tests/service/jobs/test_admission_store.py runs both stores
+        through the same cases)."""
+        if queued >= self.max_queued:
+            return AdmissionRefused(per_owner=False, count=queued, limit=self.max_queued)
+        if self.max_unfinished_per_owner is None or owned is None:
+            return None
+        mine = owned()
+        if mine >= self.max_unfinished_per_owner:
+            return AdmissionRefused(per_owner=True, count=mine, limit=self.max_unfinished_per_owner)
+        return None
+
 
 @dataclass(frozen=True)
 class AdmissionRefused:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from qalign_schema.jobs import ErrorType
 from service.jobs.model import Job, JobError, JobResult, OutputRecord, utcnow
 
 Mutation = Callable[[Job], Job | None]
@@ -79,7 +80,7 @@ def succeed(
     )
 
 
-def fail(job: Job, kind: str, detail: str, *, only_from: frozenset[str] | None = None) -> Job | None:
+def fail(job: Job, kind: ErrorType, detail: str, *, only_from: frozenset[str] | None = None) -> Job | None:
     """Failed with a typed error. ``only_from``: statuses it may fail from (default: any unfinished)."""
     if job.finished or (only_from is not None and job.status not in only_from):
         return None

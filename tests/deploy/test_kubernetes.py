@@ -261,7 +261,7 @@ def test_weights_loader_fills_the_models_volume_read_write():
 
 def test_ingress_fits_the_service_limits():
     """The proxy must pass the largest valid request and hold a Prefer: wait or an events stream."""
-    from service.api.watch import MAX_WAIT_S
+    from qalign_schema.submission import MAX_PREFER_WAIT_S
     from service.settings import Settings
 
     settings = Settings(_env_file=None)
@@ -271,7 +271,7 @@ def test_ingress_fits_the_service_limits():
     size = notes["nginx.ingress.kubernetes.io/proxy-body-size"]
     assert size.endswith("m") and int(size[:-1]) * 1024 * 1024 >= settings.request_limit
     read_timeout = int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"])
-    assert read_timeout > MAX_WAIT_S and read_timeout > settings.events_ping_s
+    assert read_timeout > MAX_PREFER_WAIT_S and read_timeout > settings.events_ping_s
     assert notes["nginx.ingress.kubernetes.io/proxy-buffering"] == "off", "events reach the client at once"
     assert ingress["spec"]["tls"][0]["secretName"]
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]

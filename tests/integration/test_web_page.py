@@ -1,7 +1,8 @@
 """The page at / in a real headless Chromium (Debian's package, driven by Playwright): a structure and
 one or several appearances in, live progress from the events stream, the results in a grid in the
 output's own shape, the history of earlier runs after a reload, upload boxes that stay in place, a
-favicon; refusals shown readably.
+favicon; refusals shown readably; every limit and choice read from GET /limits, none written in the
+page.
 
 The embedded service (tiny model) runs in this process on a free loopback port with an API key, so
 the page's key field and its fetch()-based events reader (EventSource cannot send a key) are used.
@@ -27,6 +28,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 KEY = "page-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+#: Smaller than the default, so that the page is seen to take the deployment's value from the API.
+MAX_UPLOAD_BYTES = 1024 * 1024
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -69,9 +72,18 @@ def live_service(tiny_model_dir, tmp_path_factory):
         data_dir=tmp_path_factory.mktemp("page"),
         api_keys=f"tester:{hash_key(KEY)}",
         progress_interval=0.1,
+        max_upload_bytes=MAX_UPLOAD_BYTES,
     )
     with LiveService(create_app(settings)) as live:
         yield live
+
+
+@pytest.fixture(scope="module")
+def limits(live_service) -> dict:
+    """What the service says a submission must fit (GET /limits needs no key)."""
+    answer = httpx.get(f"{live_service.url}/limits")
+    assert answer.status_code == 200, answer.text
+    return answer.json()
 
 
 @pytest.fixture
@@ -79,6 +91,7 @@ def page(browser, live_service):
     context = browser.new_context()
     opened = context.new_page()
     opened.goto(live_service.url + "/")
+    opened.wait_for_selector("body[data-ready]")  # GET /limits has answered and the page took it in
     yield opened
     context.close()
 
@@ -212,7 +225,7 @@ WATCH_RUNS = """() => {
 
 
 def test_two_appearances_on_a_wide_structure_fill_a_grid_in_its_shape_and_the_history(
-    page, live_service, photo_files, wide_structure, shots, tmp_path
+    page, live_service, photo_files, wide_structure, shots, tmp_path, limits
 ):
     second = tmp_path / "cup-mirrored.png"
     Image.open(photo_files[1]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(second)
@@ -232,7 +245,8 @@ def test_two_appearances_on_a_wide_structure_fill_a_grid_in_its_shape_and_the_hi
     )
     after = boxes(page, ["#structure-drop", ".appearance-tile:nth-child(1)", "#submit", ".controls"])
     assert after == before, "an upload box or the controls moved when the previews loaded"
-    assert page.locator(".appearance-tile").count() == 2 and page.inner_text("#appearance-count") == "2 / 8"
+    assert page.locator(".appearance-tile").count() == 2
+    assert page.inner_text("#appearance-count") == f"2 / {limits['max_appearances']}"
     assert page.inner_text("#structure-size").startswith(f"{Image.open(wide_structure).width} × ")
     assert page.inner_text("#submit") == "Create 2 looks"
     page.screenshot(path=str(shots / "page-filled.png"), full_page=True)
@@ -301,20 +315,21 @@ def test_the_page_names_the_served_model_once_a_key_unlocks_readiness_details(pa
     assert "64 to 256 px in steps of 64" in text and line.get_attribute("data-backbone") == "sd15"
 
 
-def test_the_missing_image_notice_follows_the_inputs(page, photo_files):
+def test_the_missing_image_notice_follows_the_inputs(page, photo_files, limits):
     page.click("#submit")
     problem = page.locator("#form-problem")
     problem.wait_for()
     assert "structure: choose or drop an image" in problem.inner_text()
     page.set_input_files("#structure", str(photo_files[0]))
     page.wait_for_function("() => !document.querySelector('#form-problem').innerText.includes('structure:')")
-    assert problem.is_visible() and "appearance: add 1 to 8 images" in problem.inner_text()
+    wanted = f"appearance: add 1 to {limits['max_appearances']} images"
+    assert problem.is_visible() and wanted in problem.inner_text()
     drop_file(page, "#appearances", photo_files[1], "image/jpeg")
     problem.wait_for(state="hidden")  # both inputs given: the notice is gone before any submit
     assert page.locator(".appearance-tile").count() == 1 and page.locator(".run").count() == 0
 
 
-def test_non_images_are_refused_when_dropped_or_chosen(page, photo_files, tmp_path, shots):
+def test_non_images_are_refused_when_dropped_or_chosen(page, photo_files, tmp_path, shots, limits):
     """A text file renamed .png has the type image/png: its first bytes tell it is no image."""
     renamed = tmp_path / "notes.png"
     renamed.write_text("just some text, not pixels")
@@ -322,7 +337,9 @@ def test_non_images_are_refused_when_dropped_or_chosen(page, photo_files, tmp_pa
     drop_file(page, "#appearances", renamed, "image/png")
     problem.wait_for()
     assert "Not an image" in problem.inner_text() and "not added: notes.png" in problem.inner_text()
-    assert page.locator(".appearance-tile").count() == 0 and page.inner_text("#appearance-count") == "0 / 8"
+    assert page.locator(".appearance-tile").count() == 0
+    assert page.inner_text("#appearance-count") == f"0 / {limits['max_appearances']}"
+    assert limits["image_formats_text"] in problem.inner_text()
     page.set_input_files("#appearance", [str(renamed), str(photo_files[1])])  # the image among them is kept
     page.wait_for_function("() => document.querySelectorAll('.appearance-tile').length === 1")
     as_structure = tmp_path / "layout.png"
@@ -334,28 +351,57 @@ def test_non_images_are_refused_when_dropped_or_chosen(page, photo_files, tmp_pa
     page.screenshot(path=str(shots / "page-not-an-image.png"), full_page=True)
 
 
-def test_at_most_eight_appearances_and_both_kinds_of_image_needed(page, photo_files, tmp_path, shots):
+def test_at_most_max_appearances_and_both_kinds_of_image_needed(
+    page, photo_files, tmp_path, shots, limits
+):
+    most = limits["max_appearances"]
     page.click("#submit")  # nothing chosen: said on the page, nothing sent
     problem = page.locator("#form-problem")
     problem.wait_for()
     assert "structure: choose or drop an image" in problem.inner_text()
-    assert "appearance: add 1 to 8 images" in problem.inner_text()
+    assert f"appearance: add 1 to {most} images" in problem.inner_text()
     assert page.locator(".run").count() == 0
 
     files = []
-    for k in range(9):
+    for k in range(most + 1):
         files.append(tmp_path / f"look-{k}.jpg")
         files[-1].write_bytes(photo_files[1].read_bytes())
     page.set_input_files("#appearance", [str(path) for path in files])
-    page.wait_for_function("() => document.querySelectorAll('.appearance-tile').length === 8")
-    assert page.locator(".appearance-tile").count() == 8 and page.is_hidden("#appearance-drop")
-    assert "not added: look-8.jpg" in problem.inner_text()
-    assert page.inner_text("#appearance-count") == "8 / 8"
-    page.screenshot(path=str(shots / "page-eight.png"), full_page=True)
+    tiles = "(most) => document.querySelectorAll('.appearance-tile').length === most"
+    page.wait_for_function(tiles, arg=most)
+    assert page.locator(".appearance-tile").count() == most and page.is_hidden("#appearance-drop")
+    assert f"not added: look-{most}.jpg" in problem.inner_text()
+    assert page.inner_text("#appearance-count") == f"{most} / {most}"
+    page.screenshot(path=str(shots / "page-most.png"), full_page=True)
     page.locator(".appearance-tile").nth(2).locator(".remove").click()
-    assert page.locator(".appearance-tile").count() == 7 and page.is_visible("#appearance-drop")
+    assert page.locator(".appearance-tile").count() == most - 1 and page.is_visible("#appearance-drop")
     indexes = page.locator(".appearance-tile .tile-index").all_inner_texts()
-    assert indexes == [str(k) for k in range(1, 8)]
+    assert indexes == [str(k) for k in range(1, most)]
+
+
+def test_the_page_takes_its_limits_and_choices_from_the_api(page, limits, tmp_path):
+    """The words, inputs and choices the page shows are GET /limits' (this service's upload limit is
+    not the default), and a file over the upload limit is refused before anything is sent."""
+    assert limits["max_upload_bytes"] == MAX_UPLOAD_BYTES
+    assert page.inner_text("#max-appearances") == str(limits["max_appearances"])
+    assert page.inner_text("#max-upload") == "1 MB"
+    assert page.inner_text("#formats-hint") == limits["image_formats_text"]
+    for selector in ("#structure", "#appearance"):
+        assert page.get_attribute(selector, "accept") == ",".join(limits["image_media_types"])
+    for name in ("steps", "seed"):
+        bounds = [page.get_attribute(f"#{name}", edge) for edge in ("min", "max")]
+        assert bounds == [str(limits[name]["min"]), str(limits[name]["max"])]
+    for name, values in (("method", limits["methods"]), ("aspect", limits["aspects"])):
+        shown = page.eval_on_selector(f"#{name}", "select => [...select.options].map(o => o.value)")
+        assert shown == values and page.input_value(f"#{name}") == values[0]  # the default first
+
+    large = tmp_path / "large.png"  # a PNG signature, then more bytes than the service takes
+    large.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * MAX_UPLOAD_BYTES)
+    page.set_input_files("#appearance", str(large))
+    problem = page.locator("#form-problem")
+    problem.wait_for()
+    assert "at most 1 MB" in problem.inner_text() and "not added: large.png" in problem.inner_text()
+    assert page.locator(".appearance-tile").count() == 0 and page.locator(".run").count() == 0
 
 
 def test_favicon_is_served(browser, live_service):

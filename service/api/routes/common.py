@@ -45,13 +45,8 @@ def problem(
     instance: str = f"/jobs/{EXAMPLE_ID}",
 ) -> dict[str, Any]:
     """An error response: problem details with one example (``kind`` None: about:blank)."""
-    example = Problem(
-        type=f"/problems/{kind}" if kind else "about:blank",
-        title=title,
-        status=status,
-        detail=detail,
-        instance=instance,
-        errors=errors,
+    example = Problem.of(
+        status, detail, kind=kind, title=title, instance=instance, errors=errors
     ).model_dump(exclude_none=True)
     declared: dict[str, Any] = {
         "description": description or title,

@@ -1,4 +1,4 @@
-"""POST /transfer."""
+"""POST /transfer, and GET /limits: what it accepts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from qalign_schema.params import IMAGE_FORMAT_NAMES, IMAGE_FORMATS_TEXT
+from qalign_schema.limits import Limits, limits
+from qalign_schema.params import IMAGE_FORMAT_NAMES, IMAGE_FORMATS_TEXT, MAX_STEPS
+from qalign_schema.submission import MAX_PREFER_WAIT_S
 from service.api.deps import Owner, ServicesDep
 from service.api.intake import read_submission
 from service.api.links import request_base
@@ -23,6 +25,7 @@ from service.api.routes.common import (
 )
 from service.api.schemas import FieldProblem, JobOut, multipart_openapi
 from service.api.watch import prefer_wait
+from service.settings import Settings
 
 router = APIRouter()
 
@@ -64,13 +67,15 @@ _REFUSALS: Responses = {
     422: problem(
         422,
         "invalid-parameters",
-        "steps: Input should be less than or equal to 999 (allowed: >= 2 and <= 999)",
+        f"steps: Input should be less than or equal to {MAX_STEPS} (allowed: >= 2 and <= {MAX_STEPS})",
         title="Unprocessable Content",
         description="A parameter out of range, unknown or inconsistent, a missing file part, or a refused "
         "webhook_url: each field is named with what is allowed.",
         errors=[
             FieldProblem(
-                field="steps", message="Input should be less than or equal to 999", allowed=">= 2 and <= 999"
+                field="steps",
+                message=f"Input should be less than or equal to {MAX_STEPS}",
+                allowed=f">= 2 and <= {MAX_STEPS}",
             )
         ],
         instance="/transfer",
@@ -86,6 +91,38 @@ _REFUSALS: Responses = {
         instance="/transfer",
     ),
 }
+
+
+def deployment_limits(settings: Settings) -> Limits:
+    """GET /limits' body: qalign_schema's rules with this deployment's size limits."""
+    return limits(
+        max_upload_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_pixels,
+        max_request_bytes=settings.request_limit,
+        max_json_bytes=settings.json_limit,
+    )
+
+
+@router.get(
+    "/limits",
+    response_model=Limits,
+    summary="What POST /transfer accepts: limits and choices",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    # With the settings' defaults (model_construct: no environment is read).
+                    "example": deployment_limits(Settings.model_construct()).model_dump(mode="json")
+                }
+            }
+        }
+    },
+)
+def get_limits(svc: ServicesDep) -> Limits:
+    """The limits a submission must fit (some are deployment settings) and the values each choice
+    takes. No API key needed: the page at / reads it before a key is given, and it says nothing
+    about any job."""
+    return deployment_limits(svc.settings)
 
 
 @router.post(
@@ -117,7 +154,9 @@ async def submit_transfer(
     svc: ServicesDep,
     owner: Owner,
     prefer: Annotated[
-        str | None, Header(description="wait=N (1-60): hold the answer until the job ends or N s pass")
+        str | None, Header(
+            description=f"wait=N (1-{MAX_PREFER_WAIT_S}): hold the answer until the job ends or N s pass"
+        )
     ] = None,
 ) -> JobOut:
     """Multipart (files `structure`, `appearance` + parameter fields) or JSON with base64 images.

@@ -1,15 +1,17 @@
-// The try-it page: one structure image and 1 to 8 appearance images make one job (or two: Q-Align and
+// The try-it page: one structure image and appearance images make one job (or two: Q-Align and
 // CIA side by side); its events stream drives the progress; its results fill a grid in the output's
 // own shape; every run is remembered in this browser (localStorage) and can be opened again.
+// Every limit and choice (how many appearances, which formats, file size, parameter ranges, the
+// statuses a job ends in) comes from GET /limits, so the page never disagrees with the service.
 // Plain browser JavaScript, no build step. Paths are relative to the page, so the page works behind a
 // proxy prefix. EventSource cannot send an Authorization header, so the stream is read with fetch()
 // and a streaming body reader (one code path with or without an API key).
 "use strict";
 
-const TERMINAL = ["succeeded", "failed", "canceled"];
+// How the page names the choices GET /limits lists (a value without a name here shows as it is).
 const METHOD_NAMES = { qalign: "Q-Align", cross_image: "Cross-Image Attention (CIA)" };
-const MAX_APPEARANCES = 8;  // qalign_schema.params.MAX_APPEARANCES
-const MAX_ASPECT_RATIO = 2;  // qalign_schema.params.MAX_ASPECT_RATIO: beyond, the service crops to 2:1
+const METHOD_LABELS = { qalign: "Q-Align", cross_image: "CIA (baseline)" };
+const ASPECT_LABELS = { structure: "Structure's shape", square: "Square (centre crop)" };
 const HISTORY_KEY = "qalign.history.v1";
 const HISTORY_MAX = 24;
 const THUMB_SIDE = 96;
@@ -28,6 +30,45 @@ function newKey() {
 function sleep(ms) { return new Promise((resolve) => setTimeout(resolve, ms)); }
 
 function plural(count, word) { return `${count} ${word}${count === 1 ? "" : "s"}`; }
+
+function megabytes(bytes) { return `${Math.round((bytes / 1048576) * 10) / 10} MB`; }
+
+// ---------------------------------------------------------------------------------------- limits
+// GET /limits, asked until the service answers (it may be starting); everything that needs a limit
+// waits for it.
+let limits = null;
+const limitsReady = (async () => {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const response = await fetch("limits", { cache: "no-store" });
+      if (response.ok) return await response.json();
+    } catch (_) { /* not reachable yet */ }
+    await sleep(Math.min(500 * 2 ** attempt, 5000));
+  }
+})().then((body) => { limits = body; return body; });
+
+function isTerminal(status) { return limits.terminal_statuses.includes(status); }
+
+function options(select, values, labels) {
+  const chosen = select.value;
+  select.replaceChildren(...values.map((value) => new Option(labels[value] || value, value)));
+  if (values.includes(chosen)) select.value = chosen;
+}
+
+// The page's words and inputs from the limits: counts, formats, ranges, choices.
+function applyLimits() {
+  const types = limits.image_media_types.join(",");
+  for (const input of [$("#structure"), $("#appearance")]) input.accept = types;
+  $("#formats-hint").textContent = limits.image_formats_text;
+  $("#max-appearances").textContent = String(limits.max_appearances);
+  $("#max-upload").textContent = megabytes(limits.max_upload_bytes);
+  for (const [name, range] of [["steps", limits.steps], ["seed", limits.seed]]) {
+    Object.assign($(`#${name}`), { min: String(range.min), max: String(range.max) });
+  }
+  options($("#method"), limits.methods, METHOD_LABELS);
+  options($("#aspect"), limits.aspects, ASPECT_LABELS);
+  document.body.dataset.ready = "true";
+}
 
 // ---------------------------------------------------------------------------------------- problems
 async function readProblem(response) {
@@ -66,31 +107,46 @@ function showProblem(box, problem) {
 }
 
 // ---------------------------------------------------------------------------------------- inputs
-// The formats the service accepts, told by their first bytes as qalign_core.images.sniff_format does
-// (a text file renamed .png has the type image/png but not the signature).
-async function isAcceptedImage(file) {
+// A file's image format told by its first bytes as qalign_core.images.sniff_format does (a text file
+// renamed .png has the type image/png but not the signature); null when it is none of these.
+async function sniffFormat(file) {
   const head = new Uint8Array(await file.slice(0, 12).arrayBuffer());
   const starts = (...bytes) => bytes.every((byte, i) => head[i] === byte);
   const text = (from, to) => String.fromCharCode(...head.slice(from, to));
-  return starts(0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a) || starts(0xff, 0xd8, 0xff)
-    || (text(0, 4) === "RIFF" && text(8, 12) === "WEBP");
+  if (starts(0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a)) return "png";
+  if (starts(0xff, 0xd8, 0xff)) return "jpeg";
+  if (text(0, 4) === "RIFF" && text(8, 12) === "WEBP") return "webp";
+  return null;
 }
 
-// Split dropped or chosen files into images the service accepts and the names of the others, in order.
+// Split dropped or chosen files into images the service accepts, the names of the others (not an
+// accepted format) and the names of those over the service's file size limit, in order.
 async function screenFiles(files) {
-  const verdicts = await Promise.all([...files].map((file) => isAcceptedImage(file).catch(() => false)));
+  await limitsReady;
+  const list = [...files];
+  const formats = await Promise.all(list.map((file) => sniffFormat(file).catch(() => null)));
+  const isImage = (k) => limits.image_formats.includes(formats[k]);
   return {
-    accepted: [...files].filter((_, k) => verdicts[k]),
-    refused: [...files].filter((_, k) => !verdicts[k]).map((file) => file.name),
+    accepted: list.filter((file, k) => isImage(k) && file.size <= limits.max_upload_bytes),
+    refused: list.filter((_, k) => !isImage(k)).map((file) => file.name),
+    tooLarge: list.filter((file, k) => isImage(k) && file.size > limits.max_upload_bytes).map((file) => file.name),
   };
 }
 
-function refuseNonImages(names) {
-  showProblem($("#form-problem"), {
-    status: "Not an image", title: "",
-    detail: `Only PNG, JPEG or WebP images are accepted; not added: ${names.join(", ")}.`,
-  });
-  $("#form-problem").dataset.kind = "not-an-image";
+function refuseFiles({ refused, tooLarge }) {
+  if (refused.length) {
+    showProblem($("#form-problem"), {
+      status: "Not an image", title: "",
+      detail: `Only ${limits.image_formats_text} images are accepted; not added: ${refused.join(", ")}.`,
+    });
+    $("#form-problem").dataset.kind = "not-an-image";
+  } else if (tooLarge.length) {
+    showProblem($("#form-problem"), {
+      status: "Image too large", title: "",
+      detail: `An image file may be at most ${megabytes(limits.max_upload_bytes)}; not added: ${tooLarge.join(", ")}.`,
+    });
+    $("#form-problem").dataset.kind = "too-large";
+  }
 }
 
 // The "Missing image" notice follows the inputs: it lists what is still missing and goes once
@@ -107,9 +163,9 @@ function refreshMissingNotice() {
 const structure = { file: null, width: 0, height: 0 };
 
 async function chooseStructure(files) {
-  const { accepted, refused } = await screenFiles([...files].slice(0, 1));
-  if (refused.length) refuseNonImages(refused);
-  setStructure(accepted[0]);
+  const screened = await screenFiles([...files].slice(0, 1));
+  refuseFiles(screened);
+  setStructure(screened.accepted[0]);
 }
 
 function setStructure(file) {
@@ -152,19 +208,19 @@ function wireStructure() {
   wireDropZone(zone, (files) => chooseStructure(files));
 }
 
-// The appearances: up to eight tiles in a fixed 4 x 2 grid; the "Add" tile takes the next free cell.
+// The appearances: up to max_appearances tiles in a fixed grid; the "Add" tile takes the next free cell.
 const appearances = [];  // {file, url, node}
 
 async function chooseAppearances(files) {
-  const { accepted, refused } = await screenFiles(files);
-  addAppearances(accepted);
-  if (refused.length) refuseNonImages(refused);
+  const screened = await screenFiles(files);
+  addAppearances(screened.accepted);
+  refuseFiles(screened);
 }
 
 function addAppearances(files) {
   const refused = [];
   for (const file of files) {
-    if (appearances.length >= MAX_APPEARANCES) { refused.push(file.name); continue; }
+    if (appearances.length >= limits.max_appearances) { refused.push(file.name); continue; }
     const node = $("#appearance-template").content.firstElementChild.cloneNode(true);
     const entry = { file, url: URL.createObjectURL(file), node };
     const preview = $(".preview", node);
@@ -181,7 +237,7 @@ function addAppearances(files) {
   if (refused.length) {
     showProblem($("#form-problem"), {
       status: "Too many appearance images", title: "",
-      detail: `A job takes 1 to ${MAX_APPEARANCES} appearance images; not added: ${refused.join(", ")}.`,
+      detail: `A job takes 1 to ${limits.max_appearances} appearance images; not added: ${refused.join(", ")}.`,
     });
     $("#form-problem").dataset.kind = "too-many";
   }
@@ -198,11 +254,11 @@ function renderAppearances() {
   const grid = $("#appearances");
   const add = $("#appearance-drop");
   appearances.forEach((entry, index) => { $(".tile-index", entry.node).textContent = String(index + 1); });
-  const free = Math.max(0, MAX_APPEARANCES - appearances.length - 1);
+  const free = Math.max(0, limits.max_appearances - appearances.length - 1);
   const slots = Array.from({ length: free }, () => Object.assign(document.createElement("span"), { className: "tile slot" }));
   grid.replaceChildren(...appearances.map((entry) => entry.node), add, ...slots);
-  add.hidden = appearances.length >= MAX_APPEARANCES;
-  $("#appearance-count").textContent = `${appearances.length} / ${MAX_APPEARANCES}`;
+  add.hidden = appearances.length >= limits.max_appearances;
+  $("#appearance-count").textContent = `${appearances.length} / ${limits.max_appearances}`;
   const looks = appearances.length;
   $("#submit").textContent = looks > 1 ? `Create ${looks} looks` : "Transfer";
   refreshMissingNotice();
@@ -230,7 +286,8 @@ function wireDropZone(zone, onFiles, highlight = zone) {
 // The output's aspect ratio as the service will make it (the frames take it before any result arrives).
 function expectedShape(aspect) {
   if (aspect === "square" || !structure.width) return 1;
-  return Math.min(MAX_ASPECT_RATIO, Math.max(1 / MAX_ASPECT_RATIO, structure.width / structure.height));
+  const most = limits.max_aspect_ratio;  // beyond, the service crops to it
+  return Math.min(most, Math.max(1 / most, structure.width / structure.height));
 }
 
 // ---------------------------------------------------------------------------------------- one run
@@ -293,14 +350,14 @@ class Run {
     this.node.dataset.jobId = job.id;
     $(".job-id", this.node).textContent = `job ${job.id}`;
     const parts = [job.status];
-    if (!TERMINAL.includes(job.status)) {
+    if (!isTerminal(job.status)) {
       parts.push(job.stage, `${Math.round(job.progress * 100)} %`);
       if (job.queue_position != null && job.status === "queued") parts.push(`${job.queue_position} ahead`);
       if (job.eta_s != null) parts.push(`about ${Math.ceil(job.eta_s)} s left`);
     }
     this.status(parts.join(" · "));
     $(".bar", this.node).value = job.progress;
-    $(".cancel", this.node).hidden = TERMINAL.includes(job.status);
+    $(".cancel", this.node).hidden = isTerminal(job.status);
     const count = job.appearances || 1;
     if (job.output) this.placeholders(count, job.output.width / job.output.height);
     else if (this.cards.length < count && job.status !== "failed" && job.status !== "canceled") {
@@ -355,6 +412,7 @@ class Run {
   // Show a job remembered in the history: its state now, then follow it if it is still going.
   async open(id) {
     this.status("loading…");
+    await limitsReady;
     let response;
     try {
       response = await fetch(`jobs/${encodeURIComponent(id)}`, { headers: authHeaders(), cache: "no-store" });
@@ -374,14 +432,14 @@ class Run {
     }
     this.remembered = true;  // opened from the history: keep its entry in step
     this.update(await response.json());
-    if (TERMINAL.includes(this.job.status)) await this.finish();
+    if (isTerminal(this.job.status)) await this.finish();
     else await this.follow();
   }
 
   async follow() {
     const id = this.job.id;
     let lastEventId = null;
-    for (let attempt = 0; attempt < 20 && !TERMINAL.includes(this.job.status); attempt++) {
+    for (let attempt = 0; attempt < 20 && !isTerminal(this.job.status); attempt++) {
       const headers = { ...authHeaders(), Accept: "text/event-stream" };
       if (lastEventId !== null) headers["Last-Event-ID"] = lastEventId;
       let response;
@@ -407,7 +465,7 @@ class Run {
   }
 
   async poll() {
-    while (!TERMINAL.includes(this.job.status)) {
+    while (!isTerminal(this.job.status)) {
       await sleep(500);
       const response = await fetch(`jobs/${this.job.id}`, { headers: authHeaders(), cache: "no-store" });
       if (response.ok) this.update(await response.json());
@@ -623,7 +681,9 @@ const runHistory = {
 function missingInputs() {
   const missing = [];
   if (!structure.file) missing.push({ field: "structure", message: "choose or drop an image" });
-  if (!appearances.length) missing.push({ field: "appearance", message: "add 1 to 8 images" });
+  if (!appearances.length) {
+    missing.push({ field: "appearance", message: `add 1 to ${limits.max_appearances} images` });
+  }
   return missing;
 }
 
@@ -684,10 +744,14 @@ wireStructure();
 wireAppearances();
 $("#api-key").addEventListener("change", showModel);
 showModel();
-renderAppearances();
 runHistory.render();
-$("#transfer-form").addEventListener("submit", (event) => {
+limitsReady.then(() => {
+  applyLimits();
+  renderAppearances();
+});
+$("#transfer-form").addEventListener("submit", async (event) => {
   event.preventDefault();
+  await limitsReady;
   const form = readForm();
   if (!form) return;
   $("#runs").replaceChildren();

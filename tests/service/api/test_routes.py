@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import threading
+from typing import get_args
 
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from svc_helpers import FakePipeline, encode, wait_for
 from testkit import assert_problem, poll, submit
+
+from qalign_schema.jobs import ERROR_TYPES, ErrorType
+from qalign_schema.params import ADAIN_MODES, MAX_APPEARANCES, MAX_STEPS, TransferParams
+from qalign_schema.submission import EVENT_KINDS, IDEMPOTENCY_KEY_MAX_LENGTH, MAX_URL_LENGTH
 
 
 def test_multipart_submit_poll_download(client, small_images, fake_pipeline):
@@ -315,3 +321,44 @@ def test_restart_keeps_finished_results_and_runs_queued_jobs(make_client, embedd
         done = poll(second, job_id)
         assert done["status"] == "succeeded", done
         assert second.get(f"/jobs/{job_id}/result").status_code == 200
+
+
+def test_openapi_shows_error_type_as_an_enum_and_the_rules_from_their_home(client):
+    """error.type is the closed set qalign_schema.jobs.ErrorType; the submission rules the document
+    states are qalign_schema.submission's, not numbers written again."""
+    spec = client.get("/openapi.json").json()
+    error_type = spec["components"]["schemas"]["ErrorOut"]["properties"]["type"]
+    assert error_type["enum"] == list(get_args(ErrorType)) == list(ERROR_TYPES)
+    assert {"time_limit", "worker_lost", "interrupted", "internal_error"} <= set(error_type["enum"])
+    applied = spec["components"]["schemas"]["ResultOut"]["properties"]["adain_applied"]["anyOf"]
+    assert {"type": "string", "enum": list(ADAIN_MODES)} in applied
+
+    post = spec["paths"]["/transfer"]["post"]
+    (header,) = [p for p in post["parameters"] if p["name"] == "Idempotency-Key"]
+    assert header["schema"]["maxLength"] == IDEMPOTENCY_KEY_MAX_LENGTH
+    assert re.fullmatch(header["schema"]["pattern"], "6d1f2a3b-9c4e") and not re.fullmatch(
+        header["schema"]["pattern"], "has space"
+    )
+    content = post["requestBody"]["content"]
+    form = content["multipart/form-data"]["schema"]["properties"]
+    assert form["webhook_url"]["maxLength"] == MAX_URL_LENGTH
+    assert form["webhook_events_filter"]["items"]["enum"] == list(EVENT_KINDS)
+    json_body = content["application/json"]["schema"]["properties"]
+    webhook = {"type": "string", "maxLength": MAX_URL_LENGTH, "pattern": "^https?://"}
+    assert webhook in json_body["webhook_url"]["anyOf"]
+
+
+def test_limits_answer_without_a_key_from_the_settings_and_the_schema(make_client, embedded_settings):
+    keys = {"api_keys": "someone:" + "0" * 64, "max_upload_bytes": 12345}
+    settings = embedded_settings.model_copy(update=keys)
+    keyed = make_client(settings)
+    answer = keyed.get("/limits")
+    assert keyed.get("/jobs").status_code == 401  # the job routes need the key; the limits do not
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["max_upload_bytes"] == 12345 and body["max_request_bytes"] == settings.request_limit
+    assert body["max_appearances"] == MAX_APPEARANCES and body["max_url_length"] == MAX_URL_LENGTH
+    assert body["steps"] == {"min": 2, "max": MAX_STEPS} and body["seed"]["min"] == 0
+    assert body["methods"][0] == TransferParams().method and body["adain_modes"][0] == TransferParams().adain
+    assert body["error_types"] == list(ERROR_TYPES) and body["event_kinds"] == list(EVENT_KINDS)
+    assert body["terminal_statuses"] == ["succeeded", "failed", "canceled"]
