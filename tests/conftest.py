@@ -20,6 +20,7 @@ SLOW_MODULES = (
     "qalign_core/test_pipeline.py",  # tiny-model transfers
     "qalign_core/test_backbones.py",  # tiny-model transfers, SD 1.5 and SDXL shapes
     "qalign_core/test_loading.py",  # saves and loads whole tiny models
+    "qalign_core/test_processors.py",  # tiny-model runs with the alignment log
     "service/test_edge.py",  # `qalign serve` processes
     "service/test_logs.py",  # loads the tiny model in a subprocess
     "service/api/test_openapi.py",  # schemathesis over the whole document
