@@ -51,4 +51,4 @@ fi
 # tests/deploy/test_compose_smoke.py runs scripts/compose-smoke.sh: it installs docker.io if needed,
 # builds the image and runs the compose stack on the CPU (skipped, with the reason, where no
 # container runtime can start; QALIGN_SKIP_COMPOSE_SMOKE=1 skips it on purpose).
-.venv/bin/python -m pytest -q "${tier[@]}" "$@"
+.venv/bin/python -m pytest -q ${tier[@]+"${tier[@]}"} "$@"
