@@ -81,9 +81,7 @@ def _image_option(name: str, help_text: str, required: bool = True) -> Callable[
 
 
 def _model_options(func: F) -> F:
-    func = click.option(
-        "--dtype", default=None, type=click.Choice(["auto", *DTYPE_NAMES])
-    )(func)
+    func = click.option("--dtype", default=None, type=click.Choice(["auto", *DTYPE_NAMES]))(func)
     func = click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present).")(func)
     return click.option(
         "--model",

@@ -45,7 +45,7 @@ if [ "$quick" = false ] && [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 .venv/bin/ruff check .
-# Strict type check of qalign_core, qalign_schema, qalign_client, qalign_cli and service ([tool.mypy]
+# Strict type check of qalign_core, qalign_schema, qalign_client, qalign_cli, service and worker ([tool.mypy]
 # in pyproject.toml); its cache in .mypy_cache makes a re-run take seconds.
 .venv/bin/python -m mypy
 # tests/deploy/test_compose_smoke.py runs scripts/compose-smoke.sh: it installs docker.io if needed,
