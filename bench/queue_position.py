@@ -39,7 +39,7 @@ def measure(url: str, depth: int, polls: int) -> tuple[float, float]:
     stores = open_redis_stores(url, ttl=3600, prefix=f"bench{new_job_id()}:")
     records = stores.records
     jobs = [
-        Job(id=new_job_id(), created_at=utcnow(), structure_key="inputs/a", appearance_key="inputs/b")
+        Job(id=new_job_id(), created_at=utcnow(), structure_key="inputs/a", appearance_keys=["inputs/b"])
         for _ in range(depth)
     ]
     for job in jobs:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import sys
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -18,6 +19,18 @@ from qalign_core.errors import QAlignError
 from qalign_core.params import DTYPE_NAMES, MAX_APPEARANCES, MAX_ASPECT_RATIO, TransferParams
 from qalign_schema.naming import default_result_stem, result_extension, result_file_paths
 from qalign_schema.params import IMAGE_FORMATS
+
+if TYPE_CHECKING:  # the heavy modules load only in the commands that use them (a quick --help)
+    from PIL import Image
+
+    import qalign_client
+    from qalign_core.backbones import Backbone
+    from qalign_core.pipeline import QAlignPipeline
+    from qalign_core.segmentation import ObjectMasks
+    from qalign_schema import JobOut
+
+#: A command function; the option decorators return it unchanged, with its options attached.
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, code: int = 2) -> typing.NoReturn:
@@ -35,12 +48,12 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _param_options(func):
+def _param_options(func: F) -> F:
     """One CLI option per TransferParams field, so the CLI can never fall behind the model."""
     for name, info in reversed(TransferParams.model_fields.items()):
         flag = "--" + name.replace("_", "-")
         annotation = info.annotation
-        kwargs: dict = {"default": None, "help": info.description}
+        kwargs: dict[str, Any] = {"default": None, "help": info.description}
         if annotation is bool:
             func = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, **kwargs)(func)
             continue
@@ -61,16 +74,14 @@ def cli() -> None:
     """Q-Align zero-shot appearance transfer."""
 
 
-def _image_option(name: str, help_text: str, required: bool = True):
+def _image_option(name: str, help_text: str, required: bool = True) -> Callable[[F], F]:
     return click.option(
         f"--{name}", required=required, type=click.Path(dir_okay=False, path_type=Path), help=help_text
     )
 
 
-def _model_options(func):
-    func = click.option(
-        "--dtype", default=None, type=click.Choice(["auto", *DTYPE_NAMES])
-    )(func)
+def _model_options(func: F) -> F:
+    func = click.option("--dtype", default=None, type=click.Choice(["auto", *DTYPE_NAMES]))(func)
     func = click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present).")(func)
     return click.option(
         "--model",
@@ -79,14 +90,14 @@ def _model_options(func):
     )(func)
 
 
-def _params(given: dict) -> TransferParams:
+def _params(given: dict[str, object]) -> TransferParams:
     try:
         return TransferParams(**{k: v for k, v in given.items() if v is not None and v != ()})
     except ValidationError as exc:
         fail(describe_validation_error(exc))
 
 
-def _images(*paths: Path) -> list:
+def _images(*paths: Path) -> list[Image.Image]:
     from qalign_core.images import load_image
 
     try:
@@ -95,7 +106,7 @@ def _images(*paths: Path) -> list:
         fail(str(exc))
 
 
-def _pipeline(model: str | None, device: str | None, dtype: str | None):
+def _pipeline(model: str | None, device: str | None, dtype: str | None) -> QAlignPipeline:
     """The local pipeline, with the loading settings the service reads (the library reads none)."""
     import os
 
@@ -116,7 +127,7 @@ def _pipeline(model: str | None, device: str | None, dtype: str | None):
         fail(str(exc), code=1)
 
 
-def _server_options(func):
+def _server_options(func: F) -> F:
     func = click.option(
         "--api-key",
         envvar="QALIGN_API_KEY",
@@ -199,10 +210,10 @@ def transfer(
     save_masks: Path | None,
     server: str | None,
     api_key: str | None,
-    model,
-    device,
-    dtype,
-    **given,
+    model: str | None,
+    device: str | None,
+    dtype: str | None,
+    **given: object,
 ) -> None:
     """Give STRUCTURE's layout the look of each APPEARANCE and write the results to OUTPUT.
 
@@ -246,7 +257,7 @@ def transfer(
         f"wrote {_describe_outputs(outputs)} ({result.image.width}x{result.image.height}, "
         f"{result.timings['total_s']:.1f} s)"
     )
-    _say_aspect_clamped(result.diagnostics.get("aspect_clamped"))
+    _say_aspect_clamped(result.shape.clamped)
     _say_model(pipe.backbone)
     masks = result.object_masks  # one per appearance (None where masked AdaIN did not run)
     for k, pair in enumerate(masks):
@@ -257,7 +268,7 @@ def transfer(
         _write_masks(save_masks, masks, result.image.size)
 
 
-def _say_model(backbone) -> None:
+def _say_model(backbone: Backbone) -> None:
     """Which backbone ran and the sizes it takes: what --size may be for this model."""
     click.echo(
         f"model: {backbone.title}, native {backbone.native_size} px; --size takes a multiple of "
@@ -285,14 +296,14 @@ def _transfer_on_server(
     bar, download each result. Ctrl-C cancels the job on the server."""
     import qalign_client
 
-    inputs = []
+    inputs: list[bytes] = []
     for path in (structure, *appearances):
         try:
             inputs.append(path.read_bytes())
         except OSError as exc:
             fail(f"cannot read image file {str(path)!r}: {exc.strerror or exc}")
     looks = inputs[1] if len(inputs) == 2 else inputs[1:]  # one image, or the list of them
-    job = None
+    job: JobOut | None = None
     outputs: list[Path] = []
     try:
         with qalign_client.Client(server, api_key) as client:
@@ -328,7 +339,7 @@ def _transfer_on_server(
         click.echo(f"masked AdaIN fell back to plain AdaIN{which}: no object found")
 
 
-def _follow(client, job, progress: Callable[[str, float], None]):
+def _follow(client: qalign_client.Client, job: JobOut, progress: Callable[[str, float], None]) -> JobOut:
     """Move the bar from the job's events stream until the job ends; poll a server without one."""
     from qalign_client import NotFoundError
 
@@ -342,23 +353,25 @@ def _follow(client, job, progress: Callable[[str, float], None]):
     return client.wait(job, on_progress=lambda current: progress(current.stage, current.progress))
 
 
-def _client_error_line(exc, server: str) -> str:
+def _client_error_line(exc: qalign_client.QAlignError, server: str) -> str:
     """One line from the service's problem details (or from the transport failure)."""
     if exc.problem is None:
         return str(exc)
     return f"{server} refused the request ({exc.status} {exc.title}): {exc.detail}"
 
 
-def _write_masks(directory: Path, masks: list, size: tuple[int, int]) -> None:
+def _write_masks(directory: Path, masks: Sequence[ObjectMasks | None], size: tuple[int, int]) -> None:
     """Save masked AdaIN's object masks as black/white PNGs at the result's size: the structure's
     (shared by every pair), and each appearance's (mask_appearance.png, or mask_appearance-K.png with
     several appearances)."""
     from PIL import Image
 
-    found = [pair for pair in masks if pair is not None and pair.structure is not None]
-    if not found:
+    structure = next(
+        (pair.structure for pair in masks if pair is not None and pair.structure is not None), None
+    )
+    if structure is None:
         fail("no object masks to save: they exist only with --adain masked (the default)", code=1)
-    named = [("mask_structure.png", found[0].structure)]
+    named = [("mask_structure.png", structure)]
     for k, pair in enumerate(masks):
         if pair is not None and pair.appearance is not None:
             named.append((f"mask_appearance{'' if len(masks) == 1 else f'-{k}'}.png", pair.appearance))
@@ -381,7 +394,16 @@ def _write_masks(directory: Path, masks: list, size: tuple[int, int]) -> None:
 @_image_option("appearance-mask", "Object mask of the appearance image (white = object).")
 @_model_options
 @_param_options
-def leakage(structure, appearance, structure_mask, appearance_mask, model, device, dtype, **given) -> None:
+def leakage(
+    structure: Path,
+    appearance: Path,
+    structure_mask: Path,
+    appearance_mask: Path,
+    model: str | None,
+    device: str | None,
+    dtype: str | None,
+    **given: object,
+) -> None:
     """Attention leakage of Q-Align and of Cross-Image Attention on one pair (lower is better).
 
     The mean, over every aligned layer call of a run, of the attention mass that object queries put
@@ -393,7 +415,10 @@ def leakage(structure, appearance, structure_mask, appearance_mask, model, devic
     for method in ("qalign", "cross_image"):
         try:
             result = pipe.transfer(
-                images[0], images[1], params.model_copy(update={"method": method}), object_masks=images[2:]
+                images[0],
+                images[1],
+                params.model_copy(update={"method": method}),
+                object_masks=(images[2], images[3]),
             )
         except (QAlignError, ValueError) as exc:
             fail(str(exc), code=1)

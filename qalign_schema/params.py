@@ -134,16 +134,6 @@ class TransferParams(BaseModel):
     )
     output_format: ImageFormat = Field("png", description="Encoding of the result image.")
 
-    @field_validator("adain", mode="before")
-    @classmethod
-    def _adain_from_bool(cls, value: object) -> object:
-        """Booleans of the first API version (form fields send text): true = masked, false = none."""
-        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-            value = value.strip().lower() == "true"
-        if isinstance(value, bool):
-            return "masked" if value else "none"
-        return value
-
     @field_validator("align_steps_fine", "align_steps_coarse", "adain_steps")
     @classmethod
     def _check_range(cls, value: StepRange) -> StepRange:

@@ -9,14 +9,12 @@ runs at submission (a clear 422) and again before every delivery attempt (DNS ca
 Signing follows Standard Webhooks (https://www.standardwebhooks.com): ``webhook-id`` (the same for
 every retry of one event), ``webhook-timestamp`` (unix seconds of the attempt) and
 ``webhook-signature: v1,<base64 HMAC-SHA256 over "{id}.{timestamp}.{body}">`` (qalign_schema.signing,
-which receivers' ``qalign_client.webhooks.verify`` shares). The older
-``X-QAlign-Signature`` header (HMAC of the body alone, replayable) is still sent but deprecated.
+which receivers' ``qalign_client.webhooks.verify`` shares). Nothing else is signed or sent: the
+first API version's ``X-QAlign-Signature`` (HMAC of the body alone, replayable) is gone.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import threading
 import time
@@ -49,18 +47,7 @@ from service.storage import ObjectStore
 
 log = logging.getLogger("qalign.webhooks")
 
-#: Deprecated: ``sha256=<hex HMAC-SHA256 of the body>``; no id or timestamp, so it can be replayed.
-SIGNATURE_HEADER = "X-QAlign-Signature"
 WebhookRefused = UrlRefused
-
-
-def legacy_sign(body: bytes, secret: str) -> str:
-    """Deprecated ``X-QAlign-Signature``: ``sha256=<hex HMAC-SHA256 of the body under the secret>``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def legacy_verify(body: bytes, secret: str, signature: str) -> bool:
-    return hmac.compare_digest(legacy_sign(body, secret), signature)
 
 
 def webhook_policy(
@@ -149,7 +136,6 @@ def _post(
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
         "webhook-signature": sign(secret, msg_id, timestamp, body),
-        SIGNATURE_HEADER: legacy_sign(body, secret),
     }
     try:
         with open_pinned(pinned, "POST", policy, timeout=timeout_s, content=body, headers=headers) as answer:

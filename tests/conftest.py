@@ -4,10 +4,47 @@ from __future__ import annotations
 
 import io
 import socket
+from pathlib import Path
 
 import pytest
 from net_helpers import IN_NETNS
 from PIL import Image
+
+TESTS = Path(__file__).resolve().parent
+#: The tier ``./scripts/test.sh --quick`` leaves out (marker ``slow``), in one place: whole folders,
+#: and the unit-test modules that take seconds or more per test (tiny-model transfers, a server or
+#: a tool in a subprocess). Everything else is the quick tier: lint, types, the unit tests.
+SLOW_FOLDERS = ("integration", "golden", "deploy", "bench")
+SLOW_MODULES = (
+    "qalign_cli/test_main.py",  # transfers through the CLI with the tiny model
+    "qalign_core/test_pipeline.py",  # tiny-model transfers
+    "qalign_core/test_backbones.py",  # tiny-model transfers, SD 1.5 and SDXL shapes
+    "qalign_core/test_loading.py",  # saves and loads whole tiny models
+    "qalign_core/test_processors.py",  # tiny-model runs with the alignment log
+    "service/test_edge.py",  # `qalign serve` processes
+    "service/test_logs.py",  # loads the tiny model in a subprocess
+    "service/api/test_openapi.py",  # schemathesis over the whole document
+    "service/api/test_openapi_client_generation.py",  # generates and runs a client
+    "service/api/test_ssrf_in_netns.py",  # pytest again inside a network namespace
+)
+
+
+def mark_slow(items: list[pytest.Item]) -> None:
+    """Mark the slow tier (see SLOW_FOLDERS, SLOW_MODULES; and every loopback-namespace launcher,
+    which runs its module again in a subprocess); a listed module that no longer exists is an error,
+    so the quick tier cannot silently grow."""
+    missing = [name for name in SLOW_MODULES if not (TESTS / name).is_file()]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py SLOW_MODULES lists missing files: {missing}")
+    slow_modules = {TESTS / name for name in SLOW_MODULES}
+    for item in items:
+        path = Path(item.path)
+        relative = path.relative_to(TESTS) if path.is_relative_to(TESTS) else None
+        if relative is None:
+            continue
+        launcher = item.get_closest_marker("loopback_launcher") is not None
+        if relative.parts[0] in SLOW_FOLDERS or path in slow_modules or launcher:
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_sessionstart(session):
@@ -17,8 +54,10 @@ def pytest_sessionstart(session):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests of a module marked ``loopback_only`` (it names non-loopback addresses) run only inside the
-    loopback-only network namespace its launcher test starts (tests/net_helpers.py)."""
+    """The slow tier's marker (``mark_slow``). Tests of a module marked ``loopback_only`` (it names
+    non-loopback addresses) run only inside the loopback-only network namespace its launcher test
+    starts (tests/net_helpers.py)."""
+    mark_slow(items)
     if IN_NETNS:
         return
     skip = pytest.mark.skip(

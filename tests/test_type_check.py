@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKED = ["qalign_core", "qalign_schema", "qalign_client", "service"]
+CHECKED = ["qalign_core", "qalign_schema", "qalign_client", "service", "worker", "qalign_cli"]
 
 
 def test_mypy_is_strict_with_the_pydantic_plugin_on_every_package() -> None:

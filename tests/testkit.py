@@ -1,16 +1,18 @@
 """Helpers every test folder shares (tests/ is on sys.path through its conftest): ports, waiting,
-the HTTP helpers (submit, poll, assert_problem), a private redis-server, process stopping and a
-fake clock for TTLs."""
+the HTTP helpers (submit, poll, assert_problem), a private redis-server, process stopping, a
+fake clock for TTLs, and the skip-or-fail rule for a missing tool."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -34,6 +36,19 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+#: Set by .ci/run: there the web page's test fails when Chromium is missing instead of skipping.
+REQUIRE_BROWSER = "QALIGN_REQUIRE_BROWSER"
+
+
+def tool_missing(reason: str, required_by: str) -> NoReturn:
+    """Skip the calling test because a tool it drives is not installed; fail it instead when the
+    environment variable ``required_by`` is true (1, true, yes, on): where a run requires the tool,
+    its absence is a broken setup, not a test that may pass quietly."""
+    if os.environ.get(required_by, "").strip().lower() in {"1", "true", "yes", "on"}:
+        pytest.fail(f"{reason}; {required_by} is set, so this run requires it", pytrace=False)
+    pytest.skip(reason)
 
 
 # ---------------------------------------------------------------------------------------------- HTTP

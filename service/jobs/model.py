@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, get_args
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from qalign_schema.jobs import TERMINAL_STATUSES, ErrorType, JobStage, JobStatus, UndeliveredReason
 from qalign_schema.params import AdainMode
@@ -85,23 +85,6 @@ class Job(BaseModel):
     #: Store keys of the cached inversions this job's runs read or wrote (erasure removes those
     #: no other live job lists).
     inversion_keys: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _migrate_single_appearance(cls, data: object) -> object:
-        """Records written before jobs carried several appearances (v1.1) had ``appearance_key``
-        and ``result``: read them as one-item lists, so a queued old record still runs and a
-        finished one still serves its result."""
-        if not isinstance(data, dict) or ("appearance_key" not in data and "result" not in data):
-            return data
-        data = dict(data)
-        single = data.pop("appearance_key", None)
-        if single is not None and not data.get("appearance_keys"):
-            data["appearance_keys"] = [single]
-        result = data.pop("result", None)
-        if result is not None and not data.get("results"):
-            data["results"] = [result]
-        return data
 
     @property
     def finished(self) -> bool:

@@ -291,7 +291,6 @@ class SqliteJobRecords:
         query = (
             "SELECT DISTINCT listed FROM ("
             " SELECT json_extract(data, '$.structure_key') AS listed, id FROM jobs"
-            " UNION ALL SELECT json_extract(data, '$.appearance_key'), id FROM jobs"  # v1.1 records
             " UNION ALL SELECT app.value, jobs.id FROM jobs, json_each(jobs.data, '$.appearance_keys') AS app"
             " UNION ALL SELECT inv.value, jobs.id FROM jobs, json_each(jobs.data, '$.inversion_keys') AS inv"
             f") WHERE id != ? AND listed IN ({wanted})"

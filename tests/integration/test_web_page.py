@@ -7,6 +7,7 @@ page.
 The embedded service (tiny model) runs in this process on a free loopback port with an API key, so
 the page's key field and its fetch()-based events reader (EventSource cannot send a key) are used.
 Screenshots go to $QALIGN_SCREENSHOTS when set (else the test's tmp_path), to be looked at.
+Without Chromium the test skips, or fails where QALIGN_REQUIRE_BROWSER is set (.ci/run sets it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from testkit import LiveService
+from testkit import REQUIRE_BROWSER, LiveService, tool_missing
 
 from service.auth import hash_key
 
@@ -51,7 +52,10 @@ def chromium_path() -> str | None:
 def browser():
     path = chromium_path()
     if path is None:
-        pytest.skip("no Chromium found (/usr/bin/chromium): apt-get install chromium (scripts/test.sh does)")
+        tool_missing(
+            "no Chromium found (/usr/bin/chromium): apt-get install chromium (scripts/test.sh does as root)",
+            REQUIRE_BROWSER,
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

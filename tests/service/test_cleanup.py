@@ -30,7 +30,7 @@ def test_sweep_removes_expired_records_results_and_unreferenced_inputs(tmp_path,
             appearance_keys=[input_key(shared_input)],
             status="succeeded" if finished else "queued",
             finished_at=utcnow().fromtimestamp(created, tz=utcnow().tzinfo) if finished else None,
-            result=JobResult(key=f"results/{'0' * 32}.png", content_type="image/png", width=1, height=1),
+            results=[JobResult(key=f"results/{'0' * 32}.png", content_type="image/png", width=1, height=1)],
         )
         stores.records.create(record)
         store.put(f"results/{record.id}.png", b"png")
@@ -72,7 +72,7 @@ def test_sweep_removes_a_superseded_attempts_late_result_but_keeps_the_named_one
         Job(
             id=job_id, created_at=utcnow(), structure_key=input_key(b"s"), appearance_keys=[input_key(b"a")],
             status="succeeded", finished_at=utcnow(), attempts=2,
-            result=JobResult(key=named, content_type="image/png", width=1, height=1),
+            results=[JobResult(key=named, content_type="image/png", width=1, height=1)],
         )
     )  # fmt: skip
     old = time.time() - 7200

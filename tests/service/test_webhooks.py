@@ -13,12 +13,9 @@ from testkit import assert_problem, poll, submit, wait_for
 
 from qalign_schema.signing import signature_matches
 from service.webhooks import (
-    SIGNATURE_HEADER,
     WebhookRefused,
     check_webhook_url,
     deliver,
-    legacy_sign,
-    legacy_verify,
     sign,
 )
 
@@ -105,13 +102,6 @@ def test_whsec_secrets_sign_with_the_decoded_key():
     assert sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == expected
 
 
-def test_deprecated_signature_still_verifies():
-    body = b'{"id": "abc"}'
-    signature = legacy_sign(body, "s3cret")
-    assert signature.startswith("sha256=") and legacy_verify(body, "s3cret", signature)
-    assert not legacy_verify(body + b" ", "s3cret", signature)
-
-
 def test_failing_receiver_is_retried_with_backoff_and_never_raises():
     sleeps = []
     delivered = deliver(
@@ -177,7 +167,7 @@ def test_webhook_id_is_stable_across_retries_and_https_is_verified(tmp_path):
             headers = httpx.Headers(seen.headers)
             assert signed(seen.body, headers, "whsec_c2VjcmV0LWtleS1ieXRlcw==")
             assert headers["host"] == f"hook.test:{server.port}"
-            assert legacy_verify(seen.body, "whsec_c2VjcmV0LWtleS1ieXRlcw==", headers[SIGNATURE_HEADER])
+            assert "x-qalign-signature" not in headers, "the first version's body-only signature is gone"
         assert resolver.calls == ["hook.test", "hook.test"], "one look-up per attempt, at its check"
     finally:
         server.close()

@@ -20,7 +20,7 @@ from qalign_schema.submission import EVENT_KINDS, IDEMPOTENCY_KEY_MAX_LENGTH, MA
 
 
 def test_multipart_submit_poll_download(client, small_images, fake_pipeline):
-    response = submit(client, small_images, steps=10, skip_steps=3, align_steps_fine="2, 8", adain="false")
+    response = submit(client, small_images, steps=10, skip_steps=3, align_steps_fine="2, 8", adain="none")
     assert response.status_code == 202, response.text
     job = response.json()
     assert response.headers["location"] == f"/jobs/{job['id']}"
@@ -87,6 +87,7 @@ def test_json_submit_with_plain_and_data_url_base64(client, small_images):
         ({"skip_steps": 100}, "skip_steps", ">= 0 and <= 99"),
         ({"size": 100}, "size", ">= 64 and <= 1536 and a multiple of 32"),
         ({"method": "magic"}, "method", "one of qalign, cross_image"),
+        ({"adain": "true"}, "adain", "one of masked, plain, none"),  # the first version's boolean
         ({"contrast_strength": "abc"}, "contrast_strength", "> 0.0 and <= 10.0"),
         ({"bogus": 1}, "bogus", None),
     ],

@@ -4,7 +4,6 @@ keep heartbeats, leases and stage statistics the same way."""
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import threading
 import time
@@ -528,54 +527,3 @@ def test_redis_live_workers_come_from_the_name_set_not_a_keyspace_scan(redis_url
         assert set(workers.live()) == {"alive", "gone"}
     finally:
         stores.close()
-
-
-def v1_1_record(job: Job, result_key: str | None = None) -> str:
-    """``job`` as the previous version (one appearance per job) wrote it: ``appearance_key`` and
-    ``result``, no ``appearance_keys``, ``results`` or ``output``."""
-    data = json.loads(job.model_dump_json())
-    data["appearance_key"] = data.pop("appearance_keys")[0]
-    data.pop("results"), data.pop("output")
-    data["result"] = (
-        {"key": result_key, "content_type": "image/png", "width": 64, "height": 64} if result_key else None
-    )
-    return json.dumps(data)
-
-
-def store_raw(stores, job: Job, raw: str) -> None:
-    """Write a record's JSON as stored, bypassing the model (what an older version left behind)."""
-    records = stores.records
-    if hasattr(records, "client"):  # Redis
-        records.client.set(records._key(job.id), raw)
-        records.client.zadd(records._status_key(job.status), {job.id: job.created_at.timestamp()})
-    else:
-        records.db.run(
-            lambda db: db.execute(
-                "INSERT INTO jobs (id, status, created, data) VALUES (?, ?, ?, ?)",
-                (job.id, job.status, job.created_at.timestamp(), raw),
-            )
-        )
-
-
-def test_records_of_the_previous_version_load_as_one_item_lists(stores):
-    """A v1.1 record (one appearance_key, one result) still loads, runs and is erasable: migrated
-    on read, and written back in the new shape by the next change."""
-    own, shared = "inputs/" + "1" * 64, "inputs/" + "2" * 64
-    queued = Job(id=new_job_id(), created_at=utcnow(), structure_key=shared, appearance_keys=[own])
-    store_raw(stores, queued, v1_1_record(queued))
-    done = Job(
-        id=new_job_id(), created_at=utcnow(), status="succeeded", structure_key=shared, appearance_keys=[own]
-    )
-    store_raw(stores, done, v1_1_record(done, result_key=f"results/{done.id}.png"))
-    stores.records.migrate()  # what every process start does
-
-    loaded = stores.records.get(queued.id)
-    assert loaded.appearance_keys == [own] and loaded.results == [] and loaded.result is None
-    finished = stores.records.get(done.id)
-    assert [r.key for r in finished.results] == [f"results/{done.id}.png"] and finished.result.width == 64
-    # The next write stores the new shape; nothing of the old one is left.
-    claimed = claim(stores, queued.id, "w1")
-    assert claimed is not None and claimed.appearance_keys == [own]
-    assert '"appearance_keys"' in stores.records.get(queued.id).model_dump_json()
-    # Erasure still sees the input the old record lists.
-    assert own in stores.records.listed_by_others({own}, queued.id)

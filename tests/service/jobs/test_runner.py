@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import threading
 
 import pytest
@@ -109,25 +108,6 @@ def test_a_job_with_several_appearances_uploads_one_result_each_in_order(context
         done.metrics["rows_per_step"] == 10 and done.metrics["inversion_cache_hits"] == 2
     )  # repeated images
     assert done.metrics["adain_applied"] == "plain" and done.metrics["appearances"] == 3
-
-
-def test_a_record_of_the_previous_version_runs(context, small_images):
-    """A v1.1 record queued before an upgrade (``appearance_key``, no list) runs to its result."""
-    keys = [context.store.put_input(data, "image/png") for data in small_images]
-    job = Job(id=new_job_id(), created_at=utcnow(), structure_key=keys[0], appearance_keys=[keys[1]])
-    old = json.loads(job.model_dump_json())
-    old["appearance_key"] = old.pop("appearance_keys")[0]
-    old.pop("results"), old.pop("output")
-    old["result"] = None
-    context.stores.records.db.run(
-        lambda db: db.execute(
-            "INSERT INTO jobs (id, status, created, data) VALUES (?, ?, ?, ?)",
-            (job.id, "queued", job.created_at.timestamp(), json.dumps(old)),
-        )
-    )
-    done = execute_job(context, job.id)
-    assert done.status == "succeeded" and len(done.results) == 1
-    assert context.pipeline.calls[0][1] == [small_images[1]]
 
 
 def test_a_failing_pipeline_fails_the_job_with_a_typed_error(context, small_images):
