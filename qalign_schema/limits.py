@@ -90,9 +90,7 @@ def _choices(field: str) -> list[str]:
     return sorted(values, key=lambda value: value != _default(field))
 
 
-def limits(
-    *, max_upload_bytes: int, max_pixels: int, max_request_bytes: int, max_json_bytes: int
-) -> Limits:
+def limits(*, max_upload_bytes: int, max_pixels: int, max_request_bytes: int, max_json_bytes: int) -> Limits:
     """The limits object, given the deployment's settings (the rest is fixed by this package)."""
     return Limits(
         max_appearances=MAX_APPEARANCES,

@@ -355,9 +355,7 @@ def test_non_images_are_refused_when_dropped_or_chosen(page, photo_files, tmp_pa
     page.screenshot(path=str(shots / "page-not-an-image.png"), full_page=True)
 
 
-def test_at_most_max_appearances_and_both_kinds_of_image_needed(
-    page, photo_files, tmp_path, shots, limits
-):
+def test_at_most_max_appearances_and_both_kinds_of_image_needed(page, photo_files, tmp_path, shots, limits):
     most = limits["max_appearances"]
     page.click("#submit")  # nothing chosen: said on the page, nothing sent
     problem = page.locator("#form-problem")

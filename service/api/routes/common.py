@@ -45,9 +45,9 @@ def problem(
     instance: str = f"/jobs/{EXAMPLE_ID}",
 ) -> dict[str, Any]:
     """An error response: problem details with one example (``kind`` None: about:blank)."""
-    example = Problem.of(
-        status, detail, kind=kind, title=title, instance=instance, errors=errors
-    ).model_dump(exclude_none=True)
+    example = Problem.of(status, detail, kind=kind, title=title, instance=instance, errors=errors).model_dump(
+        exclude_none=True
+    )
     declared: dict[str, Any] = {
         "description": description or title,
         "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA, "example": example}},

@@ -154,9 +154,8 @@ async def submit_transfer(
     svc: ServicesDep,
     owner: Owner,
     prefer: Annotated[
-        str | None, Header(
-            description=f"wait=N (1-{MAX_PREFER_WAIT_S}): hold the answer until the job ends or N s pass"
-        )
+        str | None,
+        Header(description=f"wait=N (1-{MAX_PREFER_WAIT_S}): hold the answer until the job ends or N s pass"),
     ] = None,
 ) -> JobOut:
     """Multipart (files `structure`, `appearance` + parameter fields) or JSON with base64 images.
