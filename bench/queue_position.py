@@ -21,9 +21,9 @@ import time
 import redis
 
 from bench.load_api import free_port, wait_until
+from service.backends.redis_records import open_redis_stores
 from service.jobs import Job, new_job_id, utcnow
 from service.jobs.estimates import QueueSnapshot
-from service.jobs.redis_store import open_redis_stores
 
 
 def median_ms(fn, polls: int) -> float:

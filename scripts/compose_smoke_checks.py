@@ -150,7 +150,7 @@ def result_in_s3(s3, api: httpx.Client, body: dict) -> None:
 
 def record(job_id: str):
     """The job's record in Redis (attempts, worker): what the public job object does not show."""
-    from service.jobs.redis_store import open_redis_stores
+    from service.backends.redis_records import open_redis_stores
 
     url = f"redis://:{os.environ['REDIS_PASSWORD']}@127.0.0.1:{os.environ['QALIGN_SMOKE_REDIS_PORT']}/0"
     stores = open_redis_stores(url, ttl=3600)

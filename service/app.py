@@ -1,5 +1,5 @@
-"""``uvicorn service.app:app`` (the deployed entry point): the app of service.api.app."""
+"""``uvicorn service.app:app`` (the deployed entry point): the app of service.http.app."""
 
-from service.api.app import app, create_app
+from service.http.app import app, create_app
 
 __all__ = ["app", "create_app"]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import uvicorn
 
-    from service.api.admission import Readiness
+    from service.usecases.admission import Readiness
 
 logger = logging.getLogger("qalign.api")
 
@@ -57,13 +57,13 @@ class ReadyAnnouncer:
 
 
 def serve(host: str, port: int, *, workers: int = 1, graceful_shutdown_s: int = 30) -> None:
-    """Run the API with the edge limits of service.edge (every start path comes through here: the
+    """Run the API with the edge limits of service.http.edge (every start path comes through here: the
     image, compose and Kubernetes run ``qalign serve``). Embedded mode is one process and refuses
     at once (one log line, exit 1) when another process holds the data directory, before uvicorn
     starts or the port is bound."""
     import uvicorn
 
-    from service.edge import uvicorn_options
+    from service.http.edge import uvicorn_options
     from service.logs import configure_logging
     from service.settings import Settings
 

@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(1.0, ge=0.0, description="First retry delay; doubles per attempt.")
     webhook_timeout_s: float = Field(5.0, gt=0.0, description="Timeout of one webhook POST (s).")
     webhook_workers: int = Field(
-        4, ge=1, le=64, description="Jobs whose webhooks are delivered at once by the event dispatcher."
+        4, ge=1, le=64, description="Jobs whose webhooks are delivered at once by the outbox drainer."
     )
     webhook_drain_s: float = Field(
         10.0,
@@ -157,7 +157,7 @@ class Settings(BaseSettings):
         "durable outbox and go out after the next start.",
     )
     outbox_poll_s: float = Field(
-        0.2, gt=0.0, le=10.0, description="How often the event dispatcher looks for new events (s)."
+        0.2, gt=0.0, le=10.0, description="How often the outbox drainer looks for new events (s)."
     )
     outbound_ca_bundle: Path | None = Field(
         None,

@@ -25,10 +25,11 @@ import httpx
 
 from qalign_schema.jobs import UndeliveredReason
 from qalign_schema.signing import sign
+from service.backends.blobs import BlobStore
 from service.jobs.events import OutboxEvent
 from service.jobs.model import Job, UndeliveredWebhook, utcnow
 from service.jobs.public import job_json
-from service.jobs.store import WEBHOOKS_UNDELIVERED, JobStores, StoreUnavailable
+from service.jobs.records import WEBHOOKS_UNDELIVERED, JobStoreDown, JobStores
 from service.netguard import (
     HostNotResolved,
     NetPolicy,
@@ -43,7 +44,6 @@ from service.netguard import (
     resolve,
 )
 from service.settings import Settings
-from service.storage import ObjectStore
 
 log = logging.getLogger("qalign.webhooks")
 
@@ -147,7 +147,7 @@ def _post(
 
 
 class WebhookSender:
-    """The outbox dispatcher's sink (``service.jobs.outbox.EventSink``): one event as a signed
+    """The outbox drainer's sink (``service.jobs.outbox.EventSink``): one event as a signed
     webhook POST, built from the record as it was at the change.
 
     An event of a job that no longer exists (erased, expired) is dropped unsent. An event that
@@ -156,8 +156,8 @@ class WebhookSender:
     and appended to its job record (``webhook_undelivered``), and then it leaves the outbox.
     """
 
-    def __init__(self, settings: Settings, store: ObjectStore, stores: JobStores) -> None:
-        self.settings, self.store, self.stores = settings, store, stores
+    def __init__(self, settings: Settings, blobs: BlobStore, stores: JobStores) -> None:
+        self.settings, self.blobs, self.stores = settings, blobs, stores
 
     def send(self, event: OutboxEvent, stopping: threading.Event) -> bool:
         job = event.job
@@ -171,7 +171,7 @@ class WebhookSender:
             self.give_up(event, "refused", "QALIGN_WEBHOOK_SECRET is unset: webhooks cannot be signed")
             return True
         try:
-            body = job_json(job, self.store, self.settings)
+            body = job_json(job, self.blobs, self.settings)
         except Exception as exc:  # e.g. presigning failed: the job's outcome stands regardless
             log.warning("could not build the webhook body", exc_info=True, extra={"job_id": job.id})
             self.give_up(event, "failed", f"the body could not be built: {describe(exc)}")
@@ -210,7 +210,7 @@ class WebhookSender:
         )
         try:
             self.stores.counters.add(WEBHOOKS_UNDELIVERED, reason)
-        except StoreUnavailable:  # the log line and the record still say it
+        except JobStoreDown:  # the log line and the record still say it
             log.warning("could not count the undelivered webhook", exc_info=True)
         entry = UndeliveredWebhook(
             webhook_id=event.id, status=event.status, reason=reason, detail=detail[:500], at=utcnow()
@@ -221,5 +221,5 @@ class WebhookSender:
 
         try:
             self.stores.records.apply(event.job_id, note)
-        except StoreUnavailable:
+        except JobStoreDown:
             log.warning("could not record the undelivered webhook on its job", exc_info=True)

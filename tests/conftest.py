@@ -21,11 +21,11 @@ SLOW_MODULES = (
     "qalign_core/test_backbones.py",  # tiny-model transfers, SD 1.5 and SDXL shapes
     "qalign_core/test_loading.py",  # saves and loads whole tiny models
     "qalign_core/test_processors.py",  # tiny-model runs with the alignment log
-    "service/test_edge.py",  # `qalign serve` processes
+    "service/http/test_edge.py",  # `qalign serve` processes
     "service/test_logs.py",  # loads the tiny model in a subprocess
-    "service/api/test_openapi.py",  # schemathesis over the whole document
-    "service/api/test_openapi_client_generation.py",  # generates and runs a client
-    "service/api/test_ssrf_in_netns.py",  # pytest again inside a network namespace
+    "service/http/test_openapi.py",  # schemathesis over the whole document
+    "service/http/test_openapi_client_generation.py",  # generates and runs a client
+    "service/http/test_ssrf_in_netns.py",  # pytest again inside a network namespace
 )
 
 

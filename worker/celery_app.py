@@ -1,8 +1,8 @@
 """The Celery application of the GPU worker (``celery -A worker.celery_app worker``).
 
-Configured in one place, service.queue, which the API also uses to publish; this module adds the
-task module and the step that keeps the worker off the queue until its model is loaded. Importing
-it is cheap (no torch, no connection).
+Configured in one place, ``service.backends.celery_queue``, which the API also uses to publish;
+this module adds the task module and the step that keeps the worker off the queue until its model
+is loaded. Importing it is cheap (no torch, no connection).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 from celery import bootsteps
 
+from service.backends.celery_queue import MODEL_LOAD_TIMEOUT_S, QUEUE, TASK_NAME, make_celery
 from service.logs import configure_logging
-from service.queue import MODEL_LOAD_TIMEOUT_S, QUEUE, TASK_NAME, make_celery
 from service.settings import Settings
 
 __all__ = ["QUEUE", "TASK_NAME", "app", "make_celery"]
@@ -41,7 +41,7 @@ class ConsumeAfterModelLoad(bootsteps.StartStopStep):  # type: ignore[misc]  # c
         pids = _pool_pids(consumer)
         if not pids:
             return
-        from service.jobs import open_job_stores
+        from service.backends import open_job_stores
 
         stores = open_job_stores(Settings())
         host, started = socket.gethostname(), time.monotonic()
@@ -78,5 +78,6 @@ def _pool_pids(consumer: Any) -> list[int]:
 _settings = Settings()
 # JSON from the first line: Celery warns (e.g. about running as root) before its logging signals fire.
 configure_logging(_settings.log_level)
-app = make_celery(_settings, imports=("worker.tasks",))
+# worker.signals connects the handlers (logging, model load, shutdown, hard time limit) on import.
+app = make_celery(_settings, imports=("worker.tasks", "worker.signals"))
 app.steps["consumer"].add(ConsumeAfterModelLoad)

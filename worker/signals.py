@@ -15,7 +15,8 @@ from typing import Any
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
 
-from service.jobs import StoreUnavailable, lifecycle, open_job_stores
+from service.backends import open_job_stores
+from service.jobs import JobStoreDown, lifecycle
 from service.logs import configure_logging
 from worker import tasks
 from worker.celery_app import TASK_NAME
@@ -107,7 +108,7 @@ def _hard_time_limit(
         stores.records.apply(
             str(args[0]), lifecycle.hard_time_limit(settings.job_hard_time_limit, os.getpid())
         )
-    except StoreUnavailable:
+    except JobStoreDown:
         logger.warning("could not record the hard time limit of job %s", args[0], exc_info=True)
     finally:
         stores.close()

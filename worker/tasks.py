@@ -19,14 +19,15 @@ import redis
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from service.jobs import JobStores, StoreUnavailable, lifecycle, open_job_stores, worker_name
+from service.backends import open_job_stores
+from service.backends.blobs import BlobStore, open_blob_store
+from service.backends.celery_queue import broker_view
+from service.jobs import JobStoreDown, JobStores, lifecycle, worker_name
 from service.jobs.heartbeat import Heartbeat
 from service.jobs.runner import JobContext, TransferPipeline, load_pipeline, run_job
 from service.jobs.takeover import TakeoverWatch
 from service.logs import configure_logging
-from service.queue import broker_view
 from service.settings import Settings
-from service.storage import ObjectStore, make_object_store
 from worker.celery_app import TASK_NAME, app
 
 logger = logging.getLogger("qalign.worker")
@@ -39,7 +40,7 @@ class WorkerState:
     settings: Settings
     pipeline: TransferPipeline
     stores: JobStores
-    store: ObjectStore
+    blobs: BlobStore
     name: str
     heartbeat: Heartbeat | None
     takeover: TakeoverWatch | None = None
@@ -47,7 +48,7 @@ class WorkerState:
     def context(self) -> JobContext:
         return JobContext(
             self.stores,
-            self.store,
+            self.blobs,
             self.settings,
             self.pipeline,
             worker=self.name,
@@ -76,10 +77,10 @@ def worker_state() -> WorkerState:
             settings = worker_settings()
             configure_logging(settings.log_level)
             pipeline = load_pipeline(settings)
-            stores, store = open_job_stores(settings), make_object_store(settings)
+            stores, blobs = open_job_stores(settings), open_blob_store(settings)
             name = worker_name()
             heartbeat = Heartbeat(stores.workers, name, settings, pipeline)
-            _state = WorkerState(settings, pipeline, stores, store, name, heartbeat)
+            _state = WorkerState(settings, pipeline, stores, blobs, name, heartbeat)
             heartbeat.start()
             _state.takeover = TakeoverWatch(
                 stores.records,
@@ -118,7 +119,7 @@ def _transfer(self: Task, job_id: str) -> str | None:
         state.heartbeat.beat()
     try:
         outcome = lifecycle.delivery(run_job(state.context(), job_id), state.settings)
-    except StoreUnavailable as exc:
+    except JobStoreDown as exc:
         outcome = lifecycle.store_unreachable(state.settings, exc)
         logger.warning("job store unreachable; job requeued: %s", exc, extra={"job_id": job_id})
     finally:
@@ -148,5 +149,3 @@ def fault_point(name: str, job_id: str) -> None:
         logger.warning("fault injection: killing this worker at %s", name, extra={"job_id": job_id})
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
-
-from worker import signals as _signals  # noqa: E402,F401 - connects the worker's signal handlers

@@ -15,7 +15,7 @@ from service.jobs.model import (
     utcnow,
     worker_name,
 )
-from service.jobs.store import JobStores, StoreUnavailable, open_job_stores
+from service.jobs.records import JobStoreDown, JobStores
 
 __all__ = [
     "STAGES",
@@ -27,9 +27,8 @@ __all__ = [
     "JobStage",
     "JobStatus",
     "JobStores",
-    "StoreUnavailable",
+    "JobStoreDown",
     "new_job_id",
-    "open_job_stores",
     "utcnow",
     "worker_name",
 ]

@@ -15,14 +15,14 @@ import queue
 import threading
 from pathlib import Path
 
+from service.backends.blobs import BlobStore
 from service.jobs import lifecycle, model
 from service.jobs.heartbeat import Heartbeat
+from service.jobs.records import JobStores
 from service.jobs.runner import JobContext, PipelineFactory, TransferPipeline, execute_job, load_pipeline
 from service.jobs.single_writer import hold_data_dir, let_go
-from service.jobs.store import JobStores
 from service.logs import job_context
 from service.settings import Settings
-from service.storage import ObjectStore
 
 logger = logging.getLogger("qalign.embedded")
 
@@ -32,10 +32,10 @@ class EmbeddedRunner:
         self,
         settings: Settings,
         stores: JobStores,
-        store: ObjectStore,
+        blobs: BlobStore,
         pipeline_factory: PipelineFactory = load_pipeline,
     ) -> None:
-        self.settings, self.stores, self.store = settings, stores, store
+        self.settings, self.stores, self.blobs = settings, stores, blobs
         self.pipeline_factory = pipeline_factory
         self.name = f"embedded:{model.worker_name()}"
         self.pipeline: TransferPipeline | None = None
@@ -113,7 +113,7 @@ class EmbeddedRunner:
             self._heartbeat = Heartbeat(self.stores.workers, self.name, self.settings, self.pipeline).start()
             ctx = JobContext(
                 self.stores,
-                self.store,
+                self.blobs,
                 self.settings,
                 self.pipeline,
                 worker=self.name,

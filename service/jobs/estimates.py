@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from service.jobs.model import Job
-from service.jobs.store import JobStores
+from service.jobs.records import JobStores
 from service.jobs.transitions import STAGE_SPANS
 
 #: The stages of one run, in order (the keys of the progress bar).

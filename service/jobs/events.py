@@ -18,7 +18,7 @@ from service.jobs.model import Job, utcnow
 
 
 class OutboxEvent(BaseModel):
-    """One event waiting in the durable outbox until the dispatcher has delivered it."""
+    """One event waiting in the durable outbox until the outbox drainer has delivered it."""
 
     id: str  # the webhook-id: the same for every retry and every redelivery of this event
     job: Job  # the record right after the change: the webhook body is built from it

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from service.jobs.store import StoreUnavailable, WorkerRegistry
+from service.jobs.records import JobStoreDown, WorkerRegistry
 from service.settings import Settings
 
 logger = logging.getLogger("qalign.worker")
@@ -59,7 +59,7 @@ class Heartbeat:
     def beat(self) -> None:
         try:
             self.workers.heartbeat(self.name, self.info(), self.settings.heartbeat_ttl)
-        except StoreUnavailable:
+        except JobStoreDown:
             logger.warning("heartbeat failed: job store unreachable")
 
     def _loop(self) -> None:

@@ -30,8 +30,9 @@ from pydantic import ValidationError
 
 from qalign_core.errors import InvalidImageError, ModelLoadError, QAlignError
 from qalign_schema.jobs import ErrorType
+from service.backends.blobs import BlobNotFound, BlobStoreDown
 from service.jobs.model import Job
-from service.jobs.store import StoreUnavailable
+from service.jobs.records import JobStoreDown
 from service.jobs.transitions import (
     Mutation,
     back_to_queue,
@@ -43,7 +44,6 @@ from service.jobs.transitions import (
     superseded,
 )
 from service.settings import Settings
-from service.storage import ObjectNotFound, StorageUnavailable
 
 # --- outcomes
 
@@ -121,8 +121,9 @@ class Republish:
 
 @dataclass(frozen=True)
 class BrokerView:
-    """What the broker holds of our jobs (an observation, read by ``service.queue.broker_view``):
-    ids waiting in the queue, and the delivery time (epoch s) of each delivered, unacked message."""
+    """What the broker holds of our jobs (an observation, read by
+    ``service.backends.celery_queue.broker_view``): ids waiting in the queue, and the delivery
+    time (epoch s) of each delivered, unacked message."""
 
     waiting: frozenset[str] = frozenset()
     delivered: Mapping[str, float] = field(default_factory=dict)
@@ -314,9 +315,9 @@ def failure(
         return "invalid_parameters", str(exc)
     if isinstance(exc, QAlignError):
         return "invalid_request", str(exc)
-    if isinstance(exc, ObjectNotFound):
+    if isinstance(exc, BlobNotFound):
         return "input_missing", f"an input image is missing from the store: {exc}"
-    if isinstance(exc, (StorageUnavailable, StoreUnavailable)):
+    if isinstance(exc, (BlobStoreDown, JobStoreDown)):
         return "storage_unavailable", str(exc)
     return "internal_error", f"the worker failed unexpectedly ({type(exc).__name__}); see the worker logs"
 

@@ -52,7 +52,7 @@ OutputRecord = dict[str, int | bool | dict[str, int] | None]
 
 class Job(BaseModel):
     """One transfer request and everything known about its run (internals included: store keys,
-    worker, attempts; the public shape is service.api.schemas.JobOut)."""
+    worker, attempts; the public shape is service.http.schemas.JobOut)."""
 
     id: str
     status: JobStatus = "queued"

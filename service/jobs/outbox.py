@@ -1,4 +1,4 @@
-"""The one dispatcher of job events: it drains the durable outbox that ``JobRecords.apply`` fills.
+"""The one drainer of job events: it empties the durable outbox that ``JobRecords.apply`` fills.
 
 Every process that serves the API runs one (``Services``); in distributed mode they share the
 outbox in Redis and a lease decides which of them drains it, so one drainer delivers at a time and
@@ -8,7 +8,7 @@ moment loses nothing: the next drainer delivers what is left (at least once; the
 stable, so a receiver drops a duplicate). The events of one job go out in order, one at a time;
 different jobs' events go out in parallel on a bounded pool.
 
-At stop (embedded mode: the app's shutdown) the dispatcher keeps draining for up to ``drain_s``
+At stop (embedded mode: the app's shutdown) the drainer keeps draining for up to ``drain_s``
 seconds, then cuts retries short; what is still undelivered stays in the outbox for the next start.
 
 No HTTP here: the sink (``service.webhooks.WebhookSender``) is injected.
@@ -23,12 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from service.jobs.events import OutboxEvent
-from service.jobs.store import JobStores, StoreUnavailable
+from service.jobs.records import JobStoreDown, JobStores
 
 logger = logging.getLogger("qalign.events")
 
 #: The lease that makes one process the drainer (WorkerRegistry.hold).
-LEASE = "outbox-dispatcher"
+LEASE = "outbox-drainer"
 
 
 class EventSink(Protocol):
@@ -38,7 +38,7 @@ class EventSink(Protocol):
         ...
 
 
-class OutboxDispatcher:
+class OutboxDrainer:
     def __init__(
         self,
         stores: JobStores,
@@ -59,7 +59,7 @@ class OutboxDispatcher:
         self._stopping = threading.Event()  # cut deliveries short (retries stop, events stay)
         self._thread: threading.Thread | None = None
 
-    def start(self) -> OutboxDispatcher:
+    def start(self) -> OutboxDrainer:
         self._thread = threading.Thread(target=self._loop, name="qalign-outbox", daemon=True)
         self._thread.start()
         return self
@@ -75,12 +75,12 @@ class OutboxDispatcher:
             try:
                 if self.drain_once() is None or (self.idle() and self.stores.outbox.count() == 0):
                     break
-            except StoreUnavailable:
+            except JobStoreDown:
                 break
             self._stopping.wait(min(self.poll_s, max(deadline - time.monotonic(), 0)))
         self._stopping.set()
         self._pool.shutdown(wait=True, cancel_futures=True)  # chains not started stay in the outbox
-        logger.info("event dispatcher stopped")
+        logger.info("outbox drainer stopped")
 
     def idle(self) -> bool:
         with self._lock:
@@ -108,9 +108,9 @@ class OutboxDispatcher:
         while not self._closing.is_set():
             try:
                 self.drain_once()
-            except StoreUnavailable as exc:  # the outbox keeps the events: the next pass sends them
+            except JobStoreDown as exc:  # the outbox keeps the events: the next pass sends them
                 logger.warning("event outbox unreachable: %s", exc)
-            except Exception:  # the dispatcher must never die
+            except Exception:  # the drainer must never die
                 logger.exception("event dispatch failed")
             self._closing.wait(self.poll_s)
 
@@ -122,7 +122,7 @@ class OutboxDispatcher:
                     return  # cut short by the stop: it and the later ones stay in the outbox
                 try:
                     self.stores.outbox.ack(event.id)
-                except StoreUnavailable:  # stays: delivered again later (same webhook-id)
+                except JobStoreDown:  # stays: delivered again later (same webhook-id)
                     logger.warning("could not remove a delivered event from the outbox", exc_info=True)
                     return
         except Exception:

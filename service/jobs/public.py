@@ -15,11 +15,11 @@ import logging
 from datetime import timedelta
 
 from qalign_schema.jobs import ErrorOut, JobMetricsOut, JobOut, JobUrls, OutputOut, ResultOut
+from service.backends.blobs import BlobStore, BlobStoreDown
 from service.jobs.estimates import QueueSnapshot
 from service.jobs.model import Job, utcnow
 from service.jobs.usage import job_usage
 from service.settings import Settings
-from service.storage import ObjectStore, StorageUnavailable
 
 logger = logging.getLogger("qalign.jobs")
 
@@ -44,7 +44,7 @@ def job_urls(job_id: str, base: str, appearances: int = 1) -> JobUrls:
 
 def job_out(
     job: Job,
-    store: ObjectStore,
+    blobs: BlobStore,
     settings: Settings,
     *,
     base_url: str | None = None,
@@ -58,7 +58,7 @@ def job_out(
     and eta_s; without it a running job still says queue_position 0.
     """
     base = job_base(job, settings, base_url)
-    results = [_result_out(job, index, store, settings, base) for index in range(len(job.results))]
+    results = [_result_out(job, index, blobs, settings, base) for index in range(len(job.results))]
     position = eta = waiting_for = None
     if queue is not None:
         position, eta, waiting_for = queue.position(job), queue.eta_s(job), queue.waiting_for(job)
@@ -87,11 +87,11 @@ def job_out(
     )
 
 
-def _result_out(job: Job, index: int, store: ObjectStore, settings: Settings, base: str | None) -> ResultOut:
+def _result_out(job: Job, index: int, blobs: BlobStore, settings: Settings, base: str | None) -> ResultOut:
     stored = job.results[index]
     try:
-        url = store.presigned_url(stored.key, settings.result_url_ttl)
-    except StorageUnavailable:
+        url = blobs.presigned_url(stored.key, settings.result_url_ttl)
+    except BlobStoreDown:
         logger.warning("could not presign a result URL; using the API's result URL", exc_info=True)
         url = None
     expires = utcnow() + timedelta(seconds=settings.result_url_ttl) if url else None
@@ -117,6 +117,6 @@ def _output(job: Job) -> OutputOut | None:
     return None
 
 
-def job_json(job: Job, store: ObjectStore, settings: Settings) -> bytes:
+def job_json(job: Job, blobs: BlobStore, settings: Settings) -> bytes:
     """The job object serialised as the API serialises it (compact JSON)."""
-    return job_out(job, store, settings).model_dump_json().encode()
+    return job_out(job, blobs, settings).model_dump_json().encode()

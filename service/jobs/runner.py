@@ -19,21 +19,21 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from qalign_core.errors import TransferCanceled
 from qalign_core.params import TransferParams
-from service.jobs import lifecycle, transitions
-from service.jobs.lifecycle import StopReason
-from service.jobs.model import Job, JobResult, OutputRecord, worker_name
-from service.jobs.store import JobStores, StoreUnavailable
-from service.logs import job_context
-from service.settings import Settings
-from service.storage import (
+from service.backends.blobs import (
     EXTENSIONS,
-    ObjectNotFound,
-    ObjectStore,
-    StorageUnavailable,
-    StoreInversionCache,
+    BlobInversionCache,
+    BlobNotFound,
+    BlobStore,
+    BlobStoreDown,
     inversion_store_key,
     result_key,
 )
+from service.jobs import lifecycle, transitions
+from service.jobs.lifecycle import StopReason
+from service.jobs.model import Job, JobResult, OutputRecord, worker_name
+from service.jobs.records import JobStoreDown, JobStores
+from service.logs import job_context
+from service.settings import Settings
 
 if TYPE_CHECKING:  # the API process never imports torch: the pipeline is loaded by load_pipeline
     from qalign_core.pipeline import QAlignPipeline, TransferResult
@@ -53,7 +53,7 @@ class TransferPipeline(Protocol):
         *,
         progress: Callable[[str, float], None],
         should_cancel: Callable[[], bool],
-        inversion_cache: StoreInversionCache | None,
+        inversion_cache: BlobInversionCache | None,
     ) -> TransferResult: ...
 
 
@@ -72,7 +72,7 @@ class JobContext:
     """
 
     stores: JobStores
-    store: ObjectStore
+    blobs: BlobStore
     settings: Settings
     pipeline: TransferPipeline
     worker: str | None = None
@@ -80,12 +80,12 @@ class JobContext:
     time_limit_errors: tuple[type[BaseException], ...] = ()
 
 
-class TrackedInversionCache(StoreInversionCache):
+class TrackedInversionCache(BlobInversionCache):
     """The store's inversion cache, remembering which entries this run read and which it wrote:
     the record lists them for erasure, and a run whose job was erased meanwhile deletes its own."""
 
-    def __init__(self, store: ObjectStore) -> None:
-        super().__init__(store)
+    def __init__(self, blobs: BlobStore) -> None:
+        super().__init__(blobs)
         self.used: list[str] = []
         self.written: list[str] = []
 
@@ -119,7 +119,7 @@ class JobTracker:
         self.last_write = 0.0
         self.last_check = 0.0
         self.stop_reason: StopReason | None = None
-        self.cache = TrackedInversionCache(ctx.store) if ctx.settings.inversion_cache else None
+        self.cache = TrackedInversionCache(ctx.blobs) if ctx.settings.inversion_cache else None
 
     def held(self, change: transitions.Mutation) -> transitions.Mutation:
         """``change`` applied only while the record still names this run (transitions.as_holder)."""
@@ -139,7 +139,7 @@ class JobTracker:
             self.ctx.stores.records.apply(
                 self.job_id, self.held(lambda job: transitions.progress(job, stage, fraction))
             )
-        except StoreUnavailable:  # progress is best effort: a Redis blip must not cost the run
+        except JobStoreDown:  # progress is best effort: a Redis blip must not cost the run
             logger.warning("could not record progress: job store unreachable")
 
     def end_stage(self, now: float | None = None) -> None:
@@ -147,7 +147,7 @@ class JobTracker:
             elapsed = (now or time.monotonic()) - self.stage_started
             try:
                 self.ctx.stores.stages.observe(self.stage, elapsed)
-            except StoreUnavailable:
+            except JobStoreDown:
                 logger.warning("could not record stage duration", exc_info=True)
             self.stage = None
 
@@ -165,7 +165,7 @@ class JobTracker:
         self.last_check = now
         try:
             job = self.ctx.stores.records.get(self.job_id)
-        except StoreUnavailable:  # cannot read the cancel flag now: keep going, look again later
+        except JobStoreDown:  # cannot read the cancel flag now: keep going, look again later
             return False
         self.stop_reason = lifecycle.stop_reason(job, self.claimed_by, self.attempt)
         return self.stop_reason is not None
@@ -237,7 +237,7 @@ def _outcome(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
         else:
             logger.warning("job failed: %s", detail, extra={"error_type": kind})
         # The job store itself gave up after the deadline: one more try, then the message is requeued.
-        wait = not isinstance(exc, StoreUnavailable)
+        wait = not isinstance(exc, JobStoreDown)
         final = _noting(ctx, tracker, lambda j: transitions.fail(j, kind, detail), wait=wait)
         if final is not None and transitions.superseded(final, tracker.claimed_by or "", tracker.attempt):
             return _lost(final)
@@ -290,17 +290,17 @@ def _discard_writes(ctx: JobContext, job: Job, tracker: JobTracker) -> None:
     keys += tracker.cache.written if tracker.cache is not None else []
     for key in keys:
         try:
-            ctx.store.delete(key)
-        except (StorageUnavailable, ObjectNotFound):
+            ctx.blobs.delete(key)
+        except (BlobStoreDown, BlobNotFound):
             logger.warning("could not delete %s written for an erased job; the expiry sweep will", key)
 
 
 def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
     params = TransferParams.model_validate(job.params)
-    store = ctx.store
-    structure = through_outage(ctx, "read the inputs", lambda: store.get(job.structure_key), tracker)
+    blobs = ctx.blobs
+    structure = through_outage(ctx, "read the inputs", lambda: blobs.get(job.structure_key), tracker)
     appearances = [
-        through_outage(ctx, "read the inputs", functools.partial(store.get, key), tracker)
+        through_outage(ctx, "read the inputs", functools.partial(blobs.get, key), tracker)
         for key in job.appearance_keys
     ]
     result = ctx.pipeline.transfer(
@@ -334,7 +334,7 @@ def _run(ctx: JobContext, job: Job, tracker: JobTracker) -> Job | None:
         through_outage(
             ctx,
             "upload the result",
-            functools.partial(store.put, key, data, result.content_type),
+            functools.partial(blobs.put, key, data, result.content_type),
             tracker,
         )
         keys.append(key)
@@ -429,7 +429,7 @@ def _scalar(value: object) -> bool:
 #: First pause and longest pause between tries while storage is unreachable (doubling in between).
 OUTAGE_FIRST_DELAY_S = 0.5
 OUTAGE_MAX_DELAY_S = 5.0
-_OUTAGE_ERRORS = (StorageUnavailable, StoreUnavailable)
+_OUTAGE_ERRORS = (BlobStoreDown, JobStoreDown)
 
 
 def through_outage(ctx: JobContext, what: str, call: Callable[[], T], tracker: JobTracker | None = None) -> T:

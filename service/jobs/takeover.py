@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 
 from service.jobs import lifecycle
-from service.jobs.store import JobRecords, StoreUnavailable, WorkerRegistry
+from service.jobs.records import JobRecords, JobStoreDown, WorkerRegistry
 
 logger = logging.getLogger("qalign.worker")
 
@@ -90,7 +90,7 @@ class TakeoverWatch:
         now = self.clock()
         try:
             uptime = self.workers.uptime()
-        except StoreUnavailable:
+        except JobStoreDown:
             self.reachable_since = None
             return False
         if self.reachable_since is None:
@@ -107,7 +107,7 @@ class TakeoverWatch:
         try:
             lost = orphaned(self.records, self.workers)
             lost += self.stranded()
-        except StoreUnavailable:
+        except JobStoreDown:
             self.reachable_since = None
             return []
         republished: list[str] = []
@@ -119,7 +119,7 @@ class TakeoverWatch:
             try:
                 if not self.workers.try_lock(lease, ttl):
                     continue
-            except StoreUnavailable:
+            except JobStoreDown:
                 return republished
             logger.warning(
                 "republishing job %s: %s",

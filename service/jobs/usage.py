@@ -7,7 +7,7 @@ from datetime import datetime
 
 from qalign_schema.jobs import JobUsageOut, UsageOut
 from service.jobs.model import Job
-from service.jobs.store import JobRecords
+from service.jobs.records import JobRecords
 
 #: Records read per store call while summing a period (newest first, as GET /jobs pages them).
 USAGE_PAGE = 200

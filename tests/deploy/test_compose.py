@@ -83,7 +83,7 @@ def test_services_present(compose):
 
 
 def test_api_runs_qalign_serve_with_several_workers(compose):
-    """`qalign serve` (not bare uvicorn): the edge limits of service.edge apply."""
+    """`qalign serve` (not bare uvicorn): the edge limits of service.http.edge apply."""
     api = compose["services"]["api"]
     command = command_of(api)
     assert command[:2] == ["qalign", "serve"]

@@ -154,7 +154,7 @@ def test_every_pod_is_non_root_with_a_read_only_root():
 
 def test_scaledobject_scales_on_the_celery_queue_to_zero():
     """Checked here because no offline validator has KEDA's schema: the fields KEDA reads."""
-    from service.queue import QUEUE
+    from service.backends.celery_queue import QUEUE
 
     for target in OVERLAYS:
         docs = objects(target)
@@ -279,7 +279,7 @@ def test_ingress_fits_the_service_limits():
 
 
 def test_monitoring_scrapes_the_api_and_alerts_on_exported_metrics():
-    metrics_source = (ROOT / "service" / "api" / "metrics.py").read_text()
+    metrics_source = (ROOT / "service" / "http" / "metrics.py").read_text()
     docs = objects("overlays/production")
     monitor = find(docs, "ServiceMonitor", "qalign-api")
     service = find(docs, "Service", "qalign-api")

@@ -48,8 +48,8 @@ def job_keys(client, job_id: str) -> set[str]:
 
 
 def stored_keys(client) -> set[str]:
-    store = client.app.state.services.store
-    return {key for folder in ("inputs", "results", "inversions") for key, _ in store.list_objects(folder)}
+    blobs = client.app.state.services.blobs
+    return {key for folder in ("inputs", "results", "inversions") for key, _ in blobs.list_objects(folder)}
 
 
 # ------------------------------------------------------------------------------------------ embedded

@@ -175,7 +175,7 @@ def deps(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def fleet(deps, tmp_path_factory):
-    from service.jobs.redis_store import open_redis_stores
+    from service.backends.redis_records import open_redis_stores
 
     stores = open_redis_stores(deps["env"]["QALIGN_REDIS_URL"], ttl=3600)
     fleet = Fleet(deps["env"], tmp_path_factory.mktemp("faults-workers"), stores)
@@ -614,7 +614,7 @@ def test_a_worker_killed_between_taking_a_message_and_the_claim_strands_no_job(a
     STRANDED_MESSAGE_AFTER + the scan interval, and the job succeeds once, in its first attempt."""
     import redis
 
-    from service.queue import broker_view
+    from service.backends.celery_queue import broker_view
 
     fleet.stop_all()
     rescuer = fleet.start("rescuer", QALIGN_STRANDED_MESSAGE_AFTER=str(STRANDED_AFTER_S))

@@ -240,6 +240,6 @@ PAGE_LIMITS = [
 
 @pytest.mark.parametrize("name", ["index.html", "page.js"])
 def test_the_page_reads_its_limits_from_the_api(name):
-    text = (ROOT / "service" / "api" / "static" / name).read_text(encoding="utf-8")
+    text = (ROOT / "service" / "http" / "static" / name).read_text(encoding="utf-8")
     written = [pattern for pattern in PAGE_LIMITS if re.search(pattern, text)]
     assert written == [], f"{name} writes limits GET /limits gives"

@@ -10,9 +10,9 @@ from svc_helpers import KEYS, LIVE_KEY, FakePipeline, encode
 from testkit import LiveService, RedisServer
 
 from service.auth import hash_key
+from service.backends.redis_records import open_redis_stores
+from service.backends.sqlite_records import open_sqlite_stores
 from service.jobs import JobStores, new_job_id
-from service.jobs.redis_store import open_redis_stores
-from service.jobs.sqlite_store import open_sqlite_stores
 from service.settings import Settings
 
 

@@ -175,7 +175,7 @@ def test_webhook_id_is_stable_across_retries_and_https_is_verified(tmp_path):
 
 # ------------------------------------------------------------- through the API (a real receiver)
 def events_done(client) -> bool:
-    """The app's event dispatcher has nothing in hand and the outbox is empty."""
+    """The app's outbox drainer has nothing in hand and the outbox is empty."""
     services = client.app.state.services
     return services.events.idle() and services.stores.outbox.count() == 0
 
@@ -487,19 +487,19 @@ def test_a_host_that_does_not_resolve_yet_is_retried():
 
 
 def test_the_sender_sends_nothing_for_an_erased_job_and_records_what_it_gives_up(tmp_path, hooked):
-    """WebhookSender, the dispatcher's sink: an event whose job is gone (erased, expired) is dropped
+    """WebhookSender, the drainer's sink: an event whose job is gone (erased, expired) is dropped
     unsent; one whose receiver fails every attempt is counted and noted on its record."""
     from svc_helpers import claim, new_job
 
-    from service.jobs.sqlite_store import open_sqlite_stores
-    from service.storage import LocalStore
+    from service.backends.blobs import LocalBlobStore
+    from service.backends.sqlite_records import open_sqlite_stores
     from service.webhooks import WebhookSender
 
     server = LocalServer(lambda seen, handler: Reply(500))
     stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
     try:
         sender = WebhookSender(
-            hooked.model_copy(update={"webhook_attempts": 2}), LocalStore(tmp_path), stores
+            hooked.model_copy(update={"webhook_attempts": 2}), LocalBlobStore(tmp_path), stores
         )
         erased, kept = (new_job(stores, webhook_url=server.url(path="/h")) for _ in range(2))
         claim(stores, erased.id, "w:1")

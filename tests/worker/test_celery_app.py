@@ -10,10 +10,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 from svc_helpers import FakePipeline, claim  # noqa: E402
 
+from service.backends.blobs import LocalBlobStore  # noqa: E402
+from service.backends.sqlite_records import open_sqlite_stores  # noqa: E402
 from service.jobs import Job, new_job_id, utcnow  # noqa: E402
-from service.jobs.sqlite_store import open_sqlite_stores  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from service.storage import LocalStore  # noqa: E402
 
 
 def test_reliability_settings_are_explicit():
@@ -59,8 +59,9 @@ def worker_state(tmp_path, monkeypatch):
     import worker.tasks as tasks
 
     settings = Settings(_env_file=None, data_dir=tmp_path, progress_interval=0, cancel_check_interval=0)
-    stores, store = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600), LocalStore(tmp_path / "objects")
-    state = tasks.WorkerState(settings, FakePipeline(), stores, store, "w:1", heartbeat=None)
+    stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
+    blobs = LocalBlobStore(tmp_path / "objects")
+    state = tasks.WorkerState(settings, FakePipeline(), stores, blobs, "w:1", heartbeat=None)
     monkeypatch.setattr(tasks, "_state", state)
     yield state
     stores.close()
@@ -69,7 +70,7 @@ def worker_state(tmp_path, monkeypatch):
 def test_task_runs_job_by_id(worker_state, small_png):
     import worker.tasks as tasks
 
-    keys = [worker_state.store.put_input(small_png, "image/png") for _ in range(2)]
+    keys = [worker_state.blobs.put_input(small_png, "image/png") for _ in range(2)]
     job = Job(
         id=new_job_id(),
         created_at=utcnow(),
@@ -81,7 +82,7 @@ def test_task_runs_job_by_id(worker_state, small_png):
     assert tasks.transfer.run(job.id) == "succeeded"
     done = worker_state.stores.records.get(job.id)
     assert done.worker == "w:1" and done.result.width == 64
-    assert worker_state.store.get(done.result.key).startswith(b"\x89PNG")
+    assert worker_state.blobs.get(done.result.key).startswith(b"\x89PNG")
     assert tasks.transfer.run(job.id) == "succeeded", "a redelivered finished job is not run again"
     assert len(worker_state.pipeline.calls) == 1
     assert tasks.transfer.run(new_job_id()) is None
@@ -123,7 +124,7 @@ def test_visibility_timeout_follows_the_job_time_limit():
 
 
 def _queued_job(state, png: bytes, **params) -> Job:
-    keys = [state.store.put_input(png, "image/png") for _ in range(2)]
+    keys = [state.blobs.put_input(png, "image/png") for _ in range(2)]
     job = Job(
         id=new_job_id(),
         created_at=utcnow(),

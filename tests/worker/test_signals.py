@@ -54,8 +54,8 @@ def running_job_store(fresh_settings, monkeypatch, tmp_path):
     from celery.exceptions import TimeLimitExceeded
 
     import worker.signals as signals
+    from service.backends.sqlite_records import open_sqlite_stores
     from service.jobs import Job, new_job_id, utcnow
-    from service.jobs.sqlite_store import open_sqlite_stores
 
     monkeypatch.setenv("QALIGN_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("QALIGN_REDIS_URL", raising=False)

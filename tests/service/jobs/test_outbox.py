@@ -1,7 +1,7 @@
 """The durable outbox, on both stores: every status change into running or a terminal status is
 written with its event in one atomic store operation (``JobRecords.apply``), every end of a job
-announces exactly one terminal event, erasure removes a job's events; and the one dispatcher that
-drains it (``OutboxDispatcher``): order per job, at least once, one drainer at a time, handover
+announces exactly one terminal event, erasure removes a job's events; and the one drainer that
+drains it (``OutboxDrainer``): order per job, at least once, one drainer at a time, handover
 when the drainer dies, drain at stop."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from net_helpers import LOOPBACK_ONLY, namespace_launcher
 from svc_helpers import claim, new_job
 from testkit import wait_for
 
+from service.backends.blobs import LocalBlobStore
+from service.backends.redis_records import open_redis_stores
 from service.jobs import JobStores, lifecycle, transitions
 from service.jobs.embedded import EmbeddedRunner
 from service.jobs.events import OutboxEvent
-from service.jobs.outbox import OutboxDispatcher
-from service.jobs.redis_store import open_redis_stores
-from service.storage import LocalStore
+from service.jobs.outbox import OutboxDrainer
 
 # Names non-loopback addresses (targets the checks must refuse or never reach): every test
 # here runs inside a loopback-only network namespace (tests/net_helpers.py).
@@ -100,11 +100,11 @@ def test_a_queued_job_canceled_or_failed_before_running_announces_its_end(stores
 
 def test_model_load_failure_and_recovery_out_of_attempts_announce_their_ends(tmp_path, embedded_settings):
     """The embedded paths that used to end a job without its terminal webhook."""
-    from service.jobs.sqlite_store import open_sqlite_stores
+    from service.backends.sqlite_records import open_sqlite_stores
 
     stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
     settings = embedded_settings.model_copy(update={"max_attempts": 1})
-    runner = EmbeddedRunner(settings, stores, LocalStore(tmp_path / "objects"))
+    runner = EmbeddedRunner(settings, stores, LocalBlobStore(tmp_path / "objects"))
     try:
         left_running = new_job(stores, webhook_url=HOOK)
         claim(stores, left_running.id, "embedded:gone-host:1", max_attempts=1)
@@ -201,7 +201,7 @@ def test_erasure_removes_the_jobs_events(stores):
 
 
 def test_events_survive_reopening_the_store(tmp_path):
-    from service.jobs.sqlite_store import open_sqlite_stores
+    from service.backends.sqlite_records import open_sqlite_stores
 
     stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
     job = running(stores)
@@ -268,10 +268,10 @@ def test_redis_outbox_events_stamped_by_time_before_the_sequence_go_first(redis_
         stores.close()
 
 
-# ---------------------------------------------------------------- the dispatcher
+# ---------------------------------------------------------------- the drainer
 class Sink:
     """Records what it is given; ``gate`` (when set) holds every send until released;
-    ``fail_at_stop`` returns False when the dispatcher is stopping (a cut-short delivery)."""
+    ``fail_at_stop`` returns False when the drainer is stopping (a cut-short delivery)."""
 
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.sent: list[tuple[str, str]] = []
@@ -287,16 +287,16 @@ class Sink:
         return True
 
 
-def test_the_dispatcher_delivers_each_jobs_events_in_order_and_empties_the_outbox(stores):
+def test_the_drainer_delivers_each_jobs_events_in_order_and_empties_the_outbox(stores):
     jobs = [running(stores) for _ in range(5)]
     for job in jobs:
         _succeed(stores, job)
     sink = Sink()
-    dispatcher = OutboxDispatcher(stores, sink, name="api:1", poll_s=0.01, max_workers=3).start()
+    drainer = OutboxDrainer(stores, sink, name="api:1", poll_s=0.01, max_workers=3).start()
     try:
-        wait_for(lambda: stores.outbox.count() == 0 and dispatcher.idle(), timeout=30)
+        wait_for(lambda: stores.outbox.count() == 0 and drainer.idle(), timeout=30)
     finally:
-        dispatcher.stop(drain_s=5)
+        drainer.stop(drain_s=5)
     assert sorted(sink.sent) == sorted([(j.id, s) for j in jobs for s in ("running", "succeeded")])
     for job in jobs:
         assert [s for i, s in sink.sent if i == job.id] == ["running", "succeeded"]
@@ -306,12 +306,12 @@ def test_stop_drains_what_it_can_and_leaves_the_rest_for_the_next_start(stores):
     job = running(stores)
     _succeed(stores, job)
     stuck = Sink(gate=threading.Event())  # the receiver never answers
-    first = OutboxDispatcher(stores, stuck, name="api:1", poll_s=0.01, lease_s=0.5).start()
+    first = OutboxDrainer(stores, stuck, name="api:1", poll_s=0.01, lease_s=0.5).start()
     wait_for(lambda: not first.idle(), timeout=30)
     first.stop(drain_s=0.2)
     assert stuck.sent == [] and announced(stores) == [(job.id, "running"), (job.id, "succeeded")]
     sink = Sink()
-    second = OutboxDispatcher(stores, sink, name="api:1", poll_s=0.01).start()
+    second = OutboxDrainer(stores, sink, name="api:1", poll_s=0.01).start()
     try:
         wait_for(lambda: stores.outbox.count() == 0 and second.idle(), timeout=30)
     finally:
@@ -336,16 +336,16 @@ def test_one_drainer_at_a_time_and_another_takes_over_when_it_dies(redis_url):
     try:
         job = running(stores_a)
         dying = Sink(gate=threading.Event())
-        a = OutboxDispatcher(stores_a, dying, name="api:a", poll_s=0.01, lease_s=LEASE_S)
+        a = OutboxDrainer(stores_a, dying, name="api:a", poll_s=0.01, lease_s=LEASE_S)
         assert a.drain_once() == 1, "a holds the lease and has the event in hand"
         b_sink = Sink()
-        b = OutboxDispatcher(stores_b, b_sink, name="api:b", poll_s=0.01, lease_s=LEASE_S)
+        b = OutboxDrainer(stores_b, b_sink, name="api:b", poll_s=0.01, lease_s=LEASE_S)
         assert b.drain_once() is None, "b does not drain while a holds the lease"
         # a dies: it stops renewing, and its delivery never completes.
         stopping_since = time.monotonic()
         b.stop(drain_s=600)
         assert time.monotonic() - stopping_since < 60, "a replica without the lease stops at once"
-        b = OutboxDispatcher(stores_b, b_sink, name="api:b", poll_s=0.01, lease_s=LEASE_S)
+        b = OutboxDrainer(stores_b, b_sink, name="api:b", poll_s=0.01, lease_s=LEASE_S)
         b.start()
         wait_for(lambda: b_sink.sent == [(job.id, "running")] and stores_b.outbox.count() == 0, timeout=60)
         b.stop(drain_s=1)

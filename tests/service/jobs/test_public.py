@@ -6,14 +6,14 @@ import json
 
 from svc_helpers import new_job
 
+from service.backends.blobs import open_blob_store, result_key
 from service.jobs import JobResult, transitions
 from service.jobs.public import job_json
-from service.storage import make_object_store, result_key
 
 
 def test_webhook_body_carries_the_links_stored_at_submission(stores, embedded_settings):
     job = new_job(stores, base_url="https://qalign.example.com")
-    body = json.loads(job_json(job, make_object_store(embedded_settings), embedded_settings))
+    body = json.loads(job_json(job, open_blob_store(embedded_settings), embedded_settings))
     own = f"https://qalign.example.com/jobs/{job.id}"
     assert body["urls"] == {
         "get": own,
@@ -29,13 +29,13 @@ def test_webhook_body_carries_the_links_stored_at_submission(stores, embedded_se
 def test_public_base_url_setting_overrides_the_stored_base(stores, embedded_settings):
     settings = embedded_settings.model_copy(update={"public_base_url": "https://public.example/"})
     job = new_job(stores, base_url="http://internal:8000")
-    body = json.loads(job_json(job, make_object_store(settings), settings))
+    body = json.loads(job_json(job, open_blob_store(settings), settings))
     assert body["urls"]["get"] == f"https://public.example/jobs/{job.id}"
 
 
 def test_records_without_a_base_have_no_links(stores, embedded_settings):
     job = new_job(stores)
-    body = json.loads(job_json(job, make_object_store(embedded_settings), embedded_settings))
+    body = json.loads(job_json(job, open_blob_store(embedded_settings), embedded_settings))
     assert body["urls"] is None
 
 
@@ -43,7 +43,7 @@ def test_a_multi_appearance_job_lists_its_results_in_order(stores, embedded_sett
     appearances = ["inputs/" + c * 64 for c in "bcd"]
     job = new_job(stores, base_url="https://qalign.example.com", appearance_keys=appearances)
     own = f"https://qalign.example.com/jobs/{job.id}"
-    queued = json.loads(job_json(job, make_object_store(embedded_settings), embedded_settings))
+    queued = json.loads(job_json(job, open_blob_store(embedded_settings), embedded_settings))
     assert queued["appearances"] == 3
     assert queued["urls"]["results"] == [f"{own}/results/{k}" for k in range(3)]
     stored = [
@@ -52,7 +52,7 @@ def test_a_multi_appearance_job_lists_its_results_in_order(stores, embedded_sett
     ]
     output = {"width": 96, "height": 64, "aspect_clamped": False}
     done = transitions.succeed(job, results=stored, params={}, metrics={}, output=output)
-    body = json.loads(job_json(done, make_object_store(embedded_settings), embedded_settings))
+    body = json.loads(job_json(done, open_blob_store(embedded_settings), embedded_settings))
     # The local store has no presigned URLs: the API's own result URLs, absolute.
     assert [r["url"] for r in body["results"]] == [f"{own}/result", f"{own}/results/1", f"{own}/results/2"]
     assert [r["index"] for r in body["results"]] == [0, 1, 2]

@@ -11,14 +11,14 @@ from PIL import Image
 from svc_helpers import FakePipeline, fake_colour
 
 from qalign_core.errors import InvalidImageError, QAlignError
-from service.erasure import erase_job
+from service.backends.blobs import BlobNotFound, BlobStoreDown, LocalBlobStore, result_key
+from service.backends.sqlite_records import open_sqlite_stores
 from service.jobs import Job, lifecycle, new_job_id, transitions, utcnow
 from service.jobs.lifecycle import StopReason, stop_reason
 from service.jobs.lifecycle import failure as classify
 from service.jobs.runner import JobContext, execute_job
-from service.jobs.sqlite_store import open_sqlite_stores
 from service.settings import Settings
-from service.storage import LocalStore, ObjectNotFound, StorageUnavailable, result_key
+from service.usecases.erasure import erase_job
 
 # Names non-loopback addresses (targets the checks must refuse or never reach): every test
 # here runs inside a loopback-only network namespace (tests/net_helpers.py).
@@ -39,8 +39,8 @@ def test_internal_value_errors_are_internal_and_do_not_leak_their_text():
 def test_library_errors_keep_their_caller_facing_text():
     assert classify(InvalidImageError("not a PNG")) == ("invalid_image", "not a PNG")
     assert classify(QAlignError("steps too low")) == ("invalid_request", "steps too low")
-    assert classify(ObjectNotFound("inputs/x"))[0] == "input_missing"
-    assert classify(StorageUnavailable("s3 down"))[0] == "storage_unavailable"
+    assert classify(BlobNotFound("inputs/x"))[0] == "input_missing"
+    assert classify(BlobStoreDown("s3 down"))[0] == "storage_unavailable"
 
 
 def test_time_limit_is_recognised_by_the_class_the_host_passes_not_by_name():
@@ -57,15 +57,15 @@ def announced(ctx: JobContext) -> list[tuple[str, str]]:
 @pytest.fixture
 def context(tmp_path, small_images):
     stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
-    store = LocalStore(tmp_path / "objects")
+    blobs = LocalBlobStore(tmp_path / "objects")
     settings = Settings(_env_file=None, data_dir=tmp_path, progress_interval=0, cancel_check_interval=0)
-    ctx = JobContext(stores, store, settings, FakePipeline(), worker="w:1")
+    ctx = JobContext(stores, blobs, settings, FakePipeline(), worker="w:1")
     yield ctx
     stores.close()
 
 
 def queued(ctx: JobContext, images, **fields) -> Job:
-    keys = [ctx.store.put_input(data, "image/png") for data in images]
+    keys = [ctx.blobs.put_input(data, "image/png") for data in images]
     fields.setdefault("webhook_url", "https://example.com/hook")  # so the outbox records its events
     job = Job(
         id=new_job_id(), created_at=utcnow(), structure_key=keys[0], appearance_keys=[keys[1]], **fields
@@ -86,14 +86,14 @@ def test_execute_job_runs_to_success_and_announces_start_and_end(context, small_
 
 def test_a_job_with_several_appearances_uploads_one_result_each_in_order(context, small_images):
     appearances = [small_images[1], small_images[0], small_images[1]]
-    keys = [context.store.put_input(data, "image/png") for data in (small_images[0], *appearances)]
+    keys = [context.blobs.put_input(data, "image/png") for data in (small_images[0], *appearances)]
     job = Job(id=new_job_id(), created_at=utcnow(), structure_key=keys[0], appearance_keys=keys[1:])
     context.stores.records.create(job)
     done = execute_job(context, job.id)
     assert context.pipeline.calls[0][1] == appearances, "every appearance, in order, in one call"
     assert [r.key for r in done.results] == [result_key(job.id, "image/png", index=k) for k in range(3)]
     for k, stored in enumerate(done.results):
-        image = Image.open(io.BytesIO(context.store.get(stored.key))).convert("RGB")
+        image = Image.open(io.BytesIO(context.blobs.get(stored.key))).convert("RGB")
         assert image.getpixel((0, 0)) == fake_colour(k) and image.size == (stored.width, stored.height)
         assert stored.adain_applied == "plain" and stored.object_masks_found is False
     assert done.output == {
@@ -143,20 +143,20 @@ def test_claim_that_ends_the_job_announces_it(context, small_images):
 
 
 class FlakyStore:
-    """A LocalStore whose first ``failures`` calls of ``method`` raise StorageUnavailable (an outage)."""
+    """A LocalBlobStore whose first ``failures`` calls of ``method`` raise BlobStoreDown (an outage)."""
 
-    def __init__(self, store: LocalStore, method: str, failures: int) -> None:
-        self.store, self.method, self.failures, self.calls = store, method, failures, 0
+    def __init__(self, blobs: LocalBlobStore, method: str, failures: int) -> None:
+        self.blobs, self.method, self.failures, self.calls = blobs, method, failures, 0
 
     def __getattr__(self, name):
-        real = getattr(self.store, name)
+        real = getattr(self.blobs, name)
         if name != self.method:
             return real
 
         def flaky(*args, **kwargs):
             self.calls += 1
             if self.calls <= self.failures:
-                raise StorageUnavailable(f"S3 {name}: connection refused")
+                raise BlobStoreDown(f"S3 {name}: connection refused")
             return real(*args, **kwargs)
 
         return flaky
@@ -167,23 +167,23 @@ def test_a_storage_outage_shorter_than_the_deadline_is_waited_out(context, small
     monkeypatch.setattr("service.jobs.runner.OUTAGE_FIRST_DELAY_S", 0.01)
     monkeypatch.setattr("service.jobs.runner.OUTAGE_MAX_DELAY_S", 0.02)
     job = queued(context, small_images)
-    context.store = FlakyStore(context.store, method, failures=3)
+    context.blobs = FlakyStore(context.blobs, method, failures=3)
     done = execute_job(context, job.id)
     assert done.status == "succeeded", done.error
-    assert context.store.calls >= 4 and context.store.store.get(done.result.key)
+    assert context.blobs.calls >= 4 and context.blobs.blobs.get(done.result.key)
 
 
 def test_a_storage_outage_past_the_deadline_fails_with_storage_unavailable(context, small_images):
     context.settings = context.settings.model_copy(update={"storage_outage_deadline": 0.0})
     job = queued(context, small_images)
-    context.store = FlakyStore(context.store, "put", failures=100)
+    context.blobs = FlakyStore(context.blobs, "put", failures=100)
     failed = execute_job(context, job.id)
     assert failed.status == "failed" and failed.error.type == "storage_unavailable"
 
 
 def test_a_job_store_outage_at_the_final_write_is_waited_out(context, small_images, monkeypatch):
     """Redis away when the result is recorded: the write is tried again, the job still succeeds."""
-    from service.jobs.store import StoreUnavailable
+    from service.jobs.records import JobStoreDown
 
     monkeypatch.setattr("service.jobs.runner.OUTAGE_FIRST_DELAY_S", 0.01)
     job = queued(context, small_images)
@@ -193,7 +193,7 @@ def test_a_job_store_outage_at_the_final_write_is_waited_out(context, small_imag
         probe = change(records.get(job_id))
         if probe is not None and probe.status == "succeeded" and len(failures) < 2:
             failures.append(1)
-            raise StoreUnavailable("Redis is unreachable")
+            raise JobStoreDown("Redis is unreachable")
         return real_modify(job_id, change)
 
     monkeypatch.setattr(records, "apply", modify)
@@ -271,7 +271,7 @@ def test_stop_reasons():
     assert stop_reason(lifecycle.requeue(running, "x", 3), "w", 1) is StopReason.LOST
 
 
-class ErasingStore(LocalStore):
+class ErasingStore(LocalBlobStore):
     """Erases the job the moment its result is uploaded: the runner finishing after an erasure."""
 
     stores = None
@@ -283,13 +283,13 @@ class ErasingStore(LocalStore):
 
 
 def test_a_result_uploaded_after_erasure_is_deleted_again(context, small_images, tmp_path):
-    store = ErasingStore(tmp_path / "erasing")
-    store.stores = context.stores
-    context.store = store
+    blobs = ErasingStore(tmp_path / "erasing")
+    blobs.stores = context.stores
+    context.blobs = blobs
     job = queued(context, small_images)
     assert execute_job(context, job.id) is None
     assert context.stores.records.get(job.id) is None
-    left = [key for folder in ("inputs", "results", "inversions") for key, _ in store.list_objects(folder)]
+    left = [key for folder in ("inputs", "results", "inversions") for key, _ in blobs.list_objects(folder)]
     assert left == [], "result and cached inversions of the erased run are deleted"
     assert announced(context) == [], "erasure removes the job's events: an erased job sends none"
 

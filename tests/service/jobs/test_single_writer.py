@@ -88,12 +88,12 @@ def _acquired(lock: DataDirLock) -> bool:
 def test_recovery_requeues_only_jobs_of_gone_runners(tmp_path, embedded_settings):
     from svc_helpers import claim, new_job
 
+    from service.backends.blobs import LocalBlobStore
+    from service.backends.sqlite_records import open_sqlite_stores
     from service.jobs.embedded import EmbeddedRunner
-    from service.jobs.sqlite_store import open_sqlite_stores
-    from service.storage import LocalStore
 
     stores = open_sqlite_stores(tmp_path / "jobs.sqlite3", ttl=3600)
-    runner = EmbeddedRunner(embedded_settings, stores, LocalStore(tmp_path / "objects"))
+    runner = EmbeddedRunner(embedded_settings, stores, LocalBlobStore(tmp_path / "objects"))
     try:
         gone = new_job(stores)
         claim(stores, gone.id, "embedded:old-host:4242")

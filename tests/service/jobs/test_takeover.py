@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from testkit import FakeClock
 
+from service.backends.sqlite_records import MemoryWorkerRegistry, open_sqlite_stores
 from service.jobs import Job, new_job_id, utcnow
-from service.jobs.sqlite_store import MemoryWorkerRegistry, open_sqlite_stores
 from service.jobs.takeover import TakeoverWatch, orphaned
 
 

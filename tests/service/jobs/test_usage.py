@@ -9,9 +9,9 @@ import pytest
 from svc_helpers import new_job, wait_for
 from testkit import FakeClock
 
+from service.backends.sqlite_records import MemoryRateWindows
 from service.jobs import JobResult, utcnow
 from service.jobs import usage as usage_module
-from service.jobs.sqlite_store import MemoryRateWindows
 from service.jobs.usage import job_usage, usage_report
 
 #: Well inside the stores' one-hour TTL: the records must not expire during the test.
