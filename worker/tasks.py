@@ -148,4 +148,3 @@ def fault_point(name: str, job_id: str) -> None:
     if os.environ.get(FAULT_ENV) == name:
         logger.warning("fault injection: killing this worker at %s", name, extra={"job_id": job_id})
         os.killpg(os.getpgid(0), signal.SIGKILL)
-
