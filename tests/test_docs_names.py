@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted([*(ROOT / "docs").glob("*.md"), ROOT / "README.md"])
 PACKAGES = ("service", "worker", "qalign_core", "qalign_schema", "qalign_client", "qalign_cli")
 #: File endings: ``service.md`` is a file name, not the module ``service`` and its attribute ``md``.
-FILE_SUFFIXES = {"md", "py", "txt", "toml", "yaml", "yml", "json", "lock", "sh", "html", "svg", "sqlite3", "log"}
+FILE_SUFFIXES = {"md", "py", "txt", "toml", "yaml", "yml", "json", "lock", "sh", "html", "svg"}
+FILE_SUFFIXES |= {"sqlite3", "log"}
 
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 #: ``package.a.b`` optionally followed by ``:attr`` (an entry point such as ``service.app:app``).
