@@ -5,6 +5,8 @@ Every dotted Python name in docs/*.md and README.md that starts with a project p
 ``service.app:app``) must resolve: its longest prefix that is a module exists, the next name is
 defined at the top of that module, and a name after a class is defined in that class's body. Every
 repository path the docs write (``service/jobs/runner.py``, ``tests/service/http/``) must exist.
+And the module map of docs/architecture.md names every module of ``service/`` and ``worker/``, and
+nothing else: a module added, moved or renamed fails here until the map says so.
 
 Read from the sources (no import), so the check costs nothing and cannot run project code. Words a
 reader means as prose are not names: a dotted name must start at a word boundary that is not part
@@ -193,3 +195,63 @@ def test_what_exists_resolves_and_prose_is_not_a_name():
     ]
     assert [_unresolved(d, a) for d, a in _dotted_names(text)] == [None] * 6
     assert _paths(text) == ["docs/service.md", "service/jobs/lifecycle.py", "tests/service/http/"]
+
+
+# --- the module map of docs/architecture.md, both ways
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def _module_map(text: str) -> set[str]:
+    """The files the map names (``service/jobs/lifecycle.py``), read from the code block that starts
+    with ``service/``: a folder at the line's start or after two spaces sets where the names after it
+    live; ``routes/`` and ``static/`` are named as folders only."""
+    block = re.search(r"```\n(service/\n.*?)```", text, re.DOTALL)
+    assert block is not None, "architecture.md has no module map (a code block starting with service/)"
+    named: set[str] = set()
+    top = sub = ""
+    for line in block.group(1).splitlines():
+        indent = len(line) - len(line.lstrip())
+        first = line.split()[0] if line.split() else ""
+        if indent == 0 and first.endswith("/"):
+            top, sub = first, ""
+        elif indent == 2 and first.endswith("/"):
+            sub = first
+        elif indent == 2:
+            sub = ""
+        for name in re.findall(r"(?<![\w./])(\w+\.py|\w+/)(?=\s|$)", line):
+            if name.endswith("/") and name in (top, sub):
+                continue
+            named.add(top + sub + name)
+    return named
+
+
+def _modules_to_map() -> set[str]:
+    """Every module of service/ (its top and its four layers) and worker/, without package markers."""
+    found = set()
+    for folder in (
+        "service",
+        "service/http",
+        "service/usecases",
+        "service/jobs",
+        "service/backends",
+        "worker",
+    ):
+        found |= {f"{folder}/{p.name}" for p in (ROOT / folder).glob("*.py") if p.name != "__init__.py"}
+    return found
+
+
+def test_the_architecture_module_map_is_the_layout():
+    named = _module_map(ARCHITECTURE.read_text(encoding="utf-8"))
+    assert sorted(p for p in named if not (ROOT / p).exists()) == [], "named but not in the sources"
+    assert sorted(_modules_to_map() - named) == [], "in the sources but not in the map"
+
+
+def test_the_module_map_reader():
+    text = "```\nservice/\n  app.py   x    cli.py  y\n  http/    z\n    intake.py  w    static/ v\n```\n"
+    assert _module_map(text) == {
+        "service/app.py",
+        "service/cli.py",
+        "service/http/intake.py",
+        "service/http/static/",
+    }
