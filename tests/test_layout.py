@@ -1,9 +1,12 @@
 """The package layout as the design says: no module imports itself back through others (no cycle),
-and each layer imports only the layers under it.
+and no layer imports one above it.
 
-    service.http  ->  service.usecases  ->  service.jobs  ->  service.backends
+    service.http  ->  service.usecases  ->  service.jobs  <->  service.backends
 
-(``worker`` sits beside ``service.http``, on the job runtime; ``qalign_schema`` is under all.)
+The runtime and its backends meet at modules, never in a cycle: backends implement the record
+protocols ``service.jobs.records`` declares, and the runtime reads and writes blobs through
+``service.backends.blobs``. ``worker`` sits beside ``service.http``, on the runtime;
+``qalign_schema`` is under all.
 The graph is read from the sources (every ``import``, at any depth, type-only imports included),
 so a lazy import inside a function counts too.
 """

@@ -2,8 +2,8 @@
 restart); heartbeats, leases and stage statistics in process memory (embedded mode is one process).
 
 The same rules as Redis: status order by enqueue time, then id (the enqueue time is the submission
-time, ``store.enqueued_at``: the ``created`` column); a finished record expires JOB_TTL after the
-job ended (``store.expires_at``; ``prune`` reads the record's ``finished_at``); an unfinished one
+time, ``records.enqueued_at``: the ``created`` column); a finished record expires JOB_TTL after the
+job ended (``records.expires_at``; ``prune`` reads the record's ``finished_at``); an unfinished one
 does not expire.
 """
 
@@ -39,7 +39,7 @@ from service.jobs.records import (
 from service.jobs.transitions import Mutation
 
 #: When a finished record's job ended, in epoch seconds: its ``finished_at`` (ISO 8601 in the JSON),
-#: else its creation (``store.expires_at``'s rule).
+#: else its creation (``records.expires_at``'s rule).
 _ENDED = "COALESCE((julianday(json_extract(data, '$.finished_at')) - 2440587.5) * 86400.0, created)"
 
 T = TypeVar("T")

@@ -7,7 +7,7 @@ records (``JobRecords.prune``; reads never write). Each pass first runs ``JobRec
 at start. Objects are swept:
 a result goes when its job record is gone (or finished longer than the TTL ago); an input goes when
 no stored job references it and it was not written or reused for an hour (inputs are shared between
-jobs by content digest, and reuse refreshes them, see storage.INPUT_REFRESH_S); cached inversions
+jobs by content digest, and reuse refreshes them, see blobs.INPUT_REFRESH_S); cached inversions
 go after the TTL. Run it as ``python -m service.jobs.cleanup`` (cron, Kubernetes CronJob), or let each
 API process run it every QALIGN_CLEANUP_INTERVAL seconds (a Redis lease makes one replica do it).
 On S3, a bucket lifecycle rule is the production way to expire objects (docs/reliability.md).

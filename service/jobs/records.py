@@ -55,7 +55,7 @@ class AdmissionLimits:
         """The admission rule, in one place: refused when ``queued`` jobs fill the queue, or when
         the owner's unfinished jobs (``owned()``, counted only under a per-owner limit; None for a
         job without an owner) reach the per-owner limit. Redis's admit script makes the same two
-        comparisons inside its atomic step (tests/service/jobs/test_admission_store.py runs both stores
+        comparisons inside its atomic step (tests/service/backends/test_admission_store.py runs both stores
         through the same cases)."""
         if queued >= self.max_queued:
             return AdmissionRefused(per_owner=False, count=queued, limit=self.max_queued)

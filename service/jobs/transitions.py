@@ -2,7 +2,7 @@
 when the record must stay as it is. No store, no clock reads beyond ``utcnow`` for timestamps.
 Which of them a job goes through, and when, is decided in ``service.jobs.lifecycle``.
 
-Stores apply them atomically through ``JobRecords.modify``; unit tests call them on plain records.
+Stores apply them atomically through ``JobRecords.apply``; unit tests call them on plain records.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def start(job: Job, worker: str) -> Job:
 
 
 def back_to_queue(job: Job, attempts: int) -> Job:
-    """Queued again, with ``attempts`` runs counted, keeping its place (``store.enqueued_at``)."""
+    """Queued again, with ``attempts`` runs counted, keeping its place (``records.enqueued_at``)."""
     return job.model_copy(
         update={
             "status": "queued",

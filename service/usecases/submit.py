@@ -32,19 +32,14 @@ REPLAY_WAIT_S = 10.0
 
 def request_fingerprint(submission: Submission) -> str:
     """Digest of the canonical request: effective parameters, input digests (every appearance, in
-    order) and webhook_url. A one-appearance request digests as in v1.1, so a key used before an
-    upgrade still matches its retry."""
-    appearances = [hashlib.sha256(data).hexdigest() for data, _ in submission.appearances]
-    canonical: dict[str, object] = {
+    order), webhook_url and the webhook events filter."""
+    canonical = {
         "params": submission.params.model_dump(mode="json"),
-        "inputs": {
-            "structure": hashlib.sha256(submission.structure[0]).hexdigest(),
-            "appearance": appearances[0] if len(appearances) == 1 else appearances,
-        },
+        "structure": hashlib.sha256(submission.structure[0]).hexdigest(),
+        "appearances": [hashlib.sha256(data).hexdigest() for data, _ in submission.appearances],
         "webhook_url": submission.webhook_url,
+        "webhook_events": submission.webhook_events,
     }
-    if submission.webhook_events is not None:  # absent when unset: fingerprints of older keys still match
-        canonical["webhook_events"] = submission.webhook_events
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 

@@ -19,7 +19,7 @@ def _fresh_import(module: str) -> set[str]:
     return set(out.stdout.split())
 
 
-def test_importing_service_api_loads_neither_worker_nor_torch():
+def test_importing_service_http_loads_neither_worker_nor_torch():
     for module in ("service.http", "service.http.app", "service.app"):
         loaded = _fresh_import(module)
         assert not {m for m in loaded if m == "worker" or m.startswith("worker.")}, module
