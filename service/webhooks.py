@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import httpx
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from qalign_schema.jobs import UndeliveredReason
 from qalign_schema.signing import sign
@@ -73,6 +74,14 @@ class Outcome(NamedTuple):
     interrupted: bool = False  # ``stop`` was set before delivery: try again later
 
 
+class _AttemptFailed(Exception):
+    """One delivery attempt failed in a way a later one may not (an answer other than 2xx, DNS)."""
+
+
+class _Stopped(Exception):
+    """``stop`` was set during the backoff before the next attempt."""
+
+
 def deliver(
     url: str,
     body: bytes,
@@ -96,29 +105,44 @@ def deliver(
     ``stop`` (the process is stopping) ends the backoff at once: the outcome is ``interrupted``.
     """
     policy = webhook_policy(allow_hosts, resolver, ca_bundle)
-    outcome = "not attempted"
-    for attempt in range(1, attempts + 1):
+    failures: list[str] = []  # what each failed attempt ended with, in order
+
+    def attempt() -> Outcome:
         try:
             pinned = pin(url, policy, name="webhook_url")
         except HostNotResolved as exc:  # DNS trouble may pass: retried like a failed POST
-            pinned, outcome = None, str(exc)
+            status, outcome = None, str(exc)
         except UrlRefused as exc:
             log.warning("webhook refused", extra={"url": redact_url(url), "reason": str(exc)})
             return Outcome(False, f"refused: {exc}")
-        if pinned is not None:
+        else:
             status, outcome = _post(pinned, policy, body, secret, msg_id, int(clock()), timeout_s)
             if status is not None and 200 <= status < 300:
                 return Outcome(True, outcome)
+        failures.append(outcome)
         log.warning(
-            "webhook attempt failed", extra={"url": redact_url(url), "attempt": attempt, "outcome": outcome}
+            "webhook attempt failed",
+            extra={"url": redact_url(url), "attempt": len(failures), "outcome": outcome},
         )
-        if attempt < attempts:
-            if stop is not None:
-                if stop.wait(backoff_s * 2 ** (attempt - 1)):
-                    return Outcome(False, f"stopped after {attempt} attempt(s), last: {outcome}", True)
-            else:
-                sleep(backoff_s * 2 ** (attempt - 1))
-    return Outcome(False, f"{attempts} attempt(s) failed, last: {outcome}")
+        raise _AttemptFailed(outcome)
+
+    def pause(seconds: float) -> None:
+        if stop is None:
+            sleep(seconds)
+        elif stop.wait(seconds):
+            raise _Stopped
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(_AttemptFailed),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=backoff_s),  # backoff_s, then doubling
+        sleep=pause,
+        retry_error_callback=lambda _: Outcome(False, f"{attempts} attempt(s) failed, last: {failures[-1]}"),
+    )
+    try:
+        return retrying(attempt)
+    except _Stopped:
+        return Outcome(False, f"stopped after {len(failures)} attempt(s), last: {failures[-1]}", True)
 
 
 def _post(

@@ -69,8 +69,24 @@ class RedisConnection:
         ``decode_responses`` says, so each caller states the type it reads."""
         return self.run(lambda: fn(*args, **kwargs))
 
+    def transaction(self, fn: Callable[[redis.client.Pipeline], T], *watches: str) -> T:
+        """``fn(pipe)``'s value, with ``watches`` watched, and what it queued after ``pipe.multi()``
+        executed atomically; all of it run again when a watched key changed meanwhile (redis-py's
+        ``transaction``; ``fn`` may watch more keys before its MULTI). A Redis error becomes
+        JobStoreDown."""
+        # redis-py types ``func`` as returning None, though value_from_callable returns its value.
+        func = cast(Callable[[redis.client.Pipeline], None], fn)
+        return self.run(lambda: cast(T, self.client.transaction(func, *watches, value_from_callable=True)))
+
     def close(self) -> None:
         self.client.close()
+
+
+def unwatched(pipe: redis.client.Pipeline, value: T) -> T:
+    """``value``, with the pipe's watches dropped: a transaction that writes nothing sends no
+    (empty) MULTI/EXEC, so no change by another writer makes it run again."""
+    pipe.reset()
+    return value
 
 
 #: Admission in one atomic step: count the queued jobs (KEYS[1]) and, when ARGV[2] >= 0, the
@@ -249,37 +265,30 @@ class RedisJobRecords:
     def apply(self, job_id: str, transition: Mutation) -> Job | None:
         key = self._key(job_id)
 
-        def run() -> Job | None:
-            with self.client.pipeline() as pipe:
-                while True:  # optimistic: retried when another writer changed the record meanwhile
-                    try:
-                        pipe.watch(key)
-                        raw = pipe.get(key)
-                        if not raw:
-                            return None
-                        job = Job.model_validate_json(raw)
-                        new = transition(job)
-                        if new is None:
-                            pipe.unwatch()
-                            return job
-                        new = new.model_copy(update={"revision": job.revision + 1})
-                        keep_key = self._idempotency_key_to_end(pipe, job, new)
-                        pipe.multi()
-                        pipe.set(key, new.model_dump_json(), pxat=self._expiry_ms(new))
-                        if keep_key is not None:
-                            pipe.pexpireat(keep_key, cast(int, self._expiry_ms(new)))
-                        if new.status != job.status:
-                            pipe.zrem(self._status_key(job.status), job_id)
-                            pipe.zadd(self._status_key(new.status), {job_id: enqueued_at(new)})
-                        self._add_listers(pipe, job_id, listed_keys(new) - listed_keys(job))
-                        if (event := event_for(job, new)) is not None:
-                            self.outbox.append(pipe, event)
-                        pipe.execute()
-                        return new
-                    except redis.WatchError:
-                        continue
+        def change(pipe: redis.client.Pipeline) -> Job | None:
+            # Optimistic: run again when another writer changed the record meanwhile.
+            raw = pipe.get(key)
+            if not raw:
+                return unwatched(pipe, None)
+            job = Job.model_validate_json(raw)
+            new = transition(job)
+            if new is None:
+                return unwatched(pipe, job)
+            new = new.model_copy(update={"revision": job.revision + 1})
+            keep_key = self._idempotency_key_to_end(pipe, job, new)
+            pipe.multi()
+            pipe.set(key, new.model_dump_json(), pxat=self._expiry_ms(new))
+            if keep_key is not None:
+                pipe.pexpireat(keep_key, cast(int, self._expiry_ms(new)))
+            if new.status != job.status:
+                pipe.zrem(self._status_key(job.status), job_id)
+                pipe.zadd(self._status_key(new.status), {job_id: enqueued_at(new)})
+            self._add_listers(pipe, job_id, listed_keys(new) - listed_keys(job))
+            if (event := event_for(job, new)) is not None:
+                self.outbox.append(pipe, event)
+            return new
 
-        return self.conn.run(run)
+        return self.conn.transaction(change, key)
 
     def _idempotency_key_to_end(self, pipe: redis.client.Pipeline, job: Job, new: Job) -> str | None:
         """When ``job`` ends with this change and its Idempotency-Key still names it: that key,
@@ -294,33 +303,26 @@ class RedisJobRecords:
     def delete(self, job_id: str) -> Job | None:
         key = self._key(job_id)
 
-        def run() -> Job | None:
-            with self.client.pipeline() as pipe:
-                while True:  # retried when a writer changed the record between read and delete
-                    try:
-                        pipe.watch(key)
-                        raw = pipe.get(key)
-                        if not raw:
-                            pipe.unwatch()
-                            return None
-                        job = Job.model_validate_json(raw)
-                        # Events appended later change the record too: this transaction retries.
-                        pending = self.outbox.ids_of(job_id)
-                        pipe.multi()
-                        pipe.delete(key)
-                        for status in STATUSES:
-                            pipe.zrem(self._status_key(status), job_id)
-                        pipe.zrem(self._owner_key(job.owner), job_id)
-                        for object_key in listed_keys(job):
-                            pipe.srem(self._listers_key(object_key), job_id)
-                        if pending:
-                            self.outbox.remove(pipe, pending)
-                        pipe.execute()
-                        return job
-                    except redis.WatchError:
-                        continue
+        def erase(pipe: redis.client.Pipeline) -> Job | None:
+            # Run again when a writer changed the record between read and delete.
+            raw = pipe.get(key)
+            if not raw:
+                return unwatched(pipe, None)
+            job = Job.model_validate_json(raw)
+            # Events appended later change the record too: this transaction runs again.
+            pending = self.outbox.ids_of(job_id)
+            pipe.multi()
+            pipe.delete(key)
+            for status in STATUSES:
+                pipe.zrem(self._status_key(status), job_id)
+            pipe.zrem(self._owner_key(job.owner), job_id)
+            for object_key in listed_keys(job):
+                pipe.srem(self._listers_key(object_key), job_id)
+            if pending:
+                self.outbox.remove(pipe, pending)
+            return job
 
-        return self.conn.run(run)
+        return self.conn.transaction(erase, key)
 
     def ids_by_status(self, status: str) -> list[str]:
         return list(self.conn.call(self.client.zrange, self._status_key(status), 0, -1))
@@ -452,39 +454,34 @@ class RedisJobRecords:
         if int(self.conn.call(self.client.get, marker) or 0) >= RECORDS_VERSION:
             return
         for key in self._record_keys():
-            self.conn.call(self._migrate_record, key)
+            self._migrate_record(key)
         self.conn.call(self.client.set, marker, RECORDS_VERSION)
 
     def _migrate_record(self, key: str) -> None:
         """One record under this version's rules: its expiry, its status index entry scored by its
         enqueue time, its owner and lister entries, and no TTL on those index sets. Watched like
         ``apply``: a write that lands meanwhile makes it read the record again, never undone."""
-        with self.client.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if not raw:
-                        pipe.unwatch()
-                        return
-                    job = Job.model_validate_json(raw)
-                    at = expires_at(job, self.ttl)
-                    pipe.multi()
-                    if at is None:
-                        pipe.persist(key)
-                    else:
-                        pipe.pexpireat(key, int(at * 1000))
-                    pipe.zadd(self._status_key(job.status), {job.id: enqueued_at(job)})
-                    owner_key = self._owner_key(job.owner)
-                    pipe.zadd(owner_key, {job.id: job.created_at.timestamp()})
-                    pipe.persist(owner_key)
-                    self._add_listers(pipe, job.id, listed_keys(job))
-                    for object_key in listed_keys(job):
-                        pipe.persist(self._listers_key(object_key))
-                    pipe.execute()
-                    return
-                except redis.WatchError:
-                    continue
+
+        def rewrite(pipe: redis.client.Pipeline) -> None:
+            raw = pipe.get(key)
+            if not raw:
+                return unwatched(pipe, None)
+            job = Job.model_validate_json(raw)
+            at = expires_at(job, self.ttl)
+            pipe.multi()
+            if at is None:
+                pipe.persist(key)
+            else:
+                pipe.pexpireat(key, int(at * 1000))
+            pipe.zadd(self._status_key(job.status), {job.id: enqueued_at(job)})
+            owner_key = self._owner_key(job.owner)
+            pipe.zadd(owner_key, {job.id: job.created_at.timestamp()})
+            pipe.persist(owner_key)
+            self._add_listers(pipe, job.id, listed_keys(job))
+            for object_key in listed_keys(job):
+                pipe.persist(self._listers_key(object_key))
+
+        self.conn.transaction(rewrite, key)
 
     def ping(self) -> None:
         self.conn.call(self.client.ping)
@@ -518,31 +515,23 @@ class RedisIdempotencyKeys:
     def confirm(self, scope: str, ttl: int) -> None:
         key = self._key(scope)
 
-        def run() -> None:
-            with self.client.pipeline() as pipe:
-                while True:  # retried when the key or its job changed meanwhile (the job ended)
-                    try:
-                        pipe.watch(key)
-                        raw = pipe.get(key)
-                        if not raw:
-                            pipe.unwatch()
-                            return
-                        job_key = self.conn.job_key(json.loads(raw)["job_id"])
-                        pipe.watch(job_key)
-                        record = pipe.get(job_key)
-                        pipe.multi()
-                        if not record:  # erased already: the key lives its ttl, as before its job
-                            pipe.expire(key, ttl)
-                        elif (at := expires_at(Job.model_validate_json(record), ttl)) is None:
-                            pipe.persist(key)
-                        else:
-                            pipe.pexpireat(key, int(at * 1000))
-                        pipe.execute()
-                        return
-                    except redis.WatchError:
-                        continue
+        def extend(pipe: redis.client.Pipeline) -> None:
+            # Run again when the key or its job changed meanwhile (the job ended).
+            raw = pipe.get(key)
+            if not raw:
+                return unwatched(pipe, None)
+            job_key = self.conn.job_key(json.loads(raw)["job_id"])
+            pipe.watch(job_key)
+            record = pipe.get(job_key)
+            pipe.multi()
+            if not record:  # erased already: the key lives its ttl, as before its job
+                pipe.expire(key, ttl)
+            elif (at := expires_at(Job.model_validate_json(record), ttl)) is None:
+                pipe.persist(key)
+            else:
+                pipe.pexpireat(key, int(at * 1000))
 
-        self.conn.run(run)
+        self.conn.transaction(extend, key)
 
     def release(self, scope: str, job_id: str) -> None:
         key = self._key(scope)

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 
 from service.backends.blobs import KEY_PATTERN, BlobStore, BlobStoreDown, result_job_id
 from service.jobs import JobStoreDown, JobStores
+from service.jobs.periodic import Periodic
 from service.settings import Settings
 
 logger = logging.getLogger("qalign.cleanup")
@@ -82,17 +82,23 @@ class Sweeper:
 
     def __init__(self, stores: JobStores, blobs: BlobStore, settings: Settings) -> None:
         self.stores, self.blobs, self.settings = stores, blobs, settings
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        interval = settings.cleanup_interval
+        # First pass shortly after start (not at once: startup stays fast), then every interval.
+        self._sweeps = Periodic(
+            "qalign-cleanup",
+            interval,
+            self.run_once,
+            first=min(60.0, interval),
+            logger=logger,
+            failure="expiry sweep failed",
+        )
 
     def start(self) -> None:
-        if self.settings.cleanup_interval <= 0:
-            return
-        self._thread = threading.Thread(target=self._loop, name="qalign-cleanup", daemon=True)
-        self._thread.start()
+        if self.settings.cleanup_interval > 0:
+            self._sweeps.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._sweeps.stop()
 
     def run_once(self) -> dict[str, int] | None:
         """One sweep unless another API replica holds this interval's lease; None when skipped/failed."""
@@ -110,13 +116,6 @@ class Sweeper:
         if any(counts.values()):
             logger.info("expiry sweep", extra={"removed": counts})
         return counts
-
-    def _loop(self) -> None:
-        # First pass shortly after start (not at once: startup stays fast), then every interval.
-        delay = min(60.0, self.settings.cleanup_interval)
-        while not self._stop.wait(delay):
-            self.run_once()
-            delay = self.settings.cleanup_interval
 
 
 def main() -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
+from service.jobs.periodic import Periodic
 from service.jobs.records import JobStoreDown, WorkerRegistry
 from service.settings import Settings
 
@@ -39,8 +39,13 @@ class Heartbeat:
     def __init__(self, workers: WorkerRegistry, name: str, settings: Settings, pipeline: object) -> None:
         self.workers, self.name, self.settings, self.pipeline = workers, name, settings, pipeline
         self.current_job: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="qalign-heartbeat", daemon=True)
+        self._beats = Periodic(
+            "qalign-heartbeat",
+            settings.heartbeat_interval,
+            self.beat,
+            logger=logger,
+            failure="heartbeat failed",
+        )
 
     def info(self) -> dict[str, object]:
         return {
@@ -53,7 +58,7 @@ class Heartbeat:
 
     def start(self) -> Heartbeat:
         self.beat()
-        self._thread.start()
+        self._beats.start()
         return self
 
     def beat(self) -> None:
@@ -62,9 +67,5 @@ class Heartbeat:
         except JobStoreDown:
             logger.warning("heartbeat failed: job store unreachable")
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_interval):
-            self.beat()
-
     def stop(self) -> None:
-        self._stop.set()
+        self._beats.stop()

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from service.jobs.events import OutboxEvent
+from service.jobs.periodic import Periodic
 from service.jobs.records import JobStoreDown, JobStores
 
 logger = logging.getLogger("qalign.events")
@@ -55,21 +56,20 @@ class OutboxDrainer:
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="qalign-events")
         self._lock = threading.Lock()
         self._busy_jobs: set[str] = set()  # jobs with an event being delivered (one at a time)
-        self._closing = threading.Event()  # stop fetching on the timer
         self._stopping = threading.Event()  # cut deliveries short (retries stop, events stay)
-        self._thread: threading.Thread | None = None
+        self._polls = Periodic(
+            "qalign-outbox", poll_s, self._poll, first=0, logger=logger, failure="event dispatch failed"
+        )
 
     def start(self) -> OutboxDrainer:
-        self._thread = threading.Thread(target=self._loop, name="qalign-outbox", daemon=True)
-        self._thread.start()
+        self._polls.start()
         return self
 
     def stop(self, drain_s: float) -> None:
         """Deliver what is pending for up to ``drain_s`` seconds, then stop; the rest stays (for
         the next start, or for the replica that holds the lease: a non-holder stops at once)."""
-        self._closing.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._polls.stop()
+        self._polls.join()
         deadline = time.monotonic() + drain_s
         while time.monotonic() < deadline:
             try:
@@ -104,15 +104,11 @@ class OutboxDrainer:
             started += 1
         return started
 
-    def _loop(self) -> None:
-        while not self._closing.is_set():
-            try:
-                self.drain_once()
-            except JobStoreDown as exc:  # the outbox keeps the events: the next pass sends them
-                logger.warning("event outbox unreachable: %s", exc)
-            except Exception:  # the drainer must never die
-                logger.exception("event dispatch failed")
-            self._closing.wait(self.poll_s)
+    def _poll(self) -> None:
+        try:
+            self.drain_once()
+        except JobStoreDown as exc:  # the outbox keeps the events: the next pass sends them
+            logger.warning("event outbox unreachable: %s", exc)
 
     def _deliver(self, job_id: str, events: list[OutboxEvent]) -> None:
         """One job's events, in order; each leaves the outbox once its sink is done with it."""

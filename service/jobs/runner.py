@@ -15,7 +15,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from qalign_core.errors import TransferCanceled
 from qalign_core.params import TransferParams
@@ -440,31 +442,47 @@ def through_outage(ctx: JobContext, what: str, call: Callable[[], T], tracker: J
     caller (the job fails with storage_unavailable). A cancel request or a shutdown ends the wait.
     """
     deadline = time.monotonic() + ctx.settings.storage_outage_deadline
-    delay, tries = OUTAGE_FIRST_DELAY_S, 0
-    while True:
-        try:
-            result = call()
-        except _OUTAGE_ERRORS as exc:
-            tries += 1
-            remaining = deadline - time.monotonic()
-            stopping = ctx.interrupted is not None and ctx.interrupted()
-            if remaining <= 0 or (stopping and tracker is None):
-                # Past the deadline, or shutting down during a final write (the job goes back to the queue).
-                logger.error("storage still unavailable after %s tries; giving up: %s", tries, exc)
-                raise
-            logger.warning(
-                "storage unavailable (%s); retrying in %.1f s: %s",
-                what,
-                min(delay, remaining),
-                exc,
-                extra={"outage_tries": tries},
-            )
-            _pause(ctx, min(delay, remaining), tracker)
-            delay = min(delay * 2, OUTAGE_MAX_DELAY_S)
-            continue
-        if tries:
-            logger.info("storage reachable again (%s) after %s tries", what, tries)
-        return result
+    backoff = wait_exponential(multiplier=OUTAGE_FIRST_DELAY_S, max=OUTAGE_MAX_DELAY_S)
+
+    def give_up(state: RetryCallState) -> bool:
+        # Past the deadline, or shutting down during a final write (the job goes back to the queue).
+        stopping = ctx.interrupted is not None and ctx.interrupted()
+        return deadline - time.monotonic() <= 0 or (stopping and tracker is None)
+
+    def warn(state: RetryCallState) -> None:
+        logger.warning(
+            "storage unavailable (%s); retrying in %.1f s: %s",
+            what,
+            state.upcoming_sleep,
+            _error(state),
+            extra={"outage_tries": state.attempt_number},
+        )
+
+    def fail(state: RetryCallState) -> NoReturn:
+        logger.error(
+            "storage still unavailable after %s tries; giving up: %s", state.attempt_number, _error(state)
+        )
+        raise _error(state)  # the outage error itself: the caller fails the job with storage_unavailable
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(_OUTAGE_ERRORS),
+        stop=give_up,
+        wait=lambda state: max(min(backoff(state), deadline - time.monotonic()), 0.0),
+        sleep=lambda seconds: _pause(ctx, seconds, tracker),
+        before_sleep=warn,
+        retry_error_callback=fail,
+    )
+    result = retrying(call)
+    if (tries := retrying.statistics["attempt_number"] - 1) > 0:
+        logger.info("storage reachable again (%s) after %s tries", what, tries)
+    return result
+
+
+def _error(state: RetryCallState) -> BaseException:
+    """The exception the last attempt raised (only a failed attempt is tried again)."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    assert error is not None
+    return error
 
 
 def _pause(ctx: JobContext, seconds: float, tracker: JobTracker | None) -> None:

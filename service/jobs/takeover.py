@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 
 from service.jobs import lifecycle
+from service.jobs.periodic import Periodic
 from service.jobs.records import JobRecords, JobStoreDown, WorkerRegistry
 
 logger = logging.getLogger("qalign.worker")
@@ -68,22 +68,16 @@ class TakeoverWatch:
         #: Queued job id -> when this scan first found its message nowhere in the broker (epoch s).
         self.absent_since: dict[str, float] = {}
         self._broker_read_at = -math.inf
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="qalign-takeover", daemon=True)
+        self._scans = Periodic(
+            "qalign-takeover", interval, self.scan, logger=logger, failure="takeover scan failed"
+        )
 
     def start(self) -> TakeoverWatch:
-        self._thread.start()
+        self._scans.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.scan()
-            except Exception:  # the watch must never die: the next scan tries again
-                logger.exception("takeover scan failed")
+        self._scans.stop()
 
     def store_settled(self) -> bool:
         """Whether heartbeats can be trusted: store reached continuously, and up, for HEARTBEAT_TTL."""

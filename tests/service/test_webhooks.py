@@ -535,3 +535,23 @@ def test_the_embedded_time_limit_fails_a_stuck_job_with_one_terminal_webhook(
         assert poll(client, submit(client, small_images, seed=1).json()["id"])["status"] == "succeeded"
     finally:
         receiver.close()
+
+
+def test_a_stop_during_the_backoff_ends_delivery_at_once_as_interrupted():
+    """The process is stopping: the backoff (an hour here) ends at once, no further attempt is
+    made, and the outcome says to try again later."""
+    stop = threading.Event()
+    stop.set()
+    outcome = deliver(
+        "http://127.0.0.1:9/unreachable",
+        b"{}",
+        "k",
+        allow_hosts=["127.0.0.1"],
+        attempts=3,
+        backoff_s=3600,
+        timeout_s=0.5,
+        msg_id="m",
+        stop=stop,
+    )
+    assert outcome.interrupted and not outcome.delivered
+    assert outcome.detail.startswith("stopped after 1 attempt(s), last: ")

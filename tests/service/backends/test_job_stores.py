@@ -527,3 +527,41 @@ def test_redis_live_workers_come_from_the_name_set_not_a_keyspace_scan(redis_url
         assert set(workers.live()) == {"alive", "gone"}
     finally:
         stores.close()
+
+
+def test_redis_a_write_between_the_read_and_the_commit_makes_the_step_run_again(redis_url, monkeypatch):
+    """Optimistic concurrency: another writer changes the record after ``apply`` (or ``delete``) read
+    it and before its MULTI runs; the step runs again on the new record, so no write is lost and an
+    erasure returns the record as it was last written."""
+    stores = open_redis_stores(redis_url, ttl=3600, prefix=f"t{new_job_id()}:")
+    records = stores.records
+    try:
+        job = new_job(stores)
+        seen: list[bool] = []
+
+        def change(current: Job) -> Job:
+            seen.append(current.cancel_requested)
+            if len(seen) == 1:  # the other writer lands here
+                records.apply(job.id, lambda j: j.model_copy(update={"cancel_requested": True}))
+            return current.model_copy(update={"metrics": {"noted": True}})
+
+        new = records.apply(job.id, change)
+        assert seen == [False, True]
+        assert new.cancel_requested and new.metrics == {"noted": True} and new.revision == job.revision + 2
+        assert records.get(job.id) == new
+
+        reads: list[str] = []
+        pending = records.outbox.ids_of
+
+        def ids_of(job_id: str) -> list[str]:
+            reads.append(job_id)
+            if len(reads) == 1:  # between the delete's read and its MULTI
+                records.apply(job.id, lambda j: j.model_copy(update={"metrics": {"late": True}}))
+            return pending(job_id)
+
+        monkeypatch.setattr(records.outbox, "ids_of", ids_of)
+        gone = records.delete(job.id)
+        assert len(reads) == 2 and gone is not None and gone.metrics == {"late": True}
+        assert records.get(job.id) is None and job.id not in records.ids_by_status("queued")
+    finally:
+        stores.close()

@@ -300,3 +300,54 @@ def test_a_run_that_holds_its_job_to_the_end_is_logged_as_succeeded(context, sma
         assert execute_job(context, queued(context, small_images).id).status == "succeeded"
     messages = [record.getMessage() for record in caplog.records]
     assert "job succeeded" in messages and not any("no longer held" in m for m in messages)
+
+
+def test_the_outage_wait_doubles_its_pause_up_to_the_cap_and_logs_each_try(context, monkeypatch, caplog):
+    """Pauses of OUTAGE_FIRST_DELAY_S doubling to OUTAGE_MAX_DELAY_S, one warning per failed try,
+    and a line when storage answers again."""
+    from service.jobs import runner
+
+    monkeypatch.setattr(runner, "OUTAGE_FIRST_DELAY_S", 0.01)
+    monkeypatch.setattr(runner, "OUTAGE_MAX_DELAY_S", 0.04)
+    pauses: list[float] = []
+    monkeypatch.setattr(runner, "_pause", lambda ctx, seconds, tracker: pauses.append(seconds))
+    answers = iter([BlobStoreDown("S3 get: connection refused")] * 4 + [b"image"])
+
+    def call() -> bytes:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with caplog.at_level("INFO", logger="qalign.job"):
+        assert runner.through_outage(context, "read the inputs", call) == b"image"
+    assert pauses == [0.01, 0.02, 0.04, 0.04]
+    assert [r.outage_tries for r in caplog.records if hasattr(r, "outage_tries")] == [1, 2, 3, 4]
+    assert "storage reachable again (read the inputs) after 4 tries" in caplog.messages
+
+
+def test_a_shutdown_ends_the_outage_wait_of_a_final_write_and_a_cancel_that_of_a_run(context):
+    """A final write (no tracker) gives up at the first failed try once the process is stopping (the
+    job goes back to the queue); a run's wait ends with TransferCanceled when its tracker says stop."""
+    from qalign_core.errors import TransferCanceled
+    from service.jobs.runner import through_outage
+
+    calls: list[int] = []
+
+    def down() -> None:
+        calls.append(1)
+        raise BlobStoreDown("S3 put: connection refused")
+
+    context.interrupted = lambda: True
+    with pytest.raises(BlobStoreDown):
+        through_outage(context, "record the outcome", down)
+    assert len(calls) == 1
+
+    class Stopping:
+        def should_cancel(self) -> bool:
+            return True
+
+    context.interrupted = None
+    with pytest.raises(TransferCanceled):
+        through_outage(context, "upload the result", down, Stopping())  # type: ignore[arg-type]
+    assert len(calls) == 2
