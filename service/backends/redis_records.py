@@ -1,8 +1,8 @@
 """Redis implementations of the job-runtime stores (distributed mode: shared by every process).
 
 Records are JSON strings; a finished one expires JOB_TTL after the job ended (a key expiry at that
-time, ``store.expires_at``), an unfinished one does not expire. One sorted set per status (score =
-enqueue time, ``store.enqueued_at``) indexes them, and one per owner (score = created_at) lists an
+time, ``records.expires_at``), an unfinished one does not expire. One sorted set per status (score =
+enqueue time, ``records.enqueued_at``) indexes them, and one per owner (score = created_at) lists an
 API key's jobs newest first. One set per shared object (an input or a cached inversion) holds the
 ids of the jobs that list it, for erasure. The index sets have no TTL of their own: reads skip the
 ids of records that are gone, and the expiry sweep (``prune``) drops them.
@@ -54,7 +54,7 @@ class RedisConnection:
         return f"{self.prefix}job:{job_id}"
 
     def idempotency_key(self, scope: str) -> str:
-        """The key of an Idempotency-Key's record (``scope``: see ``store.idempotency_scope``)."""
+        """The key of an Idempotency-Key's record (``scope``: see ``records.idempotency_scope``)."""
         return f"{self.prefix}idem:{scope}"
 
     def run(self, fn: Callable[[], T]) -> T:

@@ -58,7 +58,7 @@ class OutboxDrainer:
         self._busy_jobs: set[str] = set()  # jobs with an event being delivered (one at a time)
         self._stopping = threading.Event()  # cut deliveries short (retries stop, events stay)
         self._polls = Periodic(
-            "qalign-outbox", poll_s, self._poll, first=0, logger=logger, failure="event dispatch failed"
+            "qalign-outbox", poll_s, self._poll, first=0, logger=logger, failure="outbox drain failed"
         )
 
     def start(self) -> OutboxDrainer:
