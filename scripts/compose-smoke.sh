@@ -20,6 +20,8 @@
 # 7. removes the containers, networks and volumes it made (the base image, the built images' layer
 #    cache and the wheelhouse stay, so a rerun is fast).
 #
+# Runs on one machine take turns (a lock in the cache directory): they share dockerd and image tags.
+#
 # Exit status: 0 passed; 77 = no container runtime can start here (one line on stderr says why,
 # prefixed "SKIP:"); anything else = a failure.
 #
@@ -65,6 +67,13 @@ wait_until() {
   exit 2
 }
 mkdir -p "$CACHE"
+# One run at a time on a machine: runs share the daemon, the image tags and this cache, so a second
+# run waits for the first (the lock goes with this process; dockerd does not inherit it).
+exec 9>"$CACHE/.lock"
+if ! flock --nonblock 9; then
+  log "another compose smoke run holds $CACHE/.lock: waiting for it"
+  flock 9
+fi
 
 # --- 1. container runtime -------------------------------------------------------------------------
 is_root() { [ "$(id -u)" = 0 ]; }
@@ -106,7 +115,7 @@ if ! "$DOCKER" info >/dev/null 2>&1; then
   is_root || skip "no Docker daemon answers and dockerd can only be started as root"
   command -v dockerd >/dev/null 2>&1 || skip "no Docker daemon answers and there is no dockerd"
   log "starting dockerd"
-  dockerd >"$CACHE/dockerd.log" 2>&1 &
+  dockerd >"$CACHE/dockerd.log" 2>&1 9>&- &
   DOCKERD_PID=$!
   deadline=$(($(date +%s) + 120))
   until [ -S /var/run/docker.sock ] && "$DOCKER" info >/dev/null 2>&1; do
