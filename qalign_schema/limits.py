@@ -23,6 +23,7 @@ from qalign_schema.params import (
     ImageFormat,
     TransferParams,
 )
+from qalign_schema.problems import PROBLEM_KINDS, ProblemKind
 from qalign_schema.submission import (
     EVENT_KINDS,
     IDEMPOTENCY_KEY_MAX_LENGTH,
@@ -68,6 +69,9 @@ class Limits(BaseModel):
     event_kinds: list[EventKind] = Field(description="`webhook_events_filter` values.")
     terminal_statuses: list[JobStatus] = Field(description="The statuses a job never leaves.")
     error_types: list[ErrorType] = Field(description="Every `error.type` a failed job can carry.")
+    problem_types: list[ProblemKind] = Field(
+        description="Every refusal's problem type, `/problems/<kind>`: its kinds."
+    )
 
 
 def _bounds(field: str) -> IntRange:
@@ -115,4 +119,5 @@ def limits(*, max_upload_bytes: int, max_pixels: int, max_request_bytes: int, ma
         event_kinds=list(EVENT_KINDS),
         terminal_statuses=[status for status in get_args(JobStatus) if status in TERMINAL_STATUSES],
         error_types=list(ERROR_TYPES),
+        problem_types=list(PROBLEM_KINDS),
     )

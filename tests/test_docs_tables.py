@@ -1,6 +1,7 @@
-"""The docs' tables of settings and of error types hold to the code, both ways: every row names a
-real setting (or error type) with the code's default (or meaning), and every setting and error type
-has a row. A setting added, renamed or given a new default fails here until the docs say so."""
+"""The docs' tables of settings, error types and problem types hold to the code, both ways: every
+row names a real setting (or error or problem type) with the code's default (or meaning), and every
+setting and type has a row. A setting added, renamed or given a new default fails here until the
+docs say so."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from qalign_schema.jobs import ERROR_TYPES
+from qalign_schema.problems import PROBLEM_KINDS
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,16 +88,20 @@ def test_the_settings_tables_are_found():
     assert {"service.md", "deployment.md"} <= docs
 
 
-def _error_type_rows() -> list[tuple[str, str]]:
+def _table_rows(heading: str) -> list[tuple[str, str]]:
+    """(name, meaning) of each row of the table under docs/service.md's ``heading``."""
     text = (ROOT / "docs" / "service.md").read_text(encoding="utf-8")
-    section = text.split("### Error types", 1)[1].split("\n#", 1)[0]
-    return re.findall(r"^\| `([a-z_]+)` \| (.*) \|$", section, re.MULTILINE)
+    section = text.split(heading, 1)[1].split("\n#", 1)[0]
+    return re.findall(r"^\| `([a-z_-]+)` \| (.*) \|$", section, re.MULTILINE)
 
 
-def test_the_error_types_table_is_the_codes():
-    expected = "\n".join(f"| `{kind}` | {meaning} |" for kind, meaning in ERROR_TYPES.items())
-    found = "\n".join(f"| `{kind}` | {meaning} |" for kind, meaning in _error_type_rows())
-    assert found == expected, "docs/service.md's error types table should read:\n" + expected
+@pytest.mark.parametrize(
+    ("heading", "meanings"), [("### Error types", ERROR_TYPES), ("### Problem types", PROBLEM_KINDS)]
+)
+def test_the_docs_table_is_the_codes(heading, meanings):
+    expected = "\n".join(f"| `{name}` | {meaning} |" for name, meaning in meanings.items())
+    found = "\n".join(f"| `{name}` | {meaning} |" for name, meaning in _table_rows(heading))
+    assert found == expected, f"docs/service.md's table under {heading!r} should read:\n" + expected
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)

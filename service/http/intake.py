@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from qalign_core.images import ImageTooLargeError, check_pixel_count, decoder_complaint, sniff_format
 from qalign_core.params import MAX_APPEARANCES, TransferParams
 from qalign_schema.params import IMAGE_FORMAT_NAMES, IMAGE_FORMATS, IMAGE_FORMATS_TEXT
+from qalign_schema.problems import ProblemKind
 from qalign_schema.submission import EVENT_KINDS, IDEMPOTENCY_KEY_RULE, MAX_URL_LENGTH, is_idempotency_key
 from service.http.problems import ApiProblem, describe, problem_response, validation_problem
 from service.http.remote_inputs import ALLOWED_FORMS, check_input_url, fetch_input, looks_like_url
@@ -75,7 +76,7 @@ def check_appearance_count(count: int, encoding: Literal["form", "json"]) -> Non
     allowed = f"1 to {MAX_APPEARANCES} appearance images"
     if count == 0:
         message = MISSING_IMAGE[encoding]
-        kind = "missing-part"
+        kind: ProblemKind = "missing-part"
     else:
         message = f"{count} appearance images sent; at most {MAX_APPEARANCES} per job"
         kind = "too-many-appearances"
@@ -137,7 +138,7 @@ class RequestLimitMiddleware:
             elif int(text) > limit:
                 status, detail = 413, f"{what} is {int(text)} bytes; the limit is {limit} bytes"
             if status:
-                kind = "too-large" if status == 413 else "bad-request"
+                kind: ProblemKind = "too-large" if status == 413 else "bad-request"
                 response = problem_response(status, detail, kind=kind, instance=scope.get("path"))
                 await response(scope, receive, send)
                 return

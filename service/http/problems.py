@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from qalign_schema.problems import ProblemKind
 from service.auth import AuthError
 from service.backends.blobs import BlobStoreDown
 from service.http.schemas import FieldProblem, Problem, allowed_values
@@ -48,7 +49,7 @@ class ApiProblem(Exception):
         status: int,
         detail: str,
         *,
-        kind: str | None = None,
+        kind: ProblemKind | None = None,
         errors: list[FieldProblem] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
@@ -60,7 +61,7 @@ def problem_response(
     status: int,
     detail: str,
     *,
-    kind: str | None = None,
+    kind: ProblemKind | None = None,
     instance: str | None = None,
     errors: list[FieldProblem] | None = None,
     headers: Mapping[str, str] | None = None,
@@ -71,11 +72,21 @@ def problem_response(
     )
 
 
-def status_kind(status: int) -> str:
-    """The problem type of a refusal that has no more specific one (no endpoint, a method the
-    endpoint does not take): its status phrase, ``/problems/not-found``, ``/problems/method-not-allowed``."""
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
-    return phrase.lower().replace(" ", "-").replace("'", "")
+def status_kind(status: int) -> ProblemKind:
+    """The problem type of a refusal that no handler typed (Starlette's own: no endpoint, a method the
+    endpoint does not take), from the closed set of problem types."""
+    return _STATUS_KINDS.get(status) or ("internal-error" if status >= 500 else "bad-request")
+
+
+_STATUS_KINDS: dict[int, ProblemKind] = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "too-large",
+    415: "unsupported-media-type",
+    503: "not-ready",
+}
 
 
 def field_problems(
@@ -112,7 +123,7 @@ def domain_problem(exc: Exception) -> ApiProblem:
     """The problem details of a domain error; the only place 503s and their Retry-After are built."""
     if isinstance(exc, AuthError):
         headers = {"WWW-Authenticate": 'Bearer realm="qalign"'} if exc.status == 401 else None
-        kind = "unauthorized" if exc.status == 401 else "forbidden"
+        kind: ProblemKind = "unauthorized" if exc.status == 401 else "forbidden"
         return ApiProblem(exc.status, exc.detail, kind=kind, headers=headers)
     if isinstance(exc, JobStoreDown):
         return _unavailable(f"the job store is unavailable: {exc}", UNAVAILABLE_RETRY_S)
@@ -130,8 +141,8 @@ def domain_problem(exc: Exception) -> ApiProblem:
             429, exc.detail, kind="too-many-jobs" if exc.per_key else "queue-full", headers=retry
         )
     if isinstance(exc, IdempotencyConflict):
-        kind = "idempotency-key-in-progress" if exc.in_progress else "idempotency-key-reused"
-        return ApiProblem(409, exc.detail, kind=kind, headers=retry)
+        conflict: ProblemKind = "idempotency-key-in-progress" if exc.in_progress else "idempotency-key-reused"
+        return ApiProblem(409, exc.detail, kind=conflict, headers=retry)
     if isinstance(exc, InvalidInput):
         problem = FieldProblem(field=exc.field, message=exc.message, allowed=exc.allowed)
         return ApiProblem(422, exc.detail, kind="invalid-parameters", errors=[problem])
@@ -139,7 +150,7 @@ def domain_problem(exc: Exception) -> ApiProblem:
     return ApiProblem(status, exc.detail, kind=kind, headers=retry)
 
 
-_STATUS: dict[type, tuple[int, str]] = {
+_STATUS: dict[type, tuple[int, ProblemKind]] = {
     JobNotFound: (404, "job-not-found"),
     ResultNotReady: (409, "result-not-ready"),
     ResultNotFound: (404, "result-not-found"),

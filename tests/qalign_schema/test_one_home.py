@@ -24,6 +24,7 @@ import pytest
 from qalign_core.params import DTYPE_NAMES
 from qalign_schema.jobs import ERROR_TYPES, TERMINAL_STATUSES, UNDELIVERED_REASONS, ErrorType
 from qalign_schema.params import ADAIN_MODES, IMAGE_FORMAT_NAMES, IMAGE_FORMATS, IMAGE_MEDIA_TYPES
+from qalign_schema.problems import PROBLEM_KINDS, ProblemKind
 from qalign_schema.signing import SECRET_PREFIX
 from qalign_schema.submission import EVENT_KINDS, IDEMPOTENCY_KEY_MAX_LENGTH, MAX_URL_LENGTH
 
@@ -216,6 +217,14 @@ def test_error_types_are_every_type_the_service_produces():
     assert set(ERROR_TYPES) == declared, "ERROR_TYPES describes each ErrorType once"
     assert {kind: path for kind, path in produced.items() if kind not in declared} == {}
     assert declared - set(produced) == set(), "listed but never produced"
+
+
+def test_problem_kinds_are_every_kind_the_api_answers_with():
+    """mypy holds every problem the service builds to ``ProblemKind``; this holds ``ProblemKind`` to
+    the service: each kind is written somewhere in it, so the closed set has no dead entries."""
+    written = {text for path, tree in _sources() if path.startswith("service/") for text in _strings(tree)}
+    assert set(PROBLEM_KINDS) == set(get_args(ProblemKind)), "PROBLEM_KINDS describes each kind once"
+    assert set(PROBLEM_KINDS) - written == set(), "listed but never answered with"
 
 
 def test_the_distributions_read_the_version_from_its_home():

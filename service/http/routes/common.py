@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from qalign_schema.jobs import TERMINAL_STATUSES
+from qalign_schema.problems import ProblemKind
 from service.http.schemas import FieldProblem, JobOut, Problem
 
 #: Response declarations by status code, as FastAPI's ``responses=`` takes them.
@@ -35,7 +36,7 @@ PREFERENCE_APPLIED = header("wait=N: the request was held until the job finished
 
 def problem(
     status: int,
-    kind: str | None,
+    kind: ProblemKind | None,
     detail: str,
     *,
     title: str,

@@ -16,6 +16,7 @@ from testkit import assert_problem, poll, submit
 
 from qalign_schema.jobs import ERROR_TYPES, ErrorType
 from qalign_schema.params import ADAIN_MODES, MAX_APPEARANCES, MAX_STEPS, TransferParams
+from qalign_schema.problems import PROBLEM_KINDS
 from qalign_schema.submission import EVENT_KINDS, IDEMPOTENCY_KEY_MAX_LENGTH, MAX_URL_LENGTH
 
 
@@ -363,3 +364,4 @@ def test_limits_answer_without_a_key_from_the_settings_and_the_schema(make_clien
     assert body["methods"][0] == TransferParams().method and body["adain_modes"][0] == TransferParams().adain
     assert body["error_types"] == list(ERROR_TYPES) and body["event_kinds"] == list(EVENT_KINDS)
     assert body["terminal_statuses"] == ["succeeded", "failed", "canceled"]
+    assert body["problem_types"] == list(PROBLEM_KINDS)
