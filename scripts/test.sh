@@ -33,12 +33,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 # The web page's test drives Debian's Chromium (Playwright cannot download its own browsers here).
-# Where QALIGN_REQUIRE_BROWSER is set (.ci/run sets it) a missing Chromium fails the run.
+# Where QALIGN_REQUIRE_TOOLS is set (.ci/run sets it) a missing Chromium fails the run.
 if [ "$quick" = false ] && [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  elif [[ "${QALIGN_REQUIRE_BROWSER:-}" =~ ^[[:space:]]*(1|[Tt][Rr][Uu][Ee]|[Yy][Ee][Ss]|[Oo][Nn])[[:space:]]*$ ]]; then
-    echo "chromium not found and QALIGN_REQUIRE_BROWSER is set: install it (apt-get install chromium)" >&2
+  elif [[ "${QALIGN_REQUIRE_TOOLS:-}" =~ ^[[:space:]]*(1|[Tt][Rr][Uu][Ee]|[Yy][Ee][Ss]|[Oo][Nn])[[:space:]]*$ ]]; then
+    echo "chromium not found and QALIGN_REQUIRE_TOOLS is set: install it (apt-get install chromium)" >&2
     exit 1
   else
     echo "chromium not found: the web page test will be skipped (install it: apt-get install chromium)" >&2

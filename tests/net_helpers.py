@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from testkit import REQUIRE_TOOLS, tool_missing
 
 
 @dataclass
@@ -206,7 +207,7 @@ def namespace_launcher(test_file: str):
             pytest.skip("already inside the namespace")
         command = _unshare_command()
         if isinstance(command, str):
-            pytest.skip(command)
+            tool_missing(command, REQUIRE_TOOLS)
         report = tmp_path / "inside.xml"
         script = (
             f'ip link set lo up && exec "{sys.executable}" -m pytest -q -p no:cacheprovider '

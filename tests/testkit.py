@@ -38,8 +38,9 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):
     raise AssertionError(f"condition not met within {timeout} s")
 
 
-#: Set by .ci/run: there the web page's test fails when Chromium is missing instead of skipping.
-REQUIRE_BROWSER = "QALIGN_REQUIRE_BROWSER"
+#: Set by .ci/run: there a test whose tool is missing (Chromium, redis-server, the Kubernetes
+#: validators, network namespaces) fails instead of skipping.
+REQUIRE_TOOLS = "QALIGN_REQUIRE_TOOLS"
 
 
 def tool_missing(reason: str, required_by: str) -> NoReturn:
@@ -103,7 +104,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip("redis-server is not installed (scripts/test.sh installs it)")
+            tool_missing("redis-server is not installed (scripts/test.sh installs it)", REQUIRE_TOOLS)
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         if self.dir is None:
             args += ["--appendonly", "no"]

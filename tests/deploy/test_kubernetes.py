@@ -25,6 +25,7 @@ import subprocess
 
 import pytest
 from kube_render import ROOT, find, objects, render
+from testkit import REQUIRE_TOOLS, tool_missing
 
 OVERLAYS = ["base", "overlays/production", "overlays/external-redis"]
 #: Everything rendered and validated: the overlays and the weights-loader Job (applied on its own).
@@ -42,7 +43,7 @@ def _tool(name: str) -> str:
         return str(path)
     found = shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed: scripts/test.sh installs it (scripts/deploy-tools.sh)")
+        tool_missing(f"{name} is not installed: scripts/test.sh installs it (deploy-tools.sh)", REQUIRE_TOOLS)
     return found
 
 

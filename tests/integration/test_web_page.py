@@ -7,7 +7,7 @@ page.
 The embedded service (tiny model) runs in this process on a free loopback port with an API key, so
 the page's key field and its fetch()-based events reader (EventSource cannot send a key) are used.
 Screenshots go to $QALIGN_SCREENSHOTS when set (else the test's tmp_path), to be looked at.
-Without Chromium the test skips, or fails where QALIGN_REQUIRE_BROWSER is set (.ci/run sets it).
+Without Chromium the test skips, or fails where QALIGN_REQUIRE_TOOLS is set (.ci/run sets it).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from testkit import REQUIRE_BROWSER, LiveService, tool_missing
+from testkit import REQUIRE_TOOLS, LiveService, tool_missing
 
 from service.auth import hash_key
 
@@ -54,7 +54,7 @@ def browser():
     if path is None:
         tool_missing(
             "no Chromium found (/usr/bin/chromium): apt-get install chromium (scripts/test.sh does as root)",
-            REQUIRE_BROWSER,
+            REQUIRE_TOOLS,
         )
     from playwright.sync_api import sync_playwright
 
