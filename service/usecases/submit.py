@@ -7,9 +7,10 @@ import contextlib
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from qalign_core.params import TransferParams
 from service.backends.blobs import BlobStore
@@ -28,6 +29,7 @@ logger = logging.getLogger("qalign.api")
 RESERVATION_TTL = 60
 #: How long a duplicate request waits for the job of the request that reserved its key.
 REPLAY_WAIT_S = 10.0
+REPLAY_POLL_S = 0.05
 
 
 def request_fingerprint(submission: Submission) -> str:
@@ -146,17 +148,20 @@ class Submitter:
                 "this Idempotency-Key was already used with a different request (other images, parameters "
                 "or webhook_url); use a new key for a new request"
             )
-        deadline = time.monotonic() + REPLAY_WAIT_S
-        while True:  # the request that reserved the key may still be writing the record
-            job = self.stores.records.get(existing["job_id"])
-            if job is not None and job.owner == owner:
-                return job
-            if time.monotonic() > deadline:
-                raise IdempotencyConflict(
-                    "a request with this Idempotency-Key is still being processed; retry shortly",
-                    in_progress=True,
-                )
-            time.sleep(0.05)
+        # The request that reserved the key may still be writing the record.
+        waiting = Retrying(
+            stop=stop_after_delay(REPLAY_WAIT_S),
+            wait=wait_fixed(REPLAY_POLL_S),
+            retry=retry_if_result(lambda job: job is None or job.owner != owner),
+            retry_error_callback=lambda _: None,
+        )
+        job: Job | None = waiting(self.stores.records.get, existing["job_id"])
+        if job is None:
+            raise IdempotencyConflict(
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+                in_progress=True,
+            )
+        return job
 
     def _not_enqueued(self, job: Job, scope: str | None) -> None:
         """The broker refused the job: fail its record and free its Idempotency-Key for a retry."""

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from svc_helpers import bearer
 from testkit import assert_problem, poll, submit
+
+from qalign_schema.params import TransferParams
+from service.jobs import Job, utcnow
+from service.usecases.errors import IdempotencyConflict
 
 
 def test_idempotency_same_body_same_job_other_body_409(make_client, keyed, small_images):
@@ -44,3 +49,46 @@ def test_concurrent_identical_requests_make_one_job(make_client, small_images, f
     assert len({r.json()["id"] for r in responses}) == 1
     poll(client, responses[0].json()["id"])
     assert len(fake_pipeline.calls) == 1
+
+
+class _SlowRecords:
+    """A record store whose job appears only after ``misses`` reads (the reserving request still writing)."""
+
+    def __init__(self, job, misses: int) -> None:
+        self.job, self.misses, self.reads = job, misses, 0
+
+    def get(self, job_id: str):
+        self.reads += 1
+        return self.job if job_id == self.job.id and self.reads > self.misses else None
+
+
+def _replaying_submitter(records, settings):
+    """A Submitter whose Idempotency-Key is already reserved (for the same request) by job ``j1``."""
+    from types import SimpleNamespace
+
+    from service.usecases.submit import Submission, Submitter, request_fingerprint
+
+    submission = Submission(TransferParams(), (b"s", "image/png"), [(b"a", "image/png")], None, "k-1")
+    reserved = {"job_id": "j1", "fingerprint": request_fingerprint(submission)}
+    stores = SimpleNamespace(idempotency=SimpleNamespace(get=lambda scope: reserved), records=records)
+    unused = SimpleNamespace()
+    return Submitter(settings, stores, unused, unused, unused, unused, unused), submission
+
+
+def test_a_duplicate_waits_for_the_reserving_requests_record(embedded_settings):
+    job = Job(id="j1", created_at=utcnow(), structure_key="inputs/s", appearance_keys=["inputs/a"])
+    records = _SlowRecords(job, misses=3)
+    submitter, submission = _replaying_submitter(records, embedded_settings)
+    assert submitter.submit(submission) == (job, False)
+    assert records.reads == 4
+
+
+def test_a_duplicate_whose_record_never_appears_is_told_to_retry(embedded_settings, monkeypatch):
+    from service.usecases import submit as module
+
+    monkeypatch.setattr(module, "REPLAY_WAIT_S", 0.3)
+    job = Job(id="j1", created_at=utcnow(), structure_key="inputs/s", appearance_keys=["inputs/a"])
+    submitter, submission = _replaying_submitter(_SlowRecords(job, misses=10**6), embedded_settings)
+    with pytest.raises(IdempotencyConflict) as refused:
+        submitter.submit(submission)
+    assert refused.value.in_progress and "still being processed" in refused.value.detail
