@@ -301,3 +301,18 @@ def test_monitoring_scrapes_the_api_and_alerts_on_exported_metrics():
         for metric in re.findall(r"qalign_[a-z_]+", expr):
             family = re.sub(r"_(bucket|total|count|sum)$", "", metric)
             assert f'"{family}"' in metrics_source, f"{name} uses {metric}, which the API does not export"
+
+
+def test_every_kustomization_tags_the_image_with_the_release_version():
+    """The image tag the manifests deploy is the package's version (its one home, qalign_schema)."""
+    import yaml
+
+    from qalign_schema.version import __version__
+
+    tags = {}
+    for path in sorted((ROOT / "deploy" / "kubernetes").rglob("kustomization.yaml")):
+        for image in yaml.safe_load(path.read_text(encoding="utf-8")).get("images") or []:
+            if image["name"] == "qalign":
+                tags[str(path.relative_to(ROOT))] = image.get("newTag")
+    assert len(tags) >= 3, "the base, production and weights-loader kustomizations were read"
+    assert {path: tag for path, tag in tags.items() if tag != __version__} == {}
