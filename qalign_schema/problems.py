@@ -35,6 +35,7 @@ ProblemKind = Literal[
     "rate-limited",
     "too-many-jobs",
     "queue-full",
+    "body-stalled",
     "headers-too-large",
     "internal-error",
     "not-ready",
@@ -69,6 +70,7 @@ PROBLEM_KINDS: dict[ProblemKind, str] = {
     "Retry-After",
     "too-many-jobs": "429: this key has its limit of unfinished jobs; retry after Retry-After",
     "queue-full": "429: the queue is full; retry after Retry-After",
+    "body-stalled": "408: the request body stopped arriving for BODY_TIMEOUT_S; the connection is closed",
     "headers-too-large": "431: the request line and headers over MAX_HEADER_BYTES, or too many headers",
     "internal-error": "500: a fault in the service (never a caller's input); the logs have the details",
     "not-ready": "503: a dependency (job store, object store, broker, worker) is down; nothing was done; "

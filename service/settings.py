@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         description="Seconds a client has to send a complete request head, from connecting (or from the "
         "first byte of a later request on a kept-alive connection); then the connection is closed.",
     )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="Seconds a request body may stop arriving (between two reads that bring body bytes) "
+        "before the request is answered 408 and its connection closed; time the service itself is not "
+        "reading does not count.",
+    )
     keepalive_timeout_s: float = Field(
         5.0, gt=0.0, description="Seconds an idle kept-alive connection stays open between requests."
     )

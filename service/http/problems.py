@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from qalign_schema.problems import ProblemKind
 from service.auth import AuthError
@@ -202,6 +203,15 @@ def install_problem_handlers(app: FastAPI) -> None:
             instance=request.url.path,
             headers=exc.headers,
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        """The client left (or the edge cut off its stalled body) mid-request: nobody reads an answer,
+        and it is no fault of the service."""
+        logger.info(
+            "client disconnected before its request was read: %s %s", request.method, request.url.path
+        )
+        return problem_response(400, "the client disconnected mid-request", kind="bad-request")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

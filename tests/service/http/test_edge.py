@@ -74,7 +74,9 @@ def serve(tmp_path: Path, **settings: str) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Server]:
     """Short timeouts so the tests see them act; the other limits at their defaults."""
-    yield from serve(tmp_path_factory.mktemp("edge"), header_timeout_s="2", keepalive_timeout_s="1")
+    yield from serve(
+        tmp_path_factory.mktemp("edge"), header_timeout_s="2", keepalive_timeout_s="1", body_timeout_s="2"
+    )
 
 
 def closed_by_server(sock: socket.socket) -> bool:
@@ -192,6 +194,42 @@ def test_idle_connections_are_closed(server):
     finally:
         for sock in [*silent, kept]:
             sock.close()
+
+
+def test_a_stalled_body_is_answered_408_and_its_connection_closed(server):
+    """The head and 10 of 1000 declared body bytes, then nothing: after the 2 s body deadline a 408
+    problem, then the connection closed; the app, cut off mid-read, logs no error."""
+    with server.connect() as sock:
+        sock.sendall(
+            b"POST /transfer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b'{"seed": 1'
+        )
+        started = time.monotonic()
+        status, problem = read_response(sock)
+        waited = time.monotonic() - started
+        assert status == 408 and problem["type"] == "/problems/body-stalled", problem
+        assert "QALIGN_BODY_TIMEOUT_S" in problem["detail"] and waited >= 1.5, (problem, waited)
+        sock.settimeout(0.05)
+        wait_for(lambda: closed_by_server(sock), timeout=60)
+    print(f"stalled body: 408 after {waited:.1f} s (body deadline 2 s)")
+    assert server.healthy()
+    assert "unhandled error" not in server.log.read_text(errors="replace")
+
+
+def test_a_body_that_keeps_arriving_is_not_cut_off(server):
+    """A body sent in 12 pieces 0.25 s apart (3 s in all, longer than the 2 s body deadline) reaches
+    the app, which answers it (here a 400: the JSON is not an object)."""
+    body = b"[" + b" " * 1198 + b"]"
+    with server.connect() as sock:
+        sock.sendall(
+            b"POST /transfer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        for start in range(0, len(body), 100):
+            time.sleep(0.25)
+            sock.sendall(body[start : start + 100])
+        status, problem = read_response(sock)
+    assert status == 400 and "must be an object" in problem["detail"], problem
 
 
 def test_a_huge_json_body_is_refused_with_bounded_memory(server):
