@@ -77,9 +77,12 @@ fi
 
 # --- 1. container runtime -------------------------------------------------------------------------
 is_root() { [ "$(id -u)" = 0 ]; }
+# An install interrupted earlier (a killed run) leaves dpkg half-configured, and apt refuses
+# everything until it is finished: finish it first.
 apt_install() {
   is_root && command -v apt-get >/dev/null 2>&1 || return 1
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >"$CACHE/apt.log" 2>&1 \
+  DEBIAN_FRONTEND=noninteractive dpkg --configure -a >"$CACHE/apt.log" 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >>"$CACHE/apt.log" 2>&1 \
     || { apt-get update -qq >>"$CACHE/apt.log" 2>&1 \
       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >>"$CACHE/apt.log" 2>&1; }
 }
