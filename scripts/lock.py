@@ -12,7 +12,10 @@ Writes, for CPython 3.11 on Linux x86_64 (the test machines and the image):
   and "test" extras, the build backend), torch's CPU wheel included, one sha256 per pin;
 - requirements.lock: what the image installs: the part of that resolution that [project].dependencies
   and the "service" extra need, *without torch* (the image takes torch, a CUDA build, from the PyTorch
-  index by version: its hash cannot be known offline; see docs/security.md).
+  index by version: its hash cannot be known offline; see docs/security.md);
+- requirements-tools.lock: the Kubernetes validators the test command installs into .venv-tools/
+  (scripts/deploy-tools.sh), DEPLOY_TOOLS and what they need, resolved on their own (checkov pins
+  libraries the project also uses, at other versions) with the interpreter running this script.
 
 How: ``pip install --dry-run --ignore-installed --report`` resolves the whole set with torch pinned to
 ``--torch`` (the report gives each chosen file's version and sha256); the image's subset is the
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import subprocess
 import sys
 import tempfile
@@ -38,7 +42,10 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_LOCK = ROOT / "requirements.lock"
 TEST_LOCK = ROOT / "requirements-test.lock"
+TOOLS_LOCK = ROOT / "requirements-tools.lock"
 DEFAULT_TORCH = "2.13.0"
+#: The deploy validators' versions: their one home (scripts/deploy-tools.sh installs the lock).
+DEPLOY_TOOLS = ["checkov==3.3.30", "kubernetes-validate==1.37.0"]
 
 
 def project_requirements() -> tuple[list[str], list[str]]:
@@ -50,11 +57,15 @@ def project_requirements() -> tuple[list[str], list[str]]:
     return runtime, test
 
 
-def resolve(python: str, requirements: list[str], torch: str) -> tuple[dict[str, dict], dict[str, str]]:
-    """pip's resolution by ``python``: {name: report item}, and that interpreter's marker environment."""
+def resolve(
+    python: str, requirements: list[str], torch: str | None
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """pip's resolution by ``python`` (with torch pinned to ``torch`` unless None): {name: report item},
+    and that interpreter's marker environment."""
     with tempfile.TemporaryDirectory() as work:
         reqs, report = Path(work, "requirements.txt"), Path(work, "report.json")
-        reqs.write_text("\n".join([f"torch=={torch}", *requirements]) + "\n")
+        pinned = [f"torch=={torch}"] if torch is not None else []
+        reqs.write_text("\n".join([*pinned, *requirements]) + "\n")
         subprocess.run(
             [python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
              "--report", str(report), "-r", str(reqs)],
@@ -69,6 +80,23 @@ def resolve(python: str, requirements: list[str], torch: str) -> tuple[dict[str,
             ).stdout
         )  # fmt: skip
     return {canonicalize_name(item["metadata"]["name"]): item for item in items}, environment
+
+
+def resolve_union(
+    pythons: list[str], requirements: list[str], torch: str | None
+) -> tuple[dict[str, dict], list[dict[str, str]]]:
+    """The union of each interpreter's resolution (a package resolved to two versions is an error),
+    and their marker environments."""
+    items: dict[str, dict] = {}
+    environments: list[dict[str, str]] = []
+    for python in pythons:
+        resolved, environment = resolve(python, requirements, torch)
+        environments.append(environment)
+        for name, item in resolved.items():
+            if name in items and line(items[name]) != line(item):
+                sys.exit(f"{name}: {line(items[name])} with one interpreter, {line(item)} with {python}")
+            items[name] = item
+    return items, environments
 
 
 def closure(roots: list[str], items: dict[str, dict], environments: list[dict[str, str]]) -> set[str]:
@@ -117,17 +145,10 @@ def main() -> None:
     parser.add_argument("--torch", default=DEFAULT_TORCH, help="the torch version the set is resolved with")
     args = parser.parse_args()
     runtime, test = project_requirements()
-    items: dict[str, dict] = {}
-    environments: list[dict[str, str]] = []
     system = Path("/usr/bin/python3.11")
     others = args.python if args.python is not None else [str(system)] if system.exists() else []
-    for python in [sys.executable, *others]:
-        resolved, environment = resolve(python, test, args.torch)
-        environments.append(environment)
-        for name, item in resolved.items():
-            if name in items and line(items[name]) != line(item):
-                sys.exit(f"{name}: {line(items[name])} with one interpreter, {line(item)} with {python}")
-            items[name] = item
+    pythons_used = [sys.executable, *others]
+    items, environments = resolve_union(pythons_used, test, args.torch)
     pythons = ", ".join(sorted({e["python_full_version"] for e in environments}))
     common = f"""
 # Generated by scripts/lock.py from pyproject.toml; do not edit by hand (regenerate: docs/security.md).
@@ -150,7 +171,22 @@ def main() -> None:
         image,
         items,
     )
-    print(f"{TEST_LOCK.name}: {len(everything)} pins; {RUNTIME_LOCK.name}: {len(image)}")
+    # .venv-tools is made from the project venv's interpreter: resolved with that one alone.
+    tool_items, _ = resolve_union([sys.executable], DEPLOY_TOOLS, None)
+    write(
+        TOOLS_LOCK,
+        f"""
+# Generated by scripts/lock.py; do not edit by hand (regenerate: docs/security.md). CPython
+# {platform.python_version()} on Linux x86_64: the Kubernetes validators' set, which
+# scripts/deploy-tools.sh installs into .venv-tools/ (pip install --require-hashes --no-deps -r FILE).
+""",
+        set(tool_items),
+        tool_items,
+    )
+    print(
+        f"{TEST_LOCK.name}: {len(everything)} pins; {RUNTIME_LOCK.name}: {len(image)}; "
+        f"{TOOLS_LOCK.name}: {len(tool_items)}"
+    )
 
 
 if __name__ == "__main__":

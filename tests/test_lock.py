@@ -153,3 +153,44 @@ def test_a_stale_lock_is_noticed(test_pins):
     assert any("fastapi==0.100 does not meet fastapi>=0.110" in p for p in unmet(everything, old_fastapi))
     old_anyio = {**test_pins, "anyio": Version("0.1")}  # needed by httpx and starlette, not by pyproject
     assert any(p.startswith("anyio==0.1 does not meet") for p in unmet(everything, old_anyio))
+
+
+def _deploy_tools() -> list[str]:
+    """scripts/lock.py's DEPLOY_TOOLS (the validators' versions), read from the script."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lock_script", ROOT / "scripts" / "lock.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.DEPLOY_TOOLS)
+
+
+def test_the_tools_lock_pins_the_validators_with_hashes():
+    """scripts/deploy-tools.sh installs requirements-tools.lock hash-checked: it holds DEPLOY_TOOLS at
+    their versions (read_lock checks each line's hash)."""
+    pins = read_lock("requirements-tools.lock")
+    for tool in map(Requirement, _deploy_tools()):
+        assert tool.specifier.contains(pins.get(canonicalize_name(tool.name), Version("0"))), (tool, STALE)
+
+
+def test_the_tools_venv_holds_what_is_locked():
+    """Where scripts/deploy-tools.sh has run, .venv-tools holds exactly the tools lock."""
+    import json
+    import subprocess
+
+    pip = ROOT / ".venv-tools" / "bin" / "pip"
+    if not pip.exists():
+        pytest.skip(
+            ".venv-tools is not installed here (scripts/deploy-tools.sh, which the full test command runs)"
+        )
+    listed = subprocess.run(
+        [str(pip), "list", "--format", "json", "--disable-pip-version-check"],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    installed = {canonicalize_name(p["name"]): Version(p["version"]) for p in json.loads(listed.stdout)}
+    pins = read_lock("requirements-tools.lock")
+    wrong = {
+        name: (str(pin), str(installed.get(name))) for name, pin in pins.items() if installed.get(name) != pin
+    }
+    assert not wrong, f"(locked, installed): {wrong}; run scripts/deploy-tools.sh"
