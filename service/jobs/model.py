@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, get_args
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from qalign_schema.jobs import TERMINAL_STATUSES, ErrorType, JobStage, JobStatus, UndeliveredReason
 from qalign_schema.params import AdainMode
@@ -53,6 +53,11 @@ OutputRecord = dict[str, int | bool | dict[str, int] | None]
 class Job(BaseModel):
     """One transfer request and everything known about its run (internals included: store keys,
     worker, attempts; the public shape is service.http.schemas.JobOut)."""
+
+    # A field a newer version writes survives an older process's read-modify-write while a rolling
+    # upgrade runs both (the public JobOut is built field by field, so it never leaks). In code an
+    # unknown keyword is still an error: mypy's pydantic plugin forbids it (init_forbid_extra).
+    model_config = ConfigDict(extra="allow")
 
     id: str
     status: JobStatus = "queued"

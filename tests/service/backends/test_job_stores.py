@@ -28,6 +28,17 @@ def test_create_get_roundtrip_and_unknown(stores):
     assert stores.records.get_many([job.id, new_job_id()]) == [job]
 
 
+def test_a_field_a_newer_version_wrote_survives_a_transition(stores):
+    """A rolling upgrade: a record carrying a field this version does not know keeps it through a
+    read-modify-write (claim), so the newer process reads it back."""
+    job = new_job(stores)
+    stores.records.apply(job.id, lambda j: Job.model_validate({**j.model_dump(), "from_the_future": [1, 2]}))
+    stores.workers.heartbeat("w1", {}, ttl=30)
+    claimed = claim(stores, job.id, "w1")
+    assert claimed is not None and claimed.status == "running"
+    assert stores.records.get(job.id).model_dump()["from_the_future"] == [1, 2]
+
+
 def test_claim_then_finish(stores):
     job = new_job(stores)
     for name in ("w1", "w2"):
