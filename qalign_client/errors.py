@@ -51,6 +51,13 @@ class QAlignError(Exception):
         return self.problem.type if self.problem else None
 
     @property
+    def kind(self) -> str | None:
+        """The problem's kind, ``type`` without its ``/problems/`` prefix (one of
+        ``qalign_schema.problems.PROBLEM_KINDS``, e.g. ``"queue-full"``): what to branch on."""
+        prefix = "/problems/"
+        return self.type.removeprefix(prefix) if self.type and self.type.startswith(prefix) else None
+
+    @property
     def title(self) -> str | None:
         return self.problem.title if self.problem else None
 

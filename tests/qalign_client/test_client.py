@@ -287,7 +287,7 @@ def test_refusals_are_typed_and_carry_the_problem(connect, status, error_class):
     with pytest.raises(error_class) as caught:
         client.get("j1")
     error = caught.value
-    assert (error.status, error.type, error.title) == (status, "/problems/x", "T")
+    assert (error.status, error.type, error.kind, error.title) == (status, "/problems/x", "x", "T")
     assert error.detail == "what to change"
     assert isinstance(error, qalign_client.QAlignError) and len(script.requests) == 1
     if errors:
@@ -300,6 +300,7 @@ def test_a_refusal_that_is_not_problem_details_still_says_something(connect):
     with pytest.raises(ServerError) as caught:
         client.get("j1")
     assert caught.value.status == 502 and "bad gateway" in caught.value.detail
+    assert caught.value.kind is None
 
 
 # ---------------------------------------------------------------------------------------------- wait
@@ -702,4 +703,5 @@ def test_the_rate_limit_fields_of_the_last_answer_are_kept(connect):
     with pytest.raises(RateLimitedError) as caught:
         client.submit(PNG, PNG)
     assert caught.value.type == "/problems/rate-limited" and caught.value.retry_after == 3600
+    assert caught.value.kind == "rate-limited"
     assert (client.rate_limit.remaining, client.rate_limit.reset_s) == (0, 42)
