@@ -139,10 +139,14 @@ TILES_AND_STRUCTURE = """(count) => document.querySelector("#structure-drop").cl
 
 
 def give_key(page) -> None:
-    """The API key field is under "More" (opened by the page itself after a 401)."""
+    """The API key field is under "More" (opened by the page itself after a 401). With the key the
+    page asks GET /readyz again and shows the model line above the form: waited for here, so the
+    layout has settled before a test measures it (on a busy machine the answer comes late)."""
     if not page.is_visible("#api-key"):
         page.click(".more summary")
     page.fill("#api-key", KEY)
+    page.dispatch_event("#api-key", "change")
+    page.locator("#model-info").wait_for(timeout=120_000)  # the model may still be loading: asked again
 
 
 def job_id_of(run) -> str:
@@ -311,9 +315,7 @@ def test_the_page_names_the_served_model_once_a_key_unlocks_readiness_details(pa
     """The model line comes from GET /readyz (its details need a key on a keyed service)."""
     line = page.locator("#model-info")
     assert line.is_hidden()
-    give_key(page)
-    page.dispatch_event("#api-key", "change")
-    line.wait_for(timeout=120_000)  # the embedded model may still be loading: the page asks again
+    give_key(page)  # sends the key's change event and waits for the line
     text = line.inner_text()
     assert text.startswith("Model: Stable Diffusion 1.5") and "128 px on the longer side by default" in text
     assert "64 to 256 px in steps of 64" in text and line.get_attribute("data-backbone") == "sd15"
