@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError as PydanticValidationError
 
-from qalign_schema.problems import FieldProblem, Problem
+from qalign_schema.problems import FieldProblem, Problem, problem_kind
 
 if TYPE_CHECKING:
     import httpx
@@ -54,8 +54,7 @@ class QAlignError(Exception):
     def kind(self) -> str | None:
         """The problem's kind, ``type`` without its ``/problems/`` prefix (one of
         ``qalign_schema.problems.PROBLEM_KINDS``, e.g. ``"queue-full"``): what to branch on."""
-        prefix = "/problems/"
-        return self.type.removeprefix(prefix) if self.type and self.type.startswith(prefix) else None
+        return problem_kind(self.type)
 
     @property
     def title(self) -> str | None:

@@ -123,6 +123,17 @@ class Problem(BaseModel):
         )
 
 
+PROBLEM_TYPE_PREFIX = "/problems/"
+
+
 def problem_type(kind: ProblemKind | None) -> str:
     """The ``type`` URI of a problem kind: ``/problems/<kind>``, or ``about:blank`` without one."""
-    return f"/problems/{kind}" if kind else "about:blank"
+    return f"{PROBLEM_TYPE_PREFIX}{kind}" if kind else "about:blank"
+
+
+def problem_kind(type_uri: str | None) -> str | None:
+    """The kind a problem ``type`` URI names (``/problems/queue-full`` -> ``queue-full``); None for
+    ``about:blank`` or a type that is not one of ours."""
+    if type_uri is None or not type_uri.startswith(PROBLEM_TYPE_PREFIX):
+        return None
+    return type_uri.removeprefix(PROBLEM_TYPE_PREFIX)

@@ -14,8 +14,12 @@ from service.jobs import JobResult, utcnow
 from service.jobs import usage as usage_module
 from service.jobs.usage import job_usage, usage_report
 
-#: Well inside the stores' one-hour TTL: the records must not expire during the test.
-T0 = utcnow().replace(microsecond=0) - timedelta(minutes=10)
+
+def _t0():
+    """The tests' time origin: ten minutes before now, taken when the test runs (not when the module
+    is imported: on a busy machine the suite takes longer than the records' one-hour TTL, and records
+    that ended an hour after import would expire before the test reads them)."""
+    return utcnow().replace(microsecond=0) - timedelta(minutes=10)
 
 
 def _results(count: int, width: int, height: int) -> list[JobResult]:
@@ -25,9 +29,9 @@ def _results(count: int, width: int, height: int) -> list[JobResult]:
     ]
 
 
-def _ended(stores, owner, minute, status, *, ran_s=None, rows=(0, 0), results=0):
-    """A job of ``owner`` created ``minute`` x 10 s after T0 that ended in ``status``."""
-    created = T0 + timedelta(seconds=10 * minute)
+def _ended(stores, owner, minute, status, *, ran_s=None, rows=(0, 0), results=0, t0=None):
+    """A job of ``owner`` created ``minute`` x 10 s after ``t0`` (default: _t0()) that ended in ``status``."""
+    created = (t0 or _t0()) + timedelta(seconds=10 * minute)
     started = None if ran_s is None else created + timedelta(seconds=1)
     finished = created + timedelta(seconds=1 + (ran_s or 0))
     metrics = {"unet_rows_inversion": rows[0], "unet_rows_denoising": rows[1], "total_s": 9.0}
@@ -58,20 +62,21 @@ def test_a_jobs_usage_is_its_run_time_rows_and_result_pixels(stores):
 
 def test_usage_adds_up_to_the_jobs_it_covers(stores, monkeypatch):
     monkeypatch.setattr(usage_module, "USAGE_PAGE", 2)  # several store pages on both backends
+    t0 = _t0()
     mine = [
-        _ended(stores, "alice", 0, "succeeded", ran_s=2.0, rows=(10, 20), results=1),
-        _ended(stores, "alice", 10, "succeeded", ran_s=3.5, rows=(10, 30), results=3),
-        _ended(stores, "alice", 20, "failed", ran_s=0.5, rows=(4, 0)),
-        _ended(stores, "alice", 30, "canceled"),
-        _ended(stores, "alice", 40, "succeeded", ran_s=1.0, rows=(5, 5), results=1),
+        _ended(stores, "alice", 0, "succeeded", ran_s=2.0, rows=(10, 20), t0=t0, results=1),
+        _ended(stores, "alice", 10, "succeeded", ran_s=3.5, rows=(10, 30), t0=t0, results=3),
+        _ended(stores, "alice", 20, "failed", ran_s=0.5, rows=(4, 0), t0=t0),
+        _ended(stores, "alice", 30, "canceled", t0=t0),
+        _ended(stores, "alice", 40, "succeeded", ran_s=1.0, rows=(5, 5), t0=t0, results=1),
     ]
-    running = new_job(stores, owner="alice", created_at=T0 + timedelta(seconds=250))
+    running = new_job(stores, owner="alice", created_at=t0 + timedelta(seconds=250))
     stores.records.apply(
         running.id, lambda j: j.model_copy(update={"status": "running", "started_at": utcnow()})
     )
-    _ended(stores, "bob", 10, "succeeded", ran_s=7.0, rows=(99, 99), results=8)  # another key's
+    _ended(stores, "bob", 10, "succeeded", ran_s=7.0, rows=(99, 99), t0=t0, results=8)  # another key's
 
-    report = usage_report(stores.records, "alice", T0 + timedelta(seconds=100), T0 + timedelta(seconds=400))
+    report = usage_report(stores.records, "alice", t0 + timedelta(seconds=100), t0 + timedelta(seconds=400))
     covered = mine[1:4]  # since inclusive, until exclusive
     usages = [job_usage(job) for job in covered]
     assert (report.jobs, report.succeeded, report.unfinished) == (4, 1, 1)
