@@ -149,13 +149,12 @@ class EdgeH11Protocol(H11Protocol):
             self.transport.close()
 
     def _arm_head_deadline(self) -> None:
-        self._disarm_head_deadline()
+        _cancel(self.head_deadline)
         self.head_deadline = self.loop.call_later(self.edge.header_timeout_s, self._head_timed_out)
 
     def _disarm_head_deadline(self) -> None:
-        if self.head_deadline is not None:
-            self.head_deadline.cancel()
-            self.head_deadline = None
+        _cancel(self.head_deadline)
+        self.head_deadline = None
 
     def _head_timed_out(self) -> None:
         """No complete request head in time: close without an answer (the client may be gone)."""
@@ -164,13 +163,12 @@ class EdgeH11Protocol(H11Protocol):
             self.transport.close()
 
     def _arm_body_deadline(self) -> None:
-        self._disarm_body_deadline()
+        _cancel(self.body_deadline)
         self.body_deadline = self.loop.call_later(self.edge.body_timeout_s, self._body_timed_out)
 
     def _disarm_body_deadline(self) -> None:
-        if self.body_deadline is not None:
-            self.body_deadline.cancel()
-            self.body_deadline = None
+        _cancel(self.body_deadline)
+        self.body_deadline = None
 
     def _body_timed_out(self) -> None:
         """The body stopped arriving: answer 408 (unless the app already answered) and close. The app,
@@ -187,6 +185,12 @@ class EdgeH11Protocol(H11Protocol):
         if self.cycle is None or not self.cycle.response_started:
             self.transport.write(body_stalled_response(self.edge.body_timeout_s))
         self.transport.close()
+
+
+def _cancel(timer: asyncio.TimerHandle | None) -> None:
+    """Cancel ``timer`` if there is one (a deadline not armed is None)."""
+    if timer is not None:
+        timer.cancel()
 
 
 def protocol_for(settings: Settings) -> type[EdgeH11Protocol]:
