@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qalign_schema.jobs import UNDELIVERED_REASONS
+from service.http.problems import CLIENT_GONE
 from service.jobs.records import (
     STAGE_BUCKETS,
     WEBHOOKS_UNDELIVERED,
@@ -160,5 +161,6 @@ class MetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
-            self.metrics.requests.labels(method, template, str(status[0])).inc()
+            code = "499" if scope.get(CLIENT_GONE) else str(status[0])
+            self.metrics.requests.labels(method, template, code).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)

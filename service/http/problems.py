@@ -37,6 +37,9 @@ from service.usecases.errors import (
 )
 
 PROBLEM_JSON = "application/problem+json"
+#: ASGI scope key set when the client left mid-request: the answer reaches nobody, and the request
+#: metrics count it as 499 (client closed request), not as the caller's 400.
+CLIENT_GONE = "qalign.client_gone"
 #: Retry-After of a 503 when the cause gives no better estimate (a dependency coming back).
 UNAVAILABLE_RETRY_S = 5
 logger = logging.getLogger("qalign.api")
@@ -196,6 +199,9 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no endpoint at {request.url.path}"
+        allow = (exc.headers or {}).get("Allow")
+        if exc.status_code == 405 and allow:
+            detail = f"{request.url.path} does not take {request.method}; allowed: {allow}"
         return problem_response(
             exc.status_code,
             detail,
@@ -211,6 +217,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         logger.info(
             "client disconnected before its request was read: %s %s", request.method, request.url.path
         )
+        request.scope[CLIENT_GONE] = True
         return problem_response(400, "the client disconnected mid-request", kind="bad-request")
 
     @app.exception_handler(Exception)

@@ -213,6 +213,8 @@ def test_a_stalled_body_is_answered_408_and_its_connection_closed(server):
         wait_for(lambda: closed_by_server(sock), timeout=60)
     print(f"stalled body: 408 after {waited:.1f} s (body deadline 2 s)")
     assert server.healthy()
+    wait_for(lambda: 'route="/transfer",status="499"' in httpx.get(f"{server.url}/metrics").text, timeout=60)
+    assert 'route="/transfer",status="400"' not in httpx.get(f"{server.url}/metrics").text
     assert "unhandled error" not in server.log.read_text(errors="replace")
 
 

@@ -178,7 +178,14 @@ def test_unknown_job_and_route_are_404_problems(client):
     assert_problem(client.delete("/jobs/nope"), 404)
     assert_problem(client.get("/jobs/nope/result"), 404)
     assert_problem(client.get("/no/such/route"), 404)
-    assert_problem(client.put("/transfer"), 405)
+
+
+def test_wrong_method_names_the_allowed_ones(client):
+    response = client.put("/transfer")
+    body = assert_problem(response, 405)
+    assert response.headers["Allow"] == "POST"
+    assert body["detail"] == "/transfer does not take PUT; allowed: POST"
+    assert body["type"].endswith("/method-not-allowed")
 
 
 def test_result_is_409_while_running_and_cancel_stops_running_job(make_client, small_images):
