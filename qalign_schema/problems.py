@@ -19,6 +19,7 @@ ProblemKind = Literal[
     "job-not-found",
     "result-not-found",
     "method-not-allowed",
+    "body-stalled",
     "idempotency-key-reused",
     "idempotency-key-in-progress",
     "result-not-ready",
@@ -35,7 +36,6 @@ ProblemKind = Literal[
     "rate-limited",
     "too-many-jobs",
     "queue-full",
-    "body-stalled",
     "headers-too-large",
     "internal-error",
     "not-ready",
@@ -52,6 +52,7 @@ PROBLEM_KINDS: dict[ProblemKind, str] = {
     "job-not-found": "404: no such job for this caller",
     "result-not-found": "404: the job has no result at this index",
     "method-not-allowed": "405: the endpoint does not take this method",
+    "body-stalled": "408: the request body stopped arriving for BODY_TIMEOUT_S; the connection is closed",
     "idempotency-key-reused": "409: the Idempotency-Key was used with a different request",
     "idempotency-key-in-progress": "409: a request with this Idempotency-Key is still being submitted; "
     "retry after Retry-After",
@@ -70,7 +71,6 @@ PROBLEM_KINDS: dict[ProblemKind, str] = {
     "Retry-After",
     "too-many-jobs": "429: this key has its limit of unfinished jobs; retry after Retry-After",
     "queue-full": "429: the queue is full; retry after Retry-After",
-    "body-stalled": "408: the request body stopped arriving for BODY_TIMEOUT_S; the connection is closed",
     "headers-too-large": "431: the request line and headers over MAX_HEADER_BYTES, or too many headers",
     "internal-error": "500: a fault in the service (never a caller's input); the logs have the details",
     "not-ready": "503: a dependency (job store, object store, broker, worker) is down; nothing was done; "
